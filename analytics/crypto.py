@@ -1,0 +1,152 @@
+"""All cryptography of the service: the only module importing ``cryptography``.
+
+* PHI is sealed with AES-256-GCM. A sealed blob is
+  ``version (1 byte) | key id (4 bytes) | nonce (12 bytes) | ciphertext+tag``,
+  URL-safe base64 encoded. The key id picks the key on reading, so data
+  sealed under an older key still opens after a rotation.
+* The configured keys are Fernet-format (32 random bytes, URL-safe base64,
+  as ``Fernet.generate_key()`` makes). Each is stretched with HKDF into
+  separate sub-keys per purpose, so one secret never serves two algorithms.
+* User ids (and message ids) are pseudonymized with HMAC-SHA256 under a key
+  that stays the same across rotations (``ANALYTICS_HASH_KEY``, or derived
+  from the oldest configured encryption key).
+* API keys are random 256-bit tokens, stored as plain SHA-256: with that much
+  entropy a slow hash adds nothing.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+
+from cryptography.exceptions import InvalidTag
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from analytics.errors import AnalyticsError, ConfigurationError
+from analytics.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_VERSION = b"\x01"
+_HEADER = 1 + 4 + 12
+
+#: Well-known key of development mode. Never use it with real data.
+DEV_KEY = base64.urlsafe_b64encode(hashlib.sha256(b"analytics-dev-mode").digest()).decode()
+
+
+class DecryptionError(AnalyticsError):
+    """A sealed value does not open: unknown key id or tampered data."""
+
+    code = "decryption_error"
+
+
+def generate_key() -> str:
+    """A new encryption key for ``ANALYTICS_ENCRYPTION_KEYS``."""
+    return Fernet.generate_key().decode()
+
+
+def _decode_key(raw: str) -> bytes:
+    try:
+        key = base64.urlsafe_b64decode(raw.encode())
+    except (ValueError, TypeError):
+        key = b""
+    if len(key) != 32:
+        raise ConfigurationError(
+            "ANALYTICS_ENCRYPTION_KEYS holds a key that is not 32 bytes of URL-safe "
+            "base64 (make one with `analytics keys generate-encryption-key`)"
+        )
+    return key
+
+
+def _derive(key: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key)
+
+
+class Vault:
+    """Seals and opens PHI, and computes keyed hashes."""
+
+    def __init__(self, keys: list[str] | tuple[str, ...], hash_key: str = "") -> None:
+        if not keys:
+            raise ConfigurationError("no encryption keys configured")
+        raw = [_decode_key(k) for k in keys]
+        self._aeads: dict[bytes, AESGCM] = {}
+        self._order: list[bytes] = []
+        for key in raw:
+            sub = _derive(key, b"analytics/phi/aes-gcm/v1")
+            key_id = hashlib.sha256(sub).digest()[:4]
+            self._aeads[key_id] = AESGCM(sub)
+            self._order.append(key_id)
+        self.current_key_id = self._order[0]
+        hash_source = _decode_key(hash_key) if hash_key else raw[-1]
+        self._hash_key = _derive(hash_source, b"analytics/pseudonym/hmac/v1")
+        self._audit_key = _derive(hash_source, b"analytics/audit/hmac/v1")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Vault:
+        settings.require_keys()
+        keys = settings.encryption_keys
+        if not keys:
+            log.warning(
+                "DEVELOPMENT MODE: using the well-known development encryption key. "
+                "Data sealed with it is NOT protected. Never use dev mode with real data."
+            )
+            keys = (DEV_KEY,)
+        return cls(keys, settings.hash_key)
+
+    # -- sealing -----------------------------------------------------------
+    def seal(self, plaintext: bytes) -> str:
+        """Encrypt ``plaintext`` under the newest key."""
+        nonce = os.urandom(12)
+        ct = self._aeads[self.current_key_id].encrypt(nonce, plaintext, None)
+        return base64.urlsafe_b64encode(_VERSION + self.current_key_id + nonce + ct).decode()
+
+    def open(self, token: str) -> bytes:
+        """Decrypt a token made by :meth:`seal` under any configured key."""
+        try:
+            blob = base64.urlsafe_b64decode(token.encode())
+        except (ValueError, TypeError):
+            raise DecryptionError("sealed value is not valid base64") from None
+        if len(blob) < _HEADER + 16 or blob[:1] != _VERSION:
+            raise DecryptionError("sealed value has an unknown format")
+        aead = self._aeads.get(blob[1:5])
+        if aead is None:
+            raise DecryptionError("sealed value uses a key that is not configured")
+        try:
+            return aead.decrypt(blob[5:17], blob[17:], None)
+        except InvalidTag:
+            raise DecryptionError("sealed value failed authentication") from None
+
+    def key_id_of(self, token: str) -> bytes:
+        """The key id a token was sealed under (for rotation)."""
+        return base64.urlsafe_b64decode(token.encode())[1:5]
+
+    # -- keyed hashes ------------------------------------------------------
+    def pseudonym(self, value: str, purpose: str = "user") -> str:
+        """A stable keyed hash of ``value``: 128 bits as 32 hex characters."""
+        mac = hmac.new(self._hash_key, f"{purpose}\x00{value}".encode(), hashlib.sha256)
+        return mac.hexdigest()[:32]
+
+    def event_id(self, message_id: str) -> str:
+        """The stored id of the event with ``message_id``: 96 bits, URL-safe."""
+        mac = hmac.new(self._hash_key, b"message\x00" + message_id.encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()[:12]).decode()
+
+    def audit_mac(self, data: bytes) -> str:
+        """HMAC for chaining audit entries."""
+        return hmac.new(self._audit_key, data, hashlib.sha256).hexdigest()
+
+
+def new_api_key() -> str:
+    """A fresh API key: 256 random bits."""
+    return "ak_" + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    """How an API key is stored and looked up."""
+    return hashlib.sha256(key.encode()).hexdigest()

@@ -1,0 +1,68 @@
+"""The Redis key layout, in one place.
+
+Every key lives under ``analytics:``. Keys never contain PHI: user ids appear
+only as keyed hashes (see :mod:`analytics.crypto`).
+
+===========================================  =======  =====================================
+key                                          type     holds
+===========================================  =======  =====================================
+``analytics:events:queue``                   stream   accepted, unprocessed events of
+                                                      priority ``normal`` (contract key)
+``analytics:events:queue:{priority}``        stream   the same for ``critical``, ``high``
+                                                      and ``low``: one lane per priority so
+                                                      that a backlog drains highest first
+``analytics:events:processed:{type}``        hash     event id -> stored record (JSON,
+                                                      PHI sealed)
+``analytics:events:time:{type}``             zset     event id scored by timestamp (ms)
+``analytics:events:ids``                     hash     event id -> type: the messageId dedupe
+                                                      index (ids are keyed hashes of the
+                                                      messageId)
+``analytics:events:user:{user_hash}``        zset     ``type:id`` scored by timestamp: one
+                                                      user's events (queries, erasure)
+``analytics:event-types``                    hash     registered type -> JSON definition
+``analytics:apikeys``                        hash     SHA-256 of an API key -> JSON record
+``analytics:apikeys:ids``                    hash     key id -> SHA-256 (list, revoke)
+``analytics:kick:events``                    string   set while a processing task is queued
+``analytics:stats:*``                        various  monitoring figures
+===========================================  =======  =====================================
+
+The consumer group of every queue stream is :data:`GROUP`.
+"""
+from __future__ import annotations
+
+PREFIX = "analytics:"
+GROUP = "analytics-workers"
+
+PRIORITIES = ("critical", "high", "normal", "low")
+
+EVENT_QUEUE = "analytics:events:queue"
+EVENTS_PROCESSED = "analytics:events:processed:"
+EVENTS_TIME = "analytics:events:time:"
+EVENT_IDS = "analytics:events:ids"
+EVENTS_USER = "analytics:events:user:"
+EVENT_TYPES = "analytics:event-types"
+API_KEYS = "analytics:apikeys"
+API_KEY_IDS = "analytics:apikeys:ids"
+KICK_EVENTS = "analytics:kick:events"
+STATS = "analytics:stats:"
+
+
+def event_queue(priority: str) -> str:
+    """The queue lane of ``priority`` (``normal`` is the contract's key)."""
+    return EVENT_QUEUE if priority == "normal" else f"{EVENT_QUEUE}:{priority}"
+
+
+#: Lanes in the order workers drain them.
+EVENT_QUEUES = tuple(event_queue(p) for p in PRIORITIES)
+
+
+def processed(event_type: str) -> str:
+    return EVENTS_PROCESSED + event_type
+
+
+def time_index(event_type: str) -> str:
+    return EVENTS_TIME + event_type
+
+
+def user_index(user_hash: str) -> str:
+    return EVENTS_USER + user_hash

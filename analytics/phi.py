@@ -1,0 +1,81 @@
+"""Finding PHI in an event, taking it out before anything is written, and
+putting it back for readers allowed to see it.
+
+PHI is every value under a field whose name (case-insensitively) is in the
+configured set, at any depth of ``properties``, ``traits``, ``context`` and
+``metadata``, plus ``userId`` and ``anonymousId``. :func:`split` removes those
+values and returns them as ``[path, value]`` pairs; the caller seals the pairs
+as one blob (one AEAD operation per event, not one per field). :func:`merge`
+is the inverse.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+Path = list[str | int]
+
+#: Top-level event fields that are searched for PHI at any depth.
+NESTED_FIELDS = ("properties", "traits", "context", "metadata")
+#: Top-level fields that are PHI themselves.
+IDENTITY_FIELDS = ("userId", "anonymousId")
+
+REDACTED = "[redacted]"
+
+
+class PhiPolicy:
+    """The set of PHI field names, compared case-insensitively."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(n.strip().lower() for n in names if n.strip())
+
+    def is_phi(self, field: str) -> bool:
+        return field.lower() in self.names
+
+
+def _walk(node: Any, path: Path, policy: PhiPolicy, found: list[list[Any]]) -> Any:
+    """Return ``node`` without PHI, appending what was removed to ``found``."""
+    if isinstance(node, dict):
+        clean: dict[str, Any] = {}
+        for key, value in node.items():
+            if policy.is_phi(key):
+                found.append([[*path, key], value])
+            else:
+                clean[key] = _walk(value, [*path, key], policy, found)
+        return clean
+    if isinstance(node, list):
+        return [_walk(item, [*path, i], policy, found) for i, item in enumerate(node)]
+    return node
+
+
+def split(event: dict[str, Any], policy: PhiPolicy) -> tuple[dict[str, Any], list[list[Any]]]:
+    """Split ``event`` into its clear part and its PHI ``[path, value]`` pairs."""
+    found: list[list[Any]] = []
+    clear = dict(event)
+    for field in IDENTITY_FIELDS:
+        value = clear.pop(field, None)
+        if value is not None:
+            found.append([[field], value])
+    for field in NESTED_FIELDS:
+        value = clear.get(field)
+        if value:
+            clear[field] = _walk(value, [field], policy, found)
+    return clear, found
+
+
+def merge(clear: dict[str, Any], pairs: list[list[Any]]) -> dict[str, Any]:
+    """Put PHI ``pairs`` back into ``clear`` (modified in place and returned)."""
+    for path, value in pairs:
+        node: Any = clear
+        for step in path[:-1]:
+            if isinstance(step, int):
+                node = node[step]
+            else:
+                node = node.setdefault(step, {})
+        node[path[-1]] = value
+    return clear
+
+
+def redact(clear: dict[str, Any], pairs: list[list[Any]]) -> dict[str, Any]:
+    """Like :func:`merge` but with every PHI value replaced by a marker."""
+    return merge(clear, [[path, REDACTED] for path, _ in pairs])

@@ -1,0 +1,141 @@
+"""The durable event queue: Redis Streams with one consumer group.
+
+Why streams: an entry read with XREADGROUP stays in the group's pending list
+until a worker acknowledges it, so a worker killed mid-batch loses nothing;
+another worker takes the entry over with XAUTOCLAIM once it has been idle
+for ``claim_idle_seconds``. Acknowledgement happens inside the same Lua
+script that stores the batch (:mod:`analytics.store`), which makes "stored"
+and "acknowledged" one atomic step.
+
+There is one stream (lane) per priority. Workers drain lanes highest first,
+so under a backlog critical events overtake low ones. One stream entry holds
+all records of one request with the same priority: fewer, larger entries
+cost less than one entry per event.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from analytics import keyspace
+
+
+@dataclass
+class Entry:
+    """One queue entry: the records of one request and priority."""
+
+    lane: str
+    id: str
+    records: list[dict[str, Any]]
+    deliveries: int = 1
+    raw: bytes = field(default=b"", repr=False)
+
+
+class EventQueue:
+    def __init__(self, client: redis.Redis, lanes: Iterable[str] = keyspace.EVENT_QUEUES,
+                 group: str = keyspace.GROUP) -> None:
+        self._redis = client
+        self.lanes = tuple(lanes)
+        self.group = group
+        self._groups_ready = False
+
+    def ensure_groups(self) -> None:
+        """Create the consumer group on every lane (idempotent)."""
+        for lane in self.lanes:
+            try:
+                self._redis.xgroup_create(lane, self.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_ready = True
+
+    def add(self, pipe: redis.client.Pipeline, lane: str, records: list[dict[str, Any]]) -> None:
+        """Queue ``records`` as one entry (on ``pipe``, executed by the caller)."""
+        pipe.xadd(lane, {"e": orjson.dumps(records)})
+
+    def length(self) -> int:
+        pipe = self._redis.pipeline(transaction=False)
+        for lane in self.lanes:
+            pipe.xlen(lane)
+        return sum(pipe.execute())
+
+    def lengths(self) -> dict[str, int]:
+        pipe = self._redis.pipeline(transaction=False)
+        for lane in self.lanes:
+            pipe.xlen(lane)
+        return dict(zip(self.lanes, pipe.execute()))
+
+    def _decode(self, lane: str, entry_id: bytes, fields: dict[bytes, bytes] | None,
+                deliveries: int = 1) -> Entry:
+        raw = (fields or {}).get(b"e", b"[]")
+        return Entry(lane, entry_id.decode(), orjson.loads(raw), deliveries, raw)
+
+    def read(self, consumer: str, count: int) -> list[Entry]:
+        """Up to ``count`` new entries, from the highest-priority lanes first."""
+        if not self._groups_ready:
+            self.ensure_groups()
+        entries: list[Entry] = []
+        for lane in self.lanes:
+            want = count - len(entries)
+            if want <= 0:
+                break
+            try:
+                reply = self._redis.xreadgroup(self.group, consumer, {lane: ">"}, count=want)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.ensure_groups()  # the stream was lost (Redis without AOF)
+                continue
+            for _, items in reply or ():
+                entries.extend(self._decode(lane, eid, fields) for eid, fields in items)
+        return entries
+
+    def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take over entries whose worker has held them for ``min_idle_ms``."""
+        if not self._groups_ready:
+            self.ensure_groups()
+        entries: list[Entry] = []
+        for lane in self.lanes:
+            want = count - len(entries)
+            if want <= 0:
+                break
+            try:
+                _, items, deleted = self._redis.xautoclaim(
+                    lane, self.group, consumer, min_idle_ms, "0-0", count=want)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.ensure_groups()
+                continue
+            if deleted:
+                # Entries deleted while pending: drop them from the pending list.
+                self._redis.xack(lane, self.group, *deleted)
+            if not items:
+                continue
+            counts = self._delivery_counts(lane, [eid for eid, _ in items])
+            entries.extend(self._decode(lane, eid, fields, counts.get(eid, 1))
+                           for eid, fields in items if fields is not None)
+        return entries
+
+    def _delivery_counts(self, lane: str, ids: list[bytes]) -> dict[bytes, int]:
+        pipe = self._redis.pipeline(transaction=False)
+        for eid in ids:
+            pipe.xpending_range(lane, self.group, min=eid, max=eid, count=1)
+        counts: dict[bytes, int] = {}
+        for eid, reply in zip(ids, pipe.execute()):
+            if reply:
+                counts[eid] = int(reply[0]["times_delivered"])
+        return counts
+
+    def pending(self) -> int:
+        """Entries delivered to a worker but not yet acknowledged."""
+        if not self._groups_ready:
+            self.ensure_groups()
+        total = 0
+        for lane in self.lanes:
+            total += int(self._redis.xpending(lane, self.group)["pending"])
+        return total

@@ -1,0 +1,75 @@
+"""Connecting to Redis, and turning its failures into domain errors."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from analytics.errors import StoreUnavailable
+from analytics.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Errors that mean "Redis is not there right now": retried, answered 503.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+)
+
+
+def connect(settings: Settings, url: str | None = None) -> redis.Redis:
+    """A client for ``url`` (default ``REDIS_URL``); ``rediss://`` means TLS.
+
+    Short connect timeouts and one quick retry: a request must fail fast
+    with 503 when Redis is away rather than hang.
+    """
+    return redis.Redis.from_url(
+        url or settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        socket_keepalive=True,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+    )
+
+
+def is_out_of_memory(exc: redis.ResponseError) -> bool:
+    return str(exc).startswith("OOM")
+
+
+@contextlib.contextmanager
+def unavailable_as_error() -> Iterator[None]:
+    """Map "Redis is away or full" to :class:`StoreUnavailable`."""
+    try:
+        yield
+    except TRANSIENT_ERRORS:
+        raise StoreUnavailable("the data store is unavailable; nothing was accepted, retry later") from None
+    except redis.ResponseError as exc:
+        if is_out_of_memory(exc):
+            raise StoreUnavailable("the data store is full; nothing was accepted, retry later") from None
+        raise
+
+
+def wait_until_reachable(client: redis.Redis, what: str, interval: float = 2.0) -> None:
+    """Block until Redis answers, saying so in one line per outage."""
+    announced = False
+    while True:
+        try:
+            client.ping()
+        except TRANSIENT_ERRORS as exc:
+            if not announced:
+                log.error("%s cannot reach Redis (%s); retrying every %.0f s", what,
+                          type(exc).__name__, interval)
+                announced = True
+            time.sleep(interval)
+        else:
+            if announced:
+                log.warning("%s reached Redis again", what)
+            return

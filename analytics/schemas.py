@@ -1,0 +1,154 @@
+"""marshmallow schemas: the schemas of record for everything that enters.
+
+Schemas are built once at module level (they are reused, and building one is
+costly). Unknown fields raise, so a typo in a client is an error rather than
+silently dropped data.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from analytics.keyspace import PRIORITIES
+
+#: Nesting and size limits for free-form objects (properties, traits, ...).
+MAX_DEPTH = 8
+MAX_KEYS = 256
+ID_LENGTH = validate.Length(min=1, max=256)
+
+
+def parse_time_ms(value: Any) -> int:
+    """ISO 8601 (``Z`` or an offset; naive means UTC) or epoch seconds -> ms.
+
+    Raises ``ValueError`` on anything else.
+    """
+    if isinstance(value, bool):
+        raise ValueError("not a time")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or not 0 <= value < 10**11:
+            raise ValueError("epoch seconds out of range")
+        return int(value * 1000)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return parse_time_ms(float(text))
+        except ValueError:
+            pass
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return int(moment.timestamp() * 1000)
+    raise ValueError("not a time")
+
+
+def format_time_ms(ms: int) -> str:
+    """Milliseconds since the epoch as ISO 8601 UTC with a ``Z``."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+class Timestamp(fields.Field):
+    """A point in time, loaded as integer milliseconds since the epoch."""
+
+    default_error_messages = {"invalid": "Not a valid time (ISO 8601 or epoch seconds)."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        try:
+            return parse_time_ms(value)
+        except (ValueError, OverflowError):
+            raise self.make_error("invalid") from None
+
+
+def _check_object(value: dict[str, Any]) -> None:
+    """Bound depth and key count of free-form objects."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValidationError(f"Nested deeper than {MAX_DEPTH} levels.")
+        if isinstance(node, dict):
+            count += len(node)
+            for key, item in node.items():
+                if not isinstance(key, str) or len(key) > 128:
+                    raise ValidationError("Keys must be strings of at most 128 characters.")
+                stack.append((item, depth + 1))
+        elif isinstance(node, list):
+            count += len(node)
+            stack.extend((item, depth + 1) for item in node)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValidationError("Numbers must be finite.")
+        if count > MAX_KEYS:
+            raise ValidationError(f"More than {MAX_KEYS} keys and items.")
+
+
+def FreeObject() -> fields.Dict:  # noqa: N802 - reads like a field class
+    return fields.Dict(keys=fields.String(), load_default=None, allow_none=True,
+                       validate=_check_object)
+
+
+class EventSchema(Schema):
+    """One event, as the contract describes it."""
+
+    class Meta:
+        unknown = RAISE
+
+    type = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    userId = fields.String(load_default=None, allow_none=True, validate=ID_LENGTH)
+    anonymousId = fields.String(load_default=None, allow_none=True, validate=ID_LENGTH)
+    properties = FreeObject()
+    metadata = FreeObject()
+    context = FreeObject()
+    traits = FreeObject()
+    priority = fields.String(load_default=None, allow_none=True,
+                             validate=validate.OneOf(PRIORITIES))
+    timestamp = Timestamp(load_default=None, allow_none=True)
+    messageId = fields.String(load_default=None, allow_none=True, validate=ID_LENGTH)
+
+    @validates_schema
+    def _identity(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data.get("userId") and not data.get("anonymousId"):
+            raise ValidationError("userId or anonymousId is required.", "userId")
+
+
+class EventBatchSchema(Schema):
+    """The envelope of a batch; its events are validated one by one."""
+
+    class Meta:
+        unknown = RAISE
+
+    batch = fields.List(fields.Raw(), required=True)
+    sentAt = Timestamp(load_default=None, allow_none=True)
+
+
+class EventTypeSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True)
+    priority = fields.String(load_default="normal", validate=validate.OneOf(PRIORITIES))
+    description = fields.String(load_default="", validate=validate.Length(max=500))
+
+
+class EventQuerySchema(Schema):
+    """Query string of ``GET /v1/events``."""
+
+    class Meta:
+        unknown = RAISE
+
+    type = fields.String(load_default=None, validate=validate.Length(min=1, max=64))
+    start = Timestamp(load_default=None)
+    end = Timestamp(load_default=None)
+    userId = fields.String(load_default=None, validate=ID_LENGTH)
+    priority = fields.String(load_default=None, validate=validate.OneOf(PRIORITIES))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+
+
+event_schema = EventSchema()
+event_batch_schema = EventBatchSchema()
+event_type_schema = EventTypeSchema()
+event_query_schema = EventQuerySchema()

@@ -1,0 +1,252 @@
+"""``AnalyticsService``: the Python API of the service.
+
+The web app, the Celery tasks and the command line are thin faces over it.
+It owns no threads and no global state: build one per process with
+:meth:`AnalyticsService.create` and share it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import marshmallow
+import orjson
+import redis
+
+from analytics import keyspace
+from analytics.apikeys import ApiKey, ApiKeyStore
+from analytics.crypto import Vault
+from analytics.errors import ValidationError
+from analytics.phi import PhiPolicy
+from analytics.queue import Entry, EventQueue
+from analytics.records import RecordCodec
+from analytics.redis_client import connect, unavailable_as_error
+from analytics.registry import EventType, EventTypeRegistry
+from analytics.schemas import event_query_schema, event_schema
+from analytics.settings import Settings
+from analytics.store import CommitResult, EventStore
+
+log = logging.getLogger(__name__)
+
+#: How long the "a processing task is queued" flag lives if no task clears it.
+KICK_TTL_MS = 5000
+
+
+@dataclass
+class TrackResult:
+    """What became of the events of one call (the 202 body)."""
+
+    accepted: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "rejected": self.rejected, "ids": self.ids}
+
+
+@dataclass
+class DrainReport:
+    """What one processing run did."""
+
+    entries: int = 0
+    committed: CommitResult = field(default_factory=CommitResult)
+    seconds: float = 0.0
+
+
+def consumer_name() -> str:
+    """This process's name in the consumer group."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class AnalyticsService:
+    def __init__(self, settings: Settings, client: redis.Redis, *,
+                 kick: Callable[[], None] | None = None, vault: Vault | None = None) -> None:
+        self.settings = settings
+        self.redis = client
+        self.vault = vault or Vault.from_settings(settings)
+        self.policy = PhiPolicy(settings.phi_fields)
+        self.codec = RecordCodec(self.vault, self.policy, settings.max_clock_skew_seconds * 1000)
+        self.registry = EventTypeRegistry(client, settings)
+        self.queue = EventQueue(client)
+        self.store = EventStore(client)
+        self.api_keys = ApiKeyStore(client)
+        self._kick = kick
+
+    @classmethod
+    def create(cls, settings: Settings | None = None, *,
+               kick: Callable[[], None] | None = None) -> AnalyticsService:
+        """Build the service from settings (default: the environment)."""
+        settings = settings or Settings.from_env()
+        return cls(settings, connect(settings), kick=kick)
+
+    # -- ingestion -----------------------------------------------------------
+    def _validate(self, index: int, raw: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        if not isinstance(raw, dict):
+            return None, {"_schema": ["An event must be a JSON object."]}
+        if len(orjson.dumps(raw)) > self.settings.max_event_bytes:
+            return None, {"_schema": [f"Event larger than {self.settings.max_event_bytes} bytes."]}
+        try:
+            event = event_schema.load(raw)
+        except marshmallow.ValidationError as exc:
+            return None, exc.normalized_messages()
+        if self.registry.get(event["type"]) is None:
+            return None, {"type": ["Unknown event type: register it first (POST /v1/event-types)."]}
+        return event, {}
+
+    def track(self, event: dict[str, Any], *, sent_at: int | None = None) -> TrackResult:
+        """Validate and durably queue one event."""
+        return self.track_many([event], sent_at=sent_at)
+
+    def track_many(self, events: Iterable[Any], *, sent_at: int | None = None,
+                   received_ms: int | None = None) -> TrackResult:
+        """Validate ``events`` one by one and queue the valid ones.
+
+        Invalid events are reported by index; the others are accepted. When
+        this returns, the accepted events are in Redis (the queue): they
+        survive a worker crash. Raises :class:`StoreUnavailable` when Redis
+        cannot take them (then none was accepted).
+        """
+        received = received_ms if received_ms is not None else int(time.time() * 1000)
+        result = TrackResult()
+        lanes: dict[str, list[dict[str, Any]]] = {}
+        for index, raw in enumerate(events):
+            event, errors = self._validate(index, raw)
+            if event is None:
+                result.rejected.append({"index": index, "errors": errors})
+                continue
+            event_type = self.registry.get(event["type"])
+            assert event_type is not None
+            priority = event["priority"] or event_type.priority
+            record = self.codec.encode(event, priority, received, sent_at)
+            lanes.setdefault(keyspace.event_queue(priority), []).append(record)
+            result.ids.append(record["m"])
+        if lanes:
+            self._enqueue(lanes)
+            result.accepted = len(result.ids)
+        return result
+
+    def _enqueue(self, lanes: dict[str, list[dict[str, Any]]]) -> None:
+        with unavailable_as_error():
+            pipe = self.redis.pipeline(transaction=False)
+            for lane, records in lanes.items():
+                self.queue.add(pipe, lane, records)
+            pipe.set(keyspace.KICK_EVENTS, 1, nx=True, px=KICK_TTL_MS)
+            replies = pipe.execute()
+        if replies[-1] and self._kick is not None:
+            self._kick()
+
+    def kick(self) -> bool:
+        """Ask for a processing task unless one is already queued."""
+        if self._kick is not None and self.redis.set(keyspace.KICK_EVENTS, 1, nx=True, px=KICK_TTL_MS):
+            self._kick()
+            return True
+        return False
+
+    # -- processing ----------------------------------------------------------
+    def process(self, entries: list[Entry]) -> CommitResult:
+        """Store the records of ``entries`` and acknowledge them (one step)."""
+        return self.store.commit(entries)
+
+    def drain(self, consumer: str | None = None, *, budget: float | None = None) -> DrainReport:
+        """Process queued events until the queue is empty or ``budget`` s pass.
+
+        Clears the "task queued" flag first, so an event queued from now on
+        asks for a new task: no wake-up is lost. If work remains (a full
+        batch, or the budget ran out), asks for one more task so that idle
+        workers join in.
+        """
+        consumer = consumer or consumer_name()
+        budget = self.settings.drain_seconds if budget is None else budget
+        report = DrainReport()
+        started = time.monotonic()
+        self.redis.delete(keyspace.KICK_EVENTS)
+        size = self.settings.batch_size
+        while True:
+            entries = self.queue.read(consumer, size)
+            if not entries:
+                break
+            report.entries += len(entries)
+            report.committed += self.process(entries)
+            if len(entries) == size:
+                self.kick()
+            if time.monotonic() - started > budget:
+                self.kick()
+                break
+        report.seconds = time.monotonic() - started
+        return report
+
+    def recover(self, consumer: str | None = None) -> DrainReport:
+        """Take over entries left behind by dead workers, and make sure a
+        processing task runs if anything is queued (a lost wake-up)."""
+        consumer = consumer or consumer_name()
+        report = DrainReport()
+        started = time.monotonic()
+        idle_ms = int(self.settings.claim_idle_seconds * 1000)
+        while True:
+            entries = self.queue.claim_stale(consumer, idle_ms, self.settings.batch_size)
+            if not entries:
+                break
+            report.entries += len(entries)
+            report.committed += self.process(entries)
+        if self.queue.length() > self.queue.pending():
+            self.kick()
+        report.seconds = time.monotonic() - started
+        return report
+
+    # -- querying ------------------------------------------------------------
+    def get_events(self, query: dict[str, Any], *, reveal_phi: bool = True,
+                   scope_user_hash: str = "") -> tuple[list[dict[str, Any]], str | None]:
+        """Events matching ``query`` (the ``GET /v1/events`` parameters, raw
+        strings or loaded values), newest first, and the next cursor.
+
+        ``scope_user_hash`` restricts to one user's events (a scoped key).
+        """
+        try:
+            params = event_query_schema.load(query)
+        except marshmallow.ValidationError as exc:
+            raise ValidationError("invalid query", exc.normalized_messages()) from None
+        if params["type"] is not None:
+            if self.registry.get(params["type"]) is None:
+                raise ValidationError("unknown event type", {"type": ["Unknown event type."]})
+            types = [params["type"]]
+        else:
+            types = [t.name for t in self.registry.all()]
+        user_hash = self.codec.user_hash(params["userId"]) if params["userId"] else None
+        if scope_user_hash:
+            if user_hash is not None and user_hash != scope_user_hash:
+                return [], None
+            user_hash = scope_user_hash
+        with unavailable_as_error():
+            records, cursor = self.store.query(
+                types, start=params["start"], end=params["end"], user_hash=user_hash,
+                priority=params["priority"], limit=params["limit"], cursor=params["cursor"])
+        return [self.codec.decode(r, reveal_phi) for r in records], cursor
+
+    # -- configuration -------------------------------------------------------
+    def event_types(self) -> list[EventType]:
+        return self.registry.all()
+
+    def register_event_type(self, name: str, priority: str = "normal",
+                            description: str = "") -> EventType:
+        with unavailable_as_error():
+            return self.registry.register(name, priority, description)
+
+    def authenticate(self, secret: str | None) -> ApiKey:
+        with unavailable_as_error():
+            return self.api_keys.authenticate(secret)
+
+    def create_api_key(self, role: str, user_id: str | None = None,
+                       name: str = "") -> tuple[str, ApiKey]:
+        user_hash = self.codec.user_hash(user_id) if user_id else ""
+        return self.api_keys.create(role, user_hash=user_hash, name=name)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False

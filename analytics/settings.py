@@ -1,0 +1,166 @@
+"""Settings: the one place where the environment is read.
+
+Every process (web, worker, beat, CLI) builds a :class:`Settings` from the
+environment with :meth:`Settings.from_env`; tests pass a mapping instead.
+Values are coerced and checked here, so the rest of the code can trust them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from analytics.errors import ConfigurationError
+
+#: Names that carry the HIPAA Safe Harbor identifiers (contract, PHI section).
+DEFAULT_PHI_FIELDS = (
+    "name,first_name,last_name,email,phone,fax,ssn,address,street,city,zip,"
+    "postal_code,dob,birth_date,birthdate,mrn,medical_record_number,"
+    "account_number,license_number,device_id,ip,url"
+)
+
+#: Event types every installation knows, with their default priority.
+DEFAULT_EVENT_TYPES = (
+    "page_view,click,form_submit,api_call,login,logout,error:high,custom,"
+    "identify,page,screen,group,alias"
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def _int(name: str, raw: str, minimum: int = 0) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, raw: str, minimum: float = 0.0) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """All configuration of the service. Field docs name the variable."""
+
+    #: ``REDIS_URL``: data store (``redis://`` or ``rediss://``).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: ``CELERY_BROKER_URL``: Celery broker; defaults to ``REDIS_URL``.
+    broker_url: str = ""
+    #: ``ANALYTICS_ENCRYPTION_KEYS``: Fernet-format keys, newest first.
+    encryption_keys: tuple[str, ...] = ()
+    #: ``ANALYTICS_HASH_KEY``: key for user-id hashes; default derived from the
+    #: oldest encryption key so that hashes survive a key rotation.
+    hash_key: str = ""
+    #: ``ANALYTICS_DEV``: development mode (well-known key allowed, loudly).
+    dev_mode: bool = False
+    #: ``ANALYTICS_RETENTION_DAYS``: how long raw events live.
+    retention_days: int = 30
+    #: ``ANALYTICS_PHI_FIELDS``: field names treated as PHI (case-insensitive).
+    phi_fields: tuple[str, ...] = _list(DEFAULT_PHI_FIELDS)
+    #: ``ANALYTICS_EVENT_TYPES``: extra types, ``name`` or ``name:priority``.
+    event_types: tuple[str, ...] = _list(DEFAULT_EVENT_TYPES)
+    #: ``ANALYTICS_BATCH_SIZE``: queue entries a worker takes at once.
+    batch_size: int = 64
+    #: ``ANALYTICS_CLAIM_IDLE_SECONDS``: a queue entry left unacknowledged this
+    #: long by a worker is taken over by another (its worker died).
+    claim_idle_seconds: float = 15.0
+    #: ``ANALYTICS_MAX_ATTEMPTS``: deliveries before an entry is dead-lettered.
+    max_attempts: int = 5
+    #: ``ANALYTICS_DRAIN_SECONDS``: how long one processing task keeps draining.
+    drain_seconds: float = 5.0
+    #: ``ANALYTICS_RECOVERY_INTERVAL``: seconds between beat recovery sweeps.
+    recovery_interval: float = 5.0
+    #: ``ANALYTICS_MAX_CLOCK_SKEW_SECONDS``: cap of the ``sentAt`` correction.
+    max_clock_skew_seconds: int = 86_400
+    #: ``ANALYTICS_MAX_BATCH_EVENTS``: events per request (Segment: 2,500).
+    max_batch_events: int = 2500
+    #: ``ANALYTICS_MAX_BODY_BYTES``: request body limit, decompressed.
+    max_body_bytes: int = 512_000
+    #: ``ANALYTICS_MAX_EVENT_BYTES``: one event's size limit (Segment: 32 KB).
+    max_event_bytes: int = 32_768
+    #: ``ANALYTICS_REGISTRY_TTL``: seconds a process caches the type registry.
+    registry_ttl: float = 1.0
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``).
+
+        Keyword ``overrides`` win over the environment; tests use them.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        get = env.get
+        if get("REDIS_URL"):
+            values["redis_url"] = get("REDIS_URL")
+        if get("CELERY_BROKER_URL"):
+            values["broker_url"] = get("CELERY_BROKER_URL")
+        if get("ANALYTICS_ENCRYPTION_KEYS"):
+            values["encryption_keys"] = _list(get("ANALYTICS_ENCRYPTION_KEYS", ""))
+        if get("ANALYTICS_HASH_KEY"):
+            values["hash_key"] = get("ANALYTICS_HASH_KEY")
+        if get("ANALYTICS_DEV") is not None:
+            values["dev_mode"] = _bool("ANALYTICS_DEV", get("ANALYTICS_DEV", ""))
+        if get("ANALYTICS_PHI_FIELDS"):
+            values["phi_fields"] = _list(get("ANALYTICS_PHI_FIELDS", ""))
+        if get("ANALYTICS_EVENT_TYPES"):
+            values["event_types"] = cls.event_types + _list(get("ANALYTICS_EVENT_TYPES", ""))
+        for name, field, minimum in (
+            ("ANALYTICS_RETENTION_DAYS", "retention_days", 1),
+            ("ANALYTICS_BATCH_SIZE", "batch_size", 1),
+            ("ANALYTICS_MAX_ATTEMPTS", "max_attempts", 1),
+            ("ANALYTICS_MAX_CLOCK_SKEW_SECONDS", "max_clock_skew_seconds", 0),
+            ("ANALYTICS_MAX_BATCH_EVENTS", "max_batch_events", 1),
+            ("ANALYTICS_MAX_BODY_BYTES", "max_body_bytes", 1024),
+            ("ANALYTICS_MAX_EVENT_BYTES", "max_event_bytes", 256),
+        ):
+            if get(name):
+                values[field] = _int(name, get(name, ""), minimum)
+        for name, field in (
+            ("ANALYTICS_CLAIM_IDLE_SECONDS", "claim_idle_seconds"),
+            ("ANALYTICS_DRAIN_SECONDS", "drain_seconds"),
+            ("ANALYTICS_RECOVERY_INTERVAL", "recovery_interval"),
+            ("ANALYTICS_REGISTRY_TTL", "registry_ttl"),
+        ):
+            if get(name):
+                values[field] = _float(name, get(name, ""))
+        values.update(overrides)
+        settings = cls(**values)
+        if not settings.broker_url:
+            settings = dataclasses.replace(settings, broker_url=settings.redis_url)
+        return settings
+
+    def require_keys(self) -> None:
+        """Refuse to run without encryption keys outside development mode."""
+        if not self.encryption_keys and not self.dev_mode:
+            raise ConfigurationError(
+                "ANALYTICS_ENCRYPTION_KEYS is not set: refusing to start without "
+                "encryption keys (generate one with `analytics keys generate-encryption-key`, "
+                "or set ANALYTICS_DEV=1 for development only)"
+            )

@@ -1,0 +1,27 @@
+"""Processing tasks: thin, idempotent (the store dedupes), retried only when
+Redis is away."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tasks.base import service, task
+from tasks.celery_app import PROCESS_EVENTS, RECOVER
+
+log = logging.getLogger(__name__)
+
+
+@task(PROCESS_EVENTS)
+def process_events() -> dict[str, Any]:
+    """Drain the event queue for a few seconds (queued on ingest)."""
+    report = service().drain()
+    return {"entries": report.entries, "stored": report.committed.stored}
+
+
+@task(RECOVER)
+def recover() -> dict[str, Any]:
+    """Beat: take over work of dead workers; wake processing if needed."""
+    report = service().recover()
+    if report.entries:
+        log.warning("recovered %d queue entries left by stopped workers", report.entries)
+    return {"entries": report.entries, "stored": report.committed.stored}

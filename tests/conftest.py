@@ -1,0 +1,106 @@
+"""Fixtures: real Redis, real Celery worker and beat, the real Flask app.
+
+Layout: Redis db 0 holds the data and is flushed before each test; db 1 is
+the Celery broker, left alone so the session's worker keeps its queues.
+"""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from cryptography.fernet import Fernet
+
+from tests.support import (ARTIFACTS, Process, RedisServer, celery_beat, python_env,
+                           start_worker)
+
+
+@pytest.fixture(scope="session")
+def tmp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return tmp_path_factory.mktemp("analytics")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_root: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_root / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def encryption_keys() -> str:
+    return ",".join([Fernet.generate_key().decode(), Fernet.generate_key().decode()])
+
+
+def service_env(server: RedisServer, keys: str, **extra: str) -> dict[str, str]:
+    """The environment of every process under test."""
+    env = {
+        "REDIS_URL": server.url(0),
+        "CELERY_BROKER_URL": server.url(1),
+        "ANALYTICS_ENCRYPTION_KEYS": keys,
+        "ANALYTICS_DEV": "0",
+        "ANALYTICS_CLAIM_IDLE_SECONDS": "2",
+        "ANALYTICS_RECOVERY_INTERVAL": "1",
+        "ANALYTICS_DRAIN_SECONDS": "2",
+        "ANALYTICS_REGISTRY_TTL": "0.2",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def env(redis_server: RedisServer, encryption_keys: str) -> dict[str, str]:
+    return service_env(redis_server, encryption_keys)
+
+
+@pytest.fixture(scope="session")
+def worker(env: dict[str, str], tmp_root: Path) -> Iterator[Process]:
+    """One Celery worker (2 processes) and beat for the whole session."""
+    logs = tmp_root / "session-logs"
+    logs.mkdir(exist_ok=True)
+    proc = start_worker("worker", python_env(env), logs)
+    beat = celery_beat("beat", python_env(env), logs).start()
+    yield proc
+    beat.stop()
+    proc.stop()
+    for log in logs.glob("*.log"):
+        shutil.copy(log, ARTIFACTS / f"session-{log.name}")
+
+
+@pytest.fixture(autouse=True)
+def _clean_data(redis_server: RedisServer) -> None:
+    redis_server.client(0).flushdb()
+
+
+@pytest.fixture
+def data(redis_server: RedisServer) -> redis.Redis:
+    """A client on the data database, to look at what was stored."""
+    return redis_server.client(0)
+
+
+@pytest.fixture
+def app(env: dict[str, str]) -> Any:
+    from web import create_app
+
+    return create_app({**env, "TESTING": True})
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture
+def service(app: Any) -> Any:
+    return app.extensions["analytics"]
+
+
+@pytest.fixture
+def keys(service: Any) -> dict[str, str]:
+    """One key per role, as ``Authorization`` headers."""
+    return {role: {"Authorization": f"Bearer {service.create_api_key(role)[0]}"}
+            for role in ("ingest", "read", "admin")}

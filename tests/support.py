@@ -1,0 +1,160 @@
+"""Real processes for the tests: a private redis-server, Celery workers,
+web servers. Every process is started here and stopped by pid."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+class Process:
+    """A subprocess in its own process group, its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 30.0, after: int = 0) -> None:
+        regex = re.compile(pattern)
+
+        def seen() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
+            return bool(regex.search(self.log()[after:]))
+
+        wait_until(seen, timeout, 0.1, f"{self.name} to log {pattern!r}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (a Celery worker and its children)."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.proc.wait(5)
+        # Children of a killed group leader may linger: sweep the group.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc = None
+
+
+class RedisServer:
+    """A private redis-server on a free port, AOF on with fsync always."""
+
+    def __init__(self, data_dir: Path, maxmemory: str | None = None) -> None:
+        self.port = free_port()
+        self.dir = data_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
+                "--save", "", "--maxmemory-policy", "noeviction"]
+        if maxmemory:
+            argv += ["--maxmemory", maxmemory]
+        self.process = Process(f"redis-{self.port}", argv, dict(os.environ), self.dir)
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis.from_url(self.url(db))
+
+    def start(self) -> RedisServer:
+        self.process.start()
+
+        def up() -> bool:
+            try:
+                return bool(self.client().ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(up, 10, 0.05, "redis-server to answer")
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def python_env(base: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **base}
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def celery_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2) -> Process:
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO",
+            "--concurrency", str(concurrency), "--without-mingle", "--without-gossip",
+            "--hostname", f"{name}@%h"]
+    return Process(name, argv, env, log_dir)
+
+
+def celery_beat(name: str, env: dict[str, str], log_dir: Path) -> Process:
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO",
+            "--schedule", str(log_dir / f"{name}-schedule")]
+    return Process(name, argv, env, log_dir)
+
+
+def start_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2) -> Process:
+    worker = celery_worker(name, env, log_dir, concurrency).start()
+    worker.wait_for_log(r"ready\.", timeout=60)
+    return worker

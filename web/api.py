@@ -1,0 +1,69 @@
+"""``/v1`` JSON API: events and the event-type registry. Views only parse,
+authorize and shape; the work is in :class:`analytics.AnalyticsService`."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import marshmallow
+from flask import Blueprint, g, jsonify, request
+
+from analytics.errors import PayloadTooLarge, ValidationError
+from analytics.schemas import event_batch_schema, event_type_schema
+from web.auth import require
+from web.body import json_body
+from web.extensions import get_service
+
+api = Blueprint("api", __name__, url_prefix="/v1")
+
+
+def load(schema: marshmallow.Schema, data: Any) -> dict[str, Any]:
+    try:
+        return schema.load(data)
+    except marshmallow.ValidationError as exc:
+        raise ValidationError("invalid request", exc.normalized_messages()) from None
+
+
+@api.post("/events")
+@require("ingest")
+def post_events():  # type: ignore[no-untyped-def]
+    body = json_body()
+    service = get_service()
+    if isinstance(body, dict) and "batch" in body:
+        envelope = load(event_batch_schema, body)
+        limit = service.settings.max_batch_events
+        if len(envelope["batch"]) > limit:
+            raise PayloadTooLarge(f"more than {limit} events in one batch")
+        result = service.track_many(envelope["batch"], sent_at=envelope["sentAt"])
+        if result.accepted == 0 and result.rejected:
+            raise ValidationError("no event was accepted", {"rejected": result.rejected})
+    else:
+        result = service.track(body)
+        if result.rejected:
+            raise ValidationError("invalid event", result.rejected[0]["errors"])
+    return jsonify(result.as_dict()), 202
+
+
+@api.get("/events")
+@require("read")
+def get_events():  # type: ignore[no-untyped-def]
+    key = g.api_key
+    events, cursor = get_service().get_events(
+        request.args.to_dict(), reveal_phi=True, scope_user_hash=key.user_hash)
+    return jsonify(events=events, next=cursor)
+
+
+@api.get("/event-types")
+@require("read")
+def list_event_types():  # type: ignore[no-untyped-def]
+    types = [asdict(t) for t in get_service().event_types()]
+    return jsonify(eventTypes=types)
+
+
+@api.post("/event-types")
+@require("admin")
+def register_event_type():  # type: ignore[no-untyped-def]
+    data = load(event_type_schema, json_body())
+    event_type = get_service().register_event_type(
+        data["name"], data["priority"], data["description"])
+    return jsonify(asdict(event_type)), 201

@@ -1,0 +1,41 @@
+"""API key authentication for views: ``@require("read")``."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import g, request
+
+from analytics.apikeys import ApiKey
+from web.extensions import get_service
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def authenticate(secret: str | None) -> ApiKey:
+    key = get_service().authenticate(secret)
+    g.api_key = key
+    return key
+
+
+def require(action: str) -> Callable[[F], F]:
+    """Views decorated with this need a key whose role grants ``action``."""
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            authenticate(bearer_token()).require(action)
+            return view(*args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorator

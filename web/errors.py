@@ -1,0 +1,54 @@
+"""Every error leaves the app as the contract's JSON error, mapped here only.
+
+Error bodies name fields and never echo input values (they may be PHI).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from analytics.errors import AnalyticsError, RateLimited
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, code: str, message: str,
+                   details: dict[str, Any] | None = None) -> Response:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _analytics_error(exc: AnalyticsError) -> Response:
+    response = error_response(exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    message = exc.description or exc.name
+    if status == 413:
+        message = "request body too large"
+    return error_response(status, _HTTP_CODES.get(status, "error"), message)
+
+
+def _unexpected(exc: Exception) -> Response:
+    # Only the type: an exception's message may carry input values (PHI).
+    log.error("unhandled %s while serving a request", type(exc).__name__)
+    return error_response(500, "internal_error", "internal error")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(AnalyticsError, _analytics_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
