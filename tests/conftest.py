@@ -104,3 +104,20 @@ def keys(service: Any) -> dict[str, str]:
     """One key per role, as ``Authorization`` headers."""
     return {role: {"Authorization": f"Bearer {service.create_api_key(role)[0]}"}
             for role in ("ingest", "read", "admin")}
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path, encryption_keys: str) -> Iterator[Any]:
+    """Factory of private stacks (Redis + workers + beat), closed after the test."""
+    from tests.support import Stack
+
+    stacks: list[Stack] = []
+
+    def make(**env: str) -> Stack:
+        stack = Stack(tmp_path / f"stack{len(stacks)}", encryption_keys, **env)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.close()

@@ -158,3 +158,43 @@ def start_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int
     worker = celery_worker(name, env, log_dir, concurrency).start()
     worker.wait_for_log(r"ready\.", timeout=60)
     return worker
+
+
+class Stack:
+    """A private Redis, Celery worker(s) and beat, for tests that break things."""
+
+    def __init__(self, root: Path, keys: str, **env: str) -> None:
+        from tests.conftest import service_env
+
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(root / "redis").start()
+        self.env = service_env(self.redis, keys, **env)
+        self.processes: list[Process] = []
+        self._n = 0
+
+    def worker(self, concurrency: int = 2, wait: bool = True) -> Process:
+        self._n += 1
+        proc = celery_worker(f"worker{self._n}", python_env(self.env), self.root, concurrency).start()
+        self.processes.append(proc)
+        if wait:
+            proc.wait_for_log(r"ready\.", timeout=60)
+        return proc
+
+    def beat(self) -> Process:
+        proc = celery_beat("beat", python_env(self.env), self.root).start()
+        self.processes.append(proc)
+        return proc
+
+    def app(self) -> Any:
+        from web import create_app
+
+        return create_app({**self.env, "TESTING": True})
+
+    def close(self) -> None:
+        for proc in self.processes:
+            proc.stop()
+        self.redis.stop()
+        ARTIFACTS.mkdir(exist_ok=True)
+        for log in self.root.glob("*.log"):
+            (ARTIFACTS / f"{self.root.name}-{log.name}").write_bytes(log.read_bytes())
