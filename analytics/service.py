@@ -20,7 +20,9 @@ import redis
 
 from analytics import keyspace
 from analytics.apikeys import ApiKey, ApiKeyStore
+from analytics.audit import AuditLog
 from analytics.crypto import Vault
+from analytics.deadletters import DeadLetters
 from analytics.errors import ValidationError
 from analytics.phi import PhiPolicy
 from analytics.queue import Entry, EventQueue
@@ -75,6 +77,8 @@ class AnalyticsService:
         self.queue = EventQueue(client)
         self.store = EventStore(client)
         self.api_keys = ApiKeyStore(client)
+        self.audit = AuditLog(client, self.vault)
+        self.dead_letters = DeadLetters(client, self.vault)
         self._kick = kick
 
     @classmethod
