@@ -1,5 +1,7 @@
 """gunicorn settings for the web process (Procfile ``web``)."""
 import os
+import shutil
+import tempfile
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 # gthread: each WebSocket holds a thread for its lifetime, so threads bound
@@ -10,3 +12,28 @@ threads = int(os.environ.get("WEB_THREADS", "64"))
 timeout = 60
 graceful_timeout = 10
 accesslog = None  # request lines can carry query strings; we log our own, scrubbed
+
+# Prometheus multiprocess mode: every worker writes its samples to files in
+# this directory and GET /metrics sums them, whichever worker answers. It must
+# be set before any worker imports prometheus_client, hence here, in the
+# master. Give each server its own directory (the default is per master pid).
+PROMETHEUS_DIR = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR",
+    os.path.join(tempfile.gettempdir(), f"analytics-prometheus-{os.getpid()}"))
+
+
+def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook
+    # Samples of a previous run would be summed in: start empty.
+    shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
+    os.makedirs(PROMETHEUS_DIR, exist_ok=True)
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ANN001, ANN201 - gunicorn hook
+    if PROMETHEUS_DIR.startswith(tempfile.gettempdir()):
+        shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)

@@ -96,6 +96,62 @@ def keys_generate_encryption_key() -> None:
     click.echo(generate_key())
 
 
+@main.group()
+def dlq() -> None:
+    """Dead letters: what could not be processed, and replaying it."""
+
+
+@dlq.command("list")
+@click.option("--kind", type=click.Choice(["events", "metrics", "segment"]), default="events",
+              show_default=True, help="Which dead-letter store.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--start", default="-", help="First id to show (from a previous listing).")
+def dlq_list(kind: str, limit: int, start: str) -> None:
+    """List dead letters, oldest first: id, reason, attempts, time, event."""
+    items = _service().dead_letter_list(kind, start, limit)
+    click.echo(f"{'ID':<22}{'REASON':<18}{'ATTEMPTS':>8}  {'SET ASIDE (UTC)':<21}WHAT")
+    for item in items:
+        when = datetime.datetime.fromtimestamp(item["ts"], datetime.timezone.utc)
+        event = item.get("event")
+        what = (f"{event['type']} messageId={event['messageId']}" if event
+                else "sealed message" if item["sealed"] else "-")
+        click.echo(f"{item['id']:<22}{item['reason']:<18}{item['attempts']:>8}  "
+                   f"{when:%Y-%m-%d %H:%M:%S}  {what}")
+    click.echo(f"{len(items)} dead letter(s) shown")
+
+
+@dlq.command("replay")
+@click.option("--kind", type=click.Choice(["events", "metrics", "segment"]), default="events",
+              show_default=True, help="Which dead-letter store.")
+@click.option("--id", "ids", multiple=True, help="Replay this dead letter (repeatable).")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of KIND.")
+@click.option("--limit", type=click.IntRange(1), default=100_000, show_default=True,
+              help="With --all, at most this many (oldest first).")
+def dlq_replay(kind: str, ids: tuple[str, ...], replay_all: bool, limit: int) -> None:
+    """Queue dead letters again (idempotent: an event already stored is not
+    stored twice). Sealed messages are validated again; still-invalid ones stay."""
+    if not ids and not replay_all:
+        raise click.UsageError("give --id ID (repeatable) or --all")
+    report = _service().replay_dead_letters(kind, ids=list(ids) or None, limit=limit, actor="cli")
+    click.echo(f"replayed {report.replayed}, still invalid {report.still_invalid}, "
+               f"already gone {report.already_gone}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (as /v1/stats).")
+def stats(as_json: bool) -> None:
+    """Monitoring figures: queue, processing, workers, WebSocket, memory, cleanup."""
+    from analytics.statsview import render_table
+
+    figures = _service().stats_snapshot()
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render_table(figures))
+
+
 @main.command()
 @click.option("--port", default=None, type=int, help="Web port (default $PORT or 8000).")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")

@@ -10,10 +10,17 @@ One stream per kind (``analytics:dlq:events``, ``analytics:dlq:metrics``,
   never became a record, ``sealed``: the whole raw message sealed, since it
   may carry PHI anywhere;
 * ``user``: the user's keyed hash when known (for erasure).
+
+Moving in and out is exactly-once: records are set aside by the commit
+script in the same step that acknowledges their queue entry
+(:mod:`analytics.store`), and a replay deletes the dead letter and queues
+its record again in one script (:meth:`DeadLetters.requeue`), so two
+concurrent replays cannot both queue it.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,15 +31,53 @@ from analytics.crypto import Vault
 DLQ_PREFIX = "analytics:dlq:"
 KINDS = ("events", "metrics", "segment")
 
+#: Reasons the processing side uses (the ingestion side adds its own).
+INVALID_RECORD = "invalid_record"
+MALFORMED_ENTRY = "malformed_entry"
+PROCESSING_ERROR = "processing_error"
+
+# Delete the dead letter, and only if this call deleted it, queue its
+# record again: a replay racing another cannot queue the record twice.
+_REQUEUE = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
+return 1
+"""
+
 
 def dlq_key(kind: str) -> str:
     return DLQ_PREFIX + kind
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record (or raw payload) to set aside, as the commit script takes it."""
+
+    reason: str
+    attempts: int
+    field: str  # "record" (sealed PHI inside) or "sealed" (whole payload sealed)
+    payload: bytes | str
+    user: str = ""
+
+    @classmethod
+    def of_record(cls, record: Any, reason: str, attempts: int) -> DeadLetter:
+        user = record.get("u", "") if isinstance(record, dict) else ""
+        return cls(reason, attempts, "record", orjson.dumps(record),
+                   user if isinstance(user, str) else "")
+
+    @classmethod
+    def of_raw(cls, vault: Vault, raw: bytes, reason: str, attempts: int) -> DeadLetter:
+        return cls(reason, attempts, "sealed", vault.seal(raw))
+
+    def script_args(self) -> tuple[Any, ...]:
+        return (self.reason, self.attempts, self.field, self.payload, self.user)
 
 
 class DeadLetters:
     def __init__(self, client: redis.Redis, vault: Vault) -> None:
         self._redis = client
         self._vault = vault
+        self._requeue = client.register_script(_REQUEUE)
 
     def add_record(self, kind: str, record: dict[str, Any], reason: str, attempts: int,
                    pipe: redis.client.Pipeline | None = None) -> None:
@@ -53,3 +98,64 @@ class DeadLetters:
     def length(self, kind: str | None = None) -> int:
         kinds = (kind,) if kind else KINDS
         return sum(self._redis.xlen(dlq_key(k)) for k in kinds)
+
+    def lengths(self) -> dict[str, int]:
+        pipe = self._redis.pipeline(transaction=False)
+        for kind in KINDS:
+            pipe.xlen(dlq_key(kind))
+        return dict(zip(KINDS, pipe.execute()))
+
+    # -- reading -------------------------------------------------------------
+    def entries(self, kind: str, start: str = "-", count: int = 100) -> list[dict[str, Any]]:
+        """Dead letters of ``kind``, oldest first, from stream id ``start``.
+
+        Each has ``id``, ``kind``, ``reason``, ``attempts``, ``ts`` and either
+        ``record`` (the parsed record, PHI still sealed) or ``sealed``
+        (the sealed raw payload), and ``details``.
+        """
+        out = []
+        for entry_id, fields in self._redis.xrange(dlq_key(kind), start, "+", count=count):
+            out.append(self._decode(kind, entry_id, fields))
+        return out
+
+    def get(self, kind: str, entry_id: str) -> dict[str, Any] | None:
+        found = self._redis.xrange(dlq_key(kind), entry_id, entry_id)
+        return self._decode(kind, *found[0]) if found else None
+
+    @staticmethod
+    def _decode(kind: str, entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "id": entry_id.decode(), "kind": kind,
+            "reason": fields.get(b"reason", b"").decode(),
+            "attempts": int(fields.get(b"attempts", b"0")),
+            "ts": float(fields.get(b"ts", b"0")),
+            "user": fields.get(b"user", b"").decode(),
+            "details": {},
+        }
+        if b"details" in fields:
+            try:
+                item["details"] = orjson.loads(fields[b"details"])
+            except orjson.JSONDecodeError:
+                pass
+        if b"record" in fields:
+            try:
+                item["record"] = orjson.loads(fields[b"record"])
+            except orjson.JSONDecodeError:
+                item["record"] = None
+        if b"sealed" in fields:
+            item["sealed"] = fields[b"sealed"].decode()
+        return item
+
+    def open_sealed(self, item: dict[str, Any]) -> bytes:
+        """The raw payload of a sealed dead letter (may hold PHI: never log it)."""
+        return self._vault.open(item["sealed"])
+
+    # -- replay --------------------------------------------------------------
+    def requeue(self, kind: str, entry_id: str, lane: str, records: list[dict[str, Any]]) -> bool:
+        """Delete the dead letter and queue ``records`` on ``lane``, in one
+        step. False when another replay took it first."""
+        return bool(self._requeue(keys=[dlq_key(kind), lane],
+                                  args=[entry_id, orjson.dumps(records)]))
+
+    def discard(self, kind: str, entry_id: str) -> bool:
+        return bool(self._redis.xdel(dlq_key(kind), entry_id))

@@ -33,6 +33,9 @@ class Entry:
     records: list[dict[str, Any]]
     deliveries: int = 1
     raw: bytes = field(default=b"", repr=False)
+    #: Why the entry could not be read ("" when it could): such an entry has
+    #: no records and is set aside whole, sealed, by the processing side.
+    problem: str = ""
 
 
 class EventQueue:
@@ -72,7 +75,14 @@ class EventQueue:
     def _decode(self, lane: str, entry_id: bytes, fields: dict[bytes, bytes] | None,
                 deliveries: int = 1) -> Entry:
         raw = (fields or {}).get(b"e", b"[]")
-        return Entry(lane, entry_id.decode(), orjson.loads(raw), deliveries, raw)
+        try:
+            records = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            records = None
+        if not isinstance(records, list):
+            # One corrupt entry must not stop the read of the others.
+            return Entry(lane, entry_id.decode(), [], deliveries, raw, problem="not a JSON list")
+        return Entry(lane, entry_id.decode(), records, deliveries, raw)
 
     def read(self, consumer: str, count: int) -> list[Entry]:
         """Up to ``count`` new entries, from the highest-priority lanes first."""

@@ -22,8 +22,10 @@ from analytics import keyspace
 from analytics.apikeys import ApiKey, ApiKeyStore
 from analytics.audit import AuditLog
 from analytics.crypto import Vault
+from analytics.deadletters import KINDS as DLQ_KINDS
 from analytics.deadletters import DeadLetters
 from analytics.errors import ValidationError
+from analytics.isolation import Committer, record_problem
 from analytics.phi import PhiPolicy
 from analytics.queue import Entry, EventQueue
 from analytics.records import RecordCodec
@@ -31,6 +33,7 @@ from analytics.redis_client import connect, unavailable_as_error
 from analytics.registry import EventType, EventTypeRegistry
 from analytics.schemas import event_query_schema, event_schema
 from analytics.settings import Settings
+from analytics.stats import Stats
 from analytics.store import CommitResult, EventStore
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,22 @@ class DrainReport:
     entries: int = 0
     committed: CommitResult = field(default_factory=CommitResult)
     seconds: float = 0.0
+    #: Entries that failed and stay pending (retried, then dead-lettered).
+    failed: int = 0
+
+
+@dataclass
+class ReplayReport:
+    """What a dead-letter replay did."""
+
+    replayed: int = 0
+    still_invalid: int = 0
+    already_gone: int = 0
+    ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"replayed": self.replayed, "stillInvalid": self.still_invalid,
+                "alreadyGone": self.already_gone, "ids": self.ids}
 
 
 def consumer_name() -> str:
@@ -79,6 +98,12 @@ class AnalyticsService:
         self.api_keys = ApiKeyStore(client)
         self.audit = AuditLog(client, self.vault)
         self.dead_letters = DeadLetters(client, self.vault)
+        self.stats = Stats(client)
+        self.committer = Committer(self.store, self.vault, settings.max_attempts)
+        #: Per dead-letter kind, how a sealed raw message becomes records again
+        #: on replay (re-validated); events by default, others plug in here.
+        self.raw_replayers: dict[str, Callable[[Any], list[dict[str, Any]]]] = {
+            "events": self.records_from_event, "segment": self.records_from_event}
         self._kick = kick
 
     @classmethod
@@ -153,8 +178,17 @@ class AnalyticsService:
 
     # -- processing ----------------------------------------------------------
     def process(self, entries: list[Entry]) -> CommitResult:
-        """Store the records of ``entries`` and acknowledge them (one step)."""
-        return self.store.commit(entries)
+        """Store the records of ``entries`` and acknowledge them (one step),
+        setting poison records aside (:mod:`analytics.isolation`)."""
+        return self._process(entries).committed
+
+    def _process(self, entries: list[Entry]) -> DrainReport:
+        started = time.perf_counter()
+        committed, failed = self.committer.commit(entries)
+        seconds = time.perf_counter() - started
+        self.stats.record_batch(sum(len(e.records) for e in entries), seconds,
+                                errors=failed, dead=committed.dead_lettered)
+        return DrainReport(len(entries), committed, seconds, failed)
 
     def drain(self, consumer: str | None = None, *, budget: float | None = None) -> DrainReport:
         """Process queued events until the queue is empty or ``budget`` s pass.
@@ -174,8 +208,10 @@ class AnalyticsService:
             entries = self.queue.read(consumer, size)
             if not entries:
                 break
+            batch = self._process(entries)
             report.entries += len(entries)
-            report.committed += self.process(entries)
+            report.committed += batch.committed
+            report.failed += batch.failed
             if len(entries) == size:
                 self.kick()
             if time.monotonic() - started > budget:
@@ -195,12 +231,107 @@ class AnalyticsService:
             entries = self.queue.claim_stale(consumer, idle_ms, self.settings.batch_size)
             if not entries:
                 break
+            batch = self._process(entries)
             report.entries += len(entries)
-            report.committed += self.process(entries)
+            report.committed += batch.committed
+            report.failed += batch.failed
         if self.queue.length() > self.queue.pending():
             self.kick()
         report.seconds = time.monotonic() - started
         return report
+
+    # -- dead letters and figures --------------------------------------------
+    def dead_letter_list(self, kind: str = "events", start: str = "-",
+                         limit: int = 100) -> list[dict[str, Any]]:
+        """Dead letters of ``kind``, oldest first, without PHI: a record shows
+        its id, type, messageId and priority; a sealed message stays sealed."""
+        self._check_kind(kind)
+        with unavailable_as_error():
+            items = self.dead_letters.entries(kind, start, limit)
+        out = []
+        for item in items:
+            record = item.pop("record", None)
+            sealed = item.pop("sealed", None)
+            item.pop("user", None)
+            if isinstance(record, dict):
+                item["event"] = {k: record.get(v) for k, v in
+                                 (("id", "i"), ("type", "t"), ("messageId", "m"), ("priority", "p"))}
+            item["sealed"] = sealed is not None
+            out.append(item)
+        return out
+
+    def replay_dead_letters(self, kind: str = "events", ids: Iterable[str] | None = None,
+                            limit: int = 1000, actor: str = "cli") -> ReplayReport:
+        """Queue dead letters again (all of ``kind`` up to ``limit``, or ``ids``).
+
+        Idempotent: records keep their id, so one already stored is not
+        stored twice, and each dead letter is removed and re-queued in one
+        step (two replays cannot both queue it). Sealed messages are
+        validated again; those still invalid stay in the store.
+        """
+        self._check_kind(kind)
+        report = ReplayReport()
+        with unavailable_as_error():
+            if ids is None:
+                items = self.dead_letters.entries(kind, "-", limit)
+            else:
+                items = [self.dead_letters.get(kind, i) for i in ids]
+            for item in items:
+                if item is None:
+                    report.already_gone += 1
+                    continue
+                records = self._replayable(kind, item)
+                if not records:
+                    report.still_invalid += 1
+                    continue
+                lane = keyspace.event_queue(records[0]["p"])
+                if self.dead_letters.requeue(kind, item["id"], lane, records):
+                    report.replayed += 1
+                    report.ids.append(item["id"])
+                else:
+                    report.already_gone += 1
+        if report.replayed:
+            self.kick()
+        self.audit.record("dlq.replay", actor, kind=kind, count=report.replayed,
+                          still_invalid=report.still_invalid)
+        return report
+
+    def _replayable(self, kind: str, item: dict[str, Any]) -> list[dict[str, Any]]:
+        if "record" in item:
+            record = item["record"]
+            return [record] if record_problem(record) is None else []
+        replayer = self.raw_replayers.get(kind)
+        if replayer is None or "sealed" not in item:
+            return []
+        try:
+            message = orjson.loads(self.dead_letters.open_sealed(item))
+            records = replayer(message)
+        except (ValueError, ValidationError) as exc:  # orjson.JSONDecodeError is a ValueError
+            log.info("dead letter %s is still invalid (%s)", item["id"], type(exc).__name__)
+            return []
+        return records if records and all(record_problem(r) is None for r in records) else []
+
+    def records_from_event(self, message: Any) -> list[dict[str, Any]]:
+        """Validate a raw event (or a list of queued records) again."""
+        if isinstance(message, list):
+            return message
+        event, errors = self._validate(0, message)
+        if event is None:
+            raise ValidationError("still invalid", errors)
+        event_type = self.registry.get(event["type"])
+        assert event_type is not None
+        priority = event["priority"] or event_type.priority
+        return [self.codec.encode(event, priority, int(time.time() * 1000), None)]
+
+    @staticmethod
+    def _check_kind(kind: str) -> None:
+        if kind not in DLQ_KINDS:
+            raise ValidationError("unknown dead-letter kind",
+                                  {"kind": [f"One of: {', '.join(DLQ_KINDS)}."]})
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """The monitoring figures (never raises because Redis is away)."""
+        return self.stats.snapshot(self.queue, self.dead_letters)
 
     # -- querying ------------------------------------------------------------
     def get_events(self, query: dict[str, Any], *, reveal_phi: bool = True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import heapq
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -17,6 +18,7 @@ import orjson
 import redis
 
 from analytics import keyspace
+from analytics.deadletters import DeadLetter, dlq_key
 from analytics.errors import ValidationError
 from analytics.queue import Entry
 
@@ -32,11 +34,13 @@ class CommitResult:
     stored: int = 0
     duplicates: int = 0
     skipped_entries: int = 0
+    dead_lettered: int = 0
 
     def __iadd__(self, other: CommitResult) -> CommitResult:
         self.stored += other.stored
         self.duplicates += other.duplicates
         self.skipped_entries += other.skipped_entries
+        self.dead_lettered += other.dead_lettered
         return self
 
 
@@ -85,28 +89,38 @@ class EventStore:
         self.live_channel = live_channel
 
     # -- writing -------------------------------------------------------------
-    def commit(self, entries: list[Entry], group: str = keyspace.GROUP) -> CommitResult:
+    def commit(self, entries: list[Entry], group: str = keyspace.GROUP, *,
+               dead: dict[str, list[DeadLetter]] | None = None,
+               ack: bool = True) -> CommitResult:
         """Store the records of ``entries`` and acknowledge them, atomically.
 
         Entries of several lanes are committed lane by lane (one script call
-        each, since a script acknowledges on the lane it names).
+        each, since a script acknowledges on the lane it names). ``dead``
+        maps an entry id to records set aside in the same step (moved to the
+        dead-letter store only by the commit that acknowledges the entry).
+        ``ack=False`` stores without acknowledging: a probe, safe to repeat
+        since records are deduplicated.
         """
         result = CommitResult()
+        dead = dead or {}
         by_lane: dict[str, list[Entry]] = {}
         for entry in entries:
             by_lane.setdefault(entry.lane, []).append(entry)
         for lane, items in by_lane.items():
             args: list[Any] = [group, keyspace.EVENTS_PROCESSED, keyspace.EVENTS_TIME,
                                keyspace.EVENTS_USER, keyspace.EVENT_IDS, self.live_channel,
-                               len(items)]
+                               "1" if ack else "0", round(time.time(), 3), len(items)]
             for entry in items:
-                args.append(entry.id)
-                args.append(len(entry.records))
+                buried = dead.get(entry.id, [])
+                args += (entry.id, len(entry.records), len(buried))
                 for record in entry.records:
                     args += (record["t"], record["i"], record["ts"], record["u"],
                              orjson.dumps(record))
-            stored, dups, skipped = self._commit(keys=[lane], args=args)
-            result += CommitResult(stored, dups, skipped)
+                for letter in buried:
+                    args += letter.script_args()
+            stored, dups, skipped, buried_count = self._commit(
+                keys=[lane, dlq_key("events")], args=args)
+            result += CommitResult(stored, dups, skipped, buried_count)
         return result
 
     # -- reading -------------------------------------------------------------

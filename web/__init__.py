@@ -31,11 +31,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from web import errors, extensions
+    from web import metrics as prometheus
     from web.api import api
     from web.health import health
+    from web.ops import ops
 
     extensions.init_app(app, settings)
     errors.init_app(app)
     app.register_blueprint(health)
     app.register_blueprint(api)
+    app.register_blueprint(ops)
+    prometheus.init_app(app)
     return app

@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from analytics.errors import AnalyticsError, RateLimited
+from analytics.errors import AnalyticsError, RateLimited, StoreUnavailable
+from analytics.outage import OutageLog
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,20 @@ def _analytics_error(exc: AnalyticsError) -> Response:
     response = error_response(exc.status, exc.code, exc.message, exc.details)
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, StoreUnavailable):
+        outage(current_app).went_down(exc.message)
+    return response
+
+
+def outage(app: Flask) -> OutageLog:
+    return app.extensions["outage"]
+
+
+def _note_recovery(response: Response) -> Response:
+    # Any answer below 500 from an API view means Redis answered it.
+    if (response.status_code < 500 and outage(current_app).down
+            and request.blueprint not in (None, "health", "metrics")):
+        outage(current_app).came_back()
     return response
 
 
@@ -49,6 +64,8 @@ def _unexpected(exc: Exception) -> Response:
 
 
 def init_app(app: Flask) -> None:
+    app.extensions["outage"] = OutageLog("web")
+    app.after_request(_note_recovery)
     app.register_error_handler(AnalyticsError, _analytics_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

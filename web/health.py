@@ -1,9 +1,9 @@
 """Liveness and readiness probes (no authentication)."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
-from web.errors import error_response
+from web.errors import error_response, outage
 from web.extensions import get_service
 
 health = Blueprint("health", __name__)
@@ -17,5 +17,7 @@ def healthz():  # type: ignore[no-untyped-def]
 @health.get("/readyz")
 def readyz():  # type: ignore[no-untyped-def]
     if get_service().ping():
+        outage(current_app).came_back()
         return jsonify(status="ready")
+    outage(current_app).went_down("ping failed")
     return error_response(503, "unavailable", "the data store is unreachable")

@@ -1,41 +1,75 @@
 -- Commit a batch of queue entries to the event store, atomically.
 --
 -- KEYS[1]  the queue lane (stream) the entries were read from
+-- KEYS[2]  the dead-letter stream of events        (analytics:dlq:events)
 -- ARGV[1]  consumer group
 -- ARGV[2]  key prefix of the processed hashes   (analytics:events:processed:)
 -- ARGV[3]  key prefix of the time indexes       (analytics:events:time:)
 -- ARGV[4]  key prefix of the user indexes       (analytics:events:user:)
 -- ARGV[5]  the dedupe index                     (analytics:events:ids)
 -- ARGV[6]  live fan-out channel, or ""          (analytics:live:events)
--- ARGV[7]  number of entries E, then per entry: its stream id, its record
---          count C, then C times: type, id, timestamp ms, user hash, record
+-- ARGV[7]  "1": acknowledge the entries (normal); "0": probe, store the
+--          records without acknowledging (used to find a poison record)
+-- ARGV[8]  now, epoch seconds (the dead letters' "ts")
+-- ARGV[9]  number of entries E, then per entry: its stream id, its record
+--          count C, its dead-letter count D, then C times: type, id,
+--          timestamp ms, user hash, record; then D times: reason, attempts,
+--          payload field ("record" or "sealed"), payload, user hash
 --
--- An entry is applied only if this XACK removes it from the pending list:
+-- An entry is applied only if it is still in the group's pending list:
 -- when two workers hold the same entry (one was presumed dead and its entry
--- claimed), only the first commit counts. Records are deduplicated by id (a
--- keyed hash of the messageId) in the same step. Returns {stored, duplicates,
--- entries skipped because already committed}.
-local lane, group = KEYS[1], ARGV[1]
+-- claimed), only the first commit counts. That also makes setting records
+-- aside exactly-once: they reach the dead-letter stream in the same step as
+-- the acknowledgement, and only from the commit that acknowledged. Records
+-- are deduplicated by id (a keyed hash of the messageId) in the same step.
+--
+-- Every argument is checked before the first write: Redis does not roll a
+-- script back when it fails half-way, so a bad record must fail it early.
+-- Returns {stored, duplicates, entries skipped because already committed,
+-- records dead-lettered}.
+local lane, dlq, group = KEYS[1], KEYS[2], ARGV[1]
 local processed, timeidx, useridx, ids, channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local entries = tonumber(ARGV[7])
-local pos = 8
-local stored, dups, skipped = 0, 0, 0
+local ack, now = ARGV[7] == '1', ARGV[8]
+local entries = tonumber(ARGV[9])
+
+local pos = 10
+for e = 1, entries do
+  local count, dead = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+  if count == nil or dead == nil then
+    return redis.error_reply('invalid_record: bad counts in entry ' .. e)
+  end
+  pos = pos + 3
+  for r = 1, count do
+    if tonumber(ARGV[pos + 2]) == nil or ARGV[pos] == '' or ARGV[pos + 1] == '' then
+      return redis.error_reply('invalid_record: entry ' .. e .. ' record ' .. r)
+    end
+    pos = pos + 5
+  end
+  pos = pos + 5 * dead
+end
+
+pos = 10
+local stored, dups, skipped, buried = 0, 0, 0, 0
 local fresh = {}
 for _ = 1, entries do
-  local entry, count = ARGV[pos], tonumber(ARGV[pos + 1])
-  pos = pos + 2
-  local live = redis.call('XACK', lane, group, entry) == 1
-  redis.call('XDEL', lane, entry)
+  local entry, count, dead = ARGV[pos], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+  pos = pos + 3
+  -- Pending still? (Checked first, acknowledged last: should a write below
+  -- fail, the entry stays pending and is retried, never half-acknowledged.)
+  local live = #redis.call('XPENDING', lane, group, entry, entry, 1) == 1
   if not live then skipped = skipped + 1 end
   for _ = 1, count do
     if live then
       local etype, id, ts, user, record = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4]
-      if redis.call('HSETNX', ids, id, etype) == 1 then
+      -- The dedupe mark is written last, so a failure half-way leaves the
+      -- record unmarked and its retry writes it again (the writes repeat).
+      if redis.call('HEXISTS', ids, id) == 0 then
         redis.call('HSET', processed .. etype, id, record)
         redis.call('ZADD', timeidx .. etype, ts, id)
         if user ~= '' then
           redis.call('ZADD', useridx .. user, ts, etype .. ':' .. id)
         end
+        redis.call('HSET', ids, id, etype)
         stored = stored + 1
         fresh[stored] = record
       else
@@ -44,8 +78,20 @@ for _ = 1, entries do
     end
     pos = pos + 5
   end
+  for _ = 1, dead do
+    if live and ack then
+      redis.call('XADD', dlq, '*', 'reason', ARGV[pos], 'attempts', ARGV[pos + 1], 'ts', now,
+                 ARGV[pos + 2], ARGV[pos + 3], 'user', ARGV[pos + 4])
+      buried = buried + 1
+    end
+    pos = pos + 5
+  end
+  if live and ack then
+    redis.call('XACK', lane, group, entry)
+    redis.call('XDEL', lane, entry)
+  end
 end
 if channel ~= '' and stored > 0 then
   redis.call('PUBLISH', channel, '[' .. table.concat(fresh, ',') .. ']')
 end
-return {stored, dups, skipped}
+return {stored, dups, skipped, buried}

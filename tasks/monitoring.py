@@ -1,0 +1,76 @@
+"""Worker heartbeats for ``/v1/stats``, and quiet logs during Redis outages.
+
+Each worker process (a prefork child) writes
+``analytics:stats:worker:{host-pid}`` every few seconds from a daemon
+thread started by ``worker_process_init``: no result backend and no
+broadcast round trip are needed to tell which workers are alive.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
+
+from analytics.redis_client import TRANSIENT_ERRORS
+from analytics.service import consumer_name
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 5.0
+
+
+def _beat_forever(stop: threading.Event) -> None:
+    from tasks.base import service
+
+    name = consumer_name()
+    while not stop.is_set():
+        try:
+            svc = service()
+            svc.stats.heartbeat(name, svc.stats.processed)
+        except TRANSIENT_ERRORS:
+            pass  # Redis is away: the outage is reported once, elsewhere
+        except Exception as exc:  # noqa: BLE001 - a heartbeat must never kill its worker
+            log.warning("worker heartbeat failed (%s)", type(exc).__name__)
+        stop.wait(HEARTBEAT_SECONDS)
+
+
+_stop = threading.Event()
+
+
+@worker_process_init.connect
+def start_heartbeat(**_: object) -> None:
+    threading.Thread(target=_beat_forever, args=(_stop,), name="analytics-heartbeat",
+                     daemon=True).start()
+
+
+class ConnectionErrorsOnOneLine(logging.Filter):
+    """Celery and kombu log a traceback for every lost broker connection;
+    for a Redis outage, the exception's one-line summary says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _is_connection_error(exc):
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    from kombu.exceptions import OperationalError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (*TRANSIENT_ERRORS, OperationalError, ConnectionError, OSError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def quiet_connection_tracebacks(logger: logging.Logger, **_: object) -> None:
+    for handler in logger.handlers:
+        handler.addFilter(ConnectionErrorsOnOneLine())

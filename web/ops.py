@@ -1,0 +1,39 @@
+"""Operations API: monitoring figures and dead letters.
+
+``GET /v1/stats`` (read role), ``GET /v1/dlq`` and ``POST /v1/dlq/replay``
+(admin role). Views only parse, authorize and shape.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, g, jsonify, request
+
+from analytics.ops_schemas import dead_letter_query_schema, dead_letter_replay_schema
+from web.api import load
+from web.auth import require
+from web.body import json_body
+from web.extensions import get_service
+
+ops = Blueprint("ops", __name__, url_prefix="/v1")
+
+
+@ops.get("/stats")
+@require("read")
+def stats():  # type: ignore[no-untyped-def]
+    return jsonify(get_service().stats_snapshot())
+
+
+@ops.get("/dlq")
+@require("admin")
+def dead_letters():  # type: ignore[no-untyped-def]
+    params = load(dead_letter_query_schema, request.args.to_dict())
+    items = get_service().dead_letter_list(params["kind"], params["start"], params["limit"])
+    return jsonify(deadLetters=items, kind=params["kind"])
+
+
+@ops.post("/dlq/replay")
+@require("admin")
+def replay():  # type: ignore[no-untyped-def]
+    data = load(dead_letter_replay_schema, json_body())
+    report = get_service().replay_dead_letters(
+        data["kind"], ids=data["ids"], limit=data["limit"], actor=g.api_key.id)
+    return jsonify(report.as_dict())
