@@ -1,0 +1,115 @@
+"""/v1/stats, /metrics, /v1/dlq and the matching command line, with a real worker."""
+from __future__ import annotations
+
+import time
+
+import orjson
+from click.testing import CliRunner
+
+from analytics import keyspace
+from analytics.cli import main
+from analytics.stats import CLEANUP, WS
+from tests.support import wait_until
+
+
+def ingest(client, keys, n: int, prefix: str = "m") -> None:
+    batch = [{"type": "click", "userId": f"u{i % 5}", "messageId": f"{prefix}{i}"} for i in range(n)]
+    response = client.post("/v1/events", json={"batch": batch}, headers=keys["ingest"])
+    assert response.status_code == 202
+
+
+def test_stats_show_processing_workers_websocket_memory_and_cleanup(worker, client, keys, data) -> None:
+    data.hset(WS + "web-host-1", mapping={"clients": 3, "messages_total": 40, "errors_total": 1,
+                                          "auth_failures_total": 2, "updated": time.time()})
+    data.hset(WS + "web-host-2", mapping={"clients": 1, "messages_total": 2, "errors_total": 0,
+                                          "auth_failures_total": 0, "updated": time.time()})
+    data.hset(CLEANUP, mapping={"last_run": 1_800_000_000, "events_removed": 12})
+    ingest(client, keys, 200)
+    wait_until(lambda: data.hlen(keyspace.EVENT_IDS) == 200, 30, 0.1, "events to be processed")
+
+    def seen() -> dict | None:
+        figures = client.get("/v1/stats", headers=keys["read"]).json
+        return figures if figures["workers"] and figures["queue"]["totals"].get("events") else None
+
+    figures = wait_until(seen, 30, 0.2, "a worker heartbeat and processing figures")
+    queue = figures["queue"]
+    assert queue["length"] == 0 and queue["pending"] == 0
+    assert queue["totals"]["events"] == 200 and queue["last_minute"]["events"] == 200
+    assert queue["rate_per_second"] > 0 and queue["error_rate_per_second"] == 0
+    assert 0 < queue["batch_ms_p50"] <= queue["batch_ms_p99"]
+    assert figures["redis"]["status"] == "ok" and figures["redis"]["used_memory_bytes"] > 0
+    assert figures["redis"]["maxmemory_policy"] == "noeviction"
+    assert figures["process"]["rss_bytes"] > 10_000_000
+    alive = [w for w in figures["workers"] if w["status"] == "alive"]
+    assert alive and all(w["seconds_since_seen"] < 30 for w in alive)
+    assert sum(w["processed"] for w in figures["workers"]) >= 200
+    assert figures["websocket"] == {"processes": 2, "clients": 4, "messages_total": 42,
+                                    "errors_total": 1, "auth_failures_total": 2}
+    assert figures["cleanup"] == {"last_run": 1_800_000_000, "events_removed": 12}
+    assert client.get("/v1/stats", headers=keys["ingest"]).status_code == 403
+    assert client.get("/v1/stats").status_code == 401
+
+
+def test_prometheus_metrics_need_no_key_and_carry_the_same_figures(worker, client, keys, data) -> None:
+    ingest(client, keys, 50)
+    wait_until(lambda: data.hlen(keyspace.EVENT_IDS) == 50, 30, 0.1, "events to be processed")
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    text = response.get_data(as_text=True)
+    for line in ("analytics_redis_up 1.0", "analytics_events_processed_total 50.0",
+                 'analytics_queue_length{lane="analytics:events:queue"} 0.0',
+                 "analytics_queue_pending 0.0", 'analytics_dead_letters{kind="events"} 0.0',
+                 'analytics_http_requests_total{endpoint="api.post_events",method="POST",status="202"}'):
+        assert line in text, line
+    assert "analytics_batch_duration_seconds_bucket{le=\"+Inf\"}" in text
+    assert 'analytics_workers{status="alive"}' in text
+
+
+def test_dead_letters_are_listed_and_replayed_by_admins_only(worker, client, keys, service, data) -> None:
+    service.register_event_type("fragile")
+    data.set(keyspace.processed("fragile"), "not a hash")  # makes its records fail
+    response = client.post("/v1/events", headers=keys["ingest"], json={"batch": [
+        {"type": "fragile", "userId": "u1", "messageId": "p1", "properties": {"email": "x@y.example"}},
+        {"type": "click", "userId": "u1", "messageId": "ok1"}]})
+    assert response.status_code == 202
+    wait_until(lambda: service.dead_letters.length("events") == 1, 30, 0.1, "a dead letter")
+    assert client.get("/v1/dlq", headers=keys["read"]).status_code == 403
+    listing = client.get("/v1/dlq?kind=events", headers=keys["admin"])
+    assert listing.status_code == 200
+    [letter] = listing.json["deadLetters"]
+    assert letter["reason"] == "processing_error" and letter["event"]["messageId"] == "p1"
+    assert b"x@y.example" not in listing.data
+    assert client.get("/v1/dlq?kind=bogus", headers=keys["admin"]).status_code == 400
+    bad = client.post("/v1/dlq/replay", json={"ids": ["nope"]}, headers=keys["admin"])
+    assert bad.status_code == 400 and bad.json["error"]["code"] == "validation_error"
+
+    data.delete(keyspace.processed("fragile"))
+    replay = client.post("/v1/dlq/replay", json={"kind": "events"}, headers=keys["admin"])
+    assert replay.status_code == 200 and replay.json["replayed"] == 1
+    again = client.post("/v1/dlq/replay", json={"ids": [letter["id"]]}, headers=keys["admin"])
+    assert again.json == {"replayed": 0, "stillInvalid": 0, "alreadyGone": 1, "ids": []}
+    wait_until(lambda: data.hlen(keyspace.processed("fragile")) == 1, 30, 0.1, "the replayed event")
+    assert data.hlen(keyspace.EVENT_IDS) == 2
+
+
+def test_cli_stats_and_dlq(worker, env, service, data) -> None:
+    service.track({"type": "click", "userId": "u1"})
+    record = service.codec.encode({"type": "click", "userId": "u2", "messageId": "cli-1",
+                                   "timestamp": None}, "normal", 1_700_000_000_000, None)
+    service.dead_letters.add_record("events", record, "invalid_record", 3)
+    runner = CliRunner()
+    stats = runner.invoke(main, ["stats"], env=env)
+    assert stats.exit_code == 0, stats.output
+    for words in ("QUEUE", "processing rate", "batch time p99", "WORKERS", "WEBSOCKET",
+                  "redis used memory", "dead letters", "CLEANUP"):
+        assert words in stats.output, words
+    as_json = runner.invoke(main, ["stats", "--json"], env=env)
+    assert orjson.loads(as_json.output)["redis"]["status"] == "ok"
+    listing = runner.invoke(main, ["dlq", "list"], env=env)
+    assert listing.exit_code == 0 and "invalid_record" in listing.output and "cli-1" in listing.output
+    usage = runner.invoke(main, ["dlq", "replay"], env=env)
+    assert usage.exit_code == 2
+    replay = runner.invoke(main, ["dlq", "replay", "--all"], env=env)
+    assert replay.exit_code == 0 and "replayed 1" in replay.output
+    wait_until(lambda: data.hget(keyspace.EVENT_IDS, record["i"]), 30, 0.1, "the replayed event")
+    assert [e["action"] for e in service.audit.entries()][-1] == "dlq.replay"
