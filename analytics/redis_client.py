@@ -41,7 +41,13 @@ def connect(settings: Settings, url: str | None = None) -> redis.Redis:
 
 
 def is_out_of_memory(exc: redis.ResponseError) -> bool:
-    return str(exc).startswith("OOM")
+    """Redis refused a write: ``maxmemory`` reached (policy ``noeviction``).
+
+    redis-py maps the ``OOM`` reply to :class:`OutOfMemoryError` (and strips
+    the prefix); inside a script the reply arrives wrapped, hence the text.
+    """
+    return (isinstance(exc, redis.exceptions.OutOfMemoryError)
+            or "used memory > 'maxmemory'" in str(exc) or str(exc).startswith("OOM"))
 
 
 @contextlib.contextmanager

@@ -161,7 +161,10 @@ class AnalyticsService:
 
     def _enqueue(self, lanes: dict[str, list[dict[str, Any]]]) -> None:
         with unavailable_as_error():
-            pipe = self.redis.pipeline(transaction=False)
+            # MULTI: all lanes or none. When Redis is full (maxmemory), it
+            # refuses the whole transaction at queue time, so a 503 really
+            # means nothing was accepted.
+            pipe = self.redis.pipeline(transaction=True)
             for lane, records in lanes.items():
                 self.queue.add(pipe, lane, records)
             pipe.set(keyspace.KICK_EVENTS, 1, nx=True, px=KICK_TTL_MS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
@@ -45,16 +46,38 @@ def start_heartbeat(**_: object) -> None:
 
 
 class ConnectionErrorsOnOneLine(logging.Filter):
-    """Celery and kombu log a traceback for every lost broker connection;
-    for a Redis outage, the exception's one-line summary says it all."""
+    """Celery and kombu log a traceback (beat: a formatted stack) for every
+    failed broker call; during a Redis outage the first line and the error's
+    summary say it all. The same line is logged at most once a minute, so an
+    outage reads as a few lines rather than one per beat tick."""
+
+    REPEAT_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[tuple[str, str], float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and _is_connection_error(exc):
-            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
-            record.args = None
-            record.exc_info = None
-            record.exc_text = None
+        if exc is None:
+            message = record.getMessage()
+            if record.levelno >= logging.WARNING and "\n" in message and "onnect" in message:
+                # "Cannot connect to redis://...\nTrying again in 2.00 seconds"
+                record.msg, record.args = " ".join(message.split()), None
+            return True
+        if not _is_connection_error(exc):
+            return True
+        first_line = record.getMessage().splitlines()[0] if record.getMessage() else ""
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        if now - self._last.get(key, -self.REPEAT_SECONDS) < self.REPEAT_SECONDS:
+            return False
+        self._last[key] = now
+        summary = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        record.msg = first_line if summary in first_line else f"{first_line} ({summary})"
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
         return True
 
 
@@ -62,7 +85,9 @@ def _is_connection_error(exc: BaseException) -> bool:
     from kombu.exceptions import OperationalError
 
     seen: BaseException | None = exc
-    while seen is not None:
+    for _ in range(10):  # follow the cause chain, boundedly
+        if seen is None:
+            return False
         if isinstance(seen, (*TRANSIENT_ERRORS, OperationalError, ConnectionError, OSError)):
             return True
         seen = seen.__cause__ or seen.__context__

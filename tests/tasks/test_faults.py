@@ -1,0 +1,164 @@
+"""Faults injected into a real stack: workers killed, Redis restarted or full.
+
+Every test here is ``slow`` (it starts its own Redis and Celery processes)
+and runs in CI.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from analytics import keyspace
+from analytics.deadletters import KINDS, dlq_key
+from tests.conftest import service_env
+from tests.support import RedisServer, wait_until
+
+
+def send_events(client: Any, headers: dict[str, str], prefix: str, total: int,
+                accepted: list[int], batch_size: int = 100) -> None:
+    """Stream ``total`` events with messageIds ``{prefix}-{n}``, in batches;
+    adds each batch's accepted count to ``accepted``."""
+    for start in range(0, total, batch_size):
+        batch = [{"type": "click", "userId": f"u{n % 13}", "messageId": f"{prefix}-{n}",
+                  "properties": {"n": n}}
+                 for n in range(start, min(total, start + batch_size))]
+        response = client.post("/v1/events", json={"batch": batch}, headers=headers)
+        assert response.status_code == 202, response.data
+        accepted.append(response.json["accepted"])
+
+
+def assert_events_stored_once(data: Any, expected: int) -> None:
+    assert data.hlen(keyspace.EVENT_IDS) == expected
+    assert data.hlen(keyspace.processed("click")) == expected
+    assert data.zcard(keyspace.time_index("click")) == expected
+    assert sum(data.xlen(dlq_key(kind)) for kind in KINDS) == 0
+
+
+@pytest.mark.slow
+def test_worker_sigkill_repeatedly_during_a_stream_of_20000_events(make_stack) -> None:
+    stack = make_stack(ANALYTICS_BATCH_SIZE="16")
+    stack.beat()
+    worker = stack.worker(concurrency=2)
+    app = stack.app()
+    service = app.extensions["analytics"]
+    secret, _ = service.create_api_key("ingest")
+    headers = {"Authorization": f"Bearer {secret}"}
+    accepted: list[int] = []
+    # One sender per kind of input; each runs while the workers are killed.
+    senders = [threading.Thread(target=send_events,
+                                args=(app.test_client(), headers, "ev", 20_000, accepted))]
+    for sender in senders:
+        sender.start()
+    kills = mid_batch = 0
+    while kills < 6 and (any(s.is_alive() for s in senders) or kills < 3):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and service.queue.pending() == 0:
+            time.sleep(0.001)
+        mid_batch += service.queue.pending() > 0
+        worker.kill(signal.SIGKILL)
+        worker.proc.wait(10)
+        kills += 1
+        worker = stack.worker(concurrency=2)
+    for sender in senders:
+        sender.join(120)
+    assert sum(accepted) == 20_000
+    assert mid_batch >= 1, "no kill landed mid-batch: the test proved nothing"
+    data = stack.redis.client()
+    wait_until(lambda: data.hlen(keyspace.EVENT_IDS) >= 20_000 and service.queue.pending() == 0
+               and service.queue.length() == 0, 90, 0.2, "every accepted event to be stored")
+    assert_events_stored_once(data, 20_000)
+
+
+def outage_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if re.search(r"(?i)redis|connect|broker", line)]
+
+
+@pytest.mark.slow
+def test_redis_restart_answers_503_logs_one_line_and_loses_nothing(make_stack, caplog) -> None:
+    stack = make_stack()
+    beat = stack.beat()
+    worker = stack.worker()
+    app = stack.app()
+    service = app.extensions["analytics"]
+    client = app.test_client()
+    secret, _ = service.create_api_key("admin")
+    headers = {"Authorization": f"Bearer {secret}"}
+
+    def batch(tag: str) -> dict:
+        return {"batch": [{"type": "login", "userId": f"u{i}", "messageId": f"{tag}-{i}"}
+                          for i in range(50)]}
+
+    assert client.post("/v1/events", json=batch("before"), headers=headers).status_code == 202
+    worker_log, beat_log = len(worker.log()), len(beat.log())
+    caplog.set_level(logging.INFO)
+    stack.redis.stop()
+    for _ in range(5):
+        down = client.post("/v1/events", json=batch("during"), headers=headers)
+        assert down.status_code == 503 and down.json["error"]["code"] == "unavailable"
+    assert client.get("/v1/events", headers=headers).status_code == 503
+    assert client.get("/v1/stats", headers=headers).status_code == 503
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+    scrape = client.get("/metrics")
+    assert scrape.status_code == 200 and "analytics_redis_up 0.0" in scrape.get_data(as_text=True)
+    time.sleep(4)  # worker and beat notice the outage and retry meanwhile
+
+    stack.redis.start()  # same port and AOF directory
+    wait_until(lambda: client.get("/readyz").status_code == 200, 30, 0.2, "readyz")
+    assert client.post("/v1/events", json=batch("after"), headers=headers).status_code == 202
+    data = stack.redis.client()
+    wait_until(lambda: data.hlen(keyspace.EVENT_IDS) == 100, 90, 0.2,
+               "events accepted before and after the outage to be stored")
+    # Worker and beat reconnected by themselves (the worker keeps heartbeating).
+    wait_until(lambda: any(w["status"] == "alive" and w["seconds_since_seen"] < 5
+                           for w in service.stats_snapshot()["workers"]), 30, 0.5,
+               "a worker heartbeat after the outage")
+
+    web = [r for r in caplog.records if r.name == "analytics.outage"]
+    assert [r.levelname for r in web] == ["ERROR", "WARNING"], [r.getMessage() for r in web]
+    assert "Redis unavailable" in web[0].getMessage()
+    for name, text in (("worker", worker.log()[worker_log:]), ("beat", beat.log()[beat_log:])):
+        assert "Traceback" not in text and "File \"" not in text, f"{name} logged a traceback:\n{text[-3000:]}"
+        assert outage_lines(text), f"{name} said nothing about the outage"
+
+
+@pytest.mark.slow
+def test_redis_full_answers_503_and_keeps_everything_accepted(tmp_path, encryption_keys) -> None:
+    from web import create_app
+
+    server = RedisServer(tmp_path / "redis", maxmemory="6mb").start()
+    try:
+        app = create_app({**service_env(server, encryption_keys), "TESTING": True})
+        client = app.test_client()
+        service = app.extensions["analytics"]
+        secret, _ = service.create_api_key("ingest")
+        headers = {"Authorization": f"Bearer {secret}"}
+        accepted, n = 0, 0
+        for _ in range(200):
+            batch = [{"type": "click", "userId": "u", "messageId": f"full-{n + j}",
+                      "properties": {"pad": "x" * 2000}} for j in range(50)]
+            response = client.post("/v1/events", json={"batch": batch}, headers=headers)
+            if response.status_code != 202:
+                break
+            accepted += response.json["accepted"]
+            n += 50
+        assert response.status_code == 503, "Redis never filled up"
+        error = response.json["error"]
+        assert error["code"] == "unavailable" and "full" in error["message"]
+        assert accepted > 0
+        # Nothing accepted was evicted: every accepted event is still queued.
+        data = server.client()
+        queued = sum(len(orjson.loads(fields[b"e"]))
+                     for _, fields in data.xrange(keyspace.EVENT_QUEUE))
+        assert queued == accepted
+        assert data.info("memory")["maxmemory_policy"] == "noeviction"
+        assert client.get("/readyz").status_code == 200
+    finally:
+        server.stop()

@@ -1,0 +1,56 @@
+"""Flower, as the Procfile runs it, sees the worker and the processed tasks."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import requests
+
+from tests.support import Process, free_port, python_env, wait_until
+
+
+@pytest.mark.slow
+def test_flower_with_basic_auth_shows_workers_and_tasks(worker, env, tmp_path, client, keys) -> None:
+    port = free_port()
+    flower_env = python_env({**env, "FLOWER_BASIC_AUTH": "ops:s3cret-pass", "FLOWER_PORT": str(port)})
+    # The Procfile line, with the address pinned to loopback for the test.
+    flower = Process("flower", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
+                                f"--port={port}", "--address=127.0.0.1"],
+                     flower_env, tmp_path).start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        auth = ("ops", "s3cret-pass")
+
+        def up() -> bool:
+            try:
+                return requests.get(f"{base}/healthcheck", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(up, 60, 0.2, "flower to answer")
+        assert requests.get(f"{base}/api/workers", timeout=10).status_code == 401
+        assert requests.get(f"{base}/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
+
+        def workers() -> dict:
+            reply = requests.get(f"{base}/api/workers?refresh=1", auth=auth, timeout=30)
+            assert reply.status_code == 200
+            return reply.json()
+
+        names = wait_until(workers, 60, 1.0, "flower to list the worker")
+        assert any(name.startswith("worker@") for name in names)
+
+        for i in range(3):  # each request wakes a processing task
+            batch = [{"type": "click", "userId": "u", "messageId": f"flower-{i}-{j}"} for j in range(5)]
+            assert client.post("/v1/events", json={"batch": batch},
+                               headers=keys["ingest"]).status_code == 202
+
+        def processed() -> list:
+            reply = requests.get(f"{base}/api/tasks", auth=auth, timeout=10)
+            assert reply.status_code == 200
+            return [t for t in reply.json().values()
+                    if t["name"] == "analytics.process_events" and t["state"] == "SUCCESS"]
+
+        done = wait_until(processed, 60, 0.5, "flower to see processed tasks")
+        assert done[0]["worker"].startswith("worker@")
+    finally:
+        flower.stop()
