@@ -1,0 +1,127 @@
+"""The web process as the Procfile runs it: gunicorn, several workers."""
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from analytics import keyspace
+from tests.support import Process, free_port, python_env, wait_until
+
+
+def start_gunicorn(env: dict[str, str], log_dir: Path, port: int, workers: int = 2,
+                   name: str = "gunicorn") -> Process:
+    proc = Process(name, [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
+                          "web:create_app()"],
+                   python_env({**env, "PORT": str(port), "WEB_CONCURRENCY": str(workers),
+                               "WEB_THREADS": "4",
+                               "PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"prometheus-{port}")}),
+                   log_dir).start()
+
+    def up() -> bool:
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            if proc.proc is not None and proc.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited:\n{proc.log()[-3000:]}") from None
+            return False
+
+    wait_until(up, 60, 0.2, "gunicorn to answer")
+    return proc
+
+
+def counter(text: str, endpoint: str) -> float:
+    pattern = rf'^analytics_http_requests_total\{{endpoint="{re.escape(endpoint)}",method="GET",status="200"\}} (\S+)$'
+    return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
+
+
+@pytest.mark.slow
+def test_metrics_sum_every_gunicorn_worker(env, tmp_path) -> None:
+    port = free_port()
+    web = start_gunicorn(env, tmp_path, port, workers=3)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        pids = set()
+        for _ in range(60):
+            assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
+        for _ in range(12):  # whichever worker answers, the count is the total
+            scrape = requests.get(f"{base}/metrics", timeout=10)
+            assert scrape.status_code == 200
+            assert scrape.headers["Content-Type"].startswith("text/plain")
+            text = scrape.text
+            assert counter(text, "health.healthz") >= 60
+            assert "analytics_redis_up 1.0" in text and "analytics_queue_length" in text
+            pids.update(re.findall(r'analytics_process_resident_memory_bytes\{pid="(\d+)"\}', text))
+        assert len(pids) >= 2, "one worker answered every scrape: multiprocess mode untested"
+    finally:
+        web.stop()
+
+
+@pytest.mark.slow
+def test_web_process_sigkilled_mid_request_while_client_retries_stores_no_duplicates(
+        make_stack, tmp_path) -> None:
+    stack = make_stack()
+    stack.beat()
+    stack.worker()
+    service = stack.app().extensions["analytics"]
+    secret, _ = service.create_api_key("ingest")
+    headers = {"Authorization": f"Bearer {secret}"}
+    port = free_port()
+    web = start_gunicorn(stack.env, tmp_path, port, workers=2)
+    stack.processes.append(web)
+    url = f"http://127.0.0.1:{port}/v1/events"
+    batches, size = 300, 20
+    interrupted: list[int] = []
+    progress: list[int] = []
+    in_flight = threading.Event()
+    done = threading.Event()
+
+    def client() -> None:
+        """A client that retries each batch, same messageIds, until it gets a 202."""
+        session = requests.Session()
+        for b in range(batches):
+            batch = [{"type": "click", "userId": f"u{j}", "messageId": f"retry-{b}-{j}"}
+                     for j in range(size)]
+            while True:
+                try:
+                    in_flight.set()
+                    if session.post(url, json={"batch": batch}, headers=headers,
+                                    timeout=5).status_code == 202:
+                        break
+                except requests.RequestException:
+                    interrupted.append(b)
+                    session = requests.Session()
+                finally:
+                    in_flight.clear()
+                time.sleep(0.05)
+            progress.append(b)
+        done.set()
+
+    sender = threading.Thread(target=client, daemon=True)
+    sender.start()
+    kills = 0
+    for round_ in range(1, 3):
+        wait_until(lambda: len(progress) >= 60 * round_ or done.is_set(), 60, 0.01, "progress")
+        if done.is_set():
+            break
+        in_flight.wait(5)  # a request is on its way: kill the server under it
+        web.kill(signal.SIGKILL)
+        web.proc.wait(10)
+        kills += 1
+        web = start_gunicorn(stack.env, tmp_path, port, workers=2, name=f"gunicorn{kills}")
+        stack.processes.append(web)
+    assert done.wait(120), "the client never got through"
+    assert kills >= 1 and interrupted, "no request was cut short: the test proved nothing"
+    data = stack.redis.client()
+    total = batches * size
+    wait_until(lambda: data.hlen(keyspace.EVENT_IDS) >= total and service.queue.length() == 0
+               and service.queue.pending() == 0, 60, 0.2, "every event to be stored")
+    assert data.hlen(keyspace.EVENT_IDS) == total
+    assert data.hlen(keyspace.processed("click")) == total
+    assert data.zcard(keyspace.time_index("click")) == total
