@@ -87,6 +87,13 @@ def run_dev(port: int | None = None, flower: bool = True) -> int:
     secret, _ = service.create_api_key("admin", name="dev-admin (analytics run)")
     _say(f"dashboard and API at http://127.0.0.1:{env['PORT']}/")
     _say(f"development admin key: {secret}")
+    if flower and not env.get("FLOWER_BASIC_AUTH"):
+        # Flower refuses to start without authentication (flowerconfig.py).
+        import secrets
+
+        env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
+        _say(f"Flower at http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}/ "
+             f"(user:password {env['FLOWER_BASIC_AUTH']})")
     names = ["web", "worker", "beat"] + (["flower"] if flower else [])
     honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", *names], env=env)
     try:

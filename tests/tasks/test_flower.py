@@ -54,3 +54,18 @@ def test_flower_with_basic_auth_shows_workers_and_tasks(worker, env, tmp_path, c
         assert done[0]["worker"].startswith("worker@")
     finally:
         flower.stop()
+
+
+@pytest.mark.slow
+def test_flower_refuses_to_start_without_authentication(env, tmp_path) -> None:
+    flower_env = python_env(env)
+    flower_env.pop("FLOWER_BASIC_AUTH", None)
+    flower = Process("flower-noauth", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
+                                       f"--port={free_port()}", "--address=127.0.0.1"],
+                     flower_env, tmp_path).start()
+    try:
+        assert flower.proc is not None and flower.proc.wait(60) != 0
+        assert "set FLOWER_BASIC_AUTH=user:password" in flower.log()
+        assert "Traceback" not in flower.log()
+    finally:
+        flower.stop()
