@@ -20,6 +20,7 @@ import orjson
 import redis
 
 from analytics.crypto import Vault
+from analytics.errors import AnalyticsError
 
 AUDIT_STREAM = "analytics:audit"
 AUDIT_HEAD = "analytics:audit:head"
@@ -65,7 +66,7 @@ class AuditLog:
             if ok:
                 return value.decode()
             head = value.decode()
-        raise RuntimeError("audit log contention: could not append")
+        raise AnalyticsError("audit log contention: could not append")
 
     def entries(self, start: str = "-", count: int = 100) -> list[dict[str, Any]]:
         """Entries oldest first from stream id ``start``."""

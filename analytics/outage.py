@@ -24,7 +24,7 @@ class OutageLog:
             if self._down:
                 return
             self._down = True
-        log.error("%s: Redis unavailable (%s); answering 503 until it is back", self.what, reason)
+        log.error("%s: Redis unavailable (%s); retrying until it is back", self.what, reason)
 
     def came_back(self) -> None:
         with self._lock:

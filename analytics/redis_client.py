@@ -50,17 +50,26 @@ def is_out_of_memory(exc: redis.ResponseError) -> bool:
             or "used memory > 'maxmemory'" in str(exc) or str(exc).startswith("OOM"))
 
 
+def store_error(exc: BaseException) -> StoreUnavailable | None:
+    """The domain error for a Redis failure that is not the caller's fault
+    (Redis away, or full), else None."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return StoreUnavailable("the data store is unavailable; nothing was accepted, retry later")
+    if isinstance(exc, redis.ResponseError) and is_out_of_memory(exc):
+        return StoreUnavailable("the data store is full; nothing was accepted, retry later")
+    return None
+
+
 @contextlib.contextmanager
 def unavailable_as_error() -> Iterator[None]:
     """Map "Redis is away or full" to :class:`StoreUnavailable`."""
     try:
         yield
-    except TRANSIENT_ERRORS:
-        raise StoreUnavailable("the data store is unavailable; nothing was accepted, retry later") from None
-    except redis.ResponseError as exc:
-        if is_out_of_memory(exc):
-            raise StoreUnavailable("the data store is full; nothing was accepted, retry later") from None
-        raise
+    except redis.RedisError as exc:
+        error = store_error(exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 def wait_until_reachable(client: redis.Redis, what: str, interval: float = 2.0) -> None:

@@ -6,11 +6,12 @@ It owns no threads and no global state: build one per process with
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,8 @@ from analytics.isolation import Committer, record_problem
 from analytics.phi import PhiPolicy
 from analytics.queue import Entry, EventQueue
 from analytics.records import RecordCodec
-from analytics.redis_client import connect, unavailable_as_error
+from analytics.outage import OutageLog
+from analytics.redis_client import connect, is_out_of_memory, unavailable_as_error
 from analytics.registry import EventType, EventTypeRegistry
 from analytics.schemas import event_query_schema, event_schema
 from analytics.settings import Settings
@@ -63,6 +65,12 @@ class DrainReport:
     seconds: float = 0.0
     #: Entries that failed and stay pending (retried, then dead-lettered).
     failed: int = 0
+
+    def __iadd__(self, other: DrainReport) -> DrainReport:
+        self.entries += other.entries
+        self.committed += other.committed
+        self.failed += other.failed
+        return self
 
 
 @dataclass
@@ -100,6 +108,7 @@ class AnalyticsService:
         self.dead_letters = DeadLetters(client, self.vault)
         self.stats = Stats(client)
         self.committer = Committer(self.store, self.vault, settings.max_attempts)
+        self._full = OutageLog("processing")
         #: Per dead-letter kind, how a sealed raw message becomes records again
         #: on replay (re-validated); events by default, others plug in here.
         self.raw_replayers: dict[str, Callable[[Any], list[dict[str, Any]]]] = {
@@ -193,6 +202,20 @@ class AnalyticsService:
                                 errors=failed, dead=committed.dead_lettered)
         return DrainReport(len(entries), committed, seconds, failed)
 
+    @contextlib.contextmanager
+    def _unless_full(self) -> Iterator[None]:
+        """Redis full (maxmemory, ``noeviction``): stop this run with one log
+        line per episode. Entries read stay pending; the recovery sweep
+        retries them once Redis has room again."""
+        try:
+            yield
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self._full.went_down("maxmemory reached: processing waits")
+        else:
+            self._full.came_back()
+
     def drain(self, consumer: str | None = None, *, budget: float | None = None) -> DrainReport:
         """Process queued events until the queue is empty or ``budget`` s pass.
 
@@ -205,21 +228,19 @@ class AnalyticsService:
         budget = self.settings.drain_seconds if budget is None else budget
         report = DrainReport()
         started = time.monotonic()
-        self.redis.delete(keyspace.KICK_EVENTS)
-        size = self.settings.batch_size
-        while True:
-            entries = self.queue.read(consumer, size)
-            if not entries:
-                break
-            batch = self._process(entries)
-            report.entries += len(entries)
-            report.committed += batch.committed
-            report.failed += batch.failed
-            if len(entries) == size:
-                self.kick()
-            if time.monotonic() - started > budget:
-                self.kick()
-                break
+        with self._unless_full():
+            self.redis.delete(keyspace.KICK_EVENTS)
+            size = self.settings.batch_size
+            while True:
+                entries = self.queue.read(consumer, size)
+                if not entries:
+                    break
+                report += self._process(entries)
+                if len(entries) == size:
+                    self.kick()
+                if time.monotonic() - started > budget:
+                    self.kick()
+                    break
         report.seconds = time.monotonic() - started
         return report
 
@@ -230,16 +251,14 @@ class AnalyticsService:
         report = DrainReport()
         started = time.monotonic()
         idle_ms = int(self.settings.claim_idle_seconds * 1000)
-        while True:
-            entries = self.queue.claim_stale(consumer, idle_ms, self.settings.batch_size)
-            if not entries:
-                break
-            batch = self._process(entries)
-            report.entries += len(entries)
-            report.committed += batch.committed
-            report.failed += batch.failed
-        if self.queue.length() > self.queue.pending():
-            self.kick()
+        with self._unless_full():
+            while True:
+                entries = self.queue.claim_stale(consumer, idle_ms, self.settings.batch_size)
+                if not entries:
+                    break
+                report += self._process(entries)
+            if self.queue.length() > self.queue.pending():
+                self.kick()
         report.seconds = time.monotonic() - started
         return report
 
@@ -293,10 +312,10 @@ class AnalyticsService:
                     report.ids.append(item["id"])
                 else:
                     report.already_gone += 1
+            self.audit.record("dlq.replay", actor, kind=kind, count=report.replayed,
+                              still_invalid=report.still_invalid)
         if report.replayed:
             self.kick()
-        self.audit.record("dlq.replay", actor, kind=kind, count=report.replayed,
-                          still_invalid=report.still_invalid)
         return report
 
     def _replayable(self, kind: str, item: dict[str, Any]) -> list[dict[str, Any]]:

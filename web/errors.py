@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from analytics.errors import AnalyticsError, RateLimited, StoreUnavailable
 from analytics.outage import OutageLog
+from analytics.redis_client import store_error
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def _unexpected(exc: Exception) -> Response:
+    # Redis away or full wherever it happened (not only where a view said
+    # so): 503, never 500.
+    domain = store_error(exc)
+    if domain is not None:
+        return _analytics_error(domain)
     # Only the type: an exception's message may carry input values (PHI).
     log.error("unhandled %s while serving a request", type(exc).__name__)
     return error_response(500, "internal_error", "internal error")
