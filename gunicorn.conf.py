@@ -22,18 +22,18 @@ PROMETHEUS_DIR = os.environ.setdefault(
     os.path.join(tempfile.gettempdir(), f"analytics-prometheus-{os.getpid()}"))
 
 
-def on_starting(server):  # noqa: ANN001, ANN201 - gunicorn hook
+def on_starting(server):  # gunicorn hook
     # Samples of a previous run would be summed in: start empty.
     shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
     os.makedirs(PROMETHEUS_DIR, exist_ok=True)
 
 
-def child_exit(server, worker):  # noqa: ANN001, ANN201 - gunicorn hook
+def child_exit(server, worker):  # gunicorn hook
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
 
 
-def on_exit(server):  # noqa: ANN001, ANN201 - gunicorn hook
+def on_exit(server):  # gunicorn hook
     if PROMETHEUS_DIR.startswith(tempfile.gettempdir()):
         shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)

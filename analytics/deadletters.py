@@ -114,12 +114,13 @@ class DeadLetters:
         (the sealed raw payload), and ``details``.
         """
         out = []
-        for entry_id, fields in self._redis.xrange(dlq_key(kind), start, "+", count=count):
+        found: Any = self._redis.xrange(dlq_key(kind), start, "+", count=count)
+        for entry_id, fields in found:
             out.append(self._decode(kind, entry_id, fields))
         return out
 
     def get(self, kind: str, entry_id: str) -> dict[str, Any] | None:
-        found = self._redis.xrange(dlq_key(kind), entry_id, entry_id)
+        found: Any = self._redis.xrange(dlq_key(kind), entry_id, entry_id)
         return self._decode(kind, *found[0]) if found else None
 
     @staticmethod

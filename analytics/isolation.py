@@ -24,8 +24,12 @@ import redis
 
 from analytics import keyspace
 from analytics.crypto import Vault
-from analytics.deadletters import (INVALID_RECORD, MALFORMED_ENTRY, PROCESSING_ERROR,
-                                   DeadLetter)
+from analytics.deadletters import (
+    INVALID_RECORD,
+    MALFORMED_ENTRY,
+    PROCESSING_ERROR,
+    DeadLetter,
+)
 from analytics.queue import Entry
 from analytics.redis_client import TRANSIENT_ERRORS, is_out_of_memory
 from analytics.store import CommitResult, EventStore

@@ -23,7 +23,11 @@ key                                          type     holds
 ``analytics:apikeys``                        hash     SHA-256 of an API key -> JSON record
 ``analytics:apikeys:ids``                    hash     key id -> SHA-256 (list, revoke)
 ``analytics:kick:events``                    string   set while a processing task is queued
-``analytics:stats:*``                        various  monitoring figures
+``analytics:stats:*``                        various  monitoring figures (table in
+                                                      :mod:`analytics.stats`)
+``analytics:dlq:{events,metrics,segment}``   stream   dead letters: reason, attempts, the
+                                                      record (PHI sealed) or the sealed raw
+                                                      message (:mod:`analytics.deadletters`)
 ===========================================  =======  =====================================
 
 The consumer group of every queue stream is :data:`GROUP`.

@@ -294,8 +294,9 @@ class AnalyticsService:
         self._check_kind(kind)
         report = ReplayReport()
         with unavailable_as_error():
+            items: list[dict[str, Any] | None]
             if ids is None:
-                items = self.dead_letters.entries(kind, "-", limit)
+                items = list(self.dead_letters.entries(kind, "-", limit))
             else:
                 items = [self.dead_letters.get(kind, i) for i in ids]
             for item in items:

@@ -205,7 +205,8 @@ class Stats:
     def _workers(self, now: float) -> list[dict[str, Any]]:
         # Forget workers silent for long; show recently silent ones as lost.
         self._redis.zremrangebyscore(WORKERS, "-inf", now - WORKER_TTL * 10)
-        names = [n.decode() for n in self._redis.zrange(WORKERS, 0, -1)]
+        members: Any = self._redis.zrange(WORKERS, 0, -1)
+        names = [n.decode() for n in members]
         pipe = self._redis.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(WORKER + name)
@@ -242,7 +243,7 @@ class Stats:
         return {"processes": processes, **totals}
 
     def _cleanup(self) -> dict[str, Any] | None:
-        fields = self._redis.hgetall(CLEANUP)
+        fields: Any = self._redis.hgetall(CLEANUP)
         if not fields:
             return None
         out: dict[str, Any] = {}

@@ -64,8 +64,8 @@ def render_table(figures: dict[str, Any]) -> str:
         if not workers:
             rows.append(("(none seen)", ""))
         for w in workers:
-            rows.append((w["name"], f"{w['status']}, last seen {w['seconds_since_seen']:.0f} s ago"
-                                    f" ({_when(w['last_seen'])}), processed {w['processed']}"))
+            seen = f"last seen {w['seconds_since_seen']:.0f} s ago ({_when(w['last_seen'])})"
+            rows.append((w["name"], f"{w['status']}, {seen}, processed {w['processed']}"))
 
     ws = figures.get("websocket")
     if ws is not None:

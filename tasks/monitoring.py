@@ -11,7 +11,11 @@ import logging
 import threading
 import time
 
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_init,
+)
 
 from analytics.redis_client import TRANSIENT_ERRORS
 from analytics.service import consumer_name

@@ -38,7 +38,7 @@ def start_gunicorn(env: dict[str, str], log_dir: Path, port: int, workers: int =
 
 def counter(text: str, endpoint: str) -> float:
     pattern = rf'^analytics_http_requests_total\{{endpoint="{re.escape(endpoint)}",method="GET",status="200"\}} (\S+)$'
-    return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
+    return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.MULTILINE))
 
 
 @pytest.mark.slow
@@ -107,7 +107,8 @@ def test_web_process_sigkilled_mid_request_while_client_retries_stores_no_duplic
     sender.start()
     kills = 0
     for round_ in range(1, 3):
-        wait_until(lambda: len(progress) >= 60 * round_ or done.is_set(), 60, 0.01, "progress")
+        wanted = 60 * round_
+        wait_until(lambda: len(progress) >= wanted or done.is_set(), 60, 0.01, "progress")  # noqa: B023
         if done.is_set():
             break
         in_flight.wait(5)  # a request is on its way: kill the server under it
