@@ -13,10 +13,11 @@ Why these values:
 * Task events on (``worker_send_task_events``, ``task_send_sent_event``) so
   Flower sees tasks out of the box.
 * No result backend: views never wait on tasks.
-* ``worker_cancel_long_running_tasks_on_connection_loss``: when the broker
-  connection drops (Redis restart), running tasks are cancelled and
-  redelivered rather than left unacknowledgeable; ours are idempotent. (It
-  also silences Celery's multi-line deprecation notice at every outage.)
+* ``worker_cancel_long_running_tasks_on_connection_loss`` stays off: with
+  Celery 5.7 and the Redis transport, turning it on made the worker die
+  ("Unrecoverable error ... 'hostname'") when the broker connection dropped
+  with a task running. (Its multi-line deprecation notice is silenced in
+  ``tasks/monitoring.py`` instead.)
 """
 
 task_acks_late = True
@@ -37,5 +38,4 @@ broker_transport_options = {
 worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False
-worker_cancel_long_running_tasks_on_connection_loss = True
 timezone = "UTC"

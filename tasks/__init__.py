@@ -4,7 +4,9 @@ Tasks are thin: each one calls :mod:`analytics` and returns.
 """
 from __future__ import annotations
 
-from tasks import monitoring  # noqa: F401 - connects the worker signals
+from tasks import celery_compat, monitoring  # noqa: F401 - monitoring connects worker signals
 from tasks.celery_app import app, create_celery_app
+
+celery_compat.install()
 
 __all__ = ["app", "create_celery_app"]

@@ -22,7 +22,9 @@ from analytics.service import consumer_name
 
 log = logging.getLogger(__name__)
 
+
 HEARTBEAT_SECONDS = 5.0
+CANCEL_NOTICE = "worker_cancel_long_running_tasks_on_connection_loss"
 
 
 def _beat_forever(stop: threading.Event) -> None:
@@ -65,6 +67,10 @@ class ConnectionErrorsOnOneLine(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if exc is None:
             message = record.getMessage()
+            if record.name == "py.warnings" and CANCEL_NOTICE in message:
+                # Celery's dozen-line notice at every lost broker connection;
+                # the setting it advertises crashes the worker (celeryconfig.py).
+                return False
             if record.levelno >= logging.WARNING and "\n" in message and "onnect" in message:
                 # "Cannot connect to redis://...\nTrying again in 2.00 seconds"
                 record.msg, record.args = " ".join(message.split()), None
@@ -86,16 +92,22 @@ class ConnectionErrorsOnOneLine(logging.Filter):
 
 
 def _is_connection_error(exc: BaseException) -> bool:
+    """A broker/Redis connection failure (beat wraps it in SchedulingError).
+
+    Only the exception itself (and the one beat or a retry wraps) counts: an unrelated
+    error raised while handling a connection failure keeps its traceback.
+    """
+    from celery.beat import SchedulingError
+    from celery.exceptions import Reject
     from kombu.exceptions import OperationalError
 
-    seen: BaseException | None = exc
-    for _ in range(10):  # follow the cause chain, boundedly
-        if seen is None:
-            return False
-        if isinstance(seen, (*TRANSIENT_ERRORS, OperationalError, ConnectionError, OSError)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    kinds = (*TRANSIENT_ERRORS, OperationalError, ConnectionError, OSError)
+    if isinstance(exc, Reject):  # a retry that could not reach the broker
+        return isinstance(exc.reason, kinds)
+    if isinstance(exc, SchedulingError):
+        inner = exc.__cause__ or exc.__context__
+        return inner is not None and isinstance(inner, kinds)
+    return isinstance(exc, kinds)
 
 
 @after_setup_logger.connect
@@ -103,3 +115,4 @@ def _is_connection_error(exc: BaseException) -> bool:
 def quiet_connection_tracebacks(logger: logging.Logger, **_: object) -> None:
     for handler in logger.handlers:
         handler.addFilter(ConnectionErrorsOnOneLine())
+

@@ -10,9 +10,15 @@ from tests.support import Process, free_port, python_env, wait_until
 
 
 @pytest.mark.slow
-def test_flower_with_basic_auth_shows_workers_and_tasks(worker, env, tmp_path, client, keys) -> None:
+def test_flower_with_basic_auth_shows_workers_and_tasks(make_stack, tmp_path) -> None:
+    stack = make_stack()
+    stack.worker()
+    app = stack.app()
+    client = app.test_client()
+    secret, _ = app.extensions["analytics"].create_api_key("ingest")
     port = free_port()
-    flower_env = python_env({**env, "FLOWER_BASIC_AUTH": "ops:s3cret-pass", "FLOWER_PORT": str(port)})
+    flower_env = python_env({**stack.env, "FLOWER_BASIC_AUTH": "ops:s3cret-pass",
+                             "FLOWER_PORT": str(port)})
     # The Procfile line, with the address pinned to loopback for the test.
     flower = Process("flower", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
                                 f"--port={port}", "--address=127.0.0.1"],
@@ -37,12 +43,12 @@ def test_flower_with_basic_auth_shows_workers_and_tasks(worker, env, tmp_path, c
             return reply.json()
 
         names = wait_until(workers, 60, 1.0, "flower to list the worker")
-        assert any(name.startswith("worker@") for name in names)
+        assert any(name.startswith("worker1@") for name in names)
 
         for i in range(3):  # each request wakes a processing task
             batch = [{"type": "click", "userId": "u", "messageId": f"flower-{i}-{j}"} for j in range(5)]
             assert client.post("/v1/events", json={"batch": batch},
-                               headers=keys["ingest"]).status_code == 202
+                               headers={"Authorization": f"Bearer {secret}"}).status_code == 202
 
         def processed() -> list:
             reply = requests.get(f"{base}/api/tasks", auth=auth, timeout=10)
@@ -51,7 +57,7 @@ def test_flower_with_basic_auth_shows_workers_and_tasks(worker, env, tmp_path, c
                     if t["name"] == "analytics.process_events" and t["state"] == "SUCCESS"]
 
         done = wait_until(processed, 60, 0.5, "flower to see processed tasks")
-        assert done[0]["worker"].startswith("worker@")
+        assert done[0]["worker"].startswith("worker1@")
     finally:
         flower.stop()
 

@@ -123,6 +123,8 @@ def test_query_filters_order_and_cursor(client, keys, service, data) -> None:
               "timestamp": f"2026-11-28T10:00:{i:02d}Z"} for i in range(30)]
     assert service.track_many(batch).accepted == 30
     service.drain("test-consumer")
+    # The session worker may hold part of the batch: wait until it is stored.
+    wait_until(lambda: data.hlen("analytics:events:ids") == 30, 30, 0.05, "the batch to be stored")
     got: list[str] = []
     cursor = None
     while True:

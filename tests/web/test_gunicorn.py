@@ -96,11 +96,13 @@ def test_web_process_sigkilled_mid_request_while_client_retries_stores_no_duplic
                         break
                 except requests.RequestException:
                     interrupted.append(b)
+                    session.close()
                     session = requests.Session()
                 finally:
                     in_flight.clear()
                 time.sleep(0.05)
             progress.append(b)
+        session.close()
         done.set()
 
     sender = threading.Thread(target=client, daemon=True)
