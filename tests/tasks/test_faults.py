@@ -22,9 +22,9 @@ from tests.support import RedisServer, wait_until
 
 
 def send_events(client: Any, headers: dict[str, str], prefix: str, total: int,
-                accepted: list[int], batch_size: int = 100) -> None:
-    """Stream ``total`` events with messageIds ``{prefix}-{n}``, in batches;
-    adds each batch's accepted count to ``accepted``."""
+                accepted: list[int], batch_size: int = 100, pause: float = 0.01) -> None:
+    """Stream ``total`` events with messageIds ``{prefix}-{n}``, in batches
+    ``pause`` s apart; adds each batch's accepted count to ``accepted``."""
     for start in range(0, total, batch_size):
         batch = [{"type": "click", "userId": f"u{n % 13}", "messageId": f"{prefix}-{n}",
                   "properties": {"n": n}}
@@ -32,6 +32,7 @@ def send_events(client: Any, headers: dict[str, str], prefix: str, total: int,
         response = client.post("/v1/events", json={"batch": batch}, headers=headers)
         assert response.status_code == 202, response.data
         accepted.append(response.json["accepted"])
+        time.sleep(pause)
 
 
 def assert_events_stored_once(data: Any, expected: int) -> None:
@@ -56,8 +57,9 @@ def test_worker_sigkill_repeatedly_during_a_stream_of_20000_events(make_stack) -
                                 args=(app.test_client(), headers, "ev", 20_000, accepted))]
     for sender in senders:
         sender.start()
-    kills = mid_batch = 0
+    kills = mid_batch = during_stream = 0
     while kills < 6 and (any(s.is_alive() for s in senders) or kills < 3):
+        during_stream += any(s.is_alive() for s in senders)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and service.queue.pending() == 0:
             time.sleep(0.001)
@@ -69,7 +71,8 @@ def test_worker_sigkill_repeatedly_during_a_stream_of_20000_events(make_stack) -
     for sender in senders:
         sender.join(120)
     assert sum(accepted) == 20_000
-    assert mid_batch >= 1, "no kill landed mid-batch: the test proved nothing"
+    assert mid_batch >= 1 and during_stream >= 1, (
+        f"{kills} kills, {mid_batch} mid-batch, {during_stream} during the stream: proved nothing")
     data = stack.redis.client()
     wait_until(lambda: data.hlen(keyspace.EVENT_IDS) >= 20_000 and service.queue.pending() == 0
                and service.queue.length() == 0, 90, 0.2, "every accepted event to be stored")
