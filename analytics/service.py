@@ -73,6 +73,10 @@ class DrainReport:
         return self
 
 
+#: A dead letter -> (queue lane, records) to queue again, or None if invalid.
+ReplayPlan = Callable[[dict[str, Any]], "tuple[str, list[dict[str, Any]]] | None"]
+
+
 @dataclass
 class ReplayReport:
     """What a dead-letter replay did."""
@@ -109,10 +113,11 @@ class AnalyticsService:
         self.stats = Stats(client)
         self.committer = Committer(self.store, self.vault, settings.max_attempts)
         self._full = OutageLog("processing")
-        #: Per dead-letter kind, how a sealed raw message becomes records again
-        #: on replay (re-validated); events by default, others plug in here.
-        self.raw_replayers: dict[str, Callable[[Any], list[dict[str, Any]]]] = {
-            "events": self.records_from_event, "segment": self.records_from_event}
+        #: Per dead-letter kind, how a dead letter is validated again on
+        #: replay: its queue lane and records, or None while still invalid.
+        #: Events and raw (Segment) messages here; other kinds plug in theirs.
+        self.dead_letter_replayers: dict[str, ReplayPlan] = {
+            "events": self.replay_plan_for_event, "segment": self.replay_plan_for_event}
         self._kick = kick
 
     @classmethod
@@ -303,11 +308,12 @@ class AnalyticsService:
                 if item is None:
                     report.already_gone += 1
                     continue
-                records = self._replayable(kind, item)
-                if not records:
+                planner = self.dead_letter_replayers.get(kind)
+                plan = planner(item) if planner is not None else None
+                if plan is None:
                     report.still_invalid += 1
                     continue
-                lane = keyspace.event_queue(records[0]["p"])
+                lane, records = plan
                 if self.dead_letters.requeue(kind, item["id"], lane, records):
                     report.replayed += 1
                     report.ids.append(item["id"])
@@ -319,20 +325,22 @@ class AnalyticsService:
             self.kick()
         return report
 
-    def _replayable(self, kind: str, item: dict[str, Any]) -> list[dict[str, Any]]:
+    def replay_plan_for_event(self, item: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+        """Where an event dead letter goes back: a record is checked again; a
+        sealed raw message is opened and validated again like new input."""
         if "record" in item:
-            record = item["record"]
-            return [record] if record_problem(record) is None else []
-        replayer = self.raw_replayers.get(kind)
-        if replayer is None or "sealed" not in item:
-            return []
-        try:
-            message = orjson.loads(self.dead_letters.open_sealed(item))
-            records = replayer(message)
-        except (ValueError, ValidationError) as exc:  # orjson.JSONDecodeError is a ValueError
-            log.info("dead letter %s is still invalid (%s)", item["id"], type(exc).__name__)
-            return []
-        return records if records and all(record_problem(r) is None for r in records) else []
+            records = [item["record"]]
+        elif "sealed" in item:
+            try:
+                records = self.records_from_event(orjson.loads(self.dead_letters.open_sealed(item)))
+            except (ValueError, ValidationError) as exc:  # orjson.JSONDecodeError is a ValueError
+                log.info("dead letter %s is still invalid (%s)", item["id"], type(exc).__name__)
+                return None
+        else:
+            return None
+        if not records or any(record_problem(r) is not None for r in records):
+            return None
+        return keyspace.event_queue(records[0]["p"]), records
 
     def records_from_event(self, message: Any) -> list[dict[str, Any]]:
         """Validate a raw event (or a list of queued records) again."""
