@@ -22,12 +22,16 @@ IDENTITY_FIELDS = ("userId", "anonymousId")
 
 REDACTED = "[redacted]"
 
+#: Names that hold a user id wherever they appear (Segment's ``alias`` keeps
+#: the user's former id as ``previousId``): PHI whatever the configuration.
+ALWAYS_PHI = ("previousId",)
+
 
 class PhiPolicy:
     """The set of PHI field names, compared case-insensitively."""
 
     def __init__(self, names: Iterable[str]) -> None:
-        self.names = frozenset(n.strip().lower() for n in names if n.strip())
+        self.names = frozenset(n.strip().lower() for n in (*names, *ALWAYS_PHI) if n.strip())
 
     def is_phi(self, field: str) -> bool:
         return field.lower() in self.names
