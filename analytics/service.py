@@ -24,6 +24,7 @@ from analytics.audit import AuditLog
 from analytics.crypto import Vault
 from analytics.deadletters import DeadLetters
 from analytics.errors import ValidationError
+from analytics.filters import matcher, parse_filters
 from analytics.phi import PhiPolicy
 from analytics.queue import Entry, EventQueue
 from analytics.records import RecordCodec
@@ -209,7 +210,10 @@ class AnalyticsService:
         strings or loaded values), newest first, and the next cursor.
 
         ``scope_user_hash`` restricts to one user's events (a scoped key).
+        ``properties.*`` parameters filter on properties (:mod:`analytics.filters`).
         """
+        where = matcher(parse_filters(query, self.policy))
+        query = {k: v for k, v in query.items() if not k.startswith("properties.")}
         try:
             params = event_query_schema.load(query)
         except marshmallow.ValidationError as exc:
@@ -228,7 +232,8 @@ class AnalyticsService:
         with unavailable_as_error():
             records, cursor = self.store.query(
                 types, start=params["start"], end=params["end"], user_hash=user_hash,
-                priority=params["priority"], limit=params["limit"], cursor=params["cursor"])
+                priority=params["priority"], limit=params["limit"], cursor=params["cursor"],
+                where=where)
         return [self.codec.decode(r, reveal_phi) for r in records], cursor
 
     # -- configuration -------------------------------------------------------
