@@ -121,7 +121,8 @@ def run(port: int | None, no_flower: bool) -> None:
     sys.exit(run_dev(port=port, flower=not no_flower))
 
 
-from analytics.cli_transfer import export_events, import_events  # noqa: E402 - needs main
+# Bulk data commands live in their own module; they register on the group here.
+from analytics.cli_transfer import export_events, import_events
 
 main.add_command(export_events)
 main.add_command(import_events)

@@ -39,8 +39,9 @@ def _celery_kick() -> Callable[[], None] | None:
     def kick() -> None:
         try:
             celery.send_task(PROCESS_EVENTS, retry=False)
-        except Exception:  # noqa: BLE001 - the recovery sweep takes over
-            pass
+        except Exception as exc:  # noqa: BLE001 - the recovery sweep takes over
+            click.echo(f"note: could not wake the workers ({type(exc).__name__}); "
+                       "beat's recovery sweep will", err=True)
 
     return kick
 

@@ -25,7 +25,12 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from analytics.errors import AnalyticsError, AuthenticationError, PayloadTooLarge, RateLimited
+from analytics.errors import (
+    AnalyticsError,
+    AuthenticationError,
+    PayloadTooLarge,
+    RateLimited,
+)
 from analytics.segment import SHORT_PATHS, SegmentIngest, SegmentResult
 from web.auth import bearer_token, require
 from web.body import json_body

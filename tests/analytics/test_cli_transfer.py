@@ -91,14 +91,15 @@ def test_csv_export_imports_back_identically(cli, some_events, data, tmp_path, s
 
 
 def test_import_reports_bad_lines_by_number_without_values(cli, data, worker) -> None:
-    source = "\n".join([
+    rows = [
         '{"type": "click", "userId": "u-1", "properties": {"ssn": "123-45-6789"}}',
         '{"type": "click", "userId": "u-1", "ssn": "123-45-6789"}',
         "",
         "{not json 123-45-6789",
         '{"type": "nope", "userId": "u-1"}',
         '{"type": "login", "anonymousId": "a"}',
-    ]) + "\n"
+    ]
+    source = "\n".join(rows) + "\n"
     result = cli("import", "-", "--format", "ndjson", input=source)
     assert result.exit_code == 1
     assert "imported 2 events, rejected 3" in result.stdout
@@ -120,8 +121,8 @@ def test_import_csv_with_a_subset_of_columns(cli, data, worker, tmp_path) -> Non
 def test_import_waits_while_the_queue_is_full(cli, make_stack, tmp_path) -> None:
     stack = make_stack()  # no worker yet: nothing drains the queue
     source = tmp_path / "many.ndjson"
-    source.write_text("".join(orjson.dumps({"type": "click", "userId": "u", "messageId": f"x{i}"})
-                              .decode() + "\n" for i in range(40)))
+    source.write_bytes(b"".join(orjson.dumps({"type": "click", "userId": "u", "messageId": f"x{i}"})
+                                + b"\n" for i in range(40)))
     result = cli("import", str(source), "--batch-size", "5", "--max-queue", "2",
                  "--max-wait", "0.5", environ=stack.env)
     assert result.exit_code == 1
