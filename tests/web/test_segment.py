@@ -214,3 +214,20 @@ def test_service_unavailable_is_503_so_sdks_retry(make_stack) -> None:
     response = post(app.test_client(), "/v1/batch",
                     {"batch": [{"type": "track", "event": "click", "userId": "u"}]}, headers)
     assert response.status_code == 503 and response.json["success"] is False
+
+
+@pytest.mark.parametrize("retry_after, header", [(0.2, "1"), (7, "7"), (1000, "300")])
+def test_rate_limited_answers_carry_an_integer_retry_after_the_sdk_honours(
+        app, retry_after, header) -> None:
+    """Whatever limiter raises RateLimited on these paths, the Segment answer
+    is a 429 whose Retry-After the Python SDK accepts (an integer <= 300)."""
+    from segment.analytics.request import parse_retry_after
+
+    from analytics.errors import RateLimited
+    from web.segment import _segment_error
+
+    with app.test_request_context("/v1/batch", method="POST"):
+        response = _segment_error(RateLimited("too many requests", retry_after))
+    assert response.status_code == 429 and response.headers["Retry-After"] == header
+    assert parse_retry_after(response) == int(header)
+    assert response.get_json()["code"] == "rate_limited"
