@@ -49,6 +49,7 @@ def test_export_ndjson_to_stdout_with_filters_and_an_audit_entry(cli, some_event
     exported = lines(result.stdout)
     assert [e["messageId"] for e in exported] == ["m07"]  # click, u-1, n >= 3
     assert exported[0]["properties"]["email"] == "p7@example.org"  # decrypted
+    assert "exporting" in result.stderr  # the progress bar (a label when not a terminal)
     assert "exported 1 events to standard output" in result.stderr
     [entry] = [e for e in service.audit.entries() if e["action"] == "events.export"]
     assert entry["actor"] == "cli" and entry["count"] == 1
@@ -57,7 +58,10 @@ def test_export_ndjson_to_stdout_with_filters_and_an_audit_entry(cli, some_event
     assert entry["filters"]["properties"] == ["n"]
 
 
-def test_export_pages_through_everything(cli, some_events, tmp_path) -> None:
+def test_export_pages_through_everything(cli, some_events, tmp_path, monkeypatch) -> None:
+    from analytics import cli_transfer
+
+    monkeypatch.setattr(cli_transfer, "PAGE_SIZE", 5)  # 12 events: three pages
     target = tmp_path / "all.ndjson"
     result = cli("export", "--output", str(target), "--quiet")
     assert result.exit_code == 0 and result.stderr == ""

@@ -231,3 +231,21 @@ def test_rate_limited_answers_carry_an_integer_retry_after_the_sdk_honours(
     assert response.status_code == 429 and response.headers["Retry-After"] == header
     assert parse_retry_after(response) == int(header)
     assert response.get_json()["code"] == "rate_limited"
+
+
+@pytest.mark.parametrize("body", [{"batch": "no"}, [1, 2], {"nobatch": []}, "text"])
+def test_malformed_batches_are_400(client, keys, body) -> None:
+    response = post(client, "/v1/batch", body, keys["ingest"])
+    assert response.status_code == 400 and response.json["success"] is False
+
+
+def test_a_single_call_uses_its_own_sent_at(client, keys, data, worker) -> None:
+    # analytics.js sends sentAt in each message of a single call.
+    body = {"userId": "u", "event": "click", "timestamp": "2026-11-28T10:00:00Z",
+            "sentAt": "2026-11-28T10:00:01Z"}
+    assert post(client, "/v1/t", body, keys["ingest"]).status_code == 200
+    [record] = records(data, 1)
+    assert record["ot"] == 1_795_860_000_000 and record["sa"] == 1_795_860_001_000
+    # Corrected by (receivedAt - sentAt), capped; the raw times are kept.
+    skew = max(-86_400_000, min(86_400_000, record["rt"] - record["sa"]))
+    assert record["ts"] == record["ot"] + skew
