@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import e2e
+from bench import e2e, ingest, memory
 from bench.harness import cpu_count, median_range
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,7 +33,32 @@ def bench_e2e(quick: bool) -> dict[str, Any]:
             "ratio": ours_rate["median"] / naive_rate["median"], "runs": {"pipeline": ours, "naive": naive}}
 
 
-SUITE = {"e2e": bench_e2e}
+def bench_ingest(quick: bool) -> dict[str, Any]:
+    reps = 1 if quick else 3
+    single = 500 if quick else 20_000
+    batches = 20 if quick else 1_000
+    out: dict[str, Any] = {}
+    for label, app in (("ours", "web:create_app()"), ("bare", "bench.bare:create_app()")):
+        one = _repeat(ingest.ingest_once, reps, app=app, requests=single, batch=1)
+        hundred = _repeat(ingest.ingest_once, reps, app=app, requests=batches, batch=100)
+        out[f"{label}_single_req_per_s"] = median_range([r["requests_per_s"] for r in one])
+        out[f"{label}_single_p50_ms"] = median_range([r["p50_ms"] for r in one])
+        out[f"{label}_single_p99_ms"] = median_range([r["p99_ms"] for r in one])
+        out[f"{label}_batch100_events_per_s"] = median_range([r["events_per_s"] for r in hundred])
+        out[f"{label}_batch100_p50_ms"] = median_range([r["p50_ms"] for r in hundred])
+        out[f"{label}_batch100_p99_ms"] = median_range([r["p99_ms"] for r in hundred])
+    out["single_ratio_vs_bare"] = (out["ours_single_req_per_s"]["median"]
+                                   / out["bare_single_req_per_s"]["median"])
+    out["batch100_ratio_vs_bare"] = (out["ours_batch100_events_per_s"]["median"]
+                                     / out["bare_batch100_events_per_s"]["median"])
+    return out
+
+
+def bench_memory(quick: bool) -> dict[str, Any]:
+    return memory.memory_per_event(2_000 if quick else 50_000)
+
+
+SUITE = {"ingest": bench_ingest, "e2e": bench_e2e, "memory": bench_memory}
 
 
 def _fmt(value: Any) -> str:
