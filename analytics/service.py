@@ -24,6 +24,7 @@ from analytics.audit import AuditLog
 from analytics.crypto import Vault
 from analytics.deadletters import DeadLetters
 from analytics.errors import ValidationError
+from analytics.fastpath import load_event
 from analytics.filters import matcher, parse_filters
 from analytics.phi import PhiPolicy
 from analytics.queue import Entry, EventQueue
@@ -95,10 +96,12 @@ class AnalyticsService:
             return None, {"_schema": ["An event must be a JSON object."]}
         if len(orjson.dumps(raw)) > self.settings.max_event_bytes:
             return None, {"_schema": [f"Event larger than {self.settings.max_event_bytes} bytes."]}
-        try:
-            event = event_schema.load(raw)
-        except marshmallow.ValidationError as exc:
-            return None, exc.normalized_messages()
+        event = load_event(raw)
+        if event is None:  # invalid: marshmallow, the schema of record, says why
+            try:
+                event = event_schema.load(raw)
+            except marshmallow.ValidationError as exc:
+                return None, exc.normalized_messages()
         if self.registry.get(event["type"]) is None:
             return None, {"type": ["Unknown event type: register it first (POST /v1/event-types)."]}
         return event, {}
