@@ -122,7 +122,7 @@ def run(port: int | None, no_flower: bool) -> None:
 
 
 # Bulk data commands live in their own module; they register on the group here.
-from analytics.cli_transfer import export_events, import_events
+from analytics.cli_transfer import export_events, import_events  # noqa: E402
 
 main.add_command(export_events)
 main.add_command(import_events)

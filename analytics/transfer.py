@@ -34,7 +34,7 @@ JSON_COLUMNS = frozenset({"properties", "context", "traits", "metadata"})
 OUTPUT_ONLY = frozenset({"id", "receivedAt", "originalTimestamp", "sentAt"})
 
 
-class QueueFull(AnalyticsError):
+class QueueFullError(AnalyticsError):
     """The queue stayed longer than the import threshold for too long."""
 
     code = "queue_full"
@@ -187,7 +187,7 @@ def import_events(service: Any, rows: Iterable[tuple[int, Any, dict[str, Any] | 
 
     Before each batch, waits while the queue holds more than ``max_queue``
     entries (one per batch or request; backpressure), calling ``on_wait(length)`` once per wait; raises
-    :class:`QueueFull` after ``max_wait`` seconds of waiting in a row (the
+    :class:`QueueFullError` after ``max_wait`` seconds of waiting in a row (the
     workers are not keeping up, or none runs). Duplicates (same messageId)
     are dropped by the workers.
     """
@@ -203,7 +203,7 @@ def import_events(service: Any, rows: Iterable[tuple[int, Any, dict[str, Any] | 
                 on_wait(length)
                 told = True
             if time.monotonic() - started > max_wait:
-                raise QueueFull(f"the queue stayed above {max_queue} entries for {max_wait:g} s: "
+                raise QueueFullError(f"the queue stayed above {max_queue} entries for {max_wait:g} s: "
                                 "is a worker running?")
             sleep(0.1)
         report.waited_seconds += time.monotonic() - started
@@ -251,6 +251,6 @@ def counting_lines(stream: IO[bytes], on_bytes: Callable[[int], None]) -> Iterat
         yield raw.decode("utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else "utf-8", errors="replace")
 
 
-__all__ = ["COLUMNS", "FORMATS", "ImportReport", "QueueFull", "audit_filters", "counting_lines",
+__all__ = ["COLUMNS", "FORMATS", "ImportReport", "QueueFullError", "audit_filters", "counting_lines",
            "describe_errors", "estimate", "format_for", "import_events", "iter_events",
            "reader_for", "writer_for"]
