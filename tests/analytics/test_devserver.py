@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import Process, free_port, python_env, wait_until
+from tests.support import ROOT, Process, free_port, python_env, wait_until
 
 
 def descendants(pid: int) -> list[int]:
@@ -40,8 +42,16 @@ def test_analytics_run_serves_and_processes(env, data, tmp_path) -> None:
     environ["WEB_CONCURRENCY"] = "1"
     environ["WEB_THREADS"] = "4"
     environ["WORKER_CONCURRENCY"] = "1"
-    proc = Process("analytics-run", [sys.executable, "-m", "analytics.cli", "run", "--no-flower",
-                                     "--port", str(port)], environ, tmp_path).start()
+    # Run from a scratch directory holding the Procfile, so that what the
+    # processes write there (beat's schedule) stays out of the checkout.
+    workdir = tmp_path / "checkout"
+    workdir.mkdir()
+    for name in ("Procfile", "gunicorn.conf.py"):
+        shutil.copy(ROOT / name, workdir / name)
+    command = shlex.join([sys.executable, "-m", "analytics.cli", "run", "--no-flower",
+                          "--port", str(port)])
+    proc = Process("analytics-run", ["bash", "-c", f"cd {shlex.quote(str(workdir))} && exec {command}"],
+                   environ, tmp_path).start()
     pids: list[int] = []
     try:
         proc.wait_for_log(r"development admin key: \S+", timeout=60)
