@@ -103,7 +103,7 @@ class DeadLetters:
         pipe = self._redis.pipeline(transaction=False)
         for kind in KINDS:
             pipe.xlen(dlq_key(kind))
-        return dict(zip(KINDS, pipe.execute()))
+        return dict(zip(KINDS, pipe.execute(), strict=True))
 
     # -- reading -------------------------------------------------------------
     def entries(self, kind: str, start: str = "-", count: int = 100) -> list[dict[str, Any]]:

@@ -211,7 +211,7 @@ class Stats:
         for name in names:
             pipe.hgetall(WORKER + name)
         workers = []
-        for name, fields in zip(names, pipe.execute()):
+        for name, fields in zip(names, pipe.execute(), strict=True):
             if not fields:
                 continue
             values = _decode(fields)

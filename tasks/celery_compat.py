@@ -43,4 +43,4 @@ def install() -> None:
         return original(self, *args, **kwargs)
 
     _connparams._analytics_patched = True  # type: ignore[attr-defined]
-    kombu_redis.Channel._connparams = _connparams
+    kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]

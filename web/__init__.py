@@ -35,11 +35,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from web.api import api
     from web.health import health
     from web.ops import ops
+    from web.segment import segment
 
     extensions.init_app(app, settings)
     errors.init_app(app)
     app.register_blueprint(health)
     app.register_blueprint(api)
+    app.register_blueprint(segment)
     app.register_blueprint(ops)
     prometheus.init_app(app)
     return app

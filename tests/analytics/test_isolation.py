@@ -10,6 +10,14 @@ from analytics.errors import ValidationError
 from analytics.isolation import record_problem
 
 
+@pytest.fixture
+def idle(make_stack):
+    """A service on a private Redis that no worker reads (the session worker
+    may be running): the test plays the worker. Yields (service, data)."""
+    stack = make_stack()
+    return stack.app().extensions["analytics"], stack.redis.client(0)
+
+
 def records_of(service, events):
     """Records as the ingestion side builds them (PHI sealed)."""
     return [service.codec.encode(e, "normal", 1_700_000_000_000, None) for e in
@@ -25,7 +33,8 @@ def test_record_problem_names_the_field_never_the_value() -> None:
     assert record_problem(["not", "a", "record"]) == "not an object"
 
 
-def test_an_invalid_record_is_dead_lettered_and_its_batch_stored(service, data) -> None:
+def test_an_invalid_record_is_dead_lettered_and_its_batch_stored(idle) -> None:
+    service, data = idle
     good = records_of(service, [{"type": "click", "userId": f"u{i}", "messageId": f"g{i}"}
                                 for i in range(3)])
     bad = {**good[0], "i": "other-id", "m": "bad-1", "ts": "not-a-time"}
@@ -40,7 +49,8 @@ def test_an_invalid_record_is_dead_lettered_and_its_batch_stored(service, data) 
     assert letter["event"]["messageId"] == "bad-1" and letter["sealed"] is False
 
 
-def test_a_malformed_entry_is_dead_lettered_sealed_without_blocking_others(service, data) -> None:
+def test_a_malformed_entry_is_dead_lettered_sealed_without_blocking_others(idle) -> None:
+    service, data = idle
     data.xadd(keyspace.EVENT_QUEUE, {"e": b"{not json"})
     service.track({"type": "click", "userId": "u1"})
     report = service.drain("c1")
@@ -55,7 +65,8 @@ def test_a_malformed_entry_is_dead_lettered_sealed_without_blocking_others(servi
     assert service.dead_letters.length("events") == 1
 
 
-def test_a_record_that_makes_the_commit_fail_is_isolated_then_replayed(service, data) -> None:
+def test_a_record_that_makes_the_commit_fail_is_isolated_then_replayed(idle) -> None:
+    service, data = idle
     service.register_event_type("fragile")
     # A record of type "fragile" now makes the commit script fail (WRONGTYPE).
     data.set(keyspace.processed("fragile"), "not a hash")
@@ -88,7 +99,8 @@ def test_a_record_that_makes_the_commit_fail_is_isolated_then_replayed(service, 
     assert [a["count"] for a in audits] == [1, 0] and audits[0]["actor"] == "key-1"
 
 
-def test_replaying_a_record_already_stored_does_not_store_it_twice(service, data) -> None:
+def test_replaying_a_record_already_stored_does_not_store_it_twice(idle) -> None:
+    service, data = idle
     service.track({"type": "click", "userId": "u1", "messageId": "once"})
     [entry] = service.queue.read("c1", 10)
     service.process([entry])
@@ -98,7 +110,8 @@ def test_replaying_a_record_already_stored_does_not_store_it_twice(service, data
     assert data.hlen(keyspace.processed("click")) == 1 and data.hlen(keyspace.EVENT_IDS) == 1
 
 
-def test_a_dead_letter_is_requeued_once_even_by_racing_replays(service, data) -> None:
+def test_a_dead_letter_is_requeued_once_even_by_racing_replays(idle) -> None:
+    service, data = idle
     record = records_of(service, [{"type": "click", "userId": "u", "messageId": "r"}])[0]
     service.dead_letters.add_record("events", record, "processing_error", 5)
     [item] = service.dead_letters.entries("events")
@@ -107,7 +120,8 @@ def test_a_dead_letter_is_requeued_once_even_by_racing_replays(service, data) ->
     assert data.xlen(keyspace.EVENT_QUEUE) == 1
 
 
-def test_sealed_messages_are_validated_again_on_replay(service, data) -> None:
+def test_sealed_messages_are_validated_again_on_replay(idle) -> None:
+    service, data = idle
     message = {"type": "checkout", "userId": "u-9", "properties": {"email": "a@b.example"}}
     service.dead_letters.add_raw("segment", message, "invalid_message", details={"type": ["Unknown"]})
     assert b"a@b.example" not in b"".join(v for _, f in data.xrange(dlq_key("segment"))
@@ -120,6 +134,7 @@ def test_sealed_messages_are_validated_again_on_replay(service, data) -> None:
     assert event["properties"]["email"] == "a@b.example" and event["userId"] == "u-9"
 
 
-def test_unknown_kinds_are_refused(service) -> None:
+def test_unknown_kinds_are_refused(idle) -> None:
+    service, _ = idle
     with pytest.raises(ValidationError):
         service.replay_dead_letters("nope")

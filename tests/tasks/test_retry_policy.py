@@ -19,7 +19,8 @@ def test_tasks_retry_transient_redis_errors_only() -> None:
 
 def test_redis_failures_are_classified_once() -> None:
     assert is_transient(redis.ConnectionError("down"))
-    assert is_transient(redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."))
+    full_memory = "command not allowed when used memory > 'maxmemory'."
+    assert is_transient(redis.exceptions.OutOfMemoryError(full_memory))
     assert not is_transient(redis.ResponseError("WRONGTYPE Operation against a key"))
     full = store_error(redis.exceptions.OutOfMemoryError("command not allowed"))
     assert full is not None and full.status == 503 and "full" in full.message

@@ -37,7 +37,8 @@ def start_gunicorn(env: dict[str, str], log_dir: Path, port: int, workers: int =
 
 
 def counter(text: str, endpoint: str) -> float:
-    pattern = rf'^analytics_http_requests_total\{{endpoint="{re.escape(endpoint)}",method="GET",status="200"\}} (\S+)$'
+    labels = rf'endpoint="{re.escape(endpoint)}",method="GET",status="200"'
+    pattern = rf"^analytics_http_requests_total\{{{labels}\}} (\S+)$"
     return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.MULTILINE))
 
 
