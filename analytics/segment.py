@@ -189,6 +189,17 @@ class SegmentIngest:
                 f"message larger than {self.service.settings.max_event_bytes} bytes")
         return self.ingest([{**body, "type": call}], received_ms=received_ms)
 
+    def remap(self, raw: Any) -> tuple[dict[str, Any], int | None]:
+        """Validate and map one raw message again (dead-letter replay): the
+        event and its ``sentAt``. Raises :class:`ValidationError` (fields
+        named, never values) when it is still invalid."""
+        if isinstance(raw, dict):
+            raw = {k: v for k, v in raw.items() if k != "writeKey"}
+        item = self._map(0, raw, None, None, None, SegmentResult())
+        if item.event is None:
+            raise ValidationError(item.reason or "invalid_message", item.errors)
+        return item.event, item.sent_at
+
     # -- messages ------------------------------------------------------------
     def ingest(self, messages: Iterable[Any], *, sent_at: int | None = None,
                context: dict[str, Any] | None = None,

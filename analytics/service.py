@@ -119,7 +119,7 @@ class AnalyticsService:
         #: replay: its queue lane and records, or None while still invalid.
         #: Events and raw (Segment) messages here; other kinds plug in theirs.
         self.dead_letter_replayers: dict[str, ReplayPlan] = {
-            "events": self.replay_plan_for_event, "segment": self.replay_plan_for_event}
+            "events": self.replay_plan_for_event, "segment": self.replay_plan_for_segment}
         self._kick = kick
 
     @classmethod
@@ -346,7 +346,26 @@ class AnalyticsService:
             return None
         return keyspace.event_queue(records[0]["p"]), records
 
-    def records_from_event(self, message: Any) -> list[dict[str, Any]]:
+    def replay_plan_for_segment(self, item: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+        """A Segment message set aside at ingestion, mapped and validated again
+        under the current settings (an event type registered since, say)."""
+        from analytics.segment import SegmentIngest
+
+        if "sealed" not in item:
+            return self.replay_plan_for_event(item)
+        ingest = SegmentIngest(self, self.settings.segment_unknown_events,
+                               self.settings.segment_max_types)
+        try:
+            event, sent_at = ingest.remap(orjson.loads(self.dead_letters.open_sealed(item)))
+            records = self.records_from_event(event, sent_at)
+        except (ValueError, ValidationError) as exc:
+            log.info("dead letter %s is still invalid (%s)", item["id"], type(exc).__name__)
+            return None
+        if any(record_problem(r) is not None for r in records):
+            return None
+        return keyspace.event_queue(records[0]["p"]), records
+
+    def records_from_event(self, message: Any, sent_at: int | None = None) -> list[dict[str, Any]]:
         """Validate a raw event (or a list of queued records) again."""
         if isinstance(message, list):
             return message
@@ -356,7 +375,7 @@ class AnalyticsService:
         event_type = self.registry.get(event["type"])
         assert event_type is not None
         priority = event["priority"] or event_type.priority
-        return [self.codec.encode(event, priority, int(time.time() * 1000), None)]
+        return [self.codec.encode(event, priority, int(time.time() * 1000), sent_at)]
 
     @staticmethod
     def _check_kind(kind: str) -> None:

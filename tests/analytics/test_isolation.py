@@ -120,18 +120,21 @@ def test_a_dead_letter_is_requeued_once_even_by_racing_replays(idle) -> None:
     assert data.xlen(keyspace.EVENT_QUEUE) == 1
 
 
-def test_sealed_messages_are_validated_again_on_replay(idle) -> None:
-    service, data = idle
-    message = {"type": "checkout", "userId": "u-9", "properties": {"email": "a@b.example"}}
-    service.dead_letters.add_raw("segment", message, "invalid_message", details={"type": ["Unknown"]})
-    assert b"a@b.example" not in b"".join(v for _, f in data.xrange(dlq_key("segment"))
-                                          for v in f.values())
-    assert service.replay_dead_letters("segment").still_invalid == 1
-    service.register_event_type("checkout")
+def test_segment_messages_are_mapped_and_validated_again_on_replay(make_stack) -> None:
+    stack = make_stack(ANALYTICS_SEGMENT_UNKNOWN_EVENTS="reject")
+    service, data = stack.app().extensions["analytics"], stack.redis.client(0)
+    message = {"type": "track", "event": "Checkout", "userId": "u-9", "writeKey": "secret",
+               "properties": {"email": "a@b.example", "total": 12}}
+    service.dead_letters.add_raw("segment", message, "unknown_event_type")
+    stored = b"".join(v for _, f in data.xrange(dlq_key("segment")) for v in f.values())
+    assert b"a@b.example" not in stored and b"u-9" not in stored
+    assert service.replay_dead_letters("segment").still_invalid == 1  # policy: reject
+    service.register_event_type("Checkout")
     assert service.replay_dead_letters("segment").replayed == 1
     service.drain("c1")
-    [event], _ = service.get_events({"type": "checkout"})
-    assert event["properties"]["email"] == "a@b.example" and event["userId"] == "u-9"
+    [event], _ = service.get_events({"type": "Checkout"})
+    assert event["properties"] == {"email": "a@b.example", "total": 12}
+    assert event["userId"] == "u-9" and service.dead_letters.length("segment") == 0
 
 
 def test_unknown_kinds_are_refused(idle) -> None:
