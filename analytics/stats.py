@@ -33,6 +33,7 @@ import resource
 import time
 from typing import Any
 
+import orjson
 import redis
 
 from analytics.deadletters import DeadLetters
@@ -225,7 +226,8 @@ class Stats:
         return workers
 
     def _websocket(self, now: float) -> dict[str, Any]:
-        totals = {name: 0 for name in WS_FIELDS}
+        totals: dict[str, float] = {name: 0 for name in WS_FIELDS}
+        totals["messages_rate"] = 0.0
         processes = 0
         keys = list(self._redis.scan_iter(match=WS + "*", count=1000))
         pipe = self._redis.pipeline(transaction=False)
@@ -240,6 +242,11 @@ class Stats:
             processes += 1
             for name in WS_FIELDS:
                 totals[name] += _int(fields.get(name.encode()))
+            try:
+                totals["messages_rate"] += float(fields.get(b"messages_rate", b"0"))
+            except ValueError:
+                pass
+        totals["messages_rate"] = round(totals["messages_rate"], 2)
         return {"processes": processes, **totals}
 
     def _cleanup(self) -> dict[str, Any] | None:
@@ -248,8 +255,8 @@ class Stats:
             return None
         out: dict[str, Any] = {}
         for key, value in _decode(fields).items():
-            try:
-                out[key] = float(value) if "." in value else int(value)
-            except ValueError:
+            try:  # the cleanup task writes numbers and JSON values
+                out[key] = orjson.loads(value)
+            except orjson.JSONDecodeError:
                 out[key] = value
         return out

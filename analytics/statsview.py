@@ -75,6 +75,7 @@ def render_table(figures: dict[str, Any]) -> str:
         rows.append(("messages sent", str(ws["messages_total"])))
         rows.append(("errors", str(ws["errors_total"])))
         rows.append(("authentication failures", str(ws["auth_failures_total"])))
+        rows.append(("message rate", f"{ws['messages_rate']:.1f} /s"))
 
     if "cleanup" in figures:
         section("cleanup")
@@ -84,8 +85,11 @@ def render_table(figures: dict[str, Any]) -> str:
         else:
             rows.append(("last run", _when(cleanup.get("last_run"))))
             for key, value in sorted(cleanup.items()):
-                if key != "last_run":
-                    rows.append((key.replace("_", " "), str(value)))
+                if key == "last_run":
+                    continue
+                if isinstance(value, dict):
+                    value = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in value.items())
+                rows.append((key.replace("_", " "), str(value)))
 
     width = max(len(name) for name, _ in rows) + 2
     lines = [f"{name:<{width}}{value}".rstrip() for name, value in rows]

@@ -83,6 +83,8 @@ class RedisCollector(Collector):
             family = CounterMetricFamily(f"analytics_websocket_{field[:-6]}", doc)
             family.add_metric([], ws[field])
             yield family
+        yield _gauge("analytics_websocket_message_rate_per_second",
+                     "WebSocket messages sent per second, all web processes", ws["messages_rate"])
         cleanup = figures["cleanup"] or {}
         if isinstance(cleanup.get("last_run"), (int, float)):
             yield _gauge("analytics_cleanup_last_run_timestamp_seconds",

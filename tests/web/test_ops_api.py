@@ -20,10 +20,13 @@ def ingest(client, keys, n: int, prefix: str = "m") -> None:
 
 def test_stats_show_processing_workers_websocket_memory_and_cleanup(worker, client, keys, data) -> None:
     data.hset(WS + "web-host-1", mapping={"clients": 3, "messages_total": 40, "errors_total": 1,
-                                          "auth_failures_total": 2, "updated": time.time()})
+                                          "auth_failures_total": 2, "messages_rate": 1.5,
+                                          "updated": time.time()})
     data.hset(WS + "web-host-2", mapping={"clients": 1, "messages_total": 2, "errors_total": 0,
                                           "auth_failures_total": 0, "updated": time.time()})
-    data.hset(CLEANUP, mapping={"last_run": 1_800_000_000, "events_removed": 12})
+    # As the cleanup task writes it: numbers and JSON.
+    data.hset(CLEANUP, mapping={"last_run": 1_800_000_000.5, "duration": 0.25, "complete": "true",
+                                "removed": '{"events": 12, "series": 1}', "runs": 3})
     ingest(client, keys, 200)
     wait_until(lambda: data.hlen(keyspace.EVENT_IDS) == 200, 30, 0.1, "events to be processed")
 
@@ -46,8 +49,10 @@ def test_stats_show_processing_workers_websocket_memory_and_cleanup(worker, clie
     assert alive and all(w["seconds_since_seen"] < 30 for w in alive)
     assert sum(w["processed"] for w in figures["workers"]) >= 200
     assert figures["websocket"] == {"processes": 2, "clients": 4, "messages_total": 42,
-                                    "errors_total": 1, "auth_failures_total": 2}
-    assert figures["cleanup"] == {"last_run": 1_800_000_000, "events_removed": 12}
+                                    "errors_total": 1, "auth_failures_total": 2,
+                                    "messages_rate": 1.5}
+    assert figures["cleanup"] == {"last_run": 1_800_000_000.5, "duration": 0.25, "complete": True,
+                                  "removed": {"events": 12, "series": 1}, "runs": 3}
     assert client.get("/v1/stats", headers=keys["ingest"]).status_code == 403
     assert client.get("/v1/stats").status_code == 401
 
