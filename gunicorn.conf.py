@@ -1,6 +1,6 @@
 """gunicorn settings for the web process (Procfile ``web``)."""
+import glob
 import os
-import shutil
 import tempfile
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
@@ -22,10 +22,17 @@ PROMETHEUS_DIR = os.environ.setdefault(
     os.path.join(tempfile.gettempdir(), f"analytics-prometheus-{os.getpid()}"))
 
 
+def _remove_samples():
+    # Only prometheus_client's sample files: the directory may be the
+    # operator's choice.
+    for path in glob.glob(os.path.join(PROMETHEUS_DIR, "*.db")):
+        os.remove(path)
+
+
 def on_starting(server):  # gunicorn hook
     # Samples of a previous run would be summed in: start empty.
-    shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
     os.makedirs(PROMETHEUS_DIR, exist_ok=True)
+    _remove_samples()
 
 
 def child_exit(server, worker):  # gunicorn hook
@@ -35,5 +42,8 @@ def child_exit(server, worker):  # gunicorn hook
 
 
 def on_exit(server):  # gunicorn hook
-    if PROMETHEUS_DIR.startswith(tempfile.gettempdir()):
-        shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
+    _remove_samples()
+    try:
+        os.rmdir(PROMETHEUS_DIR)  # only if now empty
+    except OSError:
+        pass
