@@ -162,3 +162,28 @@ event_schema = EventSchema()
 event_batch_schema = EventBatchSchema()
 event_type_schema = EventTypeSchema()
 event_query_schema = EventQuerySchema()
+
+
+class AuditQuerySchema(Schema):
+    """Query string of ``GET /v1/audit``: entries oldest first, paged."""
+
+    class Meta:
+        unknown = RAISE
+
+    cursor = fields.String(load_default=None,
+                           validate=validate.Regexp(r"^\d{1,20}-\d{1,20}$",
+                                                    error="Not a cursor returned by this API."))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class EraseSchema(Schema):
+    """Body of ``POST /v1/erase``."""
+
+    class Meta:
+        unknown = RAISE
+
+    userId = fields.String(required=True, validate=ID_LENGTH)
+
+
+audit_query_schema = AuditQuerySchema()
+erase_schema = EraseSchema()

@@ -22,3 +22,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_celery_app()
+
+
+# Start hooks (keys check, log scrubbing) of `celery -A tasks worker|beat`.
+from tasks import signals as _signals  # noqa: E402,F401

@@ -22,7 +22,8 @@ def bearer_token() -> str | None:
 
 
 def authenticate(secret: str | None) -> ApiKey:
-    key = get_service().authenticate(secret)
+    """The request's key (rate limit taken); failures are counted and audited."""
+    key = get_service().authenticate(secret, where="http", remote=request.remote_addr)
     g.api_key = key
     return key
 
