@@ -95,6 +95,14 @@ def _check_object(value: dict[str, Any]) -> None:
     _measure(value, 1)
 
 
+def _not_phi_like(value: str) -> bool:
+    from analytics.logs import scrubbing_filter
+
+    if scrubbing_filter().scrub(value) != value:
+        raise ValidationError("Must not look like personal data (e-mail, phone, SSN...).")
+    return True
+
+
 def FreeObject() -> fields.Dict:  # noqa: N802 - reads like a field class
     return fields.Dict(keys=fields.String(), load_default=None, allow_none=True,
                        validate=_check_object)
@@ -138,7 +146,10 @@ class EventTypeSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    name = fields.String(required=True)
+    # Type names become Redis key names (analytics:events:processed:{type}),
+    # where PHI must never appear (the registry checks the format).
+    name = fields.String(required=True, validate=[validate.Length(min=1, max=64),
+                                                  lambda v: _not_phi_like(v)])
     priority = fields.String(load_default="normal", validate=validate.OneOf(PRIORITIES))
     description = fields.String(load_default="", validate=validate.Length(max=500))
 
