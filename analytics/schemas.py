@@ -175,15 +175,22 @@ event_type_schema = EventTypeSchema()
 event_query_schema = EventQuerySchema()
 
 
+def _stream_id(value: str) -> bool:
+    """A Redis stream id ``ms-seq``, both parts unsigned 64-bit."""
+    ms, _, seq = value.partition("-")
+    if not (ms.isdigit() and seq.isdigit() and len(value) <= 41
+            and int(ms) < 2**64 and int(seq) < 2**64):
+        raise ValidationError("Not a cursor returned by this API.")
+    return True
+
+
 class AuditQuerySchema(Schema):
     """Query string of ``GET /v1/audit``: entries oldest first, paged."""
 
     class Meta:
         unknown = RAISE
 
-    cursor = fields.String(load_default=None,
-                           validate=validate.Regexp(r"^\d{1,20}-\d{1,20}$",
-                                                    error="Not a cursor returned by this API."))
+    cursor = fields.String(load_default=None, validate=lambda v: _stream_id(v))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
 
