@@ -45,15 +45,22 @@ def check_settings(settings: Settings, process: str) -> None:
 
 
 def start_process(process: str, settings: Settings | None = None, *,
-                  environ: Mapping[str, str] | None = None) -> Settings:
+                  environ: Mapping[str, str] | None = None, own_handler: bool = True) -> Settings:
     """Scrubbing logs first, then the settings check: the common start of
-    every process. Returns the settings it checked."""
-    from analytics.logs import configure_logging
+    every process. Returns the settings it checked.
+
+    ``own_handler=False`` for processes whose framework brings its log
+    handlers (Celery): only the filter is installed.
+    """
+    from analytics.logs import configure_logging, install
 
     try:
         settings = settings or Settings.from_env(environ)
     except ConfigurationError as exc:
         raise SystemExit(f"analytics {process}: {exc.message}") from None
-    configure_logging(settings.phi_fields)
+    if own_handler:
+        configure_logging(settings.phi_fields)
+    else:
+        install(settings.phi_fields)
     check_settings(settings, process)
     return settings

@@ -7,35 +7,26 @@ from typing import Any
 
 from celery import signals
 
-from analytics.logs import add_to_handlers
+from analytics.logs import add_to_handlers, install
 from analytics.startup import start_process
+
+# At import (``celery -A tasks``), before Celery logs anything: records are
+# scrubbed from the first one (the record factory); the PHI field list of
+# the settings is applied at worker/beat init.
+install()
 
 
 @signals.worker_init.connect
 def _check_worker(**_: Any) -> None:
-    start_process("worker")
+    start_process("worker", own_handler=False)
 
 
 @signals.beat_init.connect
 def _check_beat(**_: Any) -> None:
-    start_process("beat")
+    start_process("beat", own_handler=False)
 
 
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
-def _scrub_celery_logs(logger: logging.Logger | None = None, **_: Any) -> None:
-    # Celery builds its handlers after our import; records are scrubbed at
-    # creation already, this also covers records built by hand.
-    start_process_logging()
+def _scrub_celery_handlers(logger: logging.Logger | None = None, **_: Any) -> None:
     add_to_handlers(logger)
-
-
-def start_process_logging() -> None:
-    from analytics.logs import install
-    from analytics.settings import Settings
-    from analytics.errors import ConfigurationError
-
-    try:
-        install(Settings.from_env().phi_fields)
-    except ConfigurationError:
-        install()

@@ -11,8 +11,14 @@ from hypothesis import strategies as st
 
 from analytics import phi
 from analytics.crypto import DecryptionError, Vault
-from analytics.schemas import (MAX_DEPTH, MAX_KEYS, audit_query_schema, erase_schema,
-                               event_query_schema, event_schema)
+from analytics.schemas import (
+    MAX_DEPTH,
+    MAX_KEYS,
+    audit_query_schema,
+    erase_schema,
+    event_query_schema,
+    event_schema,
+)
 from analytics.settings import DEFAULT_PHI_FIELDS
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,11 +6,10 @@ import itertools
 import json
 from typing import Any
 
-import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from tests.support import ARTIFACTS
@@ -101,7 +100,7 @@ def test_fuzz_every_operation_no_server_errors_and_no_phi_echo(app, keys) -> Non
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
-        def run(case: Any) -> None:
+        def run(case: Any, mode: GenerationMode = mode) -> None:
             _check(case, keys["admin"], mode.value)
 
         try:
