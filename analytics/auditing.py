@@ -86,7 +86,8 @@ class Auditor:
         return int(self._redis.get(keyspace.AUTH_FAILURES_TOTAL) or 0)
 
     # -- reading -------------------------------------------------------------
-    def page(self, after: str | None, limit: int, reveal: bool = True) -> tuple[list[dict[str, Any]], str | None]:
+    def page(self, after: str | None, limit: int,
+             reveal: bool = True) -> tuple[list[dict[str, Any]], str | None]:
         """Entries oldest first after stream id ``after``, and the next cursor."""
         start = f"({after}" if after else "-"
         entries = self.log.entries(start, limit + 1)

@@ -5,6 +5,7 @@ really validates with (:mod:`analytics.schemas`), so the document cannot
 drift from the validation. Response bodies, which no schema loads, are
 described by the small schemas below. The document is built once per app.
 """
+# ruff: noqa: N815 - schema attributes are the JSON field names (camelCase)
 from __future__ import annotations
 
 from typing import Any

@@ -143,7 +143,8 @@ def test_split_removes_every_phi_value_and_merge_restores_it(event: dict[str, An
 @given(data=st.binary(max_size=200), flip=st.integers(min_value=0))
 def test_sealed_values_are_authenticated(data: bytes, flip: int) -> None:
     token = VAULT.seal(data)
-    assert VAULT.open(token) == data and data not in token.encode() or len(data) < 4
+    assert VAULT.open(token) == data
+    assert len(data) < 8 or data not in token.encode()
     blob = bytearray(token.encode())
     index = flip % len(blob)
     blob[index] = ord("A") if blob[index] != ord("A") else ord("B")
