@@ -90,6 +90,16 @@ def _keys(value: Any) -> list[str]:
     return []
 
 
+def _fuzzer(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> Any:
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def run(case: Any) -> None:
+        _check(case, headers, mode.value)
+
+    return run
+
+
 def test_fuzz_every_operation_no_server_errors_and_no_phi_echo(app, keys) -> None:
     # schemathesis' own pytest plugin does not run under pytest 9 yet; its
     # Python API gives the same hypothesis strategies per operation.
@@ -97,12 +107,7 @@ def test_fuzz_every_operation_no_server_errors_and_no_phi_echo(app, keys) -> Non
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 8
     for operation, mode in itertools.product(operations, GenerationMode):
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
-        def run(case: Any, mode: GenerationMode = mode) -> None:
-            _check(case, keys["admin"], mode.value)
-
+        run = _fuzzer(operation, mode, keys["admin"])
         try:
             run()
         except Unsatisfiable:
