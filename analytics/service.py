@@ -306,13 +306,18 @@ class AnalyticsService:
     def audit_read(self, actor: str, filters: dict[str, Any], count: int,
                    remote: str | None = None, action: str = "events.read",
                    **extra: Any) -> str:
-        """Audit a read of event data (who, which filters, how many, from where)."""
-        return self.auditor.data_read(action, actor, filters, count, remote, **extra)
+        """Audit a read of event data (who, which filters, how many, from where).
+
+        Call it before handing the data out: if the entry cannot be written
+        (Redis away: :class:`StoreUnavailable`), the read must fail too.
+        """
+        with unavailable_as_error():
+            return self.auditor.data_read(action, actor, filters, count, remote, **extra)
 
     def audit_export(self, actor: str, filters: dict[str, Any], count: int,
                      remote: str | None = None, **extra: Any) -> str:
         """Audit an export (``analytics export``, an export endpoint)."""
-        return self.auditor.data_read("events.export", actor, filters, count, remote, **extra)
+        return self.audit_read(actor, filters, count, remote, action="events.export", **extra)
 
     def audit_auth_failure(self, where: str, remote: str | None = None,
                            reason: str = "") -> bool:
