@@ -31,9 +31,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from web import errors, extensions
     from web.api import api
     from web.health import health
-    from web.segment import segment
     from web.openapi import openapi
     from web.privacy import privacy
+    from web.segment import segment
 
     extensions.init_app(app, settings)
     errors.init_app(app)

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from flask import g, request
 
 from analytics.apikeys import ApiKey
+from analytics.errors import AuthenticationError
 from web.extensions import get_service
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,7 +40,12 @@ def require(action: str,
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            authenticate(credentials()).require(action)
+            try:
+                secret = credentials()
+            except AuthenticationError:  # malformed credentials are a failure too
+                get_service().audit_auth_failure("http", request.remote_addr, "malformed")
+                raise
+            authenticate(secret).require(action)
             return view(*args, **kwargs)
 
         return wrapped  # type: ignore[return-value]
