@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import redis
 
@@ -35,6 +36,10 @@ from analytics.apikeys import ApiKeyStore
 
 #: Records deleted per atomic step.
 SLICE = 500
+
+# redis-py's annotations cover its async client too; these are what the
+# synchronous client (decode_responses off) returns.
+StreamChunk = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 @dataclass
@@ -78,7 +83,7 @@ class Eraser:
         while True:
             # The index only shrinks here (ZREM of what was deleted), so the
             # first slice is always the next one to erase.
-            members = [m.decode() for m in self._redis.zrange(index, 0, SLICE - 1)]
+            members = [m.decode() for m in cast(list[bytes], self._redis.zrange(index, 0, SLICE - 1))]
             if not members:
                 break
             by_type: dict[str, list[str]] = defaultdict(list)
@@ -101,11 +106,11 @@ class Eraser:
                                             _type="stream"):
             start = "-"
             while True:
-                chunk = self._redis.xrange(stream, start, "+", count=SLICE)
+                chunk = cast(StreamChunk, self._redis.xrange(stream, start, "+", count=SLICE))
                 doomed = [eid for eid, fields in chunk
                           if fields.get(b"user", b"").decode() == user_hash]
                 if doomed:
-                    erased += self._redis.xdel(stream, *doomed)
+                    erased += cast(int, self._redis.xdel(stream, *doomed))
                 if len(chunk) < SLICE:
                     break
                 start = "(" + chunk[-1][0].decode()

@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -75,6 +75,10 @@ return 0
 
 DONE = "done"
 
+# redis-py's annotations cover its async client too; these are what the
+# synchronous client (decode_responses off) returns.
+StreamChunk = list[tuple[bytes, dict[bytes, bytes]]]
+
 
 @dataclass
 class RotationReport:
@@ -115,7 +119,8 @@ class Rotator:
         return sum(pipe.execute())
 
     def _state(self) -> dict[str, str]:
-        state = {k.decode(): v.decode() for k, v in self._redis.hgetall(keyspace.ROTATION).items()}
+        raw = cast(dict[bytes, bytes], self._redis.hgetall(keyspace.ROTATION))
+        state = {k.decode(): v.decode() for k, v in raw.items()}
         if state.get("key") != self.key_id:
             self._redis.delete(keyspace.ROTATION)
             self._redis.hset(keyspace.ROTATION, mapping={"key": self.key_id,
@@ -155,7 +160,8 @@ class Rotator:
     def _rotate_hash(self, key: str, cursor: int, report: RotationReport,
                      progress: Callable[[int], None]) -> None:
         while True:
-            cursor, items = self._redis.hscan(key, cursor, count=self.slice_size)
+            cursor, items = cast(tuple[int, dict[bytes, bytes]],
+                                 self._redis.hscan(key, cursor, count=self.slice_size))
             args: list[Any] = []
             for name, raw in items.items():
                 new = self._reseal_record(raw, report)
@@ -177,7 +183,7 @@ class Rotator:
         # current: the walk ends because they are skipped.
         start = f"({after}" if after else "-"
         while True:
-            chunk = self._redis.xrange(key, start, "+", count=self.slice_size)
+            chunk = cast(StreamChunk, self._redis.xrange(key, start, "+", count=self.slice_size))
             for entry_id, fields in chunk:
                 decoded = {k.decode(): v for k, v in fields.items()}
                 if "sealed" in decoded:

@@ -5,6 +5,8 @@ URLs end up in proxy and access logs, bodies do not.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, g, jsonify, request
 
 from analytics.schemas import audit_query_schema, erase_schema
@@ -18,7 +20,7 @@ privacy = Blueprint("privacy", __name__, url_prefix="/v1")
 
 @privacy.get("/audit")
 @require("admin")
-def audit_entries():  # type: ignore[no-untyped-def]
+def audit_entries() -> Any:
     params = load(audit_query_schema, request.args.to_dict())
     service = get_service()
     entries, cursor = service.auditor.page(params["cursor"], params["limit"])
@@ -30,7 +32,7 @@ def audit_entries():  # type: ignore[no-untyped-def]
 
 @privacy.post("/erase")
 @require("admin")
-def erase_user():  # type: ignore[no-untyped-def]
+def erase_user() -> Any:
     data = load(erase_schema, json_body())
     report = get_service().erase_user(data["userId"], g.api_key.id, request.remote_addr)
     return jsonify(report.as_dict())

@@ -99,17 +99,26 @@ def test_planted_phi_is_nowhere_in_clear_at_rest(client, keys, service, data, wo
         response = client.post("/v1/events", headers=keys["ingest"],
                                json={"batch": planted_events()})
         assert response.status_code == 202 and response.json["accepted"] == 2
-        wait_until(lambda: data.hlen(keyspace.EVENT_IDS) == 2, 20, message="events stored")
+        # The Segment path too: an identify with traits, and a bad message
+        # (no event name) that goes to the dead-letter stream.
+        segment = client.post("/v1/batch", headers=keys["ingest"], json={"batch": [
+            {"type": "identify", "userId": PHI["userId"], "messageId": f"s1-{TAG}",
+             "traits": {"email": PHI["email"], "phone": PHI["phone"], "plan": CLEAR_MARKER},
+             "context": {"ip": PHI["ip"]}},
+            {"type": "track", "userId": PHI["userId"], "properties": {"ssn": PHI["ssn"]}}]})
+        assert segment.status_code == 200 and find_phi(segment.data) == []
+        wait_until(lambda: data.hlen(keyspace.EVENT_IDS) == 3, 20, message="events stored")
+        assert data.xlen("analytics:dlq:segment") == 1
         service.dead_letters.add_raw("events", {"userId": PHI["userId"], "email": PHI["email"]},
                                      "invalid_message", service.codec.user_hash(PHI["userId"]))
         # reads (audited, filter by userId) return the PHI to the allowed key
-        read = client.get(f"/v1/events?userId={PHI['userId']}", headers=keys["read"],
+        read = client.get(f"/v1/events?type=page_view&userId={PHI['userId']}", headers=keys["read"],
                           environ_base={"REMOTE_ADDR": PHI["ip"]})
         [event] = read.json["events"]
         assert event["properties"]["contact"]["Phone"] == PHI["phone"]
         assert event["metadata"]["SSN"] == PHI["ssn"] and event["userId"] == PHI["userId"]
         all_events = client.get("/v1/events", headers=keys["read"]).json["events"]
-        assert {e["type"] for e in all_events} == {"page_view", "form_submit"}
+        assert {e["type"] for e in all_events} == {"page_view", "form_submit", "identify"}
         # a failed login from the same address (audited with it, sealed)
         client.get("/v1/events", headers={"Authorization": "Bearer wrong"},
                    environ_base={"REMOTE_ADDR": PHI["ip"]})
