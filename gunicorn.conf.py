@@ -13,6 +13,18 @@ timeout = 60
 graceful_timeout = 10
 accesslog = None  # request lines can carry query strings; we log our own, scrubbed
 
+
+def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
+    """In the master, before any worker: without encryption keys (outside
+    dev mode) stop with one clear line instead of respawning failing workers."""
+    from analytics.startup import start_process
+
+    start_process("web")
+    # Prometheus samples of a previous run would be summed in: start empty.
+    os.makedirs(PROMETHEUS_DIR, exist_ok=True)
+    _remove_samples()
+
+
 # Prometheus multiprocess mode: every worker writes its samples to files in
 # this directory and GET /metrics sums them, whichever worker answers. It must
 # be set before any worker imports prometheus_client, hence here, in the
@@ -27,12 +39,6 @@ def _remove_samples():
     # operator's choice.
     for path in glob.glob(os.path.join(PROMETHEUS_DIR, "*.db")):
         os.remove(path)
-
-
-def on_starting(server):  # gunicorn hook
-    # Samples of a previous run would be summed in: start empty.
-    os.makedirs(PROMETHEUS_DIR, exist_ok=True)
-    _remove_samples()
 
 
 def child_exit(server, worker):  # gunicorn hook

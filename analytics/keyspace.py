@@ -25,9 +25,25 @@ key                                          type     holds
 ``analytics:kick:events``                    string   set while a processing task is queued
 ``analytics:stats:*``                        various  monitoring figures (table in
                                                       :mod:`analytics.stats`)
-``analytics:dlq:{events,metrics,segment}``   stream   dead letters: reason, attempts, the
-                                                      record (PHI sealed) or the sealed raw
-                                                      message (:mod:`analytics.deadletters`)
+``analytics:audit``                          stream   the audit log, HMAC-chained
+                                                      (:mod:`analytics.audit`)
+``analytics:audit:head``                     string   mac of the last audit entry
+``analytics:dlq:{kind}``                     stream   dead letters, ``kind`` = ``events``,
+                                                      ``metrics`` or ``segment``: reason,
+                                                      attempts, the record (PHI sealed) or
+                                                      the sealed raw message; ``user`` field
+                                                      = user hash, for erasure
+                                                      (:mod:`analytics.deadletters`)
+``analytics:erased``                         hash     user hash -> erasure time (ms): queued
+                                                      events of an erased user received
+                                                      before that time are dropped at
+                                                      commit (:mod:`analytics.erasure`)
+``analytics:ratelimit:{key hash prefix}``    hash     token bucket of one API key
+``analytics:authfail:{remote hash}``         string   auth failures of one remote address
+                                                      in the current window (audit
+                                                      throttling; expires)
+``analytics:stats:auth_failures``            string   authentication failures, all counted
+``analytics:rotation``                       hash     progress of a key rotation (resume)
 ===========================================  =======  =====================================
 
 The consumer group of every queue stream is :data:`GROUP`.
@@ -49,6 +65,13 @@ API_KEYS = "analytics:apikeys"
 API_KEY_IDS = "analytics:apikeys:ids"
 KICK_EVENTS = "analytics:kick:events"
 STATS = "analytics:stats:"
+AUDIT = "analytics:audit"
+DLQ_PREFIX = "analytics:dlq:"
+ERASED = "analytics:erased"
+RATE_BUCKET = "analytics:ratelimit:"
+AUTH_FAILURES_BY_REMOTE = "analytics:authfail:"
+AUTH_FAILURES_TOTAL = "analytics:stats:auth_failures"
+ROTATION = "analytics:rotation"
 
 
 def event_queue(priority: str) -> str:
@@ -70,3 +93,8 @@ def time_index(event_type: str) -> str:
 
 def user_index(user_hash: str) -> str:
     return EVENTS_USER + user_hash
+
+
+def rate_bucket(key_digest: str) -> str:
+    """The token bucket of the API key whose SHA-256 is ``key_digest``."""
+    return RATE_BUCKET + key_digest[:24]

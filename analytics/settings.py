@@ -111,6 +111,15 @@ class Settings:
     segment_unknown_events: str = "register"
     #: ``ANALYTICS_SEGMENT_MAX_TYPES``: cap of types the ``register`` policy adds.
     segment_max_types: int = 200
+    #: ``ANALYTICS_RATE_LIMIT``: requests per second per API key (token
+    #: bucket refill rate); 0 turns the limit off.
+    rate_limit: float = 500.0
+    #: ``ANALYTICS_RATE_BURST``: requests a key may send at once (bucket size).
+    rate_burst: int = 1000
+    #: ``ANALYTICS_AUTH_FAILURE_WINDOW``: authentication failures from one
+    #: address are all counted, but audited once per this many seconds
+    #: (and every 100th), so a flood cannot flood the audit log.
+    auth_failure_window: int = 60
 
     @classmethod
     def from_env(
@@ -153,6 +162,8 @@ class Settings:
             ("ANALYTICS_MAX_BATCH_EVENTS", "max_batch_events", 1),
             ("ANALYTICS_MAX_BODY_BYTES", "max_body_bytes", 1024),
             ("ANALYTICS_MAX_EVENT_BYTES", "max_event_bytes", 256),
+            ("ANALYTICS_RATE_BURST", "rate_burst", 1),
+            ("ANALYTICS_AUTH_FAILURE_WINDOW", "auth_failure_window", 1),
         ):
             if get(name):
                 values[field] = _int(name, get(name, ""), minimum)
@@ -161,6 +172,7 @@ class Settings:
             ("ANALYTICS_DRAIN_SECONDS", "drain_seconds"),
             ("ANALYTICS_RECOVERY_INTERVAL", "recovery_interval"),
             ("ANALYTICS_REGISTRY_TTL", "registry_ttl"),
+            ("ANALYTICS_RATE_LIMIT", "rate_limit"),
         ):
             if get(name):
                 values[field] = _float(name, get(name, ""))

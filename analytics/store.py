@@ -34,12 +34,16 @@ class CommitResult:
     stored: int = 0
     duplicates: int = 0
     skipped_entries: int = 0
+    #: records of users erased after they were queued: deleted, not stored
+    erased: int = 0
+    #: records set aside in the dead-letter store in the same step
     dead_lettered: int = 0
 
     def __iadd__(self, other: CommitResult) -> CommitResult:
         self.stored += other.stored
         self.duplicates += other.duplicates
         self.skipped_entries += other.skipped_entries
+        self.erased += other.erased
         self.dead_lettered += other.dead_lettered
         return self
 
@@ -118,9 +122,9 @@ class EventStore:
                              orjson.dumps(record))
                 for letter in buried:
                     args += letter.script_args()
-            stored, dups, skipped, buried_count = self._commit(
-                keys=[lane, dlq_key("events")], args=args)
-            result += CommitResult(stored, dups, skipped, buried_count)
+            stored, dups, skipped, buried_count, erased = self._commit(
+                keys=[lane, dlq_key("events"), keyspace.ERASED], args=args)
+            result += CommitResult(stored, dups, skipped, erased, buried_count)
         return result
 
     # -- reading -------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The Celery application, built from the same settings as the web app."""
 from __future__ import annotations
 
+import ssl
+
 from celery import Celery
 
 from analytics.settings import Settings
@@ -15,6 +17,10 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     app = Celery("analytics", broker=settings.broker_url, include=["tasks.pipeline"])
     app.config_from_object("celeryconfig")
     app.conf.broker_url = settings.broker_url
+    if settings.broker_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.broker_url:
+        # kombu would otherwise connect over TLS *without* checking the
+        # server's certificate; redis-py (the data store) checks by default.
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     app.conf.beat_schedule = {
         "recover-abandoned-work": {"task": RECOVER, "schedule": settings.recovery_interval},
     }
@@ -22,3 +28,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_celery_app()
+
+
+# Start hooks (keys check, log scrubbing) of `celery -A tasks worker|beat`.
+from tasks import signals as _signals  # noqa: E402,F401

@@ -2,6 +2,7 @@
 --
 -- KEYS[1]  the queue lane (stream) the entries were read from
 -- KEYS[2]  the dead-letter stream of events        (analytics:dlq:events)
+-- KEYS[3]  erasure tombstones: user hash -> erased at (ms) (analytics:erased)
 -- ARGV[1]  consumer group
 -- ARGV[2]  key prefix of the processed hashes   (analytics:events:processed:)
 -- ARGV[3]  key prefix of the time indexes       (analytics:events:time:)
@@ -20,14 +21,16 @@
 -- when two workers hold the same entry (one was presumed dead and its entry
 -- claimed), only the first commit counts. That also makes setting records
 -- aside exactly-once: they reach the dead-letter stream in the same step as
--- the acknowledgement, and only from the commit that acknowledged. Records
+-- the acknowledgement, and only from the commit that acknowledges. Records
 -- are deduplicated by id (a keyed hash of the messageId) in the same step.
+-- A record (or dead letter) of an erased user that was queued (entry id =
+-- XADD time) before the erasure is dropped, not stored.
 --
 -- Every argument is checked before the first write: Redis does not roll a
 -- script back when it fails half-way, so a bad record must fail it early.
 -- Returns {stored, duplicates, entries skipped because already committed,
--- records dead-lettered}.
-local lane, dlq, group = KEYS[1], KEYS[2], ARGV[1]
+-- records dead-lettered, records dropped because their user was erased}.
+local lane, dlq, erased, group = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
 local processed, timeidx, useridx, ids, channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local ack, now = ARGV[7] == '1', ARGV[8]
 local entries = tonumber(ARGV[9])
@@ -35,8 +38,8 @@ local entries = tonumber(ARGV[9])
 local pos = 10
 for e = 1, entries do
   local count, dead = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
-  if count == nil or dead == nil then
-    return redis.error_reply('invalid_record: bad counts in entry ' .. e)
+  if count == nil or dead == nil or not string.match(ARGV[pos], '^%d+') then
+    return redis.error_reply('invalid_record: bad entry header ' .. e)
   end
   pos = pos + 3
   for r = 1, count do
@@ -48,12 +51,19 @@ for e = 1, entries do
   pos = pos + 5 * dead
 end
 
+local function erased_since(user, queued_ms)
+  if user == '' then return false end
+  local at = redis.call('HGET', erased, user)
+  return at and queued_ms <= tonumber(at)
+end
+
 pos = 10
-local stored, dups, skipped, buried = 0, 0, 0, 0
+local stored, dups, skipped, buried, dropped = 0, 0, 0, 0, 0
 local fresh = {}
 for _ = 1, entries do
   local entry, count, dead = ARGV[pos], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
   pos = pos + 3
+  local queued_ms = tonumber(string.match(entry, '^(%d+)'))
   -- Pending still? (Checked first, acknowledged last: should a write below
   -- fail, the entry stays pending and is retried, never half-acknowledged.)
   local live = #redis.call('XPENDING', lane, group, entry, entry, 1) == 1
@@ -61,9 +71,11 @@ for _ = 1, entries do
   for _ = 1, count do
     if live then
       local etype, id, ts, user, record = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4]
+      if erased_since(user, queued_ms) then
+        dropped = dropped + 1
       -- The dedupe mark is written last, so a failure half-way leaves the
       -- record unmarked and its retry writes it again (the writes repeat).
-      if redis.call('HEXISTS', ids, id) == 0 then
+      elseif redis.call('HEXISTS', ids, id) == 0 then
         redis.call('HSET', processed .. etype, id, record)
         redis.call('ZADD', timeidx .. etype, ts, id)
         if user ~= '' then
@@ -80,9 +92,13 @@ for _ = 1, entries do
   end
   for _ = 1, dead do
     if live and ack then
-      redis.call('XADD', dlq, '*', 'reason', ARGV[pos], 'attempts', ARGV[pos + 1], 'ts', now,
-                 ARGV[pos + 2], ARGV[pos + 3], 'user', ARGV[pos + 4])
-      buried = buried + 1
+      if erased_since(ARGV[pos + 4], queued_ms) then
+        dropped = dropped + 1
+      else
+        redis.call('XADD', dlq, '*', 'reason', ARGV[pos], 'attempts', ARGV[pos + 1], 'ts', now,
+                   ARGV[pos + 2], ARGV[pos + 3], 'user', ARGV[pos + 4])
+        buried = buried + 1
+      end
     end
     pos = pos + 5
   end
@@ -94,4 +110,4 @@ end
 if channel ~= '' and stored > 0 then
   redis.call('PUBLISH', channel, '[' .. table.concat(fresh, ',') .. ']')
 end
-return {stored, dups, skipped, buried}
+return {stored, dups, skipped, buried, dropped}
