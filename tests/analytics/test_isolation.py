@@ -141,3 +141,15 @@ def test_unknown_kinds_are_refused(idle) -> None:
     service, _ = idle
     with pytest.raises(ValidationError):
         service.replay_dead_letters("nope")
+
+
+def test_records_of_a_user_erased_meanwhile_are_not_dead_lettered_either(idle) -> None:
+    service, data = idle
+    good = records_of(service, [{"type": "click", "userId": "gone", "messageId": "g1"}])[0]
+    bad = {**good, "i": "other-id", "m": "bad-1", "ts": "not-a-time"}
+    data.xadd(keyspace.EVENT_QUEUE, {"e": orjson.dumps([good, bad])})
+    entries = service.queue.read("c1", 10)  # a worker holds them...
+    service.erase_user("gone", actor="test")  # ...while the user is erased
+    result = service.process(entries)
+    assert (result.stored, result.dead_lettered, result.erased) == (0, 0, 2)
+    assert service.dead_letters.length() == 0 and service.queue.pending() == 0
