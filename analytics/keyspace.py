@@ -24,6 +24,13 @@ key                                          type     holds
 ``analytics:apikeys:ids``                    hash     key id -> SHA-256 (list, revoke)
 ``analytics:kick:events``                    string   set while a processing task is queued
 ``analytics:stats:*``                        various  monitoring figures
+``analytics:stats:ws:{host-pid}``            hash     one web process's WebSocket figures
+                                                      (clients, messages, errors, auth
+                                                      failures); TTL 30 s, rewritten every 2 s
+``analytics:live:events``                    channel  pub/sub: JSON array of the records
+                                                      just stored (fan-out to WebSockets)
+``analytics:live:metrics``                   channel  pub/sub: JSON array of updated metric
+                                                      buckets
 ===========================================  =======  =====================================
 
 The consumer group of every queue stream is :data:`GROUP`.
@@ -45,6 +52,9 @@ API_KEYS = "analytics:apikeys"
 API_KEY_IDS = "analytics:apikeys:ids"
 KICK_EVENTS = "analytics:kick:events"
 STATS = "analytics:stats:"
+WS_STATS = "analytics:stats:ws:"
+LIVE_EVENTS = "analytics:live:events"
+LIVE_METRICS = "analytics:live:metrics"
 
 
 def event_queue(priority: str) -> str:

@@ -105,6 +105,18 @@ class Settings:
     max_event_bytes: int = 32_768
     #: ``ANALYTICS_REGISTRY_TTL``: seconds a process caches the type registry.
     registry_ttl: float = 1.0
+    #: ``ANALYTICS_WS_IDLE_SECONDS``: a WebSocket client that sends nothing for
+    #: this long is logged off (HIPAA automatic logoff); 0 disables.
+    ws_idle_seconds: float = 900.0
+    #: ``ANALYTICS_WS_PING_SECONDS``: interval of WebSocket pings; a peer that
+    #: has not answered the previous ping by the next one is dropped.
+    ws_ping_seconds: float = 20.0
+    #: ``ANALYTICS_WS_BUFFER``: messages waiting for one WebSocket client at
+    #: most; a client that falls this far behind is dropped (close 1013).
+    ws_buffer: int = 2000
+    #: ``ANALYTICS_WS_METRIC_INTERVAL``: at most one update per metric series
+    #: per client this often (seconds); the latest value is always sent.
+    ws_metric_interval: float = 1.0
 
     @classmethod
     def from_env(
@@ -139,6 +151,7 @@ class Settings:
             ("ANALYTICS_MAX_BATCH_EVENTS", "max_batch_events", 1),
             ("ANALYTICS_MAX_BODY_BYTES", "max_body_bytes", 1024),
             ("ANALYTICS_MAX_EVENT_BYTES", "max_event_bytes", 256),
+            ("ANALYTICS_WS_BUFFER", "ws_buffer", 1),
         ):
             if get(name):
                 values[field] = _int(name, get(name, ""), minimum)
@@ -147,6 +160,9 @@ class Settings:
             ("ANALYTICS_DRAIN_SECONDS", "drain_seconds"),
             ("ANALYTICS_RECOVERY_INTERVAL", "recovery_interval"),
             ("ANALYTICS_REGISTRY_TTL", "registry_ttl"),
+            ("ANALYTICS_WS_IDLE_SECONDS", "ws_idle_seconds"),
+            ("ANALYTICS_WS_PING_SECONDS", "ws_ping_seconds"),
+            ("ANALYTICS_WS_METRIC_INTERVAL", "ws_metric_interval"),
         ):
             if get(name):
                 values[field] = _float(name, get(name, ""))

@@ -30,7 +30,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from web import errors, extensions
+    from web import dashboard, errors, extensions, stream
     from web.api import api
     from web.health import health
 
@@ -38,4 +38,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     app.register_blueprint(health)
     app.register_blueprint(api)
+    stream.init_app(app)
+    app.register_blueprint(dashboard.dashboard)
     return app
