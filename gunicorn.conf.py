@@ -25,7 +25,7 @@ worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "128"))
 # Each worker binds its own socket: the kernel balances connections.
-reuse_port = True
+reuse_port = os.environ.get("WEB_REUSE_PORT", "1") not in ("0", "false", "no")
 timeout = 60
 graceful_timeout = 10
 accesslog = None  # request lines can carry query strings (?token=); we log our own, scrubbed

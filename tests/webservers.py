@@ -39,3 +39,15 @@ class WebServer:
 
     def stop(self) -> None:
         self.process.stop()
+
+    def restart(self) -> WebServer:
+        """Stop (SIGTERM) and start again on the same port."""
+        self.stop()
+        return self.start()
+
+
+def chromium_args() -> list[str]:
+    """Flags for Debian's headless chromium in a container, no network chatter."""
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+            "--disable-dev-shm-usage"]

@@ -32,7 +32,7 @@
     live: new Map(),        // type -> Map(minute epoch s -> count), from the stream
     backfill: new Map(),    // type -> Map(minute -> count), from /v1/metrics
     lastActive: 0, statsTimer: null, metricTimer: null, rateTimer: null,
-    chosenMetric: "", lastMetricRefresh: 0
+    chosenMetric: "", lastMetricRefresh: 0, rateNote: ""
   };
   var charts = { rate: null, rateTypes: "", metric: null };
   window.analyticsDashboard = { state: state, charts: charts };
@@ -219,7 +219,11 @@
     var now = minuteOf(Date.now() / 1000);
     var xs = [];
     for (var m = now - (WINDOW_MINUTES - 1) * 60; m <= now; m += 60) { xs.push(m); }
-    var types = Array.from(state.types).sort();
+    // Only the types that have events in the window: a line per type.
+    var types = Array.from(state.types).sort().filter(function (type) {
+      var has = function (m) { return m && xs.some(function (x) { return m.get(x) > 0; }); };
+      return has(state.live.get(type)) || has(state.backfill.get(type));
+    });
     var data = [xs];
     types.forEach(function (type) {
       var live = state.live.get(type) || new Map();
@@ -238,7 +242,11 @@
   function renderRate() {
     var el = $("rate-chart");
     var rd = rateData();
-    if (!rd.types.length) { $("rate-note").textContent = "No events yet."; return; }
+    if (!rd.types.length) {
+      $("rate-note").textContent = "No events in the last " + WINDOW_MINUTES + " minutes yet. " + state.rateNote;
+      return;
+    }
+    $("rate-note").textContent = state.rateNote;
     var signature = rd.types.join(",");
     if (!charts.rate || charts.rateTypes !== signature) {
       if (charts.rate) { charts.rate.destroy(); }
@@ -287,7 +295,7 @@
               });
             }).catch(function () { missing += 1; });
         })).then(function () {
-          $("rate-note").textContent = missing === types.length && types.length
+          state.rateNote = missing === types.length && types.length
             ? "History unavailable (no per-type metrics); counting events from " +
               new Date(state.liveFrom * 1000).toLocaleTimeString() + " on."
             : "Counts before " + new Date(state.liveFrom * 1000).toLocaleTimeString() +
