@@ -35,7 +35,12 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from analytics.apikeys import ApiKey
-from analytics.errors import AuthenticationError, PermissionDenied, StoreUnavailable, ValidationError
+from analytics.errors import (
+    AuthenticationError,
+    PermissionDenied,
+    StoreUnavailable,
+    ValidationError,
+)
 from analytics.live import CLOSE_GOING_AWAY, LiveClient, LiveHub, parse_client_message
 from analytics.service import consumer_name
 from web.auth import bearer_token
