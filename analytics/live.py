@@ -310,26 +310,36 @@ class LiveHub:
                             client.key_id, client.max_buffer)
 
     def dispatch_events(self, records: Iterable[dict[str, Any]]) -> None:
-        """Decode each record once and queue it for the clients that see it."""
-        clients = self.clients()
-        if not clients:
+        """Decode each record once and queue it for the clients that see it.
+
+        Clients with the same filter and scope form a group that shares one
+        list of frames: the per-event work grows with the number of distinct
+        filters, not of clients.
+        """
+        groups: dict[tuple[frozenset[str] | None, str], list[LiveClient]] = {}
+        for client in self.clients():
+            groups.setdefault((client.events, client.user_hash), []).append(client)
+        if not groups:
             return
-        batches: dict[LiveClient, list[bytes]] = {}
+        shared: dict[tuple[frozenset[str] | None, str], list[bytes]] = {g: [] for g in groups}
         for record in records:
             event_type, user_hash = record.get("t", ""), record.get("u", "")
-            targets = [c for c in clients if c.wants_event(event_type, user_hash)]
-            if not targets:
-                continue
-            try:
-                event = self.codec.decode(record, reveal_phi=True)
-            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the stream
-                self.counters.add(errors=1)
-                log.error("could not decode a live record (%s)", type(exc).__name__)
-                continue
-            frame = self.encode(orjson.dumps({"kind": "event", "data": event}))
-            for client in targets:
-                batches.setdefault(client, []).append(frame)
-        self._deliver(batches)
+            frame = b""
+            for group, frames in shared.items():
+                events, scope = group
+                if (scope and scope != user_hash) or (events is not None and event_type not in events):
+                    continue
+                if not frame:
+                    try:
+                        event = self.codec.decode(record, reveal_phi=True)
+                    except Exception as exc:  # noqa: BLE001 - one bad record must not stop the stream
+                        self.counters.add(errors=1)
+                        log.error("could not decode a live record (%s)", type(exc).__name__)
+                        break
+                    frame = self.encode(orjson.dumps({"kind": "event", "data": event}))
+                frames.append(frame)
+        self._deliver({client: shared[group] for group, members in groups.items()
+                       for client in members if shared[group]})
 
     def dispatch_metrics(self, items: Iterable[dict[str, Any]]) -> None:
         """Queue updated metric buckets, throttled per series and client."""

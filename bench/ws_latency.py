@@ -139,7 +139,7 @@ class Stack:
 # -- clients (run in their own process) ---------------------------------------
 def _raw_ws(port: int, token: str) -> socket.socket:
     """A WebSocket connection without a client library: a sink."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall((f"GET /v1/stream?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                   f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -156,71 +156,84 @@ def _raw_ws(port: int, token: str) -> socket.socket:
     return sock
 
 
+def _frames(buf: bytearray) -> tuple[list[tuple[int, bytes]], int]:
+    """Complete server frames (unmasked) at the start of ``buf``, and the
+    bytes they used."""
+    out = []
+    pos = 0
+    while len(buf) - pos >= 2:
+        opcode, size = buf[pos] & 0x0F, buf[pos + 1] & 0x7F
+        head = 2
+        if size == 126:
+            if len(buf) - pos < 4:
+                break
+            size, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+        elif size == 127:
+            if len(buf) - pos < 10:
+                break
+            size, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+        if len(buf) - pos < head + size:
+            break
+        out.append((opcode, bytes(buf[pos + head:pos + head + size])))
+        pos += head + size
+    return out, pos
+
+
 def _clients_main(port: int, token: str, sinks: int, measurers: int, pipe: Any) -> None:
-    import websocket
-
-    socks = [_raw_ws(port, token) for _ in range(sinks)]
+    """Hold ``sinks + measurers`` connections in one selector loop: sinks
+    discard what they read, measurers parse every frame and record each
+    event's latency. Raw sockets and a minimal frame parser, so that the
+    client side stays far cheaper than the server side it measures."""
+    measuring = [_raw_ws(port, token) for _ in range(measurers)]
+    socks = measuring + [_raw_ws(port, token) for _ in range(sinks)]
+    buffers = {s: bytearray() for s in measuring}
+    latencies: list[float] = []
+    closed: list[str] = []
+    sink_bytes = 0
     stop = threading.Event()
-    sink_bytes = [0]
+    recording = threading.Event()
 
-    def drain() -> None:
+    def loop() -> None:
+        nonlocal sink_bytes
         sel = selectors.DefaultSelector()
         for s in socks:
             sel.register(s, selectors.EVENT_READ)
         while not stop.is_set():
             for key, _ in sel.select(0.2):
+                sock = key.fileobj
                 try:
-                    data = key.fileobj.recv(1 << 18)  # type: ignore[union-attr]
+                    data = sock.recv(1 << 18)  # type: ignore[union-attr]
                 except BlockingIOError:
                     continue
                 if not data:
-                    sel.unregister(key.fileobj)
-                sink_bytes[0] += len(data)
+                    sel.unregister(sock)
+                    continue
+                if sock not in buffers:
+                    sink_bytes += len(data)
+                    continue
+                now = time.time()
+                buf = buffers[sock]  # type: ignore[index]
+                buf += data
+                frames, used = _frames(buf)
+                del buf[:used]
+                for opcode, payload in frames:
+                    if opcode == 1 and recording.is_set():
+                        message = orjson.loads(payload)
+                        if message["kind"] == "event":
+                            latencies.append(now - message["data"]["properties"]["t0"])
+                    elif opcode == 8:
+                        closed.append(payload[2:].decode(errors="replace"))
 
-    latencies: list[list[float]] = [[] for _ in range(measurers)]
-    closed: list[str] = []
-    recording = threading.Event()
-
-    def measure(index: int) -> None:
-        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/v1/stream?token={token}", timeout=2)
-        ready.release()
-        mine = latencies[index]
-        while not stop.is_set():
-            try:
-                opcode, data = ws.recv_data(control_frame=True)
-            except websocket.WebSocketTimeoutException:
-                continue
-            except websocket.WebSocketException as exc:
-                closed.append(type(exc).__name__)
-                return
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                closed.append(data[2:].decode(errors="replace"))
-                return
-            if opcode != websocket.ABNF.OPCODE_TEXT:
-                continue
-            now = time.time()
-            message = orjson.loads(data)
-            if message["kind"] == "event" and recording.is_set():
-                mine.append(now - message["data"]["properties"]["t0"])
-        ws.close()
-
-    ready = threading.Semaphore(0)
-    threads = [threading.Thread(target=drain, daemon=True)]
-    threads += [threading.Thread(target=measure, args=(i,), daemon=True) for i in range(measurers)]
-    for t in threads:
-        t.start()
-    for _ in range(measurers):
-        ready.acquire()
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
     pipe.send("ready")
     pipe.recv()  # "record"
     recording.set()
     pipe.recv()  # "stop"
     recording.clear()
     stop.set()
-    for t in threads:
-        t.join(5)
-    pipe.send({"latencies": [x for mine in latencies for x in mine], "sink_bytes": sink_bytes[0],
-               "closed": closed})
+    thread.join(5)
+    pipe.send({"latencies": latencies, "sink_bytes": sink_bytes, "closed": closed})
     for s in socks:
         s.close()
 
@@ -271,8 +284,38 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _publish(stack: Stack, rate: int, seconds: float, batch: int = 64) -> dict[str, Any]:
+    """Fan-out only: PUBLISH batches of records on ``analytics:live:events``
+    as the worker's commit does, ``rate`` records/s, skipping HTTP and the
+    queue."""
+    from analytics.service import AnalyticsService
+    from analytics.settings import Settings
+
+    service = AnalyticsService.create(Settings.from_env(stack.env))
+    template = [service.codec.encode({"type": "api_call", "userId": f"u-{i}", "properties": {"t0": 0.0}},
+                                     "normal", int(time.time() * 1000), None) for i in range(batch)]
+    sent = 0
+    started = time.monotonic()
+    n = 0
+    while True:
+        due = started + n * batch / rate
+        if due - started >= seconds:
+            break
+        wait = due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        t0 = time.time()
+        for record in template:
+            record["pr"]["t0"] = t0
+        stack.redis.publish("analytics:live:events", orjson.dumps(template))
+        sent += batch
+        n += 1
+    elapsed = time.monotonic() - started
+    return {"sent": sent, "seconds": round(elapsed, 2), "rate": round(sent / elapsed)}
+
+
 def latency_at_load(stack: Stack, port: int, clients: int, rate: int, seconds: float,
-                    measurers: int = 4) -> dict[str, Any]:
+                    measurers: int = 2, fanout_only: bool = False) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_clients_main, args=(port, stack.read_key, clients - measurers, measurers, child))
@@ -281,10 +324,13 @@ def latency_at_load(stack: Stack, port: int, clients: int, rate: int, seconds: f
         if not parent.poll(60):
             raise RuntimeError("clients did not connect")
         assert parent.recv() == "ready"
-        _load(port, stack.ingest_key, rate, 1.0)  # warm up
+        if fanout_only:
+            _publish(stack, rate, 1.0)
+        else:
+            _load(port, stack.ingest_key, rate, 1.0)  # warm up
         time.sleep(1.0)
         parent.send("record")
-        load = _load(port, stack.ingest_key, rate, seconds)
+        load = _publish(stack, rate, seconds) if fanout_only else _load(port, stack.ingest_key, rate, seconds)
         time.sleep(2.0)  # let the tail arrive
         parent.send("stop")
         if not parent.poll(30):
@@ -348,15 +394,23 @@ def run(quick: bool = False) -> dict[str, Any]:
             clients, rate, seconds = (20, 500, 3.0) if quick else (100, 5000, 10.0)
             web, port = stack.web(workers=1, threads=clients + 32)
             results["latency"] = latency_at_load(stack, port, clients, rate, seconds)
+            # The same clients and rate, publishing straight to the fan-out
+            # channel: what the WebSocket side alone costs.
+            results["fanout_only"] = latency_at_load(stack, port, clients, rate, seconds, fanout_only=True)
             web.stop()
             stack.procs.remove(web)
             if not quick:
                 steps = []
                 for n in (200, 400, 800):
                     web, port = stack.web(workers=1, threads=n + 32)
-                    step = latency_at_load(stack, port, n, 50, 4.0)
-                    web.stop()
-                    stack.procs.remove(web)
+                    try:
+                        step = latency_at_load(stack, port, n, 50, 4.0)
+                    except (RuntimeError, OSError) as exc:
+                        steps.append({"clients": n, "failed": f"{type(exc).__name__}: {exc}"})
+                        break
+                    finally:
+                        web.stop()
+                        stack.procs.remove(web)
                     steps.append({k: step[k] for k in ("clients", "p50_ms", "p99_ms",
                                                       "delivered_to_measuring_clients")})
                     if step["p99_ms"] is None or step["p99_ms"] > 1000:
