@@ -354,14 +354,15 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 1)
 
 
-def balance(stack: Stack, reuse_port: bool, clients: int = 100) -> dict[str, Any]:
-    """Clients per gunicorn worker (2 workers) after ``clients`` connections."""
+def balance(stack: Stack, reuse_port: bool, clients: int = 100, spacing: float = 0.01) -> dict[str, Any]:
+    """Clients per gunicorn worker (2 workers) after ``clients`` connections,
+    ``spacing`` seconds apart (0: a burst, as after a restart)."""
     proc, port = stack.web(workers=2, threads=clients + 16, reuse_port=reuse_port)
     socks = []
     try:
         for _ in range(clients):
             socks.append(_raw_ws(port, stack.read_key))
-            time.sleep(0.01)  # connections arrive over time, as from browsers
+            time.sleep(spacing)
         time.sleep(2.5)  # one stats interval
         per_process = []
         for key in stack.redis.scan_iter(match="analytics:stats:ws:*"):
@@ -369,7 +370,8 @@ def balance(stack: Stack, reuse_port: bool, clients: int = 100) -> dict[str, Any
             fields = stack.redis.hgetall(key)
             if pid in _children(proc.popen.pid):
                 per_process.append(int(fields[b"clients"]))
-        return {"reuse_port": reuse_port, "clients_per_worker": sorted(per_process, reverse=True)}
+        return {"reuse_port": reuse_port, "spacing_s": spacing,
+                "clients_per_worker": sorted(per_process, reverse=True)}
     finally:
         for s in socks:
             s.close()
@@ -416,8 +418,9 @@ def run(quick: bool = False) -> dict[str, Any]:
                     if step["p99_ms"] is None or step["p99_ms"] > 1000:
                         break
                 results["clients_per_process_at_50_events_per_s"] = steps
-            results["balance"] = [balance(stack, reuse_port=False, clients=20 if quick else 100),
-                                  balance(stack, reuse_port=True, clients=20 if quick else 100)]
+            n = 20 if quick else 100
+            results["balance"] = [balance(stack, reuse, n, spacing)
+                                  for spacing in (0.0, 0.01) for reuse in (False, True)]
         finally:
             stack.close()
     return results

@@ -30,6 +30,8 @@ import time
 import weakref
 from typing import Any
 
+import orjson
+import redis
 from flask import Flask, current_app, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
@@ -78,8 +80,6 @@ def text_frame(payload: bytes) -> bytes:
 
 
 def json_frame(kind: str, data: Any) -> bytes:
-    import orjson
-
     return text_frame(orjson.dumps({"kind": kind, "data": data}))
 
 
@@ -152,7 +152,13 @@ class Connection:
 
     def run(self) -> None:
         service = get_service()
-        service.audit.record("stream.open", self.key.id, scope="user" if self.key.user_hash else "all")
+        try:
+            # The stream reveals PHI: no audit entry, no stream.
+            service.audit.record("stream.open", self.key.id, scope="user" if self.key.user_hash else "all")
+        except redis.RedisError:
+            self.hub.counters.add(errors=1)
+            self.ws.close(CLOSE_UNAVAILABLE, "data store unavailable; retry later")
+            return
         self.hub.register(self.client)
         heard = time.monotonic()
         reason = "client closed"
