@@ -5,7 +5,9 @@ gunicorn (the Procfile's ``web``, bound to 127.0.0.1) and a Celery worker on
 free ports, then:
 
 1. **latency at a fixed offered load**: 100 connected clients (5k events/s
-   for 10 s; quick: 20 clients, 500 events/s, 3 s). The load generator POSTs
+   for 10 s; quick: 20 clients, 500 events/s, 3 s), two gunicorn workers as
+   the Procfile runs them; then the same publishing straight to the fan-out
+   channel (``fanout_only``: what the WebSocket side alone adds). The load generator POSTs
    batches of 50 events to ``/v1/events`` on a fixed schedule; each event
    carries its send time; a few *measuring* clients parse every message and
    record ``receive time - send time`` (HTTP + queue + worker + pub/sub +
@@ -16,8 +18,8 @@ free ports, then:
 2. **clients per process** (not in quick mode): one gunicorn worker, 50
    events/s, growing client counts until delivery p99 exceeds 1 s (or the
    largest step), each step a few seconds.
-3. **gthread balance**: two gunicorn workers, 100 connections, with and
-   without ``reuse_port``: how many clients each worker holds.
+3. **gthread balance**: two gunicorn workers, 100 connections (a burst, and
+   10 ms apart), with and without ``reuse_port``: clients per worker.
 
 Load goes to 127.0.0.1 only; every step is bounded in time. ``run(quick)``
 returns the numbers as a dict.
@@ -394,7 +396,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         stack = Stack(Path(tmp))
         try:
             clients, rate, seconds = (20, 500, 3.0) if quick else (100, 5000, 10.0)
-            web, port = stack.web(workers=1, threads=clients + 32)
+            # The Procfile's default: two gunicorn workers (reuse_port spreads
+            # the clients; each worker fans out every event to its clients).
+            web, port = stack.web(workers=2, threads=clients + 32)
             results["latency"] = latency_at_load(stack, port, clients, rate, seconds)
             # The same clients and rate, publishing straight to the fan-out
             # channel: what the WebSocket side alone costs.
@@ -403,7 +407,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             stack.procs.remove(web)
             if not quick:
                 steps = []
-                for n in (200, 400, 800):
+                for n in (200, 400, 800, 1600):
                     web, port = stack.web(workers=1, threads=n + 32)
                     try:
                         step = latency_at_load(stack, port, n, 50, 4.0)

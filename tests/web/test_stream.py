@@ -296,3 +296,33 @@ def test_a_restarting_web_process_closes_streams_with_1001(tight_server, service
     code, reason, _ = close_of(ws, timeout=5)
     assert code == 1001 and "restarting" in reason
     assert time.monotonic() - started < 3  # not after graceful_timeout (10 s)
+
+
+@pytest.mark.slow
+def test_streams_survive_a_redis_restart(make_stack, tmp_path) -> None:
+    stack = make_stack()
+    web = WebServer("web-redis-restart", stack.env, tmp_path).start()
+    try:
+        app = stack.app()
+        service = app.extensions["analytics"]
+        read_key, _ = service.create_api_key("read")
+        ws = connect(web, read_key)
+        subscribe(ws, events=["custom"])
+
+        def publish(n: int) -> int:
+            record = service.codec.encode({"type": "custom", "anonymousId": "a", "properties": {"n": n}},
+                                          "normal", int(time.time() * 1000), None)
+            return stack.redis.client().publish("analytics:live:events", orjson.dumps([record]))
+
+        assert publish(1) == 1  # the process's hub is the one subscriber
+        assert receive(ws, 1)[0]["data"]["properties"] == {"n": 1}
+        stack.redis.stop()
+        web.process.wait_for_log("live fan-out cannot reach Redis", timeout=20)
+        stack.redis.start()  # same port, same data directory
+        web.process.wait_for_log("live fan-out reached Redis again", timeout=30)
+        wait_until(lambda: publish(2) == 1, 30, 0.2, "the hub to resubscribe")
+        assert receive(ws, 1)[0]["data"]["properties"] == {"n": 2}
+        assert ws.connected  # the client never noticed
+        ws.close()
+    finally:
+        web.stop()
