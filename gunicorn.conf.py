@@ -24,6 +24,10 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "128"))
+# gthread stops accepting above this many open connections per worker; a
+# WebSocket beyond ``threads`` is accepted but waits for a free thread (its
+# handshake hangs), so keep WEB_THREADS above the clients a worker holds.
+worker_connections = int(os.environ.get("WEB_CONNECTIONS", "1000"))
 # Each worker binds its own socket: the kernel balances connections.
 reuse_port = os.environ.get("WEB_REUSE_PORT", "1") not in ("0", "false", "no")
 timeout = 60

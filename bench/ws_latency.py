@@ -118,7 +118,8 @@ class Stack:
 
     def web(self, workers: int, threads: int, reuse_port: bool = True) -> tuple[_Proc, int]:
         port = _free_port()
-        env = {**self.env, "WEB_REUSE_PORT": "1" if reuse_port else "0"}
+        env = {**self.env, "WEB_REUSE_PORT": "1" if reuse_port else "0",
+               "WEB_CONNECTIONS": str(max(1000, threads + 64))}
         proc = _Proc([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
                       "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
                       "--no-control-socket", "web:create_app()"], env, self.tmp / f"web-{port}.log")
@@ -407,7 +408,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             stack.procs.remove(web)
             if not quick:
                 steps = []
-                for n in (200, 400, 800, 1600):
+                for n in (200, 400, 800, 1600, 3200):
                     web, port = stack.web(workers=1, threads=n + 32)
                     try:
                         step = latency_at_load(stack, port, n, 50, 4.0)
