@@ -32,7 +32,7 @@
     live: new Map(),        // type -> Map(minute epoch s -> count), from the stream
     backfill: new Map(),    // type -> Map(minute -> count), from /v1/metrics
     lastActive: 0, statsTimer: null, metricTimer: null, rateTimer: null,
-    chosenMetric: "", lastMetricRefresh: 0, rateNote: ""
+    chosenMetric: "", lastMetricRefresh: 0, rateNote: "", lastStats: null
   };
   var charts = { rate: null, rateTypes: "", metric: null };
   window.analyticsDashboard = { state: state, charts: charts };
@@ -240,6 +240,7 @@
   function chartWidth(el) { return Math.max(300, el.clientWidth || 600); }
 
   function renderRate() {
+    renderFigures(state.lastStats);  // keeps "this page" figures current
     var el = $("rate-chart");
     var rd = rateData();
     if (!rd.types.length) {
@@ -356,6 +357,7 @@
   var GROUPS = ["queue", "workers", "websocket", "redis"];
 
   function renderFigures(stats) {
+    state.lastStats = stats;
     var box = $("figures");
     var out = document.createDocumentFragment();
     var groups = stats ? Object.keys(stats) : GROUPS;
