@@ -35,7 +35,7 @@ graceful_timeout = 10
 accesslog = None  # request lines can carry query strings (?token=); we log our own, scrubbed
 
 
-def post_worker_init(worker):  # noqa: ARG001 - gunicorn's hook signature
+def post_worker_init(worker):
     """On SIGTERM, close this worker's WebSockets with 1001 at once, so
     clients reconnect (to another worker, or the restarted server) instead of
     hanging until ``graceful_timeout`` runs out."""

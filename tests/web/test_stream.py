@@ -326,3 +326,36 @@ def test_streams_survive_a_redis_restart(make_stack, tmp_path) -> None:
         ws.close()
     finally:
         web.stop()
+
+
+def test_pings_drop_a_peer_that_stopped_answering(tight_server, service, data) -> None:
+    web = tight_server(ANALYTICS_WS_PING_SECONDS="0.5")
+    read_key, _ = service.create_api_key("read")
+    dead = connect(web, read_key)  # never reads, so never answers a ping
+    alive = connect(web, read_key)
+    alive.settimeout(0.2)
+    started = time.monotonic()
+    while time.monotonic() - started < 2.5:
+        try:
+            alive.recv()  # websocket-client answers pings while receiving
+        except websocket.WebSocketTimeoutException:
+            pass
+    # Read the dead client's raw bytes (websocket-client would answer the
+    # buffered pings on a socket the server already closed).
+    dead.sock.settimeout(5)
+    raw = b""
+    while chunk := dead.sock.recv(65536):
+        raw += chunk
+    dead.shutdown()
+    frames, pos = [], 0
+    while pos < len(raw):
+        size = raw[pos + 1] & 0x7F  # control frames are short
+        frames.append((raw[pos] & 0x0F, raw[pos + 2:pos + 2 + size]))
+        pos += 2 + size
+    assert [op for op, _ in frames][:-1] == [0x9] * (len(frames) - 1)  # pings, then the close
+    opcode, payload = frames[-1]
+    assert opcode == 0x8
+    assert struct.unpack("!H", payload[:2])[0] == 1008 and b"Ping/Pong" in payload
+    assert alive.connected
+    wait_until(lambda: ws_totals(data)["clients"] == 1, 10, message="one client left")
+    alive.close()
