@@ -26,6 +26,7 @@ import logging
 import signal
 import socket
 import struct
+import threading
 import time
 import weakref
 from typing import Any
@@ -128,11 +129,40 @@ def stream(ws: Any) -> None:
     Connection(ws, hub, key).run()
 
 
+class _SerializedWrites:
+    """A socket whose writes never interleave.
+
+    Two threads write to a connection: its own loop (our frames) and
+    simple-websocket's reader thread (pings, pongs, the close reply). A
+    blocking send to a slow peer can be split, so without a lock a ping
+    could land inside one of our frames. Everything else (recv, fileno,
+    shutdown: the hub's abort must not wait for a stuck writer) passes
+    through.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        with self._lock:
+            self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class Connection:
     """One client's loop (see the module docs)."""
 
     def __init__(self, ws: Any, hub: LiveHub, key: ApiKey) -> None:
         settings = get_service().settings
+        ws.sock = _SerializedWrites(ws.sock)
         self.ws = ws
         self.hub = hub
         self.key = key
