@@ -367,12 +367,11 @@ def balance(stack: Stack, reuse_port: bool, clients: int = 100, spacing: float =
             socks.append(_raw_ws(port, stack.read_key))
             time.sleep(spacing)
         time.sleep(2.5)  # one stats interval
-        per_process = []
+        counts = {}
         for key in stack.redis.scan_iter(match="analytics:stats:ws:*"):
-            pid = int(key.decode().rsplit("-", 1)[1])
-            fields = stack.redis.hgetall(key)
-            if pid in _children(proc.popen.pid):
-                per_process.append(int(fields[b"clients"]))
+            counts[int(key.decode().rsplit("-", 1)[1])] = int(stack.redis.hget(key, "clients") or 0)
+        # A worker that got no connection never started its hub: 0 clients.
+        per_process = [counts.get(pid, 0) for pid in _children(proc.popen.pid)]
         return {"reuse_port": reuse_port, "spacing_s": spacing,
                 "clients_per_worker": sorted(per_process, reverse=True)}
     finally:
