@@ -15,7 +15,7 @@ from one shared listening socket, and the worker that wakes first takes the
 connection; with long-lived connections one worker often ends up holding
 most of them while another idles, and runs out of threads first.
 ``reuse_port`` gives each worker its own SO_REUSEPORT listening socket
-(gunicorn >= 23 binds per worker when it is set), so the kernel spreads new
+(gunicorn 27, as pinned, binds one per worker when it is set), so the kernel spreads new
 connections across the workers by hash instead.
 """
 import os
