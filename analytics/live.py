@@ -215,8 +215,9 @@ class LiveHub:
         with self._lock:
             if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
                 return
+            if self._pid != os.getpid():
+                self._clients = set()  # a forked copy: those clients are the parent's
             self._pid = os.getpid()
-            self._clients = set()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="analytics-live", daemon=True)
             self._thread.start()

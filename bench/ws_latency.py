@@ -434,6 +434,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     args = parser.parse_args()
+    # SIGTERM (timeout, Ctrl-C in a process manager) must still stop the
+    # servers this started: exit through the finally blocks.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(json.dumps(run(args.quick), indent=2))
 
 
