@@ -44,6 +44,13 @@ key                                          type     holds
                                                       throttling; expires)
 ``analytics:stats:auth_failures``            string   authentication failures, all counted
 ``analytics:rotation``                       hash     progress of a key rotation (resume)
+``analytics:stats:ws:{host-pid}``            hash     one web process's WebSocket figures
+                                                      (clients, messages, errors, auth
+                                                      failures); TTL 30 s, rewritten every 2 s
+``analytics:live:events``                    channel  pub/sub: JSON array of the records
+                                                      just stored (fan-out to WebSockets)
+``analytics:live:metrics``                   channel  pub/sub: JSON array of updated metric
+                                                      buckets
 ===========================================  =======  =====================================
 
 The consumer group of every queue stream is :data:`GROUP`.
@@ -72,6 +79,9 @@ RATE_BUCKET = "analytics:ratelimit:"
 AUTH_FAILURES_BY_REMOTE = "analytics:authfail:"
 AUTH_FAILURES_TOTAL = "analytics:stats:auth_failures"
 ROTATION = "analytics:rotation"
+WS_STATS = "analytics:stats:ws:"
+LIVE_EVENTS = "analytics:live:events"
+LIVE_METRICS = "analytics:live:metrics"
 
 
 def event_queue(priority: str) -> str:

@@ -120,6 +120,18 @@ class Settings:
     #: address are all counted, but audited once per this many seconds
     #: (and every 100th), so a flood cannot flood the audit log.
     auth_failure_window: int = 60
+    #: ``ANALYTICS_WS_IDLE_SECONDS``: a WebSocket client that sends nothing for
+    #: this long is logged off (HIPAA automatic logoff); 0 disables.
+    ws_idle_seconds: float = 900.0
+    #: ``ANALYTICS_WS_PING_SECONDS``: interval of WebSocket pings; a peer that
+    #: has not answered the previous ping by the next one is dropped.
+    ws_ping_seconds: float = 20.0
+    #: ``ANALYTICS_WS_BUFFER``: messages waiting for one WebSocket client at
+    #: most; a client that falls this far behind is dropped (close 1013).
+    ws_buffer: int = 2000
+    #: ``ANALYTICS_WS_METRIC_INTERVAL``: at most one update per metric series
+    #: per client this often (seconds); the latest value is always sent.
+    ws_metric_interval: float = 1.0
 
     @classmethod
     def from_env(
@@ -164,6 +176,7 @@ class Settings:
             ("ANALYTICS_MAX_EVENT_BYTES", "max_event_bytes", 256),
             ("ANALYTICS_RATE_BURST", "rate_burst", 1),
             ("ANALYTICS_AUTH_FAILURE_WINDOW", "auth_failure_window", 1),
+            ("ANALYTICS_WS_BUFFER", "ws_buffer", 1),
         ):
             if get(name):
                 values[field] = _int(name, get(name, ""), minimum)
@@ -173,6 +186,9 @@ class Settings:
             ("ANALYTICS_RECOVERY_INTERVAL", "recovery_interval"),
             ("ANALYTICS_REGISTRY_TTL", "registry_ttl"),
             ("ANALYTICS_RATE_LIMIT", "rate_limit"),
+            ("ANALYTICS_WS_IDLE_SECONDS", "ws_idle_seconds"),
+            ("ANALYTICS_WS_PING_SECONDS", "ws_ping_seconds"),
+            ("ANALYTICS_WS_METRIC_INTERVAL", "ws_metric_interval"),
         ):
             if get(name):
                 values[field] = _float(name, get(name, ""))

@@ -28,7 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(config)
     app.config["ANALYTICS_SETTINGS"] = settings
 
-    from web import errors, extensions
+    from web import dashboard, errors, extensions, stream
     from web import metrics as prometheus
     from web.api import api
     from web.health import health
@@ -44,6 +44,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(segment)
     app.register_blueprint(privacy)
     app.register_blueprint(openapi)
+    stream.init_app(app)
+    app.register_blueprint(dashboard.dashboard)
     app.register_blueprint(ops)
     prometheus.init_app(app)
     return app
