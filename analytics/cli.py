@@ -19,7 +19,13 @@ from analytics.errors import AnalyticsError
 def _service():  # type: ignore[no-untyped-def]
     from analytics import AnalyticsService
 
-    return AnalyticsService.create()
+    service = AnalyticsService.create()
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        # Close its Redis connections when the command ends (not whenever
+        # the garbage collector gets to them: an unclosed socket warning).
+        ctx.call_on_close(service.redis.close)
+    return service
 
 
 def _load_dotenv() -> None:
