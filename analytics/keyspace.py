@@ -24,7 +24,28 @@ key                                          type     holds
 ``analytics:apikeys:ids``                    hash     key id -> SHA-256 (list, revoke)
 ``analytics:kick:events``                    string   set while a processing task is queued
 ``analytics:stats:*``                        various  monitoring figures
+``analytics:metrics:queue``                  stream   accepted, unprocessed metric samples
+                                                      (one entry per request)
+``analytics:metrics:{name}``                 hash     series id -> JSON tag set: the series
+                                                      of one metric (contract key); its
+                                                      length is the metric's cardinality
+``analytics:metrics:tags:{name}``            hash     ``key:value`` -> series ids having that
+                                                      tag (concatenated 12-char ids): the tag
+                                                      index (contract key)
+``analytics:metrics:{name}:r{res}:{sid}:``   hash     rollup chunk of one series at tier
+``{chunk}``                                           ``res`` s: bucket offset -> packed
+                                                      count, sum, min, max, sum of squares
+``analytics:metrics:{name}:r{res}:{sid}:``   hash     the same chunk's quantile sketches:
+``{chunk}:q``                                         bucket offset -> ``bin:count,...``
+``analytics:rollups:expiry``                 zset     rollup chunk keys scored by the epoch
+                                                      second they expire (cleanup's index)
+``analytics:lock:cleanup``                   string   token of the running cleanup (lock)
+``analytics:stats:cleanup``                  hash     last cleanup: time, duration, removed
 ===========================================  =======  =====================================
+
+Metric names never contain ``:``, and ``queue`` and ``tags`` are reserved, so
+a metric's keys cannot collide with the fixed ones. ``events.{type}`` metrics
+(per-type event counts) are written by the event commit itself.
 
 The consumer group of every queue stream is :data:`GROUP`.
 """
@@ -45,6 +66,13 @@ API_KEYS = "analytics:apikeys"
 API_KEY_IDS = "analytics:apikeys:ids"
 KICK_EVENTS = "analytics:kick:events"
 STATS = "analytics:stats:"
+METRICS_QUEUE = "analytics:metrics:queue"
+METRICS = "analytics:metrics:"
+METRIC_TAGS = "analytics:metrics:tags:"
+ROLLUP_EXPIRY = "analytics:rollups:expiry"
+CLEANUP_LOCK = "analytics:lock:cleanup"
+CLEANUP_STATS = "analytics:stats:cleanup"
+LIVE_METRICS_CHANNEL = "analytics:live:metrics"
 
 
 def event_queue(priority: str) -> str:
@@ -66,3 +94,18 @@ def time_index(event_type: str) -> str:
 
 def user_index(user_hash: str) -> str:
     return EVENTS_USER + user_hash
+
+
+def metric_series(name: str) -> str:
+    """The series registry of metric ``name`` (contract key)."""
+    return METRICS + name
+
+
+def metric_tags(name: str) -> str:
+    """The tag index of metric ``name`` (contract key)."""
+    return METRIC_TAGS + name
+
+
+def rollup_chunk(name: str, resolution: int, series_id: str, chunk_start: int) -> str:
+    """One series' rollup buckets at one tier, for one chunk of time."""
+    return f"{METRICS}{name}:r{resolution}:{series_id}:{chunk_start}"

@@ -105,6 +105,14 @@ class Settings:
     max_event_bytes: int = 32_768
     #: ``ANALYTICS_REGISTRY_TTL``: seconds a process caches the type registry.
     registry_ttl: float = 1.0
+    #: ``ANALYTICS_MAX_SERIES_PER_METRIC``: distinct tag sets one metric may
+    #: have (cardinality guard: tags are not ids).
+    max_series_per_metric: int = 1000
+    #: ``ANALYTICS_RETENTION_10S_DAYS``, ``_1M_``, ``_1H_``, ``_1D_``: how long
+    #: rollup buckets of each tier (10 s, 1 min, 1 h, 1 day) live.
+    rollup_retention_days: tuple[float, float, float, float] = (1.0, 7.0, 90.0, 730.0)
+    #: ``ANALYTICS_CLEANUP_INTERVAL``: seconds between beat's cleanup runs.
+    cleanup_interval: float = 60.0
 
     @classmethod
     def from_env(
@@ -139,6 +147,7 @@ class Settings:
             ("ANALYTICS_MAX_BATCH_EVENTS", "max_batch_events", 1),
             ("ANALYTICS_MAX_BODY_BYTES", "max_body_bytes", 1024),
             ("ANALYTICS_MAX_EVENT_BYTES", "max_event_bytes", 256),
+            ("ANALYTICS_MAX_SERIES_PER_METRIC", "max_series_per_metric", 1),
         ):
             if get(name):
                 values[field] = _int(name, get(name, ""), minimum)
@@ -147,9 +156,16 @@ class Settings:
             ("ANALYTICS_DRAIN_SECONDS", "drain_seconds"),
             ("ANALYTICS_RECOVERY_INTERVAL", "recovery_interval"),
             ("ANALYTICS_REGISTRY_TTL", "registry_ttl"),
+            ("ANALYTICS_CLEANUP_INTERVAL", "cleanup_interval"),
         ):
             if get(name):
                 values[field] = _float(name, get(name, ""))
+        tiers = list(cls.rollup_retention_days)
+        for i, tier in enumerate(("10S", "1M", "1H", "1D")):
+            name = f"ANALYTICS_RETENTION_{tier}_DAYS"
+            if get(name):
+                tiers[i] = _float(name, get(name, ""), 0.001)
+        values["rollup_retention_days"] = tuple(tiers)
         values.update(overrides)
         settings = cls(**values)
         if not settings.broker_url:

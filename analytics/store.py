@@ -81,8 +81,13 @@ def _scan_desc(client: redis.Redis, key: str, lo: int | None, hi: int | None,
 class EventStore:
     def __init__(self, client: redis.Redis, live_channel: str = LIVE_EVENTS_CHANNEL) -> None:
         self._redis = client
-        self._commit = client.register_script(load_script("commit_events.lua"))
+        self._commit = client.register_script(
+            load_script("rollup_lib.lua") + "\n" + load_script("commit_events.lua"))
         self.live_channel = live_channel
+        #: Trailing script arguments that count events into the
+        #: ``events.{type}`` metrics (set by the service; see
+        #: :meth:`analytics.metrics.MetricStore.event_metric_args`).
+        self.metric_args: list[Any] = []
 
     # -- writing -------------------------------------------------------------
     def commit(self, entries: list[Entry], group: str = keyspace.GROUP) -> CommitResult:
@@ -105,6 +110,7 @@ class EventStore:
                 for record in entry.records:
                     args += (record["t"], record["i"], record["ts"], record["u"],
                              orjson.dumps(record))
+            args += self.metric_args
             stored, dups, skipped = self._commit(keys=[lane], args=args)
             result += CommitResult(stored, dups, skipped)
         return result

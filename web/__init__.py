@@ -33,9 +33,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from web import errors, extensions
     from web.api import api
     from web.health import health
+    from web.metrics_api import metrics_api
 
     extensions.init_app(app, settings)
     errors.init_app(app)
     app.register_blueprint(health)
     app.register_blueprint(api)
+    app.register_blueprint(metrics_api)
     return app

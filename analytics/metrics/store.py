@@ -1,0 +1,341 @@
+"""Metric rollups: registering series, committing batches, answering queries.
+
+Layout (see :mod:`analytics.keyspace`): a metric's series registry and tag
+index are one hash each; its data lives in *chunks*, one hash per (series,
+tier, :data:`CHUNK_BUCKETS` consecutive buckets), whose fields are bucket
+offsets. Chunking keeps a range query to a few ``HGETALL`` per series
+(24 h at 1 min is 12 chunks) while keeping every hash small, and makes
+retention a matter of deleting whole keys, found by their expiry time in
+``analytics:rollups:expiry``.
+
+Writes: the worker folds a batch of queue entries into one delta per
+(series, tier, bucket) in Python and applies them with
+``lua/commit_metrics.lua``, which refuses the lot if any entry is no longer
+pending (someone else counted it) and otherwise merges the deltas,
+acknowledges and deletes the entries, and publishes the updated 10 s
+buckets, in one atomic step. So a redelivered batch never counts twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+from analytics import keyspace
+from analytics.errors import ValidationError
+from analytics.metrics.sketch import Sketch, bin_key
+from analytics.queue import Entry
+from analytics.settings import Settings
+from analytics.store import load_script
+
+#: Rollup tiers (bucket seconds), finest first.
+TIERS = (10, 60, 3600, 86400)
+#: Buckets per chunk hash: 120 keeps a chunk's stats hash in Redis's compact
+#: listpack encoding (default ``hash-max-listpack-entries`` is 128).
+CHUNK_BUCKETS = 120
+#: Points per series a query may ask for.
+MAX_POINTS = 10_000
+SERIES_ID_LENGTH = 12
+_STATS = struct.Struct("<ddddd")
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+
+def series_id(tags: Mapping[str, str]) -> str:
+    """Short stable id of a tag set (keys within one metric's namespace)."""
+    return hashlib.blake2b(orjson.dumps(sorted(tags.items())), digest_size=6).hexdigest()
+
+
+EMPTY_SERIES = series_id({})
+
+
+def load_with_lib(name: str) -> str:
+    """A Lua script with the shared rollup helpers prepended."""
+    return load_script("rollup_lib.lua") + "\n" + load_script(name)
+
+
+def tier_for(bucket: int) -> int:
+    """The coarsest tier whose resolution divides ``bucket``."""
+    return max(r for r in TIERS if bucket % r == 0)
+
+
+def auto_bucket(span_seconds: float) -> int:
+    """A bucket for a query without one: the finest tier giving <= 500 points."""
+    for resolution in TIERS:
+        if span_seconds / resolution <= 500:
+            return resolution
+    return TIERS[-1] * math.ceil(span_seconds / TIERS[-1] / 500)
+
+
+@dataclass
+class MetricCommitResult:
+    samples: int = 0
+    entries: int = 0
+    #: Entries another worker had already committed (redeliveries).
+    skipped_entries: int = 0
+
+    def __iadd__(self, other: MetricCommitResult) -> MetricCommitResult:
+        self.samples += other.samples
+        self.entries += other.entries
+        self.skipped_entries += other.skipped_entries
+        return self
+
+
+def _tags_json(tags: Mapping[str, str]) -> bytes:
+    return orjson.dumps(dict(sorted(tags.items())))
+
+
+class MetricStore:
+    def __init__(self, client: redis.Redis, settings: Settings,
+                 live_channel: str = keyspace.LIVE_METRICS_CHANNEL) -> None:
+        self._redis = client
+        self.limit = settings.max_series_per_metric
+        self.live_channel = live_channel
+        self.retention = {res: int(days * 86400)
+                          for res, days in zip(TIERS, settings.rollup_retention_days)}
+        self._commit = client.register_script(load_with_lib("commit_metrics.lua"))
+        self._register = client.register_script(load_with_lib("register_series.lua"))
+        #: (metric, series id) known to be registered: saves a round trip per
+        #: request. Registration only grows (cleanup never drops a series).
+        self._known: set[tuple[str, str]] = set()
+
+    def event_metric_args(self) -> list[Any]:
+        """The trailing arguments of ``commit_events.lua`` that make it count
+        events into the ``events.{type}`` metrics."""
+        args: list[Any] = [keyspace.ROLLUP_EXPIRY, self.live_channel,
+                           keyspace.METRICS + "events.", EMPTY_SERIES, len(TIERS)]
+        for res in TIERS:
+            args += (res, res * CHUNK_BUCKETS, self.retention[res])
+        return args
+
+    # -- ingest --------------------------------------------------------------
+    def register(self, series: Mapping[tuple[str, str], Mapping[str, str]]) -> set[tuple[str, str]]:
+        """Register (metric, series id) -> tags under the cardinality limit;
+        returns those refused because their metric is full."""
+        by_metric: dict[str, list[tuple[str, Mapping[str, str]]]] = {}
+        for (name, sid), tags in series.items():
+            if (name, sid) not in self._known:
+                by_metric.setdefault(name, []).append((sid, tags))
+        if not by_metric:
+            return set()
+        pipe = self._redis.pipeline(transaction=False)
+        for name, items in by_metric.items():
+            args: list[Any] = [self.limit, len(items)]
+            for sid, tags in items:
+                args += (sid, _tags_json(tags), len(tags), *(f"{k}:{v}" for k, v in tags.items()))
+            self._register(keys=[keyspace.metric_series(name), keyspace.metric_tags(name)],
+                           args=args, client=pipe)
+        refused: set[tuple[str, str]] = set()
+        for (name, items), reply in zip(by_metric.items(), pipe.execute()):
+            bad = {sid.decode() for sid in reply}
+            refused.update((name, sid) for sid in bad)
+            if len(self._known) > 100_000:
+                self._known.clear()
+            self._known.update((name, sid) for sid, _ in items if sid not in bad)
+        return refused
+
+    # -- processing ----------------------------------------------------------
+    def commit(self, entries: list[Entry], group: str = keyspace.GROUP) -> MetricCommitResult:
+        """Fold ``entries`` into rollups and acknowledge them, atomically.
+
+        If some entries were already committed by another worker, the script
+        applies nothing; they are dropped and the rest is folded again.
+        """
+        result = MetricCommitResult()
+        pending = list(entries)
+        while pending:
+            args = self._commit_args(pending, group)
+            reply = self._commit(keys=[keyspace.METRICS_QUEUE], args=args)
+            if int(reply[0]) == 1:
+                result.entries += len(pending)
+                result.samples += sum(len(e.records) for e in pending)
+                break
+            gone = {m.decode() for m in reply[1]}
+            result.skipped_entries += len(gone)
+            pending = [e for e in pending if e.id not in gone]
+        return result
+
+    def _commit_args(self, entries: list[Entry], group: str) -> list[Any]:
+        cells: dict[tuple[str, str, int, int], list[Any]] = {}
+        series: dict[tuple[str, str], dict[str, str]] = {}
+        ids_of: dict[tuple[tuple[str, str], ...], str] = {}
+        for entry in entries:
+            for record in entry.records:
+                name, value, tags = record["n"], float(record["v"]), record["g"]
+                seconds = int(record["ts"]) // 1000
+                tag_key = tuple(sorted(tags.items()))
+                sid = ids_of.get(tag_key)
+                if sid is None:
+                    sid = ids_of[tag_key] = series_id(tags)
+                series[(name, sid)] = tags
+                key = bin_key(value)
+                square = value * value
+                for res in TIERS:
+                    bucket = seconds - seconds % res
+                    cell = cells.get((name, sid, res, bucket))
+                    if cell is None:
+                        cells[(name, sid, res, bucket)] = [1, value, value, value, square, {key: 1}]
+                        continue
+                    cell[0] += 1
+                    cell[1] += value
+                    if value < cell[2]:
+                        cell[2] = value
+                    if value > cell[3]:
+                        cell[3] = value
+                    cell[4] += square
+                    bins = cell[5]
+                    bins[key] = bins.get(key, 0) + 1
+        args: list[Any] = [group, keyspace.ROLLUP_EXPIRY, self.live_channel, len(entries)]
+        args += [e.id for e in entries]
+        args.append(len(series))
+        for (name, sid), tags in series.items():
+            args += (keyspace.metric_series(name), keyspace.metric_tags(name), sid,
+                     _tags_json(tags), len(tags), *(f"{k}:{v}" for k, v in tags.items()))
+        args.append(len(cells))
+        finest = TIERS[0]
+        for (name, sid, res, bucket), (c, s, mn, mx, sq, bins) in cells.items():
+            chunk_len = res * CHUNK_BUCKETS
+            chunk = bucket - bucket % chunk_len
+            args += (keyspace.rollup_chunk(name, res, sid, chunk), (bucket - chunk) // res,
+                     c, s, mn, mx, sq, ",".join(f"{k}:{n}" for k, n in bins.items()),
+                     chunk + chunk_len + self.retention[res])
+            if res == finest:
+                args += (orjson.dumps(name), _tags_json(series[(name, sid)]), bucket)
+            else:
+                args.append("")
+        return args
+
+    # -- querying ------------------------------------------------------------
+    def series(self, name: str, tags: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        """Series id -> tags of the series of ``name`` having all ``tags``,
+        by intersecting the tag index (no scan of the series)."""
+        if not tags:
+            raw = self._redis.hgetall(keyspace.metric_series(name))
+            return {sid.decode(): orjson.loads(t) for sid, t in raw.items()}
+        lists = self._redis.hmget(keyspace.metric_tags(name), [f"{k}:{v}" for k, v in tags.items()])
+        if any(ids is None for ids in lists):
+            return {}
+        step = SERIES_ID_LENGTH
+        sets = sorted(({ids[i:i + step].decode() for i in range(0, len(ids), step)} for ids in lists),
+                      key=len)
+        matched = set.intersection(*sets)
+        if not matched:
+            return {}
+        ordered = sorted(matched)
+        found = self._redis.hmget(keyspace.metric_series(name), ordered)
+        return {sid: orjson.loads(t) for sid, t in zip(ordered, found) if t is not None}
+
+    def query(self, name: str, series: Mapping[str, Mapping[str, str]], *, start_ms: int,
+              end_ms: int, bucket: int, agg: str, filter_tags: Mapping[str, str],
+              group_by: str | None) -> list[dict[str, Any]]:
+        """Points of ``agg`` per group of ``series``, one per ``bucket``
+        seconds from the bucket holding ``start_ms`` up to ``end_ms``
+        (exclusive); an empty bucket is ``None``."""
+        if not series:
+            return []
+        first = start_ms // 1000 // bucket * bucket
+        count = max(0, -(-(end_ms - first * 1000) // (bucket * 1000)))
+        if count > MAX_POINTS:
+            raise ValidationError("too many points", {"bucket": [
+                f"The range holds more than {MAX_POINTS} buckets of this size: ask for larger buckets."]})
+        last = first + count * bucket
+        res = tier_for(bucket)
+        chunk_len = res * CHUNK_BUCKETS
+        chunks = range(first - first % chunk_len, last, chunk_len)
+        wants_sketch = agg in QUANTILES
+
+        groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+        for sid, tags in series.items():
+            out = dict(filter_tags)
+            if group_by is not None and group_by in tags:
+                out[group_by] = tags[group_by]
+            groups.setdefault(tuple(sorted(out.items())), []).append(sid)
+
+        pipe = self._redis.pipeline(transaction=False)
+        for sids in groups.values():
+            for sid in sids:
+                for chunk in chunks:
+                    key = keyspace.rollup_chunk(name, res, sid, chunk)
+                    pipe.hgetall(key)
+                    if wants_sketch:
+                        pipe.hgetall(key + ":q")
+        replies = iter(pipe.execute())
+
+        out_series = []
+        unpack = _STATS.unpack
+        for group, sids in groups.items():
+            c = [0.0] * count
+            s = [0.0] * count
+            mn = [math.inf] * count
+            mx = [-math.inf] * count
+            sq = [0.0] * count
+            sketches: list[Sketch | None] = [None] * count if wants_sketch else []
+            for _sid in sids:
+                for chunk in chunks:
+                    stats = next(replies)
+                    bins = next(replies) if wants_sketch else {}
+                    for off, raw in stats.items():
+                        at = chunk + int(off) * res
+                        if not first <= at < last:
+                            continue
+                        i = (at - first) // bucket
+                        c0, s0, mn0, mx0, sq0 = unpack(raw)
+                        c[i] += c0
+                        s[i] += s0
+                        sq[i] += sq0
+                        if mn0 < mn[i]:
+                            mn[i] = mn0
+                        if mx0 > mx[i]:
+                            mx[i] = mx0
+                        if wants_sketch:
+                            text = bins.get(off)
+                            if text is not None:
+                                sketch = sketches[i]
+                                if sketch is None:
+                                    sketch = sketches[i] = Sketch()
+                                sketch.merge(_decode_bins(text))
+            points = [[first + i * bucket, _value(agg, bucket, c[i], s[i], mn[i], mx[i], sq[i],
+                                                  sketches[i] if wants_sketch else None)]
+                      for i in range(count)]
+            out_series.append({"tags": dict(group), "points": points})
+        out_series.sort(key=lambda item: sorted(item["tags"].items()))
+        return out_series
+
+
+def _decode_bins(text: bytes) -> dict[str, int]:
+    bins: dict[str, int] = {}
+    for part in text.decode().split(","):
+        key, _, count = part.partition(":")
+        bins[key] = bins.get(key, 0) + int(count)
+    return bins
+
+
+def _value(agg: str, bucket: int, c: float, s: float, mn: float, mx: float, sq: float,
+           sketch: Sketch | None) -> float | int | None:
+    if c <= 0:
+        return None
+    if agg == "count":
+        return int(c)
+    if agg == "sum":
+        return s
+    if agg == "avg":
+        return s / c
+    if agg == "min":
+        return mn
+    if agg == "max":
+        return mx
+    if agg == "rate":
+        return s / bucket
+    if agg == "stddev":
+        mean = s / c
+        return math.sqrt(max(0.0, sq / c - mean * mean))
+    if sketch is None:
+        return None
+    return sketch.quantile(QUANTILES[agg], mn, mx)
+
+
