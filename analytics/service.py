@@ -27,10 +27,11 @@ from analytics.errors import ValidationError
 from analytics.metrics.schemas import (EVENT_METRIC_PREFIX, MetricSampleSchema, check_name,
                                        metric_query_schema)
 from analytics.metrics.store import (EMPTY_SERIES, MetricCommitResult, MetricStore, auto_bucket,
-                                     series_id)
+                                     bucket_range, series_id)
 from analytics.phi import PhiPolicy
 from analytics.queue import Entry, EventQueue
 from analytics.records import RecordCodec
+from analytics.retention import Cleanup, CleanupReport
 from analytics.redis_client import connect, unavailable_as_error
 from analytics.registry import EventType, EventTypeRegistry
 from analytics.schemas import event_query_schema, event_schema
@@ -90,6 +91,7 @@ class AnalyticsService:
         self.metrics = MetricStore(client, settings)
         self.store.metric_args = self.metrics.event_metric_args()
         self._metric_schema = MetricSampleSchema(phi_fields=self.policy.names)
+        self.retention = Cleanup(client, settings)
         self._kick = kick
 
     @classmethod
@@ -307,6 +309,7 @@ class AnalyticsService:
             raise ValidationError("invalid query", {"start": ["Must be before end."]})
         bucket = params["bucket"] or auto_bucket((end - start) / 1000)
         filter_tags = params["tags"]
+        bucket_range(start, end, bucket)  # refuse too many points before any work
         with unavailable_as_error():
             if event_type is not None:
                 # One series without tags, there even before the first event.
@@ -319,6 +322,16 @@ class AnalyticsService:
                                        agg=params["agg"], filter_tags=filter_tags,
                                        group_by=params["groupBy"])
         return {"name": name, "series": found}
+
+    # -- retention -----------------------------------------------------------
+    def cleanup(self, now: float | None = None, budget: float = 30.0) -> CleanupReport:
+        """Remove expired events and rollup buckets (see :mod:`analytics.retention`)."""
+        with unavailable_as_error():
+            return self.retention.run(now, budget)
+
+    def cleanup_status(self) -> dict[str, Any]:
+        """Last cleanup run: ``last_run``, ``duration``, ``removed``, ``runs``."""
+        return self.retention.status()
 
     # -- querying ------------------------------------------------------------
     def get_events(self, query: dict[str, Any], *, reveal_phi: bool = True,

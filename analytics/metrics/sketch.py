@@ -87,12 +87,16 @@ class Sketch:
 
         Estimates the sample of rank ``floor(q * (count - 1))`` in sorted
         order, within relative error ``ALPHA``. ``lo``/``hi`` (the exact min
-        and max, when known) clamp the estimate, which makes q=0 and q=1 exact.
+        and max, when known) clamp the estimate and answer q=0 and q=1 exactly.
         """
         if not 0 <= q <= 1:
             raise ValueError("q must be within [0, 1]")
         if self.count <= 0:
             return None
+        if q == 0 and lo is not None:
+            return lo
+        if q == 1 and hi is not None:
+            return hi
         rank = q * (self.count - 1)
         seen = 0
         value = 0.0

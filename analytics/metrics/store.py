@@ -72,6 +72,18 @@ def auto_bucket(span_seconds: float) -> int:
     return TIERS[-1] * math.ceil(span_seconds / TIERS[-1] / 500)
 
 
+def bucket_range(start_ms: int, end_ms: int, bucket: int) -> tuple[int, int]:
+    """The first bucket start (epoch s, aligned to ``bucket``) and the
+    number of buckets up to ``end_ms`` (exclusive); raises past
+    :data:`MAX_POINTS`."""
+    first = start_ms // 1000 // bucket * bucket
+    count = max(0, -(-(end_ms - first * 1000) // (bucket * 1000)))
+    if count > MAX_POINTS:
+        raise ValidationError("too many points", {"bucket": [
+            f"The range holds more than {MAX_POINTS} buckets of this size: ask for larger buckets."]})
+    return first, count
+
+
 @dataclass
 class MetricCommitResult:
     samples: int = 0
@@ -236,13 +248,9 @@ class MetricStore:
         """Points of ``agg`` per group of ``series``, one per ``bucket``
         seconds from the bucket holding ``start_ms`` up to ``end_ms``
         (exclusive); an empty bucket is ``None``."""
+        first, count = bucket_range(start_ms, end_ms, bucket)
         if not series:
             return []
-        first = start_ms // 1000 // bucket * bucket
-        count = max(0, -(-(end_ms - first * 1000) // (bucket * 1000)))
-        if count > MAX_POINTS:
-            raise ValidationError("too many points", {"bucket": [
-                f"The range holds more than {MAX_POINTS} buckets of this size: ask for larger buckets."]})
         last = first + count * bucket
         res = tier_for(bucket)
         chunk_len = res * CHUNK_BUCKETS
