@@ -133,3 +133,47 @@ def decode_bins(text: str | bytes) -> dict[str, int]:
         key, _, count = part.partition(":")
         bins[key] = bins.get(key, 0) + int(count)
     return bins
+
+
+_VALUES: dict[bytes, float] = {}
+
+
+def _cached_value(key: bytes) -> float:
+    value = _VALUES.get(key)
+    if value is None:
+        if len(_VALUES) > 100_000:
+            _VALUES.clear()
+        value = _VALUES[key] = bin_value(key.decode())
+    return value
+
+
+def merged_quantile(texts: Iterable[bytes], q: float, lo: float | None = None,
+                    hi: float | None = None) -> float | None:
+    """:meth:`Sketch.quantile` of the merge of stored bin texts, without
+    building :class:`Sketch` objects (the query hot path: one call per point)."""
+    bins: dict[bytes, int] = {}
+    get = bins.get
+    for text in texts:
+        for part in text.split(b","):
+            key, _, count = part.partition(b":")
+            bins[key] = get(key, 0) + int(count)
+    total = sum(bins.values())
+    if total <= 0:
+        return None
+    if q == 0 and lo is not None:
+        return lo
+    if q == 1 and hi is not None:
+        return hi
+    rank = q * (total - 1)
+    seen = 0
+    value = 0.0
+    for key, count in sorted(bins.items(), key=lambda item: _cached_value(item[0])):
+        seen += count
+        if seen > rank:
+            value = _cached_value(key)
+            break
+    if lo is not None and value < lo:
+        value = lo
+    if hi is not None and value > hi:
+        value = hi
+    return value

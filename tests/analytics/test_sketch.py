@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analytics.metrics.sketch import ALPHA, Sketch, bin_key, bin_value, decode_bins, encode_bins
+from analytics.metrics.sketch import (ALPHA, Sketch, bin_key, bin_value, decode_bins, encode_bins,
+                                      merged_quantile)
 
 
 def exact(values: list[float], q: float) -> float:
@@ -41,6 +42,10 @@ def test_merging_equals_the_sketch_of_the_union(a: list[float], b: list[float]) 
     merged = Sketch.of(a).merge(Sketch.of(b))
     assert merged.bins == Sketch.of(a + b).bins and merged.count == len(a) + len(b)
     assert Sketch.decode(merged.encode()).bins == merged.bins
+    # The query path merges stored texts directly: same answers.
+    texts = [Sketch.of(a).encode().encode(), Sketch.of(b).encode().encode()]
+    for q in (0.0, 0.5, 0.99, 1.0):
+        assert merged_quantile(texts, q) == merged.quantile(q)
 
 
 def test_lognormal_percentiles_within_one_percent() -> None:
