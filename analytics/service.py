@@ -88,7 +88,7 @@ class AnalyticsService:
         self.audit = AuditLog(client, self.vault)
         self.dead_letters = DeadLetters(client, self.vault)
         self.metrics_queue = EventQueue(client, lanes=(keyspace.METRICS_QUEUE,))
-        self.metrics = MetricStore(client, settings)
+        self.metrics = MetricStore(client, settings, dead_letters=self.dead_letters)
         self.store.metric_args = self.metrics.event_metric_args()
         self._metric_schema = MetricSampleSchema(phi_fields=self.policy.names)
         self.retention = Cleanup(client, settings)

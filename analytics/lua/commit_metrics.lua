@@ -60,8 +60,12 @@ for _ = 1, deltas do
     pos = pos + 12
   end
 end
-redis.call('XACK', lane, group, unpack(ids))
-redis.call('XDEL', lane, unpack(ids))
+-- In slices: unpack() is limited by Lua's C stack (about 8000 values).
+for i = 1, n, 1000 do
+  local j = math.min(n, i + 999)
+  redis.call('XACK', lane, group, unpack(ids, i, j))
+  redis.call('XDEL', lane, unpack(ids, i, j))
+end
 if channel ~= '' and #live > 0 then
   redis.call('PUBLISH', channel, '[' .. table.concat(live, ',') .. ']')
 end

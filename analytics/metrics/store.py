@@ -28,6 +28,7 @@ import orjson
 import redis
 
 from analytics import keyspace
+from analytics.deadletters import DeadLetters
 from analytics.errors import ValidationError
 from analytics.metrics.sketch import bin_key, merged_quantile
 from analytics.queue import Entry
@@ -89,11 +90,14 @@ class MetricCommitResult:
     entries: int = 0
     #: Entries another worker had already committed (redeliveries).
     skipped_entries: int = 0
+    #: Malformed records set aside in the dead-letter store.
+    invalid: int = 0
 
     def __iadd__(self, other: MetricCommitResult) -> MetricCommitResult:
         self.samples += other.samples
         self.entries += other.entries
         self.skipped_entries += other.skipped_entries
+        self.invalid += other.invalid
         return self
 
 
@@ -103,8 +107,10 @@ def _tags_json(tags: Mapping[str, str]) -> bytes:
 
 class MetricStore:
     def __init__(self, client: redis.Redis, settings: Settings,
-                 live_channel: str = keyspace.LIVE_METRICS_CHANNEL) -> None:
+                 live_channel: str = keyspace.LIVE_METRICS_CHANNEL,
+                 dead_letters: DeadLetters | None = None) -> None:
         self._redis = client
+        self.dead_letters = dead_letters
         self.limit = settings.max_series_per_metric
         self.live_channel = live_channel
         self.retention = {res: int(days * 86400)
@@ -160,25 +166,40 @@ class MetricStore:
         result = MetricCommitResult()
         pending = list(entries)
         while pending:
-            args = self._commit_args(pending, group)
+            bad: list[tuple[Entry, Any]] = []
+            args = self._commit_args(pending, group, bad)
             reply = self._commit(keys=[keyspace.METRICS_QUEUE], args=args)
             if int(reply[0]) == 1:
                 result.entries += len(pending)
-                result.samples += sum(len(e.records) for e in pending)
+                result.samples += sum(len(e.records) for e in pending) - len(bad)
+                result.invalid += len(bad)
+                if bad and self.dead_letters is not None:
+                    for entry, record in bad:
+                        self.dead_letters.add_record("metrics", record if isinstance(record, dict)
+                                                     else {"raw": repr(record)[:200]},
+                                                     "invalid_record", entry.deliveries)
                 break
             gone = {m.decode() for m in reply[1]}
             result.skipped_entries += len(gone)
             pending = [e for e in pending if e.id not in gone]
         return result
 
-    def _commit_args(self, entries: list[Entry], group: str) -> list[Any]:
+    def _commit_args(self, entries: list[Entry], group: str,
+                     bad: list[tuple[Entry, Any]]) -> list[Any]:
         cells: dict[tuple[str, str, int, int], list[Any]] = {}
         series: dict[tuple[str, str], dict[str, str]] = {}
         ids_of: dict[tuple[tuple[str, str], ...], str] = {}
         for entry in entries:
             for record in entry.records:
-                name, value, tags = record["n"], float(record["v"]), record["g"]
-                seconds = int(record["ts"]) // 1000
+                try:
+                    name, value, tags = str(record["n"]), float(record["v"]), dict(record["g"])
+                    seconds = int(record["ts"]) // 1000
+                    if not math.isfinite(value):
+                        raise ValueError("not finite")
+                except (KeyError, TypeError, ValueError):
+                    # Not written by track_metrics: set aside, never retried.
+                    bad.append((entry, record))
+                    continue
                 tag_key = tuple(sorted(tags.items()))
                 sid = ids_of.get(tag_key)
                 if sid is None:

@@ -142,6 +142,17 @@ def test_a_redelivered_batch_is_never_counted_twice(quiet) -> None:
     assert quiet.metrics_queue.pending() == 0 and quiet.metrics_queue.length() == 0
 
 
+def test_malformed_queue_records_are_dead_lettered_not_retried(quiet) -> None:
+    t0 = hour_ago()
+    quiet.data.xadd(keyspace.METRICS_QUEUE, {"e": orjson.dumps([
+        {"n": "ok", "v": 2, "g": {}, "ts": t0 * 1000}, {"n": "ok", "v": "x"}, "junk"])})
+    report = quiet.drain("tester")
+    assert (report.metrics.samples, report.metrics.invalid) == (1, 2)
+    assert quiet.dead_letters.length("metrics") == 2
+    assert quiet.metrics_queue.pending() == 0 and quiet.metrics_queue.length() == 0
+    assert points(query(quiet, "ok", agg="sum", start=t0, end=t0 + 10, bucket=10)) == [[t0, 2.0]]
+
+
 def test_entries_of_a_presumed_dead_worker_count_once(quiet) -> None:
     t0 = hour_ago()
     quiet.track_metrics([{"name": "slow", "value": 1, "timestamp": t0}] * 5)
