@@ -310,6 +310,7 @@ class AnalyticsService:
         bucket = params["bucket"] or auto_bucket((end - start) / 1000)
         filter_tags = params["tags"]
         bucket_range(start, end, bucket)  # refuse too many points before any work
+        series: dict[str, dict[str, str]]
         with unavailable_as_error():
             if event_type is not None:
                 # One series without tags, there even before the first event.

@@ -155,8 +155,8 @@ def merged_quantile(texts: Iterable[bytes], q: float, lo: float | None = None,
     get = bins.get
     for text in texts:
         for part in text.split(b","):
-            key, _, count = part.partition(b":")
-            bins[key] = get(key, 0) + int(count)
+            key, _, number = part.partition(b":")
+            bins[key] = get(key, 0) + int(number)
     total = sum(bins.values())
     if total <= 0:
         return None
@@ -167,8 +167,8 @@ def merged_quantile(texts: Iterable[bytes], q: float, lo: float | None = None,
     rank = q * (total - 1)
     seen = 0
     value = 0.0
-    for key, count in sorted(bins.items(), key=lambda item: _cached_value(item[0])):
-        seen += count
+    for key, n in sorted(bins.items(), key=lambda item: _cached_value(item[0])):
+        seen += n
         if seen > rank:
             value = _cached_value(key)
             break

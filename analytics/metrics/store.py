@@ -294,7 +294,7 @@ class MetricStore:
                         pipe.hgetall(key + ":q")
         replies = iter(pipe.execute())
 
-        out_series = []
+        out_series: list[dict[str, Any]] = []
         for group, sids in groups.items():
             offsets: list[bytes] = []
             raws: list[bytes] = []
@@ -362,6 +362,7 @@ def _points(agg: str, first: int, count: int, bucket: int, res: int, offsets: li
         values = extreme.tolist()
     else:
         total = np.bincount(index, weights=stats[:, 1], minlength=count)
+        result: Any
         with np.errstate(divide="ignore", invalid="ignore"):
             if agg == "sum":
                 result = total

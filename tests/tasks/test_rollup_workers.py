@@ -1,4 +1,5 @@
-"""Metrics and cleanup with real Celery workers."""
+"""Metrics and cleanup with real Celery workers. (Named to sort after
+test_pipeline.py, whose first tests must run before the session worker starts.)"""
 from __future__ import annotations
 
 import signal
