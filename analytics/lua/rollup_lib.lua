@@ -4,7 +4,8 @@
 --
 -- A rollup bucket is one field (its offset in the chunk) in two hashes:
 --   chunk key          struct '<ddddd': count, sum, min, max, sum of squares
---   chunk key .. ':q'  quantile sketch bins "bin:count,bin:count"
+--   chunk key .. ':q'  quantile sketch bins, packed '<i4i8' (bin code, count)
+--                      pairs (see analytics/metrics/sketch.py)
 -- Merging adds counts, sums and bins and keeps the extreme min/max, so the
 -- order in which batches arrive does not matter.
 
@@ -29,21 +30,25 @@ local function rollup_merge(key, off, c, s, mn, mx, sq, bins)
     local old = redis.call('HGET', qkey, off)
     if old then
       local counts, order = {}, {}
-      for k, n in string.gmatch(old, '([^:,]+):(%d+)') do
-        counts[k] = tonumber(n)
-        order[#order + 1] = k
+      local at, code, n = 1
+      while at <= #old do
+        code, n, at = struct.unpack('<i4i8', old, at)
+        counts[code] = n
+        order[#order + 1] = code
       end
-      for k, n in string.gmatch(bins, '([^:,]+):(%d+)') do
-        if counts[k] then
-          counts[k] = counts[k] + tonumber(n)
+      at = 1
+      while at <= #bins do
+        code, n, at = struct.unpack('<i4i8', bins, at)
+        if counts[code] then
+          counts[code] = counts[code] + n
         else
-          counts[k] = tonumber(n)
-          order[#order + 1] = k
+          counts[code] = n
+          order[#order + 1] = code
         end
       end
       local parts = {}
-      for i, k in ipairs(order) do parts[i] = k .. ':' .. string.format('%d', counts[k]) end
-      bins = table.concat(parts, ',')
+      for i, k in ipairs(order) do parts[i] = struct.pack('<i4i8', k, counts[k]) end
+      bins = table.concat(parts)
     end
     redis.call('HSET', qkey, off, bins)
   end

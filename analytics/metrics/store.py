@@ -30,7 +30,8 @@ import redis
 from analytics import keyspace
 from analytics.deadletters import DeadLetters
 from analytics.errors import ValidationError
-from analytics.metrics.sketch import bin_key, merged_quantile
+from analytics.metrics.sketch import (GAMMA, NEGATIVE_BASE, ZERO_CODE, bin_code,
+                                      encode_bins)
 from analytics.queue import Entry
 from analytics.settings import Settings
 from analytics.store import load_script
@@ -205,7 +206,7 @@ class MetricStore:
                 if sid is None:
                     sid = ids_of[tag_key] = series_id(tags)
                 series[(name, sid)] = tags
-                key = bin_key(value)
+                key = bin_code(value)
                 square = value * value
                 for res in TIERS:
                     bucket = seconds - seconds % res
@@ -234,7 +235,7 @@ class MetricStore:
             chunk_len = res * CHUNK_BUCKETS
             chunk = bucket - bucket % chunk_len
             args += (keyspace.rollup_chunk(name, res, sid, chunk), (bucket - chunk) // res,
-                     c, s, mn, mx, sq, ",".join(f"{k}:{n}" for k, n in bins.items()),
+                     c, s, mn, mx, sq, encode_bins(bins),
                      chunk + chunk_len + self.retention[res])
             if res == finest:
                 args += (orjson.dumps(name), _tags_json(series[(name, sid)]), bucket)
@@ -338,21 +339,10 @@ def _points(agg: str, first: int, count: int, bucket: int, res: int, offsets: li
     c = np.bincount(index, weights=stats[:, 0], minlength=count)
     empty = (c <= 0).tolist()
     if agg in QUANTILES:
-        mn = np.full(count, np.inf)
-        mx = np.full(count, -np.inf)
-        np.minimum.at(mn, index, stats[:, 2])
-        np.maximum.at(mx, index, stats[:, 3])
         assert texts is not None
-        kept = [texts[k] for k in np.flatnonzero(keep).tolist()]
-        per_bucket: list[list[bytes]] = [[] for _ in range(count)]
-        for i, text in zip(index.tolist(), kept):
-            if text is not None:
-                per_bucket[i].append(text)
-        q = QUANTILES[agg]
-        lows, highs = mn.tolist(), mx.tolist()
-        return [[t, None if e or not per_bucket[i] else
-                 merged_quantile(per_bucket[i], q, lows[i], highs[i])]
-                for i, (t, e) in enumerate(zip(stamps, empty))]
+        values = _quantiles(QUANTILES[agg], count, index, stats, c,
+                            [texts[k] for k in np.flatnonzero(keep).tolist()])
+        return [[t, None if e else v] for t, v, e in zip(stamps, values, empty)]
     if agg == "count":
         values = c.astype(np.int64).tolist()
     elif agg in ("min", "max"):
@@ -376,3 +366,48 @@ def _points(agg: str, first: int, count: int, bucket: int, res: int, offsets: li
                 result = np.sqrt(np.maximum(0.0, squares / c - mean * mean))
         values = result.tolist()
     return [[t, None if e else v] for t, v, e in zip(stamps, values, empty)]
+
+
+#: numpy view of a stored bin (see :data:`analytics.metrics.sketch.BIN`).
+_BIN_DTYPE = np.dtype([("code", "<i4"), ("count", "<i8")])
+
+
+def _quantiles(q: float, count: int, index: Any, stats: Any, c: Any,
+               texts: list[bytes | None]) -> list[float | None]:
+    """The ``q``-quantile of each output bucket, merging the sketches of the
+    stored buckets that fall in it (``index``: output bucket of each stored
+    bucket, ``texts``: their packed bins). Same answers as
+    :meth:`analytics.metrics.sketch.Sketch.quantile`, for all buckets at once:
+    sort every bin by (bucket, code), then find in the running count the
+    first bin past each bucket's rank."""
+    mn = np.full(count, np.inf)
+    mx = np.full(count, -np.inf)
+    np.minimum.at(mn, index, stats[:, 2])
+    np.maximum.at(mx, index, stats[:, 3])
+    present = [(i, t) for i, t in zip(index.tolist(), texts) if t]
+    if not present:
+        return [None] * count
+    bins = np.frombuffer(b"".join(t for _, t in present), dtype=_BIN_DTYPE)
+    owner = np.repeat(np.fromiter((i for i, _ in present), dtype=np.int64, count=len(present)),
+                      [len(t) // _BIN_DTYPE.itemsize for _, t in present])
+    order = np.lexsort((bins["code"], owner))
+    owner, codes, counts = owner[order], bins["code"][order], bins["count"][order]
+    running = np.cumsum(counts)
+    totals = np.bincount(owner, weights=counts, minlength=count)
+    before = np.concatenate(([0.0], np.cumsum(totals)[:-1]))
+    has = totals > 0
+    targets = before + q * (totals - 1)
+    at = np.searchsorted(running, targets[has], side="right")
+    picked = codes[np.minimum(at, len(codes) - 1)].astype(np.int64)
+    estimate = np.where(picked == ZERO_CODE, 0.0,
+                        np.where(picked < ZERO_CODE,
+                                 -2 * GAMMA ** (NEGATIVE_BASE - picked).astype(np.float64) / (GAMMA + 1),
+                                 2 * GAMMA ** picked.astype(np.float64) / (GAMMA + 1)))
+    values = np.full(count, np.nan)
+    values[has] = estimate
+    if q == 0:
+        values[has] = mn[has]
+    elif q == 1:
+        values[has] = mx[has]
+    values = np.minimum(np.maximum(values, mn), mx)
+    return [None if not h or math.isnan(v) else v for h, v in zip(has.tolist(), values.tolist())]

@@ -14,6 +14,7 @@ import pytest
 
 from analytics import keyspace
 from analytics.errors import ValidationError
+from analytics.metrics.sketch import Sketch
 from tests.support import wait_until
 
 HOUR = 3600
@@ -78,6 +79,27 @@ def test_percentiles_within_one_percent_and_other_aggregates_exact(quiet) -> Non
         minute = [s["value"] for s in login if ts <= s["timestamp"] < ts + 60]
         truth = exact_quantile(minute, 0.9)
         assert abs(value - truth) / truth <= 0.01
+
+
+def test_quantiles_equal_the_sketch_of_the_merged_samples(quiet) -> None:
+    """Server-side merges (Lua, across commits) and the vectorized query give
+    exactly what one sketch of the same samples gives, signs and zero included."""
+    rng = random.Random(5)
+    t0 = hour_ago()
+    samples = [{"name": "delta", "value": rng.choice([0.0, rng.gauss(0, 50), rng.expovariate(0.1)]),
+                "tags": {"shard": f"s{i % 3}"}, "timestamp": t0 + rng.randrange(0, 300)}
+               for i in range(1500)]
+    for part in range(0, 1500, 300):  # five commits: buckets are merged in Redis
+        quiet.track_metrics(samples[part:part + 300])
+        quiet.drain("tester")
+    for agg, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        got = points(query(quiet, "delta", agg=agg, start=t0, end=t0 + 300, bucket=60,
+                           tags="shard:s1"))
+        for ts, value in got:
+            values = [s["value"] for s in samples
+                      if ts <= s["timestamp"] < ts + 60 and s["tags"]["shard"] == "s1"]
+            expected = Sketch.of(values).quantile(q, min(values), max(values))
+            assert value == pytest.approx(expected, rel=1e-12, abs=1e-12), (agg, ts)
 
 
 def test_points_are_aligned_and_empty_buckets_are_null(quiet) -> None:
