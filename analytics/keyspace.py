@@ -32,6 +32,9 @@ key                                          type     holds
 ``analytics:metrics:tags:{name}``            hash     ``key:value`` -> series ids having that
                                                       tag (concatenated 12-char ids): the tag
                                                       index (contract key)
+``analytics:metrics:{name}:seen``            zset     series id scored by its newest sample
+                                                      (epoch s): cleanup forgets series
+                                                      whose rollups have all expired
 ``analytics:metrics:{name}:r{res}:{sid}:``   hash     rollup chunk of one series at tier
 ``{chunk}``                                           ``res`` s: bucket offset -> packed
                                                       count, sum, min, max, sum of squares
@@ -104,6 +107,11 @@ def metric_series(name: str) -> str:
 def metric_tags(name: str) -> str:
     """The tag index of metric ``name`` (contract key)."""
     return METRIC_TAGS + name
+
+
+def metric_seen(name: str) -> str:
+    """Series of metric ``name`` scored by their newest sample."""
+    return f"{METRICS}{name}:seen"
 
 
 def rollup_chunk(name: str, resolution: int, series_id: str, chunk_start: int) -> str:

@@ -7,7 +7,11 @@ What expires:
   (found through the record's ``u`` field);
 * rollup chunks past their tier's retention (``ANALYTICS_RETENTION_*_DAYS``):
   each chunk's expiry time is in ``analytics:rollups:expiry``, so finding them
-  costs no scan.
+  costs no scan;
+* series whose every rollup has expired (newest sample older than the
+  longest tier retention plus that tier's chunk span): forgotten from the
+  series registry and tag index, so they stop counting against the
+  cardinality limit and stop appearing in queries.
 
 Why it is safe: every slice (at most ``slice_size`` items) is one
 ``MULTI``/``EXEC``, so Redis is never blocked for long and a run killed
@@ -30,7 +34,9 @@ import orjson
 import redis
 
 from analytics import keyspace
+from analytics.metrics.store import CHUNK_BUCKETS, TIERS
 from analytics.settings import Settings
+from analytics.store import load_script
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,7 @@ class CleanupReport:
     events: int = 0
     rollup_chunks: int = 0
     rollup_buckets: int = 0
+    series: int = 0
     started: float = 0.0
     duration: float = 0.0
 
@@ -71,6 +78,10 @@ class Cleanup:
         self.slice_size = slice_size
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
+        self._drop_series = client.register_script(load_script("drop_series.lua"))
+        #: A series is forgotten once its newest sample is this old.
+        self.series_horizon = int(max(settings.rollup_retention_days) * 86400
+                                  + TIERS[-1] * CHUNK_BUCKETS)
 
     def run(self, now: float | None = None, budget: float = 30.0) -> CleanupReport:
         """Remove what has expired at ``now`` (epoch seconds; default: the
@@ -103,6 +114,14 @@ class Cleanup:
                     break
             else:
                 report.complete = False
+            for seen_key in self._redis.scan_iter(match=keyspace.metric_seen("*"), count=1000):
+                while time.monotonic() < deadline and self._still_mine(token):
+                    dropped, listed = self._expire_series(seen_key, now - self.series_horizon)
+                    report.series += dropped
+                    if listed < self.slice_size:
+                        break
+                else:
+                    report.complete = False
         finally:
             self._release(keys=[keyspace.CLEANUP_LOCK], args=[token])
         report.duration = round(time.monotonic() - started, 3)
@@ -156,13 +175,24 @@ class Cleanup:
         replies = pipe.execute()
         return len(keys), sum(replies[:len(keys)])
 
+    def _expire_series(self, seen_key: bytes, cutoff: float) -> tuple[int, int]:
+        sids = self._redis.zrangebyscore(seen_key, "-inf", cutoff, start=0, num=self.slice_size)
+        if not sids:
+            return 0, 0
+        name = seen_key.decode()[len(keyspace.METRICS):-len(":seen")]
+        dropped = self._drop_series(
+            keys=[keyspace.metric_series(name), keyspace.metric_tags(name), seen_key],
+            args=[cutoff, *sids])
+        return int(dropped), len(sids)
+
     def _record(self, report: CleanupReport) -> None:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(keyspace.CLEANUP_STATS, mapping={
             "last_run": report.started, "duration": report.duration,
             "complete": orjson.dumps(report.complete),
             "removed": orjson.dumps({"events": report.events, "rollup_chunks": report.rollup_chunks,
-                                     "rollup_buckets": report.rollup_buckets}),
+                                     "rollup_buckets": report.rollup_buckets,
+                                     "series": report.series}),
         })
         pipe.hincrby(keyspace.CLEANUP_STATS, "runs", 1)
         pipe.execute()

@@ -7,7 +7,8 @@
 -- ARGV[3]  live fan-out channel, or ""     (analytics:live:metrics)
 -- ARGV[4]  number of entry ids N, then the N stream ids
 -- then     number of series R, then per series: registry key, tag index key,
---          id, tags JSON, pair count P, P "key:value" pairs
+--          last-seen index key, id, tags JSON, its latest sample (epoch s),
+--          pair count P, P "key:value" pairs
 -- then     number of deltas D, then per delta: chunk key, bucket offset,
 --          count, sum, min, max, sum of squares, sketch bins, expiry (epoch s),
 --          then "" or, for a finest-tier bucket to announce live: name JSON,
@@ -32,12 +33,13 @@ end
 if #missing > 0 then return {0, missing} end
 local pos = 5 + n
 for _ = 1, tonumber(ARGV[pos]) do
-  local registry, tagidx, sid, tags_json, npairs = ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3],
-    ARGV[pos + 4], tonumber(ARGV[pos + 5])
+  local registry, tagidx, seen, sid, tags_json, last, npairs = ARGV[pos + 1], ARGV[pos + 2],
+    ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5], ARGV[pos + 6], tonumber(ARGV[pos + 7])
   local pairs_ = {}
-  for i = 1, npairs do pairs_[i] = ARGV[pos + 5 + i] end
+  for i = 1, npairs do pairs_[i] = ARGV[pos + 7 + i] end
   rollup_register(registry, tagidx, sid, tags_json, pairs_)
-  pos = pos + 5 + npairs
+  redis.call('ZADD', seen, 'GT', last, sid)
+  pos = pos + 7 + npairs
 end
 pos = pos + 1
 local deltas = tonumber(ARGV[pos])

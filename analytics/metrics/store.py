@@ -189,6 +189,7 @@ class MetricStore:
                      bad: list[tuple[Entry, Any]]) -> list[Any]:
         cells: dict[tuple[str, str, int, int], list[Any]] = {}
         series: dict[tuple[str, str], dict[str, str]] = {}
+        latest: dict[tuple[str, str], int] = {}
         ids_of: dict[tuple[tuple[str, str], ...], str] = {}
         for entry in entries:
             for record in entry.records:
@@ -206,6 +207,8 @@ class MetricStore:
                 if sid is None:
                     sid = ids_of[tag_key] = series_id(tags)
                 series[(name, sid)] = tags
+                if seconds > latest.get((name, sid), -1):
+                    latest[(name, sid)] = seconds
                 key = bin_code(value)
                 square = value * value
                 for res in TIERS:
@@ -227,8 +230,9 @@ class MetricStore:
         args += [e.id for e in entries]
         args.append(len(series))
         for (name, sid), tags in series.items():
-            args += (keyspace.metric_series(name), keyspace.metric_tags(name), sid,
-                     _tags_json(tags), len(tags), *(f"{k}:{v}" for k, v in tags.items()))
+            args += (keyspace.metric_series(name), keyspace.metric_tags(name),
+                     keyspace.metric_seen(name), sid, _tags_json(tags), latest[(name, sid)],
+                     len(tags), *(f"{k}:{v}" for k, v in tags.items()))
         args.append(len(cells))
         finest = TIERS[0]
         for (name, sid, res, bucket), (c, s, mn, mx, sq, bins) in cells.items():
@@ -316,6 +320,8 @@ class MetricStore:
                         texts.extend(bins.get(off) for off in stats)
             points = _points(agg, first, count, bucket, res, offsets, raws, bases, sizes,
                              texts if wants_sketch else None)
+            if group_by is not None and all(value is None for _, value in points):
+                continue  # a group without data in the range is left out
             out_series.append({"tags": dict(group), "points": points})
         out_series.sort(key=lambda item: sorted(item["tags"].items()))
         return out_series

@@ -122,7 +122,9 @@ def test_tag_filter_and_group_by(quiet) -> None:
         batch += [{"name": "hits", "value": 1, "tags": {"route": route, "env": env},
                    "timestamp": t0 + 5}] * n
     batch.append({"name": "hits", "value": 1, "tags": {"env": "prod"}, "timestamp": t0 + 5})
-    assert quiet.track_metrics(batch).accepted == 11
+    batch.append({"name": "hits", "value": 1, "tags": {"route": "/home", "env": "prod"},
+                  "timestamp": t0 + 125})
+    assert quiet.track_metrics(batch).accepted == 12
     quiet.drain("tester")
     window = {"agg": "count", "start": t0, "end": t0 + 60, "bucket": 60}
 
@@ -137,6 +139,11 @@ def test_tag_filter_and_group_by(quiet) -> None:
     assert counts(groupBy="route") == {'{"route":"/home"}': 2, '{"route":"/login"}': 8, "{}": 1}
     assert counts(tags="env:prod", groupBy="route") == {
         '{"env":"prod","route":"/home"}': 2, '{"env":"prod","route":"/login"}': 5, '{"env":"prod"}': 1}
+    # Groups without data in the range are left out; a plain query keeps its series.
+    later = {"agg": "count", "start": t0 + 120, "end": t0 + 180, "bucket": 60}
+    assert [s["tags"] for s in query(quiet, "hits", groupBy="route", **later)["series"]] == [
+        {"route": "/home"}]
+    assert points(query(quiet, "hits", tags="route:/login", **later)) == [[t0 + 120, None]]
     # Never written: an empty list, not an error.
     assert counts(tags="route:/nope") == {}
     assert counts(tags="route:/home,env:staging") == {}

@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+import orjson
 import pytest
 
 from analytics import keyspace
@@ -67,7 +68,7 @@ def test_cleanup_removes_what_expired_and_keeps_the_rest(quiet) -> None:
                                   "bucket": "60", "agg": "sum"})["series"][0]["points"] == [[fresh_minute, 2.0]]
 
     status = quiet.cleanup_status()
-    assert status["removed"] == {"events": 7, "rollup_chunks": 4, "rollup_buckets": 4}
+    assert status["removed"] == {"events": 7, "rollup_chunks": 4, "rollup_buckets": 4, "series": 0}
     assert status["runs"] == 1 and status["complete"] is True
     assert abs(status["last_run"] - time.time()) < 60 and status["duration"] >= 0
 
@@ -77,6 +78,27 @@ def test_cleanup_removes_what_expired_and_keeps_the_rest(quiet) -> None:
     assert data.zcard(keyspace.ROLLUP_EXPIRY) == 0
     assert not [k for k in data.scan_iter(match="analytics:metrics:*:r*")]
     assert data.hlen(keyspace.EVENT_IDS) == 0 and data.zcard(user_key) == 0
+    assert later.series == 1 and data.hlen(keyspace.metric_series("m")) == 0
+
+
+def test_series_whose_rollups_all_expired_are_forgotten(quiet) -> None:
+    now = int(time.time())
+    data = quiet.data
+    quiet.track_metrics([{"name": "api", "value": 1, "tags": {"route": "/a", "env": "prod"},
+                          "timestamp": now - 900 * DAY},
+                         {"name": "api", "value": 1, "tags": {"route": "/b", "env": "prod"},
+                          "timestamp": now - 60}])
+    quiet.drain("tester")
+    assert data.hlen(keyspace.metric_series("api")) == 2
+    report = quiet.cleanup(now=now)
+    assert report.series == 1
+    [(sid, tags)] = data.hgetall(keyspace.metric_series("api")).items()
+    assert orjson.loads(tags) == {"env": "prod", "route": "/b"}
+    index = data.hgetall(keyspace.metric_tags("api"))
+    assert index == {b"env:prod": sid, b"route:/b": sid}
+    assert data.zrange(keyspace.metric_seen("api"), 0, -1) == [sid]
+    groups = quiet.get_metric("api", {"groupBy": "route", "agg": "count"})["series"]
+    assert [g["tags"] for g in groups] == [{"route": "/b"}]
 
 
 def test_cleanup_works_in_bounded_slices_and_resumes(quiet) -> None:
