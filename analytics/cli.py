@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import datetime
 import sys
+from typing import Any
 
 import click
+import redis
 
 from analytics.errors import AnalyticsError
 
@@ -35,8 +37,20 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except AnalyticsError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {exc.message}{_details(exc.details)}", err=True)
             sys.exit(1)
+        except redis.RedisError as exc:
+            click.echo(f"error: Redis at REDIS_URL failed ({type(exc).__name__}): is it running?",
+                       err=True)
+            sys.exit(1)
+
+
+def _details(details: dict[str, Any]) -> str:
+    """Field-level details on the same line (they name fields, never values)."""
+    from analytics.transfer import describe_errors
+
+    text = describe_errors({k: v for k, v in details.items() if isinstance(v, (list, dict))})
+    return f" ({text})" if text else ""
 
 
 @click.group(cls=_Group)
@@ -105,6 +119,13 @@ def run(port: int | None, no_flower: bool) -> None:
     from analytics.devserver import run_dev
 
     sys.exit(run_dev(port=port, flower=not no_flower))
+
+
+# Bulk data commands live in their own module; they register on the group here.
+from analytics.cli_transfer import export_events, import_events  # noqa: E402
+
+main.add_command(export_events)
+main.add_command(import_events)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -129,13 +129,12 @@ class Vault:
     # -- keyed hashes ------------------------------------------------------
     def pseudonym(self, value: str, purpose: str = "user") -> str:
         """A stable keyed hash of ``value``: 128 bits as 32 hex characters."""
-        mac = hmac.new(self._hash_key, f"{purpose}\x00{value}".encode(), hashlib.sha256)
-        return mac.hexdigest()[:32]
+        return hmac.digest(self._hash_key, f"{purpose}\x00{value}".encode(), "sha256").hex()[:32]
 
     def event_id(self, message_id: str) -> str:
         """The stored id of the event with ``message_id``: 96 bits, URL-safe."""
-        mac = hmac.new(self._hash_key, b"message\x00" + message_id.encode(), hashlib.sha256)
-        return base64.urlsafe_b64encode(mac.digest()[:12]).decode()
+        mac = hmac.digest(self._hash_key, b"message\x00" + message_id.encode(), "sha256")
+        return base64.urlsafe_b64encode(mac[:12]).decode()
 
     def audit_mac(self, data: bytes) -> str:
         """HMAC for chaining audit entries."""

@@ -22,30 +22,40 @@ IDENTITY_FIELDS = ("userId", "anonymousId")
 
 REDACTED = "[redacted]"
 
+#: Names that hold a user id wherever they appear (Segment's ``alias`` keeps
+#: the user's former id as ``previousId``): PHI whatever the configuration.
+ALWAYS_PHI = ("previousId",)
+
 
 class PhiPolicy:
     """The set of PHI field names, compared case-insensitively."""
 
     def __init__(self, names: Iterable[str]) -> None:
-        self.names = frozenset(n.strip().lower() for n in names if n.strip())
+        self.names = frozenset(n.strip().lower() for n in (*names, *ALWAYS_PHI) if n.strip())
 
     def is_phi(self, field: str) -> bool:
         return field.lower() in self.names
 
 
-def _walk(node: Any, path: Path, policy: PhiPolicy, found: list[list[Any]]) -> Any:
-    """Return ``node`` without PHI, appending what was removed to ``found``."""
+def _walk(node: Any, path: tuple[str | int, ...], names: frozenset[str],
+          found: list[list[Any]]) -> Any:
+    """Return ``node`` without PHI, appending what was removed to ``found``.
+
+    Hot path (every ingested event): paths are built only for containers and
+    for found values, never for plain scalars.
+    """
     if isinstance(node, dict):
         clean: dict[str, Any] = {}
         for key, value in node.items():
-            if policy.is_phi(key):
+            if key.lower() in names:
                 found.append([[*path, key], value])
+            elif isinstance(value, (dict, list)):
+                clean[key] = _walk(value, (*path, key), names, found)
             else:
-                clean[key] = _walk(value, [*path, key], policy, found)
+                clean[key] = value
         return clean
-    if isinstance(node, list):
-        return [_walk(item, [*path, i], policy, found) for i, item in enumerate(node)]
-    return node
+    return [_walk(item, (*path, i), names, found) if isinstance(item, (dict, list)) else item
+            for i, item in enumerate(node)]
 
 
 def split(event: dict[str, Any], policy: PhiPolicy) -> tuple[dict[str, Any], list[list[Any]]]:
@@ -59,7 +69,7 @@ def split(event: dict[str, Any], policy: PhiPolicy) -> tuple[dict[str, Any], lis
     for field in NESTED_FIELDS:
         value = clear.get(field)
         if value:
-            clear[field] = _walk(value, [field], policy, found)
+            clear[field] = _walk(value, (field,), policy.names, found)
     return clear, found
 
 

@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -130,7 +130,7 @@ class Cleanup:
 
     def status(self) -> dict[str, Any]:
         """The last run's figures, for monitoring (empty before the first run)."""
-        raw = self._redis.hgetall(keyspace.CLEANUP_STATS)
+        raw = cast(dict[bytes, bytes], self._redis.hgetall(keyspace.CLEANUP_STATS))
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
     # -- steps -----------------------------------------------------------------
@@ -145,14 +145,15 @@ class Cleanup:
 
     def _expire_events(self, event_type: str, cutoff_ms: int) -> int:
         time_key = keyspace.time_index(event_type)
-        ids = self._redis.zrangebyscore(time_key, "-inf", f"({cutoff_ms}", start=0, num=self.slice_size)
+        ids = cast(list[bytes], self._redis.zrangebyscore(time_key, "-inf", f"({cutoff_ms}",
+                                                            start=0, num=self.slice_size))
         if not ids:
             return 0
         records = self._redis.hmget(keyspace.processed(event_type), ids)
         pipe = self._redis.pipeline(transaction=True)
         pipe.hdel(keyspace.processed(event_type), *ids)
         pipe.hdel(keyspace.EVENT_IDS, *ids)
-        for event_id, raw in zip(ids, records):
+        for event_id, raw in zip(ids, records, strict=True):
             user = orjson.loads(raw).get("u") if raw else ""
             if user:
                 pipe.zrem(keyspace.user_index(user), f"{event_type}:{event_id.decode()}")
@@ -162,8 +163,8 @@ class Cleanup:
         return len(ids)
 
     def _expire_rollups(self, now: float) -> tuple[int, int]:
-        keys = self._redis.zrangebyscore(keyspace.ROLLUP_EXPIRY, "-inf", now, start=0,
-                                         num=self.slice_size)
+        keys = cast(list[bytes], self._redis.zrangebyscore(keyspace.ROLLUP_EXPIRY, "-inf", now,
+                                                           start=0, num=self.slice_size))
         if not keys:
             return 0, 0
         pipe = self._redis.pipeline(transaction=True)

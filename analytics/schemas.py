@@ -62,27 +62,37 @@ class Timestamp(fields.Field):
             raise self.make_error("invalid") from None
 
 
-def _check_object(value: dict[str, Any]) -> None:
-    """Bound depth and key count of free-form objects."""
-    count = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ValidationError(f"Nested deeper than {MAX_DEPTH} levels.")
-        if isinstance(node, dict):
-            count += len(node)
-            for key, item in node.items():
-                if not isinstance(key, str) or len(key) > 128:
-                    raise ValidationError("Keys must be strings of at most 128 characters.")
-                stack.append((item, depth + 1))
-        elif isinstance(node, list):
-            count += len(node)
-            stack.extend((item, depth + 1) for item in node)
-        elif isinstance(node, float) and not math.isfinite(node):
+def _measure(node: dict[str, Any] | list[Any], depth: int) -> int:
+    """Keys and items below ``node`` (at ``depth``); raises past the limits.
+
+    On the hot path of every event: exact type checks, no per-item calls.
+    """
+    count = len(node)
+    if type(node) is dict:
+        for key in node:
+            if type(key) is not str or len(key) > 128:
+                raise ValidationError("Keys must be strings of at most 128 characters.")
+        items = node.values()
+    else:
+        items = node
+    for item in items:
+        kind = type(item)
+        if kind is dict or kind is list:
+            if depth >= MAX_DEPTH:
+                raise ValidationError(f"Nested deeper than {MAX_DEPTH} levels.")
+            count += _measure(item, depth + 1)
+            if count > MAX_KEYS:
+                raise ValidationError(f"More than {MAX_KEYS} keys and items.")
+        elif kind is float and not math.isfinite(item):
             raise ValidationError("Numbers must be finite.")
-        if count > MAX_KEYS:
-            raise ValidationError(f"More than {MAX_KEYS} keys and items.")
+    if count > MAX_KEYS:
+        raise ValidationError(f"More than {MAX_KEYS} keys and items.")
+    return count
+
+
+def _check_object(value: dict[str, Any]) -> None:
+    """Bound depth and key count of free-form objects (properties, traits...)."""
+    _measure(value, 1)
 
 
 def FreeObject() -> fields.Dict:  # noqa: N802 - reads like a field class

@@ -24,16 +24,23 @@ from analytics.audit import AuditLog
 from analytics.crypto import Vault
 from analytics.deadletters import DeadLetters
 from analytics.errors import ValidationError
-from analytics.metrics.schemas import (EVENT_METRIC_PREFIX, MetricSampleSchema, check_name,
-                                       metric_query_schema)
-from analytics.metrics.store import (EMPTY_SERIES, MetricCommitResult, MetricStore, auto_bucket,
-                                     bucket_range, series_id)
+from analytics.fastpath import load_event
+from analytics.filters import matcher, parse_filters
+from analytics.metrics.schemas import EVENT_METRIC_PREFIX, MetricSampleSchema, check_name, metric_query_schema
+from analytics.metrics.store import (
+    EMPTY_SERIES,
+    MetricCommitResult,
+    MetricStore,
+    auto_bucket,
+    bucket_range,
+    series_id,
+)
 from analytics.phi import PhiPolicy
 from analytics.queue import Entry, EventQueue
 from analytics.records import RecordCodec
-from analytics.retention import Cleanup, CleanupReport
 from analytics.redis_client import connect, unavailable_as_error
 from analytics.registry import EventType, EventTypeRegistry
+from analytics.retention import Cleanup, CleanupReport
 from analytics.schemas import event_query_schema, event_schema
 from analytics.settings import Settings
 from analytics.store import CommitResult, EventStore
@@ -107,10 +114,12 @@ class AnalyticsService:
             return None, {"_schema": ["An event must be a JSON object."]}
         if len(orjson.dumps(raw)) > self.settings.max_event_bytes:
             return None, {"_schema": [f"Event larger than {self.settings.max_event_bytes} bytes."]}
-        try:
-            event = event_schema.load(raw)
-        except marshmallow.ValidationError as exc:
-            return None, exc.normalized_messages()
+        event = load_event(raw)
+        if event is None:  # invalid: marshmallow, the schema of record, says why
+            try:
+                event = event_schema.load(raw)
+            except marshmallow.ValidationError as exc:
+                return None, exc.normalized_messages()
         if self.registry.get(event["type"]) is None:
             return None, {"type": ["Unknown event type: register it first (POST /v1/event-types)."]}
         return event, {}
@@ -249,7 +258,8 @@ class AnalyticsService:
         series: dict[tuple[str, str], dict[str, str]] = {}
         for index, raw in enumerate(samples):
             if not isinstance(raw, dict):
-                result.rejected.append({"index": index, "errors": {"_schema": ["A sample must be a JSON object."]}})
+                result.rejected.append(
+                    {"index": index, "errors": {"_schema": ["A sample must be a JSON object."]}})
                 continue
             try:
                 sample = self._metric_schema.load(raw)
@@ -341,7 +351,10 @@ class AnalyticsService:
         strings or loaded values), newest first, and the next cursor.
 
         ``scope_user_hash`` restricts to one user's events (a scoped key).
+        ``properties.*`` parameters filter on properties (:mod:`analytics.filters`).
         """
+        where = matcher(parse_filters(query, self.policy))
+        query = {k: v for k, v in query.items() if not k.startswith("properties.")}
         try:
             params = event_query_schema.load(query)
         except marshmallow.ValidationError as exc:
@@ -360,7 +373,8 @@ class AnalyticsService:
         with unavailable_as_error():
             records, cursor = self.store.query(
                 types, start=params["start"], end=params["end"], user_hash=user_hash,
-                priority=params["priority"], limit=params["limit"], cursor=params["cursor"])
+                priority=params["priority"], limit=params["limit"], cursor=params["cursor"],
+                where=where)
         return [self.codec.decode(r, reveal_phi) for r in records], cursor
 
     # -- configuration -------------------------------------------------------

@@ -105,6 +105,12 @@ class Settings:
     max_event_bytes: int = 32_768
     #: ``ANALYTICS_REGISTRY_TTL``: seconds a process caches the type registry.
     registry_ttl: float = 1.0
+    #: ``ANALYTICS_SEGMENT_UNKNOWN_EVENTS``: what Segment ``track`` calls with a
+    #: name the registry does not know become: ``register``, ``custom`` or
+    #: ``reject`` (see :mod:`analytics.segment`).
+    segment_unknown_events: str = "register"
+    #: ``ANALYTICS_SEGMENT_MAX_TYPES``: cap of types the ``register`` policy adds.
+    segment_max_types: int = 200
     #: ``ANALYTICS_MAX_SERIES_PER_METRIC``: distinct tag sets one metric may
     #: have (cardinality guard: tags are not ids).
     max_series_per_metric: int = 1000
@@ -139,7 +145,15 @@ class Settings:
             values["phi_fields"] = _list(get("ANALYTICS_PHI_FIELDS", ""))
         if get("ANALYTICS_EVENT_TYPES"):
             values["event_types"] = cls.event_types + _list(get("ANALYTICS_EVENT_TYPES", ""))
+        if get("ANALYTICS_SEGMENT_UNKNOWN_EVENTS"):
+            policy = get("ANALYTICS_SEGMENT_UNKNOWN_EVENTS", "").strip().lower()
+            if policy not in ("register", "custom", "reject"):
+                raise ConfigurationError(
+                    "ANALYTICS_SEGMENT_UNKNOWN_EVENTS must be register, custom or reject, "
+                    f"got {policy!r}")
+            values["segment_unknown_events"] = policy
         for name, field, minimum in (
+            ("ANALYTICS_SEGMENT_MAX_TYPES", "segment_max_types", 0),
             ("ANALYTICS_RETENTION_DAYS", "retention_days", 1),
             ("ANALYTICS_BATCH_SIZE", "batch_size", 1),
             ("ANALYTICS_MAX_ATTEMPTS", "max_attempts", 1),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import heapq
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -119,13 +119,17 @@ class EventStore:
     def query(self, types: list[str], *, start: int | None = None, end: int | None = None,
               user_hash: str | None = None, priority: str | None = None,
               limit: int = 100, cursor: str | None = None,
-              max_scan: int = 10_000) -> tuple[list[dict[str, Any]], str | None]:
+              max_scan: int = 10_000,
+              where: Callable[[Mapping[str, Any]], bool] | None = None,
+              ) -> tuple[list[dict[str, Any]], str | None]:
         """Records newest first, and the cursor of the next page (or None).
 
         ``types`` restricts to those types (all given types are merged by
         time). ``user_hash`` reads the user's own index instead. At most
         ``max_scan`` index entries are examined per call; a page cut short by
-        that still returns a cursor, so a client keeps paging.
+        that still returns a cursor, so a client keeps paging. ``where`` is
+        a predicate over the record's clear properties
+        (:func:`analytics.filters.matcher`).
         """
         after = decode_cursor(cursor) if cursor else None
         page = min(max(limit * 2, 50), 1000)
@@ -159,6 +163,8 @@ class EventStore:
                     continue  # expired or erased between index and record
                 record = orjson.loads(raw)
                 if priority is not None and record.get("p") != priority:
+                    continue
+                if where is not None and not where(record.get("pr") or {}):
                     continue
                 records.append(record)
             if scanned >= max_scan:

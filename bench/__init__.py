@@ -1,1 +1,1 @@
-"""Benchmarks: ``python -m bench.<name>``; each module exposes ``run(quick) -> dict``."""
+"""Benchmarks: ``python -m bench`` (or ``make bench``). See README.rst."""

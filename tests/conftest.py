@@ -121,3 +121,36 @@ def make_stack(tmp_path: Path, encryption_keys: str) -> Iterator[Any]:
     yield make
     for stack in stacks:
         stack.close()
+
+
+@pytest.fixture(scope="session")
+def web_server(env: dict[str, str], tmp_root: Path) -> Iterator[str]:
+    """The web process as the Procfile runs it (gunicorn), on 127.0.0.1 and
+    a free port, for clients that need a real server (SDKs, curl). Yields
+    its base URL."""
+    import sys
+
+    from tests.support import free_port, wait_until
+
+    logs = tmp_root / "session-logs"
+    logs.mkdir(exist_ok=True)
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
+            "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8", "web:create_app()"]
+    proc = Process("gunicorn", argv, python_env(env), logs).start()
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        import requests
+
+        if proc.proc is not None and proc.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited:\n{proc.log()[-3000:]}")
+        try:
+            return requests.get(url + "/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_until(up, 60, 0.1, "gunicorn to answer")
+    yield url
+    proc.stop()
+    shutil.copy(proc.log_path, ARTIFACTS / "session-gunicorn.log")

@@ -34,10 +34,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from web.api import api
     from web.health import health
     from web.metrics_api import metrics_api
+    from web.segment import segment
 
     extensions.init_app(app, settings)
     errors.init_app(app)
     app.register_blueprint(health)
     app.register_blueprint(api)
+    app.register_blueprint(segment)
     app.register_blueprint(metrics_api)
     return app

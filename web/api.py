@@ -48,8 +48,11 @@ def post_events():  # type: ignore[no-untyped-def]
 @require("read")
 def get_events():  # type: ignore[no-untyped-def]
     key = g.api_key
+    query: dict[str, Any] = request.args.to_dict()
+    # Property filters may repeat (properties.amount=gte:10&properties.amount=lt:20).
+    query.update({k: request.args.getlist(k) for k in query if k.startswith("properties.")})
     events, cursor = get_service().get_events(
-        request.args.to_dict(), reveal_phi=True, scope_user_hash=key.user_hash)
+        query, reveal_phi=True, scope_user_hash=key.user_hash)
     return jsonify(events=events, next=cursor)
 
 

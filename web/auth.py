@@ -27,13 +27,18 @@ def authenticate(secret: str | None) -> ApiKey:
     return key
 
 
-def require(action: str) -> Callable[[F], F]:
-    """Views decorated with this need a key whose role grants ``action``."""
+def require(action: str,
+            credentials: Callable[[], str | None] = bearer_token) -> Callable[[F], F]:
+    """Views decorated with this need a key whose role grants ``action``.
+
+    ``credentials`` finds the key in the request (default: the Bearer token;
+    the Segment-compatible paths also read Basic auth and ``writeKey``).
+    """
 
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            authenticate(bearer_token()).require(action)
+            authenticate(credentials()).require(action)
             return view(*args, **kwargs)
 
         return wrapped  # type: ignore[return-value]

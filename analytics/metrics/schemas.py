@@ -149,7 +149,7 @@ class MetricQuerySchema(Schema):
     bucket = fields.Integer(load_default=None, validate=validate.Range(min=10, max=366 * 86400))
     agg = fields.String(load_default="avg", validate=validate.OneOf(AGGREGATES))
     tags = TagFilter(load_default=dict)
-    groupBy = fields.String(load_default=None, validate=validate.Regexp(TAG_KEY))
+    groupBy = fields.String(load_default=None, validate=validate.Regexp(TAG_KEY))  # noqa: N815 - wire name
 
     @validates_schema
     def _bucket(self, data: dict[str, Any], **kwargs: Any) -> None:

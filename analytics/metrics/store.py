@@ -21,7 +21,7 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -30,8 +30,7 @@ import redis
 from analytics import keyspace
 from analytics.deadletters import DeadLetters
 from analytics.errors import ValidationError
-from analytics.metrics.sketch import (GAMMA, NEGATIVE_BASE, ZERO_CODE, bin_code,
-                                      encode_bins)
+from analytics.metrics.sketch import GAMMA, NEGATIVE_BASE, ZERO_CODE, bin_code, encode_bins
 from analytics.queue import Entry
 from analytics.settings import Settings
 from analytics.store import load_script
@@ -115,7 +114,7 @@ class MetricStore:
         self.limit = settings.max_series_per_metric
         self.live_channel = live_channel
         self.retention = {res: int(days * 86400)
-                          for res, days in zip(TIERS, settings.rollup_retention_days)}
+                          for res, days in zip(TIERS, settings.rollup_retention_days, strict=True)}
         self._commit = client.register_script(load_with_lib("commit_metrics.lua"))
         self._register = client.register_script(load_with_lib("register_series.lua"))
         #: (metric, series id) known to be registered: saves a round trip per
@@ -149,7 +148,7 @@ class MetricStore:
             self._register(keys=[keyspace.metric_series(name), keyspace.metric_tags(name)],
                            args=args, client=pipe)
         refused: set[tuple[str, str]] = set()
-        for (name, items), reply in zip(by_metric.items(), pipe.execute()):
+        for (name, items), reply in zip(by_metric.items(), pipe.execute(), strict=True):
             bad = {sid.decode() for sid in reply}
             refused.update((name, sid) for sid in bad)
             if len(self._known) > 100_000:
@@ -252,11 +251,12 @@ class MetricStore:
         """Series id -> tags of the series of ``name`` having all ``tags``,
         by intersecting the tag index (no scan of the series)."""
         if not tags:
-            raw = self._redis.hgetall(keyspace.metric_series(name))
+            raw = cast(dict[bytes, bytes], self._redis.hgetall(keyspace.metric_series(name)))
             return {sid.decode(): orjson.loads(t) for sid, t in raw.items()}
-        lists = self._redis.hmget(keyspace.metric_tags(name), [f"{k}:{v}" for k, v in tags.items()])
-        if any(ids is None for ids in lists):
+        found_lists = self._redis.hmget(keyspace.metric_tags(name), [f"{k}:{v}" for k, v in tags.items()])
+        if any(ids is None for ids in found_lists):
             return {}
+        lists = cast(list[bytes], found_lists)
         step = SERIES_ID_LENGTH
         sets = sorted(({ids[i:i + step].decode() for i in range(0, len(ids), step)} for ids in lists),
                       key=len)
@@ -265,7 +265,7 @@ class MetricStore:
             return {}
         ordered = sorted(matched)
         found = self._redis.hmget(keyspace.metric_series(name), ordered)
-        return {sid: orjson.loads(t) for sid, t in zip(ordered, found) if t is not None}
+        return {sid: orjson.loads(t) for sid, t in zip(ordered, found, strict=True) if t is not None}
 
     def query(self, name: str, series: Mapping[str, Mapping[str, str]], *, start_ms: int,
               end_ms: int, bucket: int, agg: str, filter_tags: Mapping[str, str],
@@ -348,7 +348,7 @@ def _points(agg: str, first: int, count: int, bucket: int, res: int, offsets: li
         assert texts is not None
         values = _quantiles(QUANTILES[agg], count, index, stats, c,
                             [texts[k] for k in np.flatnonzero(keep).tolist()])
-        return [[t, None if e else v] for t, v, e in zip(stamps, values, empty)]
+        return [[t, None if e else v] for t, v, e in zip(stamps, values, empty, strict=True)]
     if agg == "count":
         values = c.astype(np.int64).tolist()
     elif agg in ("min", "max"):
@@ -371,7 +371,7 @@ def _points(agg: str, first: int, count: int, bucket: int, res: int, offsets: li
                 mean = total / c
                 result = np.sqrt(np.maximum(0.0, squares / c - mean * mean))
         values = result.tolist()
-    return [[t, None if e else v] for t, v, e in zip(stamps, values, empty)]
+    return [[t, None if e else v] for t, v, e in zip(stamps, values, empty, strict=True)]
 
 
 #: numpy view of a stored bin (see :data:`analytics.metrics.sketch.BIN`).
@@ -390,7 +390,7 @@ def _quantiles(q: float, count: int, index: Any, stats: Any, c: Any,
     mx = np.full(count, -np.inf)
     np.minimum.at(mn, index, stats[:, 2])
     np.maximum.at(mx, index, stats[:, 3])
-    present = [(i, t) for i, t in zip(index.tolist(), texts) if t]
+    present = [(i, t) for i, t in zip(index.tolist(), texts, strict=True) if t]
     if not present:
         return [None] * count
     bins = np.frombuffer(b"".join(t for _, t in present), dtype=_BIN_DTYPE)
@@ -416,4 +416,4 @@ def _quantiles(q: float, count: int, index: Any, stats: Any, c: Any,
     elif q == 1:
         values[has] = mx[has]
     values = np.minimum(np.maximum(values, mn), mx)
-    return [None if not h or math.isnan(v) else v for h, v in zip(has.tolist(), values.tolist())]
+    return [None if not h or math.isnan(v) else v for h, v in zip(has.tolist(), values.tolist(), strict=True)]

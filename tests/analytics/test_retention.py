@@ -57,15 +57,16 @@ def test_cleanup_removes_what_expired_and_keeps_the_rest(quiet) -> None:
     assert report.rollup_chunks == 4  # m and events.click, in two tiers
     assert len(rollup_keys(data, 10)) == len(rollup_keys(data, 60)) == 2  # the fresh ones
     assert len(rollup_keys(data, 3600)) in (2, 4)  # old and fresh (maybe one chunk)
+    def series(start: int, bucket: int) -> list[Any]:
+        return quiet.get_metric("m", {"start": str(start), "end": str(start + bucket),
+                                      "bucket": str(bucket), "agg": "sum"})["series"][0]["points"]
+
     old_hour = (now - 40 * DAY) // 3600 * 3600
-    assert quiet.get_metric("m", {"start": str(old_hour), "end": str(old_hour + 3600),
-                                  "bucket": "3600", "agg": "sum"})["series"][0]["points"] == [[old_hour, 1.0]]
+    assert series(old_hour, 3600) == [[old_hour, 1.0]]
     old_minute = (now - 40 * DAY) // 60 * 60
-    assert quiet.get_metric("m", {"start": str(old_minute), "end": str(old_minute + 60),
-                                  "bucket": "60", "agg": "sum"})["series"][0]["points"] == [[old_minute, None]]
+    assert series(old_minute, 60) == [[old_minute, None]]
     fresh_minute = (now - 60) // 60 * 60
-    assert quiet.get_metric("m", {"start": str(fresh_minute), "end": str(fresh_minute + 60),
-                                  "bucket": "60", "agg": "sum"})["series"][0]["points"] == [[fresh_minute, 2.0]]
+    assert series(fresh_minute, 60) == [[fresh_minute, 2.0]]
 
     status = quiet.cleanup_status()
     assert status["removed"] == {"events": 7, "rollup_chunks": 4, "rollup_buckets": 4, "series": 0}

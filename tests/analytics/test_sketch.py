@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analytics.metrics.sketch import (ALPHA, ZERO_CODE, Sketch, bin_code, bin_value, decode_bins,
-                                      encode_bins)
+from analytics.metrics.sketch import ALPHA, ZERO_CODE, Sketch, bin_code, bin_value, decode_bins, encode_bins
 
 
 def exact(values: list[float], q: float) -> float:

@@ -17,7 +17,16 @@ def queued(service: Any) -> int:
     return service.queue.length()
 
 
-def test_commit_of_a_redelivered_entry_is_a_no_op(service, data) -> None:
+@pytest.fixture
+def idle(make_stack) -> tuple[Any, Any]:
+    """A service on a private Redis that no worker reads (the session worker
+    may be running): the test plays the worker. Yields (service, data)."""
+    stack = make_stack()
+    return stack.app().extensions["analytics"], stack.redis.client(0)
+
+
+def test_commit_of_a_redelivered_entry_is_a_no_op(idle) -> None:
+    service, data = idle
     service.track_many([{"type": "click", "userId": "u", "messageId": f"m{i}"} for i in range(5)])
     entries = service.queue.read("consumer-a", 10)
     first = service.process(entries)
@@ -26,7 +35,8 @@ def test_commit_of_a_redelivered_entry_is_a_no_op(service, data) -> None:
     assert data.hlen(keyspace.EVENT_IDS) == 5 and service.queue.pending() == 0
 
 
-def test_stale_entries_are_claimed_from_dead_consumers(service, data) -> None:
+def test_stale_entries_are_claimed_from_dead_consumers(idle) -> None:
+    service, _ = idle
     service.track_many([{"type": "click", "userId": "u"} for _ in range(3)])
     assert service.queue.read("dead-consumer", 10)  # read, never committed
     assert service.recover("rescuer").entries == 0  # not idle long enough yet

@@ -58,5 +58,6 @@ def test_worker_sigkill_mid_batch_never_double_counts_a_rollup(make_stack) -> No
         params["bucket"] = bucket
         counts = service.get_metric("load", {**params, "agg": "count"})["series"][0]["points"]
         assert sum(v for _, v in counts if v) == total == 24_000, bucket
-    [[_, total_sum]] = service.get_metric("load", {**params, "bucket": "3600", "agg": "sum"})["series"][0]["points"]
+    summed = service.get_metric("load", {**params, "bucket": "3600", "agg": "sum"})
+    [[_, total_sum]] = summed["series"][0]["points"]
     assert total_sum == expected_sum

@@ -1,0 +1,182 @@
+"""Processes for benchmarks: a private Redis, Celery workers, gunicorn, and a
+load generator in separate processes. Everything binds to 127.0.0.1, is
+bounded in count and time, and is stopped by pid."""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.fernet import Fernet
+
+from tests.support import Process, RedisServer, free_port, python_env, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def median_range(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class Stack:
+    """Redis + web (gunicorn) + workers, configured like production."""
+
+    def __init__(self, workdir: Path, *, web_workers: int = 2, worker_concurrency: int = 2,
+                 aof: str = "everysec", env: dict[str, str] | None = None) -> None:
+        self.dir = workdir
+        self.redis = RedisServer(workdir / "redis")
+        if aof != "always":
+            argv = self.redis.process.argv
+            argv[argv.index("always")] = aof
+        self.redis.start()
+        self.port = free_port()
+        self.env = python_env({
+            "REDIS_URL": self.redis.url(0),
+            "CELERY_BROKER_URL": self.redis.url(1),
+            "ANALYTICS_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "ANALYTICS_DEV": "0",
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(web_workers),
+            **(env or {}),
+        })
+        self.web_workers = web_workers
+        self.worker_concurrency = worker_concurrency
+        self.processes: list[Process] = []
+
+    def start_web(self, app: str = "web:create_app()") -> None:
+        argv = [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
+                "--bind", f"127.0.0.1:{self.port}", app]
+        proc = Process("web", argv, self.env, self.dir).start()
+        self.processes.append(proc)
+        wait_until(lambda: _get(self.port, "/healthz") == 200, 30, 0.1, "gunicorn to answer")
+
+    def start_worker(self, app: str = "tasks", extra: list[str] | None = None) -> Process:
+        argv = [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO",
+                "--concurrency", str(self.worker_concurrency), "--without-mingle",
+                "--without-gossip", "--hostname", f"bench{len(self.processes)}@%h", *(extra or [])]
+        proc = Process(f"worker{len(self.processes)}", argv, self.env, self.dir).start()
+        self.processes.append(proc)
+        time.sleep(0.5)
+        proc.wait_for_log(r"ready\.", timeout=60)
+        return proc
+
+    def close(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.redis.stop()
+
+
+@contextlib.contextmanager
+def stack(**kwargs: Any) -> Iterator[Stack]:
+    with tempfile.TemporaryDirectory(prefix="analytics-bench-") as tmp:
+        s = Stack(Path(tmp), **kwargs)
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+def _get(port: int, path: str) -> int:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+    except OSError:
+        return 0
+
+
+# -- load generation ----------------------------------------------------------
+
+def _sender(port: int, path: str, headers: dict[str, str], bodies: list[bytes],
+            deadline: float, out: Any) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    latencies: list[float] = []
+    errors = 0
+    for body in bodies:
+        if time.monotonic() > deadline:
+            break
+        started = time.perf_counter()
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status >= 300:
+                errors += 1
+        except OSError:
+            errors += 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            continue
+        latencies.append(time.perf_counter() - started)
+    out.put((latencies, errors))
+
+
+def post_load(port: int, path: str, headers: dict[str, str], bodies: list[bytes],
+              connections: int = 4, max_seconds: float = 60.0) -> dict[str, Any]:
+    """POST ``bodies`` over ``connections`` keep-alive connections, each in its
+    own process. Returns request count, seconds, latencies (s) and errors."""
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    deadline = time.monotonic() + max_seconds
+    shards = [bodies[i::connections] for i in range(connections)]
+    procs = [ctx.Process(target=_sender, args=(port, path, headers, shard, deadline, out))
+             for shard in shards]
+    started = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=max_seconds + 30) for _ in procs]
+    elapsed = time.perf_counter() - started
+    for p in procs:
+        p.join(10)
+    latencies = [lat for lats, _ in results for lat in lats]
+    return {"requests": len(latencies), "seconds": elapsed, "latencies": latencies,
+            "errors": sum(e for _, e in results)}
+
+
+def event_batch(n: int, tag: str, start: int = 0) -> list[dict[str, Any]]:
+    """A typical ~250-byte event with PHI fields (userId, email)."""
+    return [{
+        "type": "page_view", "userId": f"user-{(start + i) % 5000}", "messageId": f"{tag}-{start + i}",
+        "properties": {"path": f"/articles/{(start + i) % 300}", "referrer": "search",
+                       "email": f"person{(start + i) % 5000}@example.org", "plan": "pro",
+                       "duration_ms": (start + i) % 997},
+        "context": {"app": {"version": "2.4.1"}, "locale": "en-US"},
+    } for i in range(n)]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+
+def create_key(env: dict[str, str], role: str = "admin") -> str:
+    from analytics import AnalyticsService, Settings
+
+    service = AnalyticsService.create(Settings.from_env(env))
+    return service.create_api_key(role)[0]
+
+
+def json_bytes(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))

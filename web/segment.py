@@ -1,0 +1,135 @@
+"""Segment-compatible ingestion: the paths Segment SDKs post to.
+
+``POST /v1/batch`` (also ``/v1/import``, ``/v1/b``), ``/v1/track``,
+``/v1/identify``, ``/v1/page``, ``/v1/screen``, ``/v1/group``, ``/v1/alias``
+and the one-letter forms ``/v1/t``, ``/v1/i``, ``/v1/p``, ``/v1/s``,
+``/v1/g``, ``/v1/a``. The mapping lives in :mod:`analytics.segment`; this
+module reads requests and answers as Segment does:
+
+* ``200 {"success": true}`` once the valid messages are durably queued,
+  whatever became of invalid ones (dead-lettered);
+* ``400`` for a body that is not JSON, a batch over the limits (500 KB,
+  2,500 messages) or a single call over 32 KB; ``401``/``403`` for keys;
+  ``429`` with an integer ``Retry-After`` (at most 300 s); ``503`` when Redis
+  cannot take the messages (nothing was accepted: the SDK retries);
+* never a redirect: trailing and doubled slashes are served in place.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from analytics.errors import (
+    AnalyticsError,
+    AuthenticationError,
+    PayloadTooLarge,
+    RateLimited,
+)
+from analytics.segment import SHORT_PATHS, SegmentIngest, SegmentResult
+from web.auth import bearer_token, require
+from web.body import json_body
+from web.errors import error_response
+from web.extensions import get_service
+
+log = logging.getLogger(__name__)
+
+segment = Blueprint("segment", __name__, url_prefix="/v1")
+
+BATCH_PATHS = ("batch", "import", "b")
+#: The longest wait a client is asked for (the Python SDK caps at 300 s).
+MAX_RETRY_AFTER = 300
+
+
+def segment_body() -> Any:
+    """The request's JSON body, read once (auth may need its ``writeKey``)."""
+    if "segment_body" not in g:
+        g.segment_body = json_body()
+    return g.segment_body
+
+
+def segment_credentials() -> str | None:
+    """The write key: HTTP Basic user name, Bearer token, or ``writeKey``."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            user, _, _ = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise AuthenticationError("malformed Basic credentials") from None
+        return user or None
+    token = bearer_token()
+    if token:
+        return token
+    body = segment_body()
+    key = body.get("writeKey") if isinstance(body, dict) else None
+    return key if isinstance(key, str) and key else None
+
+
+def ingest() -> SegmentIngest:
+    service = get_service()
+    settings = service.settings
+    return SegmentIngest(service, settings.segment_unknown_events, settings.segment_max_types)
+
+
+def _success(result: SegmentResult) -> tuple[Response, int]:
+    if result.dead_lettered:
+        # Counts and reasons only: the messages may carry PHI.
+        log.info("segment: %d message(s) accepted, %d dead-lettered (%s)", result.accepted,
+                 len(result.dead_lettered),
+                 ", ".join(sorted({d["reason"] for d in result.dead_lettered})))
+    return jsonify(success=True), 200
+
+
+@require("ingest", credentials=segment_credentials)
+def post_batch() -> tuple[Response, int]:
+    return _success(ingest().batch(segment_body()))
+
+
+def _single_view(call: str) -> Any:
+    @require("ingest", credentials=segment_credentials)
+    def view() -> tuple[Response, int]:
+        return _success(ingest().single(call, segment_body()))
+
+    view.__name__ = f"post_{call}"
+    return view
+
+
+# Rules serve "/v1/batch/" and "//v1/batch" in place: a redirect would make an
+# SDK drop the batch (requests does not re-post on every redirect status).
+_RULE = {"methods": ["POST"], "strict_slashes": False, "merge_slashes": False}
+for _path in BATCH_PATHS:
+    segment.add_url_rule(f"/{_path}", f"batch_{_path}", post_batch, **_RULE)
+for _short, _call in SHORT_PATHS.items():
+    _view = _single_view(_call)
+    segment.add_url_rule(f"/{_call}", f"{_call}", _view, **_RULE)
+    segment.add_url_rule(f"/{_short}", f"{_call}_{_short}", _view, **_RULE)
+
+
+def _segment_error(exc: AnalyticsError) -> Response:
+    status = exc.status
+    if isinstance(exc, PayloadTooLarge):
+        status = 400  # Segment answers 400 to payloads over its limits
+    response = error_response(status, exc.code, exc.message, exc.details)
+    body = response.get_json()
+    # Segment SDKs log ``code`` and ``message`` from the top level.
+    response.set_data(current_app.json.dumps(
+        {**body, "success": False, "code": exc.code, "message": exc.message}))
+    if isinstance(exc, RateLimited):
+        retry = min(max(math.ceil(exc.retry_after), 1), MAX_RETRY_AFTER)
+        response.headers["Retry-After"] = str(retry)
+    return response
+
+
+def _too_large(exc: RequestEntityTooLarge) -> Response:
+    limit = get_service().settings.max_body_bytes
+    return _segment_error(PayloadTooLarge(f"request body larger than {limit} bytes"))
+
+
+segment.register_error_handler(AnalyticsError, _segment_error)
+segment.register_error_handler(RequestEntityTooLarge, _too_large)
