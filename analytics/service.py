@@ -26,6 +26,7 @@ from analytics.deadletters import DeadLetters
 from analytics.errors import ValidationError
 from analytics.fastpath import load_event
 from analytics.filters import matcher, parse_filters
+from analytics.metrics.fastpath import load_sample
 from analytics.metrics.schemas import EVENT_METRIC_PREFIX, MetricSampleSchema, check_name, metric_query_schema
 from analytics.metrics.store import (
     EMPTY_SERIES,
@@ -261,11 +262,13 @@ class AnalyticsService:
                 result.rejected.append(
                     {"index": index, "errors": {"_schema": ["A sample must be a JSON object."]}})
                 continue
-            try:
-                sample = self._metric_schema.load(raw)
-            except marshmallow.ValidationError as exc:
-                result.rejected.append({"index": index, "errors": exc.normalized_messages()})
-                continue
+            sample = load_sample(raw, self.policy.names)
+            if sample is None:  # invalid (or unusual): the schema of record decides and explains
+                try:
+                    sample = self._metric_schema.load(raw)
+                except marshmallow.ValidationError as exc:
+                    result.rejected.append({"index": index, "errors": exc.normalized_messages()})
+                    continue
             tags = dict(sorted(sample["tags"].items()))
             sid = series_id(tags)
             series[(sample["name"], sid)] = tags

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -43,6 +44,8 @@ CHUNK_BUCKETS = 120
 #: Points per series a query may ask for.
 MAX_POINTS = 10_000
 SERIES_ID_LENGTH = 12
+#: Seconds a process trusts its cache of registered series.
+KNOWN_TTL = 60.0
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 
 
@@ -118,8 +121,10 @@ class MetricStore:
         self._commit = client.register_script(load_with_lib("commit_metrics.lua"))
         self._register = client.register_script(load_with_lib("register_series.lua"))
         #: (metric, series id) known to be registered: saves a round trip per
-        #: request. Registration only grows (cleanup never drops a series).
+        #: request. Forgotten every KNOWN_TTL seconds, since cleanup may drop
+        #: a series (then its next sample is checked against the limit again).
         self._known: set[tuple[str, str]] = set()
+        self._known_since = time.monotonic()
 
     def event_metric_args(self) -> list[Any]:
         """The trailing arguments of ``commit_events.lua`` that make it count
@@ -134,6 +139,9 @@ class MetricStore:
     def register(self, series: Mapping[tuple[str, str], Mapping[str, str]]) -> set[tuple[str, str]]:
         """Register (metric, series id) -> tags under the cardinality limit;
         returns those refused because their metric is full."""
+        if time.monotonic() - self._known_since > KNOWN_TTL or len(self._known) > 100_000:
+            self._known.clear()
+            self._known_since = time.monotonic()
         by_metric: dict[str, list[tuple[str, Mapping[str, str]]]] = {}
         for (name, sid), tags in series.items():
             if (name, sid) not in self._known:
@@ -151,8 +159,6 @@ class MetricStore:
         for (name, items), reply in zip(by_metric.items(), pipe.execute(), strict=True):
             bad = {sid.decode() for sid in reply}
             refused.update((name, sid) for sid in bad)
-            if len(self._known) > 100_000:
-                self._known.clear()
             self._known.update((name, sid) for sid, _ in items if sid not in bad)
         return refused
 
