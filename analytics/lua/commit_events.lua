@@ -85,7 +85,7 @@ if ARGV[pos] and stored > 0 then
     local res, chunk_len, keep = tiers[t][1], tiers[t][2], tiers[t][3]
     local chunk = bucket - bucket % chunk_len
     local key = mprefix .. etype .. ':r' .. res .. ':' .. sid .. ':' .. chunk
-    local c, s, mn, mx = rollup_merge(key, tostring((bucket - chunk) / res), n, n, 1, 1, n,
+    local c, s, mn, mx = rollup_merge(key, string.format('%03d', (bucket - chunk) / res), n, n, 1, 1, n,
       struct.pack('<i4i8', 0, n))  -- bin code 0 holds the value 1
     redis.call('ZADD', expiry, 'NX', chunk + chunk_len + keep, key)
     if t == 1 then

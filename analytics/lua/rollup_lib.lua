@@ -2,7 +2,7 @@
 -- register_series.lua (prepended to them when loaded; see
 -- analytics.metrics.store.load_with_lib).
 --
--- A rollup bucket is one field (its offset in the chunk) in two hashes:
+-- A rollup bucket is one field (its offset in the chunk, three digits) in two hashes:
 --   chunk key          struct '<ddddd': count, sum, min, max, sum of squares
 --   chunk key .. ':q'  quantile sketch bins, packed '<i4i8' (bin code, count)
 --                      pairs (see analytics/metrics/sketch.py)

@@ -39,7 +39,8 @@ from analytics.store import load_script
 #: Rollup tiers (bucket seconds), finest first.
 TIERS = (10, 60, 3600, 86400)
 #: Buckets per chunk hash: 120 keeps a chunk's stats hash in Redis's compact
-#: listpack encoding (default ``hash-max-listpack-entries`` is 128).
+#: listpack encoding (default ``hash-max-listpack-entries`` is 128). A
+#: bucket's field is its offset in the chunk as three digits ("007").
 CHUNK_BUCKETS = 120
 #: Points per series a query may ask for.
 MAX_POINTS = 10_000
@@ -243,7 +244,7 @@ class MetricStore:
         for (name, sid, res, bucket), (c, s, mn, mx, sq, bins) in cells.items():
             chunk_len = res * CHUNK_BUCKETS
             chunk = bucket - bucket % chunk_len
-            args += (keyspace.rollup_chunk(name, res, sid, chunk), (bucket - chunk) // res,
+            args += (keyspace.rollup_chunk(name, res, sid, chunk), f"{(bucket - chunk) // res:03d}",
                      c, s, mn, mx, sq, encode_bins(bins),
                      chunk + chunk_len + self.retention[res])
             if res == finest:
@@ -333,6 +334,16 @@ class MetricStore:
         return out_series
 
 
+def _offsets(fields: list[bytes]) -> Any:
+    """Bucket offsets from their field names. They are written as three
+    digits, so they are read as a byte matrix rather than parsed one by one."""
+    joined = b"".join(fields)
+    if len(joined) == 3 * len(fields):
+        digits = np.frombuffer(joined, dtype=np.uint8).reshape(-1, 3).astype(np.int64) - 48
+        return digits @ np.array([100, 10, 1], dtype=np.int64)
+    return np.array([int(f) for f in fields], dtype=np.int64)
+
+
 def _points(agg: str, first: int, count: int, bucket: int, res: int, offsets: list[bytes],
             raws: list[bytes], bases: list[int], sizes: list[int],
             texts: list[bytes | None] | None) -> list[list[Any]]:
@@ -344,7 +355,7 @@ def _points(agg: str, first: int, count: int, bucket: int, res: int, offsets: li
     if not offsets:
         return [[t, None] for t in stamps]
     at = np.repeat(np.asarray(bases, dtype=np.int64), sizes)
-    at += np.array(offsets).astype(np.int64) * res
+    at += _offsets(offsets) * res
     keep = (at >= first) & (at < first + count * bucket)
     index = (at[keep] - first) // bucket
     stats = np.frombuffer(b"".join(raws), dtype="<f8").reshape(-1, 5)[keep]
