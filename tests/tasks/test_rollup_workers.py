@@ -1,5 +1,4 @@
-"""Metrics and cleanup with real Celery workers. (Named to sort after
-test_pipeline.py, whose first tests must run before the session worker starts.)"""
+"""Metric rollups and the cleanup task with real Celery workers."""
 from __future__ import annotations
 
 import signal
