@@ -1,12 +1,52 @@
-"""gunicorn settings for the web process (Procfile ``web``)."""
+"""gunicorn settings for the web process (Procfile ``web``).
+
+Worker class: ``gthread``. A WebSocket (``/v1/stream``) holds one thread of
+the pool for its whole life (plus the small reader thread simple-websocket
+starts for it), so ``threads`` bounds the sockets one worker process holds;
+plain requests share the same pool. We chose gthread over gevent because the
+rest of the stack (redis-py, Celery's client, cryptography) stays ordinary
+blocking code, with no monkey-patching; the live fan-out does the per-event
+work once per process, so a thread per client costs little besides memory.
+Size it as WEB_CONCURRENCY x WEB_THREADS >= expected clients + request
+concurrency (default 2 x 128).
+
+Known gthread issue, measured (README "Live updates"): all workers accept()
+from one shared listening socket, and the worker that wakes first takes the
+connection; with long-lived connections one worker often ends up holding
+most of them while another idles, and runs out of threads first.
+``reuse_port`` gives each worker its own SO_REUSEPORT listening socket
+(gunicorn 27, as pinned, binds one per worker when it is set), so the kernel spreads new
+connections across the workers by hash instead.
+"""
 import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-# gthread: each WebSocket holds a thread for its lifetime, so threads bound
-# the sockets one worker holds; plain requests share the same pool.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("WEB_THREADS", "64"))
+threads = int(os.environ.get("WEB_THREADS", "128"))
+# gthread stops accepting above this many open connections per worker; a
+# WebSocket beyond ``threads`` is accepted but waits for a free thread (its
+# handshake hangs), so keep WEB_THREADS above the clients a worker holds.
+worker_connections = int(os.environ.get("WEB_CONNECTIONS", "1000"))
+# Each worker binds its own socket: the kernel balances connections.
+reuse_port = os.environ.get("WEB_REUSE_PORT", "1") not in ("0", "false", "no")
 timeout = 60
 graceful_timeout = 10
-accesslog = None  # request lines can carry query strings; we log our own, scrubbed
+accesslog = None  # request lines can carry query strings (?token=); we log our own, scrubbed
+
+
+def post_worker_init(worker):
+    """On SIGTERM, close this worker's WebSockets with 1001 at once, so
+    clients reconnect (to another worker, or the restarted server) instead of
+    hanging until ``graceful_timeout`` runs out."""
+    from web.stream import close_streams_on_sigterm
+
+    close_streams_on_sigterm()
+
+
+def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
+    """In the master, before any worker: without encryption keys (outside
+    dev mode) stop with one clear line instead of respawning failing workers."""
+    from analytics.startup import start_process
+
+    start_process("web")

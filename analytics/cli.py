@@ -61,6 +61,9 @@ def main() -> None:
     ANALYTICS_ENCRYPTION_KEYS, ... (see README.rst).
     """
     _load_dotenv()
+    from analytics.logs import configure_logging
+
+    configure_logging()
 
 
 @main.group()
@@ -76,7 +79,7 @@ def keys() -> None:
 @click.option("--name", default="", help="A label to recognise the key by.")
 def keys_create(role: str, user_id: str | None, name: str) -> None:
     """Create a key. The key itself is printed once, alone on the last line."""
-    secret, key = _service().create_api_key(role, user_id=user_id, name=name)
+    secret, key = _service().create_api_key(role, user_id=user_id, name=name, actor="cli")
     click.echo(f"created key id {key.id} (role {key.role}{', user-scoped' if key.user_hash else ''})")
     click.echo(secret)
 
@@ -98,7 +101,7 @@ def keys_list() -> None:
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
     """Revoke the key with KEY_ID (from `keys list`); effective at once."""
-    key = _service().api_keys.revoke(key_id)
+    key = _service().revoke_api_key(key_id, actor="cli")
     click.echo(f"revoked key id {key.id}")
 
 
@@ -108,6 +111,76 @@ def keys_generate_encryption_key() -> None:
     from analytics.crypto import generate_key
 
     click.echo(generate_key())
+
+
+@keys.command("rotate-encryption")
+@click.option("--slice", "slice_size", default=200, show_default=True, type=click.IntRange(1, 10_000),
+              help="Values re-encrypted per step (bounded work per Redis call).")
+def keys_rotate_encryption(slice_size: int) -> None:
+    """Re-encrypt stored data under the newest key (first in
+    ANALYTICS_ENCRYPTION_KEYS). Safe while the service runs; resumable: run it
+    again after an interruption and it continues where it stopped. Keep the
+    old keys configured until it has finished and the queue has drained."""
+    service = _service()
+    from analytics.rotation import Rotator
+
+    total = Rotator(service.redis, service.vault).total()
+    with click.progressbar(length=max(total, 1), label="re-encrypting", file=sys.stderr,
+                           show_pos=True) as bar:
+        report = service.rotate_encryption(bar.update, slice_size=slice_size)
+    click.echo(f"{'resumed; ' if report.resumed else ''}examined {report.examined}, "
+               f"re-encrypted {report.rotated}, already current {report.current}, "
+               f"changed meanwhile {report.raced}, unreadable {report.unreadable} "
+               f"in {report.seconds:.1f} s")
+    if report.unreadable:
+        click.echo("error: some values open with no configured key (see README: key rotation)",
+                   err=True)
+        sys.exit(1)
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the HMAC chain of the audit log; exit 1 and say where it breaks."""
+    result = _service().verify_audit()
+    if result.ok:
+        click.echo(f"audit log intact: {result.checked} entries verified")
+        return
+    where = f"entry #{result.checked + 1} (id {result.broken_at})" if result.broken_at \
+        else f"after entry #{result.checked} (the end)"
+    click.echo(f"audit log BROKEN at {where}: {result.reason}; "
+               f"{result.checked} entries before it verified", err=True)
+    sys.exit(1)
+
+
+@audit.command("list")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--after", default=None, help="Entry id to continue after.")
+def audit_list(limit: int, after: str | None) -> None:
+    """Print audit entries (oldest first) as JSON lines."""
+    import orjson
+
+    entries, _ = _service().auditor.page(after, limit)
+    for entry in entries:
+        click.echo(orjson.dumps(entry).decode())
+
+
+@main.command()
+@click.option("--user", "user_id", required=True, help="The USER_ID as sent in events.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def erase(user_id: str, yes: bool) -> None:
+    """Remove every trace of a user: stored events, indexes, dead letters,
+    queued events; revoke keys scoped to the user. Rollups stay (anonymous).
+    Audited with the user's keyed hash, never the id."""
+    if not yes:
+        click.confirm("Erase every trace of this user? This cannot be undone", abort=True)
+    report = _service().erase_user(user_id, actor="cli")
+    click.echo(f"erased {report.records} events and {report.deadLetters} dead letters, "
+               f"revoked {len(report.keysRevoked)} keys (user hash {report.userHash})")
 
 
 @main.command()

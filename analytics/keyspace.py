@@ -24,6 +24,28 @@ key                                          type     holds
 ``analytics:apikeys:ids``                    hash     key id -> SHA-256 (list, revoke)
 ``analytics:kick:events``                    string   set while a processing task is queued
 ``analytics:stats:*``                        various  monitoring figures
+``analytics:audit``                          stream   the audit log, HMAC-chained
+                                                      (:mod:`analytics.audit`)
+``analytics:audit:head``                     string   mac of the last audit entry
+``analytics:dlq:{kind}``                     stream   dead letters (PHI sealed; ``user``
+                                                      field = user hash, for erasure)
+``analytics:erased``                         hash     user hash -> erasure time (ms): queued
+                                                      events of an erased user received
+                                                      before that time are dropped at
+                                                      commit (:mod:`analytics.erasure`)
+``analytics:ratelimit:{key hash prefix}``    hash     token bucket of one API key
+``analytics:authfail:{remote hash}``         string   auth failures of one remote address
+                                                      in the current window (audit
+                                                      throttling; expires)
+``analytics:stats:auth_failures``            string   authentication failures, all counted
+``analytics:rotation``                       hash     progress of a key rotation (resume)
+``analytics:stats:ws:{host-pid}``            hash     one web process's WebSocket figures
+                                                      (clients, messages, errors, auth
+                                                      failures); TTL 30 s, rewritten every 2 s
+``analytics:live:events``                    channel  pub/sub: JSON array of the records
+                                                      just stored (fan-out to WebSockets)
+``analytics:live:metrics``                   channel  pub/sub: JSON array of updated metric
+                                                      buckets
 ``analytics:metrics:queue``                  stream   accepted, unprocessed metric samples
                                                       (one entry per request)
 ``analytics:metrics:{name}``                 hash     series id -> JSON tag set: the series
@@ -39,7 +61,8 @@ key                                          type     holds
 ``{chunk}``                                           ``res`` s: bucket offset -> packed
                                                       count, sum, min, max, sum of squares
 ``analytics:metrics:{name}:r{res}:{sid}:``   hash     the same chunk's quantile sketches:
-``{chunk}:q``                                         bucket offset -> ``bin:count,...``
+``{chunk}:q``                                         bucket offset -> packed (bin code,
+                                                      count) pairs
 ``analytics:rollups:expiry``                 zset     rollup chunk keys scored by the epoch
                                                       second they expire (cleanup's index)
 ``analytics:lock:cleanup``                   string   token of the running cleanup (lock)
@@ -69,13 +92,22 @@ API_KEYS = "analytics:apikeys"
 API_KEY_IDS = "analytics:apikeys:ids"
 KICK_EVENTS = "analytics:kick:events"
 STATS = "analytics:stats:"
+AUDIT = "analytics:audit"
+DLQ_PREFIX = "analytics:dlq:"
+ERASED = "analytics:erased"
+RATE_BUCKET = "analytics:ratelimit:"
+AUTH_FAILURES_BY_REMOTE = "analytics:authfail:"
+AUTH_FAILURES_TOTAL = "analytics:stats:auth_failures"
+ROTATION = "analytics:rotation"
+WS_STATS = "analytics:stats:ws:"
+LIVE_EVENTS = "analytics:live:events"
+LIVE_METRICS = "analytics:live:metrics"
 METRICS_QUEUE = "analytics:metrics:queue"
 METRICS = "analytics:metrics:"
 METRIC_TAGS = "analytics:metrics:tags:"
 ROLLUP_EXPIRY = "analytics:rollups:expiry"
 CLEANUP_LOCK = "analytics:lock:cleanup"
 CLEANUP_STATS = "analytics:stats:cleanup"
-LIVE_METRICS_CHANNEL = "analytics:live:metrics"
 
 
 def event_queue(priority: str) -> str:
@@ -99,6 +131,9 @@ def user_index(user_hash: str) -> str:
     return EVENTS_USER + user_hash
 
 
+def rate_bucket(key_digest: str) -> str:
+    """The token bucket of the API key whose SHA-256 is ``key_digest``."""
+    return RATE_BUCKET + key_digest[:24]
 def metric_series(name: str) -> str:
     """The series registry of metric ``name`` (contract key)."""
     return METRICS + name

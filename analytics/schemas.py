@@ -95,6 +95,14 @@ def _check_object(value: dict[str, Any]) -> None:
     _measure(value, 1)
 
 
+def _not_phi_like(value: str) -> bool:
+    from analytics.logs import scrubbing_filter
+
+    if scrubbing_filter().scrub(value) != value:
+        raise ValidationError("Must not look like personal data (e-mail, phone, SSN...).")
+    return True
+
+
 def FreeObject() -> fields.Dict:  # noqa: N802 - reads like a field class
     return fields.Dict(keys=fields.String(), load_default=None, allow_none=True,
                        validate=_check_object)
@@ -138,7 +146,10 @@ class EventTypeSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    name = fields.String(required=True)
+    # Type names become Redis key names (analytics:events:processed:{type}),
+    # where PHI must never appear (the registry checks the format).
+    name = fields.String(required=True, validate=[validate.Length(min=1, max=64),
+                                                  lambda v: _not_phi_like(v)])
     priority = fields.String(load_default="normal", validate=validate.OneOf(PRIORITIES))
     description = fields.String(load_default="", validate=validate.Length(max=500))
 
@@ -162,3 +173,35 @@ event_schema = EventSchema()
 event_batch_schema = EventBatchSchema()
 event_type_schema = EventTypeSchema()
 event_query_schema = EventQuerySchema()
+
+
+def _stream_id(value: str) -> bool:
+    """A Redis stream id ``ms-seq``, both parts unsigned 64-bit."""
+    ms, _, seq = value.partition("-")
+    if not (ms.isdigit() and seq.isdigit() and len(value) <= 41
+            and int(ms) < 2**64 and int(seq) < 2**64):
+        raise ValidationError("Not a cursor returned by this API.")
+    return True
+
+
+class AuditQuerySchema(Schema):
+    """Query string of ``GET /v1/audit``: entries oldest first, paged."""
+
+    class Meta:
+        unknown = RAISE
+
+    cursor = fields.String(load_default=None, validate=lambda v: _stream_id(v))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class EraseSchema(Schema):
+    """Body of ``POST /v1/erase``."""
+
+    class Meta:
+        unknown = RAISE
+
+    userId = fields.String(required=True, validate=ID_LENGTH)
+
+
+audit_query_schema = AuditQuerySchema()
+erase_schema = EraseSchema()

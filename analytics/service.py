@@ -20,10 +20,12 @@ import redis
 
 from analytics import keyspace
 from analytics.apikeys import ApiKey, ApiKeyStore
-from analytics.audit import AuditLog
-from analytics.crypto import Vault
+from analytics.audit import AuditLog, VerifyResult
+from analytics.auditing import Auditor
+from analytics.crypto import Vault, hash_api_key
 from analytics.deadletters import DeadLetters
-from analytics.errors import ValidationError
+from analytics.erasure import Eraser, ErasureReport
+from analytics.errors import AuthenticationError, RateLimited, ValidationError
 from analytics.fastpath import load_event
 from analytics.filters import matcher, parse_filters
 from analytics.metrics.fastpath import load_sample
@@ -38,10 +40,12 @@ from analytics.metrics.store import (
 )
 from analytics.phi import PhiPolicy
 from analytics.queue import Entry, EventQueue
+from analytics.ratelimit import RateLimiter
 from analytics.records import RecordCodec
 from analytics.redis_client import connect, unavailable_as_error
 from analytics.registry import EventType, EventTypeRegistry
 from analytics.retention import Cleanup, CleanupReport
+from analytics.rotation import RotationReport, Rotator
 from analytics.schemas import event_query_schema, event_schema
 from analytics.settings import Settings
 from analytics.store import CommitResult, EventStore
@@ -95,6 +99,10 @@ class AnalyticsService:
         self.api_keys = ApiKeyStore(client)
         self.audit = AuditLog(client, self.vault)
         self.dead_letters = DeadLetters(client, self.vault)
+        self.auditor = Auditor(client, self.audit, self.vault, self.policy,
+                               settings.auth_failure_window)
+        self.rate_limiter = RateLimiter(client, settings.rate_limit, settings.rate_burst)
+        self.eraser = Eraser(client, self.api_keys)
         self.metrics_queue = EventQueue(client, lanes=(keyspace.METRICS_QUEUE,))
         self.metrics = MetricStore(client, settings, dead_letters=self.dead_letters)
         self.store.metric_args = self.metrics.event_metric_args()
@@ -389,14 +397,107 @@ class AnalyticsService:
         with unavailable_as_error():
             return self.registry.register(name, priority, description)
 
-    def authenticate(self, secret: str | None) -> ApiKey:
-        with unavailable_as_error():
-            return self.api_keys.authenticate(secret)
+    def authenticate(self, secret: str | None, *, where: str = "",
+                     remote: str | None = None) -> ApiKey:
+        """The key of ``secret``, after taking one token from its rate limit.
+
+        One Redis round trip (lookup and token bucket in one script). With
+        ``where`` (``http``, ``websocket``...), a failure is also counted and
+        audited (:meth:`audit_auth_failure`). Raises
+        :class:`AuthenticationError` (unknown, revoked or missing key) or
+        :class:`RateLimited`.
+        """
+        try:
+            with unavailable_as_error():
+                if not secret:
+                    raise AuthenticationError("missing API key (Authorization: Bearer KEY)")
+                lookup = self.rate_limiter.lookup(hash_api_key(secret))
+                if lookup.record is None:
+                    raise AuthenticationError("invalid API key")
+                key = ApiKey(**orjson.loads(lookup.record))
+                if key.revoked:
+                    raise AuthenticationError("invalid API key")
+        except AuthenticationError as exc:
+            if where:
+                self.audit_auth_failure(where, remote, "missing" if not secret else "invalid")
+            raise exc from None
+        if not lookup.allowed:
+            raise RateLimited("rate limit of this API key exceeded; retry later",
+                              lookup.retry_after)
+        return key
 
     def create_api_key(self, role: str, user_id: str | None = None,
-                       name: str = "") -> tuple[str, ApiKey]:
+                       name: str = "", actor: str = "system",
+                       remote: str | None = None) -> tuple[str, ApiKey]:
+        """A new key (the secret is returned once); audited as ``key.create``."""
         user_hash = self.codec.user_hash(user_id) if user_id else ""
-        return self.api_keys.create(role, user_hash=user_hash, name=name)
+        secret, key = self.api_keys.create(role, user_hash=user_hash, name=name)
+        self.auditor.record("key.create", actor, remote, keyId=key.id, role=key.role,
+                            userHash=user_hash or None)
+        return secret, key
+
+    def revoke_api_key(self, key_id: str, actor: str = "system",
+                       remote: str | None = None) -> ApiKey:
+        """Revoke at once (the next request with it gets 401); audited."""
+        key = self.api_keys.revoke(key_id)
+        self.auditor.record("key.revoke", actor, remote, keyId=key.id)
+        return key
+
+    # -- privacy: audit, erasure, rotation -------------------------------------
+    def audit_read(self, actor: str, filters: dict[str, Any], count: int,
+                   remote: str | None = None, action: str = "events.read",
+                   **extra: Any) -> str:
+        """Audit a read of event data (who, which filters, how many, from where).
+
+        Call it before handing the data out: if the entry cannot be written
+        (Redis away: :class:`StoreUnavailable`), the read must fail too.
+        """
+        with unavailable_as_error():
+            return self.auditor.data_read(action, actor, filters, count, remote, **extra)
+
+    def audit_export(self, actor: str, filters: dict[str, Any], count: int,
+                     remote: str | None = None, **extra: Any) -> str:
+        """Audit an export (``analytics export``, an export endpoint)."""
+        return self.audit_read(actor, filters, count, remote, action="events.export", **extra)
+
+    def audit_auth_failure(self, where: str, remote: str | None = None,
+                           reason: str = "") -> bool:
+        """Count an authentication failure (HTTP, WebSocket...) and audit it,
+        at most once per window per address (see :class:`Auditor`)."""
+        try:
+            return self.auditor.auth_failure(where, remote, reason)
+        except redis.RedisError:
+            log.warning("could not audit an authentication failure (Redis unavailable)")
+            return False
+
+    def verify_audit(self) -> VerifyResult:
+        return self.audit.verify()
+
+    def erase_user(self, user_id: str, actor: str, remote: str | None = None) -> ErasureReport:
+        """Remove every trace of ``user_id`` (see :mod:`analytics.erasure`).
+
+        Audited as ``user.erase`` with the user's keyed hash, never the id.
+        """
+        if not isinstance(user_id, str) or not user_id:
+            raise ValidationError("invalid user id", {"userId": ["A non-empty string is required."]})
+        user_hash = self.codec.user_hash(user_id)
+        with unavailable_as_error():
+            report = self.eraser.erase(user_hash)
+            for key_id in report.keysRevoked:
+                self.auditor.record("key.revoke", actor, remote, keyId=key_id, reason="erasure")
+            self.auditor.record("user.erase", actor, remote, userHash=user_hash,
+                                records=report.records, deadLetters=report.deadLetters)
+        return report
+
+    def rotate_encryption(self, progress: Callable[[int], None] = lambda n: None,
+                          slice_size: int = 200, actor: str = "cli") -> RotationReport:
+        """Re-encrypt stored data under the newest key (see :mod:`analytics.rotation`)."""
+        rotator = Rotator(self.redis, self.vault, slice_size)
+        self.auditor.record("keys.rotate.start", actor, keyId=rotator.key_id)
+        report = rotator.run(progress)
+        self.auditor.record("keys.rotate.done", actor, keyId=rotator.key_id,
+                            rotated=report.rotated, unreadable=report.unreadable)
+        return report
 
     def ping(self) -> bool:
         try:

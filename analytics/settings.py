@@ -111,6 +111,27 @@ class Settings:
     segment_unknown_events: str = "register"
     #: ``ANALYTICS_SEGMENT_MAX_TYPES``: cap of types the ``register`` policy adds.
     segment_max_types: int = 200
+    #: ``ANALYTICS_RATE_LIMIT``: requests per second per API key (token
+    #: bucket refill rate); 0 turns the limit off.
+    rate_limit: float = 500.0
+    #: ``ANALYTICS_RATE_BURST``: requests a key may send at once (bucket size).
+    rate_burst: int = 1000
+    #: ``ANALYTICS_AUTH_FAILURE_WINDOW``: authentication failures from one
+    #: address are all counted, but audited once per this many seconds
+    #: (and every 100th), so a flood cannot flood the audit log.
+    auth_failure_window: int = 60
+    #: ``ANALYTICS_WS_IDLE_SECONDS``: a WebSocket client that sends nothing for
+    #: this long is logged off (HIPAA automatic logoff); 0 disables.
+    ws_idle_seconds: float = 900.0
+    #: ``ANALYTICS_WS_PING_SECONDS``: interval of WebSocket pings; a peer that
+    #: has not answered the previous ping by the next one is dropped.
+    ws_ping_seconds: float = 20.0
+    #: ``ANALYTICS_WS_BUFFER``: messages waiting for one WebSocket client at
+    #: most; a client that falls this far behind is dropped (close 1013).
+    ws_buffer: int = 2000
+    #: ``ANALYTICS_WS_METRIC_INTERVAL``: at most one update per metric series
+    #: per client this often (seconds); the latest value is always sent.
+    ws_metric_interval: float = 1.0
     #: ``ANALYTICS_MAX_SERIES_PER_METRIC``: distinct tag sets one metric may
     #: have (cardinality guard: tags are not ids).
     max_series_per_metric: int = 1000
@@ -161,6 +182,9 @@ class Settings:
             ("ANALYTICS_MAX_BATCH_EVENTS", "max_batch_events", 1),
             ("ANALYTICS_MAX_BODY_BYTES", "max_body_bytes", 1024),
             ("ANALYTICS_MAX_EVENT_BYTES", "max_event_bytes", 256),
+            ("ANALYTICS_RATE_BURST", "rate_burst", 1),
+            ("ANALYTICS_AUTH_FAILURE_WINDOW", "auth_failure_window", 1),
+            ("ANALYTICS_WS_BUFFER", "ws_buffer", 1),
             ("ANALYTICS_MAX_SERIES_PER_METRIC", "max_series_per_metric", 1),
         ):
             if get(name):
@@ -170,6 +194,10 @@ class Settings:
             ("ANALYTICS_DRAIN_SECONDS", "drain_seconds"),
             ("ANALYTICS_RECOVERY_INTERVAL", "recovery_interval"),
             ("ANALYTICS_REGISTRY_TTL", "registry_ttl"),
+            ("ANALYTICS_RATE_LIMIT", "rate_limit"),
+            ("ANALYTICS_WS_IDLE_SECONDS", "ws_idle_seconds"),
+            ("ANALYTICS_WS_PING_SECONDS", "ws_ping_seconds"),
+            ("ANALYTICS_WS_METRIC_INTERVAL", "ws_metric_interval"),
             ("ANALYTICS_CLEANUP_INTERVAL", "cleanup_interval"),
         ):
             if get(name):

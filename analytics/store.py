@@ -32,11 +32,14 @@ class CommitResult:
     stored: int = 0
     duplicates: int = 0
     skipped_entries: int = 0
+    #: records of users erased after they were queued: deleted, not stored
+    erased: int = 0
 
     def __iadd__(self, other: CommitResult) -> CommitResult:
         self.stored += other.stored
         self.duplicates += other.duplicates
         self.skipped_entries += other.skipped_entries
+        self.erased += other.erased
         return self
 
 
@@ -111,8 +114,8 @@ class EventStore:
                     args += (record["t"], record["i"], record["ts"], record["u"],
                              orjson.dumps(record))
             args += self.metric_args
-            stored, dups, skipped = self._commit(keys=[lane], args=args)
-            result += CommitResult(stored, dups, skipped)
+            stored, dups, skipped, erased = self._commit(keys=[lane, keyspace.ERASED], args=args)
+            result += CommitResult(stored, dups, skipped, erased)
         return result
 
     # -- reading -------------------------------------------------------------

@@ -4,14 +4,13 @@
 """
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
-from analytics.settings import Settings
+from analytics.startup import start_process
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -20,20 +19,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     config = dict(config or {})
     environ = {**os.environ, **{k: str(v) for k, v in config.items() if k.isupper()}}
-    settings = Settings.from_env(environ)
+    # One clear line and no app when the keys are missing (outside dev mode).
+    settings = start_process("web", environ=environ)
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         JSON_SORT_KEYS=False,
     )
     app.config.from_mapping(config)
     app.config["ANALYTICS_SETTINGS"] = settings
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from web import errors, extensions
+    from web import dashboard, errors, extensions, stream
     from web.api import api
     from web.health import health
     from web.metrics_api import metrics_api
+    from web.openapi import openapi
+    from web.privacy import privacy
     from web.segment import segment
 
     extensions.init_app(app, settings)
@@ -41,5 +41,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(health)
     app.register_blueprint(api)
     app.register_blueprint(segment)
+    app.register_blueprint(privacy)
+    app.register_blueprint(openapi)
+    stream.init_app(app)
+    app.register_blueprint(dashboard.dashboard)
     app.register_blueprint(metrics_api)
     return app

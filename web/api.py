@@ -51,8 +51,10 @@ def get_events():  # type: ignore[no-untyped-def]
     query: dict[str, Any] = request.args.to_dict()
     # Property filters may repeat (properties.amount=gte:10&properties.amount=lt:20).
     query.update({k: request.args.getlist(k) for k in query if k.startswith("properties.")})
-    events, cursor = get_service().get_events(
-        query, reveal_phi=True, scope_user_hash=key.user_hash)
+    service = get_service()
+    events, cursor = service.get_events(query, reveal_phi=True, scope_user_hash=key.user_hash)
+    service.audit_read(key.id, query, len(events), request.remote_addr,
+                       scoped=bool(key.user_hash))
     return jsonify(events=events, next=cursor)
 
 

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from flask import g, request
 
 from analytics.apikeys import ApiKey
+from analytics.errors import AuthenticationError
 from web.extensions import get_service
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -22,7 +23,8 @@ def bearer_token() -> str | None:
 
 
 def authenticate(secret: str | None) -> ApiKey:
-    key = get_service().authenticate(secret)
+    """The request's key (rate limit taken); failures are counted and audited."""
+    key = get_service().authenticate(secret, where="http", remote=request.remote_addr)
     g.api_key = key
     return key
 
@@ -38,7 +40,12 @@ def require(action: str,
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            authenticate(credentials()).require(action)
+            try:
+                secret = credentials()
+            except AuthenticationError:  # malformed credentials are a failure too
+                get_service().audit_auth_failure("http", request.remote_addr, "malformed")
+                raise
+            authenticate(secret).require(action)
             return view(*args, **kwargs)
 
         return wrapped  # type: ignore[return-value]

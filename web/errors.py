@@ -11,6 +11,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from analytics.errors import AnalyticsError, RateLimited
+from analytics.logs import scrubbing_filter
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,21 @@ def error_response(status: int, code: str, message: str,
     return response
 
 
+def _scrub_names(details: Any) -> Any:
+    """Error details are keyed by the client's field names; a client may put
+    PHI in a *name* (``{"jane@example.org": 1}`` as an unknown field). Keys
+    that look like PHI are replaced; messages are ours and hold no values."""
+    if isinstance(details, dict):
+        scrub = scrubbing_filter().scrub
+        return {(k if not isinstance(k, str) or scrub(k) == k else "[redacted]"): _scrub_names(v)
+                for k, v in details.items()}
+    if isinstance(details, list):
+        return [_scrub_names(v) for v in details]
+    return details
+
+
 def _analytics_error(exc: AnalyticsError) -> Response:
-    response = error_response(exc.status, exc.code, exc.message, exc.details)
+    response = error_response(exc.status, exc.code, exc.message, _scrub_names(exc.details))
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after)
     return response

@@ -1,6 +1,7 @@
 -- Commit a batch of queue entries to the event store, atomically.
 --
 -- KEYS[1]  the queue lane (stream) the entries were read from
+-- KEYS[2]  erasure tombstones: user hash -> erased at (ms) (analytics:erased)
 -- ARGV[1]  consumer group
 -- ARGV[2]  key prefix of the processed hashes   (analytics:events:processed:)
 -- ARGV[3]  key prefix of the time indexes       (analytics:events:time:)
@@ -18,25 +19,36 @@
 -- An entry is applied only if this XACK removes it from the pending list:
 -- when two workers hold the same entry (one was presumed dead and its entry
 -- claimed), only the first commit counts. Records are deduplicated by id (a
--- keyed hash of the messageId) in the same step. Returns {stored, duplicates,
--- entries skipped because already committed}.
+-- keyed hash of the messageId) in the same step. A record of an erased user
+-- that was queued (entry id = XADD time) before the erasure is dropped, not
+-- stored. Returns {stored, duplicates, entries skipped because already
+-- committed, records dropped because their user was erased}.
 local lane, group = KEYS[1], ARGV[1]
 local processed, timeidx, useridx, ids, channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local entries = tonumber(ARGV[7])
 local pos = 8
-local stored, dups, skipped = 0, 0, 0
+local stored, dups, skipped, dropped = 0, 0, 0, 0
+local erased = KEYS[2]
 local fresh = {}
 local counted = {}
 for _ = 1, entries do
   local entry, count = ARGV[pos], tonumber(ARGV[pos + 1])
   pos = pos + 2
+  local queued_ms = tonumber(string.match(entry, '^(%d+)'))
   local live = redis.call('XACK', lane, group, entry) == 1
   redis.call('XDEL', lane, entry)
   if not live then skipped = skipped + 1 end
   for _ = 1, count do
     if live then
       local etype, id, ts, user, record = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4]
-      if redis.call('HSETNX', ids, id, etype) == 1 then
+      local gone = false
+      if user ~= '' and erased then
+        local at = redis.call('HGET', erased, user)
+        gone = at and queued_ms <= tonumber(at)
+      end
+      if gone then
+        dropped = dropped + 1
+      elseif redis.call('HSETNX', ids, id, etype) == 1 then
         redis.call('HSET', processed .. etype, id, record)
         redis.call('ZADD', timeidx .. etype, ts, id)
         if user ~= '' then
@@ -96,4 +108,4 @@ if ARGV[pos] and stored > 0 then
     redis.call('PUBLISH', mchannel, '[' .. table.concat(live, ',') .. ']')
   end
 end
-return {stored, dups, skipped}
+return {stored, dups, skipped, dropped}

@@ -111,7 +111,7 @@ def _tags_json(tags: Mapping[str, str]) -> bytes:
 
 class MetricStore:
     def __init__(self, client: redis.Redis, settings: Settings,
-                 live_channel: str = keyspace.LIVE_METRICS_CHANNEL,
+                 live_channel: str = keyspace.LIVE_METRICS,
                  dead_letters: DeadLetters | None = None) -> None:
         self._redis = client
         self.dead_letters = dead_letters

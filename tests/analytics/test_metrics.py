@@ -229,7 +229,7 @@ def test_event_counts_are_a_metric(quiet) -> None:
 def test_live_fan_out_of_updated_buckets(quiet) -> None:
     t0 = hour_ago()
     pubsub = quiet.data.pubsub()
-    pubsub.subscribe(keyspace.LIVE_METRICS_CHANNEL)
+    pubsub.subscribe(keyspace.LIVE_METRICS)
     wait_until(lambda: pubsub.get_message(timeout=0.1) is not None, 5)
     messages: list[Any] = []
 

@@ -1,0 +1,73 @@
+"""Per-key rate limit: a token bucket in Redis, checked in the same round
+trip as the API key lookup.
+
+One Lua script looks the key up by its hash and, when it exists, takes a
+token from its bucket (``analytics:ratelimit:{key hash prefix}``): so an
+authenticated request costs exactly one Redis round trip, as before, and
+unknown keys create no buckets. The bucket refills at ``rate`` tokens per
+second up to ``burst``; Redis's clock is used, so every web process agrees.
+A refused request learns when one token will be back: ``Retry-After``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import redis
+
+from analytics import keyspace
+
+# KEYS: api key hash, bucket. ARGV: key digest, rate (tokens/s), burst, cost.
+# Returns {record or false, allowed (1/0), ms until enough tokens}.
+_AUTH_AND_TAKE = """
+local record = redis.call('HGET', KEYS[1], ARGV[1])
+if not record then return {false, 1, 0} end
+local rate, burst, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if rate <= 0 then return {record, 1, 0} end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local state = redis.call('HMGET', KEYS[2], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or burst
+local last = tonumber(state[2]) or now_ms
+tokens = math.min(burst, tokens + math.max(0, now_ms - last) * rate / 1000)
+local allowed, wait = 1, 0
+if tokens >= cost then
+  tokens = tokens - cost
+else
+  allowed = 0
+  wait = math.ceil((cost - tokens) * 1000 / rate)
+end
+redis.call('HSET', KEYS[2], 'tokens', tostring(tokens), 'ts', now_ms)
+redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 1000)
+return {record, allowed, wait}
+"""
+
+#: Bounds of ``Retry-After`` (seconds): at least 1, at most 5 minutes.
+MIN_RETRY_AFTER, MAX_RETRY_AFTER = 1, 300
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The key record (raw JSON, or None when unknown) and the verdict."""
+
+    record: bytes | None
+    allowed: bool
+    retry_after: int
+
+
+def retry_after_seconds(wait_ms: int) -> int:
+    return max(MIN_RETRY_AFTER, min(MAX_RETRY_AFTER, math.ceil(wait_ms / 1000)))
+
+
+class RateLimiter:
+    def __init__(self, client: redis.Redis, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._script = client.register_script(_AUTH_AND_TAKE)
+
+    def lookup(self, digest: str, cost: int = 1) -> Lookup:
+        """Fetch the key record with hash ``digest`` and take ``cost`` tokens."""
+        record, allowed, wait = self._script(
+            keys=[keyspace.API_KEYS, keyspace.rate_bucket(digest)],
+            args=[digest, self.rate, self.burst, cost])
+        return Lookup(record or None, bool(allowed), retry_after_seconds(int(wait)))

@@ -1,0 +1,66 @@
+"""What every process checks before it starts serving.
+
+Outside development mode a process without ``ANALYTICS_ENCRYPTION_KEYS``
+refuses to start with one clear line on standard error and exit status 1:
+no traceback, no half-started server. In development mode it starts with a
+loud warning (the well-known key protects nothing).
+
+Called by ``create_app`` (web), gunicorn's ``on_starting`` hook (so the
+master stops instead of respawning failing workers), Celery's
+``worker_init``/``beat_init`` signals and the CLI.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from analytics.errors import ConfigurationError
+from analytics.settings import Settings
+
+log = logging.getLogger("analytics.startup")
+
+DEV_WARNING = (
+    "!!! DEVELOPMENT MODE (ANALYTICS_DEV=1, no ANALYTICS_ENCRYPTION_KEYS): PHI is sealed "
+    "with a well-known key and is NOT protected. Never put real data in this instance. !!!"
+)
+
+
+def check_settings(settings: Settings, process: str) -> None:
+    """Exit (``SystemExit`` with one line) when ``settings`` may not run.
+
+    ``process`` names the process in the message (``web``, ``worker``...).
+    """
+    try:
+        settings.require_keys()
+        if settings.encryption_keys:
+            # Builds the vault once: a malformed key is reported here, in one
+            # line, rather than as a traceback at the first request.
+            from analytics.crypto import Vault
+
+            Vault(settings.encryption_keys, settings.hash_key)
+    except ConfigurationError as exc:
+        raise SystemExit(f"analytics {process}: {exc.message}") from None
+    if not settings.encryption_keys:
+        log.warning(DEV_WARNING)
+
+
+def start_process(process: str, settings: Settings | None = None, *,
+                  environ: Mapping[str, str] | None = None, own_handler: bool = True) -> Settings:
+    """Scrubbing logs first, then the settings check: the common start of
+    every process. Returns the settings it checked.
+
+    ``own_handler=False`` for processes whose framework brings its log
+    handlers (Celery): only the filter is installed.
+    """
+    from analytics.logs import configure_logging, install
+
+    try:
+        settings = settings or Settings.from_env(environ)
+    except ConfigurationError as exc:
+        raise SystemExit(f"analytics {process}: {exc.message}") from None
+    if own_handler:
+        configure_logging(settings.phi_fields)
+    else:
+        install(settings.phi_fields)
+    check_settings(settings, process)
+    return settings

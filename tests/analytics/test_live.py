@@ -1,0 +1,110 @@
+"""The live fan-out's parts without a web server: client messages, the
+bounded buffer, scoping and throttling in the hub, the summed figures."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from analytics.errors import ValidationError
+from analytics.live import LiveClient, LiveHub, parse_client_message
+from analytics.livestats import WsCounters, write_ws_stats, ws_totals
+
+
+@pytest.mark.parametrize("raw, field", [
+    ("not json", "_schema"),
+    ('["subscribe"]', "action"),
+    ('{"action": "unsubscribe"}', "action"),
+    ('{"action": "subscribe", "events": "click"}', "events"),
+    ('{"action": "subscribe", "events": [""]}', "events"),
+    ('{"action": "subscribe", "colour": "red"}', "colour"),
+])
+def test_invalid_client_messages_are_rejected_by_field(raw: str, field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_client_message(raw)
+    assert field in caught.value.details
+
+
+def test_subscriptions_star_means_all_and_absent_means_none() -> None:
+    message = parse_client_message('{"action": "subscribe", "events": ["click", "login"]}')
+    assert message["events"] == frozenset({"click", "login"}) and message["metrics"] == frozenset()
+    message = parse_client_message('{"action": "subscribe", "events": ["*"], "metrics": ["*"]}')
+    assert message["events"] is None and message["metrics"] is None
+
+
+def test_a_full_buffer_closes_the_client_with_1013() -> None:
+    client = LiveClient("k1", "", max_buffer=3)
+    assert client.offer([b"a", b"b"])
+    frames, closing = client.take(0)
+    assert frames == [b"a", b"b"] and closing is None
+    assert client.offer([b"c", b"d", b"e"])
+    assert not client.offer([b"f"])  # 4 waiting > 3
+    frames, closing = client.take(0)
+    assert frames == [] and closing is not None and closing[0] == 1013 and "too slow" in closing[1]
+
+
+def frames_of(client: LiveClient) -> list[dict[str, Any]]:
+    frames, _ = client.take(0)
+    return [orjson.loads(frame) for frame in frames]
+
+
+@pytest.fixture
+def hub(service: Any) -> LiveHub:
+    return LiveHub(service.redis, service.codec, lambda payload: payload, metric_interval=0.5)
+
+
+def test_hub_scopes_events_by_user_hash_and_filters_by_type(hub: LiveHub, service: Any) -> None:
+    scoped = LiveClient("k-scoped", service.codec.user_hash("patient-1"), 100)
+    everyone = LiveClient("k-all", "", 100)
+    clicks = LiveClient("k-clicks", "", 100)
+    clicks.subscribe(frozenset({"click"}), frozenset())
+    for client in (scoped, everyone, clicks):
+        hub.register(client)
+    records = [service.codec.encode({"type": t, "userId": u, "properties": {"n": n}}, "normal",
+                                    int(time.time() * 1000), None)
+               for n, (t, u) in enumerate([("click", "patient-1"), ("login", "patient-2"),
+                                           ("click", "patient-2")])]
+    assert all("patient" not in orjson.dumps(r).decode() for r in records)  # sealed, hashed
+    hub.handle(b"analytics:live:events", orjson.dumps(records))
+    assert [m["data"]["properties"]["n"] for m in frames_of(scoped)] == [0]
+    assert [m["data"]["properties"]["n"] for m in frames_of(everyone)] == [0, 1, 2]
+    assert [m["data"]["properties"]["n"] for m in frames_of(clicks)] == [0, 2]
+    assert frames_of(everyone) == []
+    assert hub.counters.snapshot()["clients"] == 3
+
+
+def test_hub_throttles_metrics_per_series_and_flushes_the_latest(hub: LiveHub) -> None:
+    client = LiveClient("k", "", 100)
+    hub.register(client)
+
+    def update(count: int, route: str = "/a") -> bytes:
+        return orjson.dumps([{"name": "lat", "tags": {"route": route}, "bucket": 60, "resolution": 60,
+                              "count": count, "sum": count, "min": 1, "max": count}])
+
+    hub.handle("analytics:live:metrics", update(1))
+    hub.handle("analytics:live:metrics", update(2))
+    hub.handle("analytics:live:metrics", update(3))
+    hub.handle("analytics:live:metrics", update(1, route="/b"))  # another series
+    assert [(m["data"]["tags"]["route"], m["data"]["count"]) for m in frames_of(client)] == [("/a", 1), ("/b", 1)]
+    hub.flush_metrics(time.monotonic())
+    assert frames_of(client) == []  # the interval has not passed
+    time.sleep(0.55)
+    hub.flush_metrics(time.monotonic())
+    assert [m["data"]["count"] for m in frames_of(client)] == [3]  # coalesced to the latest
+
+
+def test_ws_totals_sum_the_live_processes(data: Any) -> None:
+    assert ws_totals(data)["processes"] == 0
+    a, b = WsCounters(), WsCounters()
+    a.add(clients=3, messages=100, errors=1, auth_failures=2)
+    b.add(clients=2, messages=50, auth_failures=1)
+    write_ws_stats(data, "host-1", a.snapshot())
+    write_ws_stats(data, "host-2", b.snapshot())
+    totals = ws_totals(data)
+    assert {k: totals[k] for k in ("clients", "messages_total", "errors_total", "auth_failures_total",
+                                   "processes")} == {"clients": 5, "messages_total": 150, "errors_total": 1,
+                                                     "auth_failures_total": 3, "processes": 2}
+    assert totals["updated"] is not None and abs(totals["updated"] - time.time()) < 5
+    assert 0 < data.ttl("analytics:stats:ws:host-1") <= 30

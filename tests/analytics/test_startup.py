@@ -1,0 +1,61 @@
+"""Without encryption keys (outside dev mode) every process refuses to start
+with one clear line and no traceback; dev mode starts with a loud warning."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT, free_port, python_env
+
+MESSAGE = "ANALYTICS_ENCRYPTION_KEYS is not set: refusing to start"
+
+
+def no_keys(env: dict[str, str]) -> dict[str, str]:
+    out = python_env({k: v for k, v in env.items() if k != "ANALYTICS_ENCRYPTION_KEYS"})
+    out.pop("ANALYTICS_ENCRYPTION_KEYS", None)
+    out["ANALYTICS_DEV"] = "0"
+    return out
+
+
+def test_create_app_exits_with_one_line(env) -> None:
+    from web import create_app
+
+    config = {k: v for k, v in env.items() if k != "ANALYTICS_ENCRYPTION_KEYS"}
+    with pytest.raises(SystemExit) as exc:
+        create_app({**config, "ANALYTICS_ENCRYPTION_KEYS": "", "TESTING": True})
+    text = str(exc.value.code)
+    assert text.startswith("analytics web: ") and MESSAGE in text and "\n" not in text
+
+
+def test_dev_mode_starts_with_a_loud_warning(env, caplog) -> None:
+    from web import create_app
+
+    with caplog.at_level(logging.WARNING):
+        app = create_app({**env, "ANALYTICS_ENCRYPTION_KEYS": "", "ANALYTICS_DEV": "1",
+                          "TESTING": True})
+    assert app.extensions["analytics"].vault is not None
+    assert "DEVELOPMENT MODE" in caplog.text and "NOT protected" in caplog.text
+
+
+@pytest.mark.parametrize("process, argv", [
+    ("cli", [sys.executable, "-m", "analytics.cli", "keys", "list"]),
+    ("web", [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "web:create_app()"]),
+    ("worker", [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--concurrency", "1",
+                "--without-mingle", "--without-gossip"]),
+    ("beat", [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--schedule", "{tmp}/schedule"]),
+])
+def test_processes_refuse_to_start_without_keys(env, process, argv, tmp_path) -> None:
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    environ = {**no_keys(env), "PORT": str(free_port())}
+    done = subprocess.run(argv, env=environ, cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode != 0
+    output = (done.stdout + done.stderr).strip()
+    assert "Traceback" not in output, output
+    expected = "error: " if process == "cli" else f"analytics {process}: "
+    last = output.splitlines()[-1]
+    # beat prints through its own logger (a "[time: WARNING/MainProcess]" prefix)
+    assert expected in last and MESSAGE in last, output

@@ -1,0 +1,145 @@
+"""The dashboard (``GET /``) in a real headless Chromium (Debian's, driven by
+playwright), against a real gunicorn server, the session's Celery worker
+and Redis: a person types a read key, events are ingested, the feed and the
+chart show them, a web restart is survived. Screenshots go to
+``test-artifacts/``."""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support import ARTIFACTS
+from tests.webservers import WebServer, chromium_args
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def web(env: dict[str, str], tmp_root: Path, worker: Any) -> Iterator[WebServer]:
+    logs = tmp_root / "dashboard-logs"
+    logs.mkdir(exist_ok=True)
+    server = WebServer("web-dashboard", env, logs).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(web: WebServer) -> Iterator[Any]:
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args())
+        context = browser.new_context(viewport={"width": 1280, "height": 1100})
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # The page must work under its own Content-Security-Policy.
+        page.on("console", lambda msg: errors.append(msg.text)
+                if "Content Security Policy" in msg.text else None)
+        page.errors = errors
+        yield page
+        context.close()
+        browser.close()
+
+
+def ingest(web: WebServer, key: str, events: list[dict[str, Any]]) -> None:
+    response = requests.post(web.url + "/v1/events", json={"batch": events},
+                             headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert response.status_code == 202, response.text
+
+
+def drawn_pixels(page: Any, selector: str) -> int:
+    """Pixels of the chart's canvas that are not blank."""
+    return page.evaluate("""(selector) => {
+        const canvas = document.querySelector(selector + ' canvas');
+        if (!canvas) return 0;
+        const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+        let n = 0;
+        for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
+        return n;
+    }""", selector)
+
+
+def test_dashboard_shows_live_events_and_charts_and_survives_a_restart(web, page, service) -> None:
+    read_key, _ = service.create_api_key("read")
+    ingest_key, _ = service.create_api_key("ingest")
+    page.goto(web.url + "/")
+    assert page.title().startswith("Analytics")
+    page.fill("#key", read_key)
+    page.click("#connect")
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Live')",
+                           timeout=15_000)
+    # The key is in this tab's session storage, never in the address.
+    assert read_key not in page.url
+    assert page.evaluate("sessionStorage.getItem('analytics.readKey')") == read_key
+
+    ingest(web, ingest_key, [
+        {"type": "page_view", "userId": "u-1", "properties": {"path": f"/p{i}"}} for i in range(5)
+    ] + [{"type": "click", "userId": "u-2", "properties": {"button": "buy"}} for _ in range(3)])
+    page.wait_for_function("() => document.querySelectorAll('#feed li').length >= 8", timeout=20_000)
+    feed = page.inner_text("#feed")
+    assert "page_view" in feed and "click" in feed and "/p4" in feed
+
+    # The events-per-minute chart drew points for both types.
+    page.wait_for_function("""() => {
+        const chart = window.analyticsDashboard.charts.rate;
+        return chart && chart.series.length === 3
+            && chart.data.slice(1).some(s => s.some(v => v > 0));
+    }""", timeout=10_000)
+    counts = page.evaluate("""() => {
+        const chart = window.analyticsDashboard.charts.rate;
+        const out = {};
+        chart.series.slice(1).forEach((s, i) => {
+            out[s.label] = chart.data[i + 1].reduce((a, b) => a + (b || 0), 0);
+        });
+        return out;
+    }""")
+    assert counts["page_view"] == 5 and counts["click"] == 3
+    assert drawn_pixels(page, "#rate-chart") > 500
+
+    # Filter the feed by type.
+    page.select_option("#type-filter", "click")
+    page.wait_for_function("""() => {
+        const rows = [...document.querySelectorAll('#feed li')];
+        return rows.length === 3 && rows.every(r => r.dataset.type === 'click');
+    }""", timeout=5_000)
+    page.select_option("#type-filter", "")
+
+    # No /v1/stats or metrics API on this server yet: "n/a", not a broken page.
+    page.wait_for_function("() => document.getElementById('figures-note').textContent.includes('n/a')",
+                           timeout=10_000)
+    page.fill("#metric-name", "api.latency")
+    page.click("#metric-form button")
+    page.wait_for_function("() => document.getElementById('metric-note').textContent.startsWith('n/a')",
+                           timeout=10_000)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+    # A web restart: the page says it lost the stream, reconnects by itself.
+    web.stop()
+    page.wait_for_function("() => /Reconnecting|Cannot connect|Connection lost/.test("
+                           "document.getElementById('status').textContent)", timeout=10_000)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-reconnecting.png"), full_page=True)
+    web.start()
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent === 'Live (reconnected)'",
+                           timeout=40_000)
+    ingest(web, ingest_key, [{"type": "logout", "userId": "u-1", "properties": {"after": "restart"}}])
+    page.wait_for_function("() => document.getElementById('feed').textContent.includes('restart')",
+                           timeout=20_000)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-reconnected.png"), full_page=True)
+    assert page.errors == []
+
+
+def test_a_rejected_key_is_forgotten_and_asked_for_again(web, page) -> None:
+    page.goto(web.url + "/")
+    page.fill("#key", "not-a-valid-key")
+    page.click("#connect")
+    page.wait_for_selector("#login-error:not([hidden])", timeout=15_000)
+    assert "rejected" in page.inner_text("#login-error")
+    assert page.evaluate("sessionStorage.getItem('analytics.readKey')") is None
+    assert page.is_visible("#key")

@@ -1,0 +1,260 @@
+"""``WS /v1/stream``: live events and metric updates (flask-sock).
+
+The fan-out itself is :class:`analytics.live.LiveHub` (one per process,
+started on the first connection). This module authenticates, runs one
+connection's loop and writes its frames.
+
+One connection, in its own gunicorn thread:
+
+* auth: ``?token=KEY`` or ``Authorization: Bearer KEY``; the key must allow
+  ``read``. Missing or bad: close ``1008`` at once, counted as an
+  authentication failure.
+* loop: wait up to 0.25 s for frames from the hub, write them in one
+  ``sendall``; read the client's messages (``subscribe``, ``active``);
+  close when the hub asks (``1013``: too slow, ``1001``: server restarting).
+* pings every ``ANALYTICS_WS_PING_SECONDS`` (simple-websocket's pinger): a
+  peer that has not answered the previous ping is dropped (``1008``
+  "Ping/Pong timeout"), and idle proxies keep the connection open.
+* automatic logoff: a client that sends no message for
+  ``ANALYTICS_WS_IDLE_SECONDS`` is closed with ``4408`` ("idle timeout").
+  Pongs do not count: they prove the machine is there, not the person. The
+  dashboard sends ``{"action": "active"}`` while someone uses it.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import struct
+import threading
+import time
+import weakref
+from typing import Any
+
+import orjson
+import redis
+from flask import Flask, current_app, request
+from flask_sock import Sock
+from simple_websocket import ConnectionClosed
+
+from analytics.apikeys import ApiKey
+from analytics.errors import (
+    AuthenticationError,
+    PermissionDenied,
+    StoreUnavailable,
+    ValidationError,
+)
+from analytics.live import CLOSE_GOING_AWAY, LiveClient, LiveHub, parse_client_message
+from analytics.service import consumer_name
+from web.auth import bearer_token
+from web.extensions import get_service
+
+log = logging.getLogger(__name__)
+
+sock = Sock()
+#: The hubs of this process (one per app), for the SIGTERM handler.
+_HUBS: weakref.WeakSet[LiveHub] = weakref.WeakSet()
+
+CLOSE_POLICY = 1008
+CLOSE_UNAVAILABLE = 1011
+CLOSE_IDLE = 4408
+#: Longest a connection thread waits for frames before looking at its
+#: client's messages and the idle clock.
+POLL_SECONDS = 0.25
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked WebSocket text frame (server to client).
+
+    Built once per message by the hub and shared by every client. Sent
+    uncompressed (RSV1 clear), which RFC 7692 allows even when
+    permessage-deflate was negotiated.
+    """
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x81, size)
+    elif size < 65536:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+def json_frame(kind: str, data: Any) -> bytes:
+    return text_frame(orjson.dumps({"kind": kind, "data": data}))
+
+
+def init_app(app: Flask) -> None:
+    settings = app.config["ANALYTICS_SETTINGS"]
+    service = app.extensions["analytics"]
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {
+        "ping_interval": settings.ws_ping_seconds or None,
+        "max_message_size": 64 * 1024,
+    })
+    hub = LiveHub(service.redis, service.codec, text_frame,
+                  metric_interval=settings.ws_metric_interval, process_name=consumer_name)
+    app.extensions["live"] = hub
+    _HUBS.add(hub)
+    sock.init_app(app)
+
+
+def get_hub() -> LiveHub:
+    return current_app.extensions["live"]
+
+
+def _authenticate(hub: LiveHub) -> ApiKey | None:
+    token = request.args.get("token") or bearer_token()
+    try:
+        key = get_service().authenticate(token)
+        key.require("read")
+    except (AuthenticationError, PermissionDenied):
+        hub.counters.add(auth_failures=1)
+        return None
+    return key
+
+
+@sock.route("/v1/stream")
+def stream(ws: Any) -> None:
+    hub = get_hub()
+    hub.ensure_started()
+    try:
+        key = _authenticate(hub)
+    except StoreUnavailable:
+        hub.counters.add(errors=1)
+        ws.close(CLOSE_UNAVAILABLE, "data store unavailable; retry later")
+        return
+    if key is None:
+        ws.close(CLOSE_POLICY, "authentication failed: a read key is required")
+        return
+    Connection(ws, hub, key).run()
+
+
+class _SerializedWrites:
+    """A socket whose writes never interleave.
+
+    Two threads write to a connection: its own loop (our frames) and
+    simple-websocket's reader thread (pings, pongs, the close reply). A
+    blocking send to a slow peer can be split, so without a lock a ping
+    could land inside one of our frames. Everything else (recv, fileno,
+    shutdown: the hub's abort must not wait for a stuck writer) passes
+    through.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        with self._lock:
+            self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class Connection:
+    """One client's loop (see the module docs)."""
+
+    def __init__(self, ws: Any, hub: LiveHub, key: ApiKey) -> None:
+        settings = get_service().settings
+        ws.sock = _SerializedWrites(ws.sock)
+        self.ws = ws
+        self.hub = hub
+        self.key = key
+        self.idle_seconds = settings.ws_idle_seconds
+        self.client = LiveClient(key.id, key.user_hash, settings.ws_buffer, abort=self._abort)
+
+    def _abort(self) -> None:
+        try:
+            self.ws.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _send(self, frames: list[bytes]) -> None:
+        self.ws.sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
+        self.hub.counters.add(messages=len(frames))
+        self.client.delivered += len(frames)
+
+    def run(self) -> None:
+        service = get_service()
+        try:
+            # The stream reveals PHI: no audit entry, no stream.
+            service.audit.record("stream.open", self.key.id, scope="user" if self.key.user_hash else "all")
+        except redis.RedisError:
+            self.hub.counters.add(errors=1)
+            self.ws.close(CLOSE_UNAVAILABLE, "data store unavailable; retry later")
+            return
+        self.hub.register(self.client)
+        heard = time.monotonic()
+        reason = "client closed"
+        try:
+            while True:
+                frames, closing = self.client.take(POLL_SECONDS)
+                if frames:
+                    self._send(frames)
+                if closing is not None:
+                    reason = closing[1]
+                    self.ws.close(*closing)
+                    break
+                if self._read_messages():
+                    heard = time.monotonic()
+                if not self.ws.connected:
+                    break
+                if self.idle_seconds and time.monotonic() - heard > self.idle_seconds:
+                    reason = "idle timeout"
+                    self.ws.close(CLOSE_IDLE, f"idle timeout: no client message for "
+                                              f"{self.idle_seconds:g} s (automatic logoff)")
+                    break
+        except ConnectionClosed:
+            pass
+        except OSError as exc:
+            # The peer went away mid-write, or the hub shut the socket down.
+            self.hub.counters.add(errors=1)
+            reason = f"write failed ({type(exc).__name__})"
+        finally:
+            self.hub.unregister(self.client)
+            try:
+                service.audit.record("stream.close", self.key.id, delivered=self.client.delivered,
+                                     reason=reason)
+            except Exception as exc:  # noqa: BLE001 - the stream is over either way
+                log.warning("could not audit a stream's end (%s)", type(exc).__name__)
+
+    def _read_messages(self) -> bool:
+        """Handle every message the client sent; ``True`` if there was any."""
+        heard = False
+        while True:
+            raw = self.ws.receive(timeout=0)
+            if raw is None:
+                return heard
+            heard = True
+            try:
+                message = parse_client_message(raw)
+            except ValidationError as exc:
+                self._send([json_frame("error", {"message": exc.message, "details": exc.details})])
+                continue
+            if message["action"] == "subscribe":
+                self.client.subscribe(message["events"], message["metrics"])
+                self._send([json_frame("subscribed", {
+                    "events": sorted(message["events"]) if message["events"] is not None else ["*"],
+                    "metrics": sorted(message["metrics"]) if message["metrics"] is not None else ["*"],
+                })])
+
+
+def close_streams_on_sigterm() -> None:
+    """Chain a SIGTERM handler that closes every stream of this process with
+    1001 "server restarting" before the server's own handler runs (called by
+    ``gunicorn.conf.py`` in each worker)."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        for hub in list(_HUBS):
+            hub.close_all(CLOSE_GOING_AWAY, "server restarting; reconnect")
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
