@@ -110,13 +110,23 @@ def test_dashboard_shows_live_events_and_charts_and_survives_a_restart(web, page
     }""", timeout=5_000)
     page.select_option("#type-filter", "")
 
-    # No /v1/stats or metrics API on this server yet: "n/a", not a broken page.
+    # No /v1/stats on this server yet: "n/a", not a broken page.
     page.wait_for_function("() => document.getElementById('figures-note').textContent.includes('n/a')",
                            timeout=10_000)
+    # The metrics API: a metric never written has no samples; once some are
+    # rolled up, the chart shows them.
     page.fill("#metric-name", "api.latency")
     page.click("#metric-form button")
-    page.wait_for_function("() => document.getElementById('metric-note').textContent.startsWith('n/a')",
-                           timeout=10_000)
+    page.wait_for_function(
+        "() => document.getElementById('metric-note').textContent.startsWith('No samples')", timeout=10_000)
+    response = requests.post(web.url + "/v1/metrics", headers={"Authorization": f"Bearer {ingest_key}"},
+                             json={"batch": [{"name": "api.latency", "value": v} for v in (12, 40, 95)]},
+                             timeout=10)
+    assert response.status_code == 202
+    page.wait_for_function("""() => {
+        document.querySelector('#metric-form button').click();
+        return document.getElementById('metric-note').textContent.startsWith('Per minute');
+    }""", timeout=20_000, polling=500)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
     # A web restart: the page says it lost the stream, reconnects by itself.
