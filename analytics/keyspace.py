@@ -51,7 +51,32 @@ key                                          type     holds
                                                       just stored (fan-out to WebSockets)
 ``analytics:live:metrics``                   channel  pub/sub: JSON array of updated metric
                                                       buckets
+``analytics:metrics:queue``                  stream   accepted, unprocessed metric samples
+                                                      (one entry per request)
+``analytics:metrics:{name}``                 hash     series id -> JSON tag set: the series
+                                                      of one metric (contract key); its
+                                                      length is the metric's cardinality
+``analytics:metrics:tags:{name}``            hash     ``key:value`` -> series ids having that
+                                                      tag (concatenated 12-char ids): the tag
+                                                      index (contract key)
+``analytics:metrics:{name}:seen``            zset     series id scored by its newest sample
+                                                      (epoch s): cleanup forgets series
+                                                      whose rollups have all expired
+``analytics:metrics:{name}:r{res}:{sid}:``   hash     rollup chunk of one series at tier
+``{chunk}``                                           ``res`` s: bucket offset -> packed
+                                                      count, sum, min, max, sum of squares
+``analytics:metrics:{name}:r{res}:{sid}:``   hash     the same chunk's quantile sketches:
+``{chunk}:q``                                         bucket offset -> packed (bin code,
+                                                      count) pairs
+``analytics:rollups:expiry``                 zset     rollup chunk keys scored by the epoch
+                                                      second they expire (cleanup's index)
+``analytics:lock:cleanup``                   string   token of the running cleanup (lock)
+``analytics:stats:cleanup``                  hash     last cleanup: time, duration, removed
 ===========================================  =======  =====================================
+
+Metric names never contain ``:``, and ``queue`` and ``tags`` are reserved, so
+a metric's keys cannot collide with the fixed ones. ``events.{type}`` metrics
+(per-type event counts) are written by the event commit itself.
 
 The consumer group of every queue stream is :data:`GROUP`.
 """
@@ -82,6 +107,12 @@ ROTATION = "analytics:rotation"
 WS_STATS = "analytics:stats:ws:"
 LIVE_EVENTS = "analytics:live:events"
 LIVE_METRICS = "analytics:live:metrics"
+METRICS_QUEUE = "analytics:metrics:queue"
+METRICS = "analytics:metrics:"
+METRIC_TAGS = "analytics:metrics:tags:"
+ROLLUP_EXPIRY = "analytics:rollups:expiry"
+CLEANUP_LOCK = "analytics:lock:cleanup"
+CLEANUP_STATS = "analytics:stats:cleanup"
 
 
 def event_queue(priority: str) -> str:
@@ -108,3 +139,21 @@ def user_index(user_hash: str) -> str:
 def rate_bucket(key_digest: str) -> str:
     """The token bucket of the API key whose SHA-256 is ``key_digest``."""
     return RATE_BUCKET + key_digest[:24]
+def metric_series(name: str) -> str:
+    """The series registry of metric ``name`` (contract key)."""
+    return METRICS + name
+
+
+def metric_tags(name: str) -> str:
+    """The tag index of metric ``name`` (contract key)."""
+    return METRIC_TAGS + name
+
+
+def metric_seen(name: str) -> str:
+    """Series of metric ``name`` scored by their newest sample."""
+    return f"{METRICS}{name}:seen"
+
+
+def rollup_chunk(name: str, resolution: int, series_id: str, chunk_start: int) -> str:
+    """One series' rollup buckets at one tier, for one chunk of time."""
+    return f"{METRICS}{name}:r{resolution}:{series_id}:{chunk_start}"

@@ -32,12 +32,23 @@ from analytics.fastpath import load_event
 from analytics.filters import matcher, parse_filters
 from analytics.isolation import Committer, record_problem
 from analytics.outage import OutageLog
+from analytics.metrics.fastpath import load_sample
+from analytics.metrics.schemas import EVENT_METRIC_PREFIX, MetricSampleSchema, check_name, metric_query_schema
+from analytics.metrics.store import (
+    EMPTY_SERIES,
+    MetricCommitResult,
+    MetricStore,
+    auto_bucket,
+    bucket_range,
+    series_id,
+)
 from analytics.phi import PhiPolicy
 from analytics.queue import Entry, EventQueue
 from analytics.ratelimit import RateLimiter
 from analytics.records import RecordCodec
 from analytics.redis_client import connect, is_out_of_memory, unavailable_as_error
 from analytics.registry import EventType, EventTypeRegistry
+from analytics.retention import Cleanup, CleanupReport
 from analytics.rotation import RotationReport, Rotator
 from analytics.schemas import event_query_schema, event_schema
 from analytics.settings import Settings
@@ -71,11 +82,16 @@ class DrainReport:
     seconds: float = 0.0
     #: Entries that failed and stay pending (retried, then dead-lettered).
     failed: int = 0
+    #: Metric queue entries and what became of them.
+    metric_entries: int = 0
+    metrics: MetricCommitResult = field(default_factory=MetricCommitResult)
 
     def __iadd__(self, other: DrainReport) -> DrainReport:
         self.entries += other.entries
         self.committed += other.committed
         self.failed += other.failed
+        self.metric_entries += other.metric_entries
+        self.metrics += other.metrics
         return self
 
 
@@ -120,6 +136,11 @@ class AnalyticsService:
                                settings.auth_failure_window)
         self.rate_limiter = RateLimiter(client, settings.rate_limit, settings.rate_burst)
         self.eraser = Eraser(client, self.api_keys)
+        self.metrics_queue = EventQueue(client, lanes=(keyspace.METRICS_QUEUE,))
+        self.metrics = MetricStore(client, settings, dead_letters=self.dead_letters)
+        self.store.metric_args = self.metrics.event_metric_args()
+        self._metric_schema = MetricSampleSchema(phi_fields=self.policy.names)
+        self.retention = Cleanup(client, settings)
         self.stats = Stats(client)
         self.committer = Committer(self.store, self.vault, settings.max_attempts)
         self._full = OutageLog("processing")
@@ -250,10 +271,15 @@ class AnalyticsService:
             size = self.settings.batch_size
             while True:
                 entries = self.queue.read(consumer, size)
-                if not entries:
+                samples = self.metrics_queue.read(consumer, size)
+                if not entries and not samples:
                     break
-                report += self._process(entries)
-                if len(entries) == size:
+                if entries:
+                    report += self._process(entries)
+                if samples:
+                    report.metric_entries += len(samples)
+                    report.metrics += self.metrics.commit(samples)
+                if len(entries) == size or len(samples) == size:
                     self.kick()
                 if time.monotonic() - started > budget:
                     self.kick()
@@ -274,7 +300,14 @@ class AnalyticsService:
                 if not entries:
                     break
                 report += self._process(entries)
-            if self.queue.length() > self.queue.pending():
+            while True:
+                samples = self.metrics_queue.claim_stale(consumer, idle_ms, self.settings.batch_size)
+                if not samples:
+                    break
+                report.metric_entries += len(samples)
+                report.metrics += self.metrics.commit(samples)
+            if (self.queue.length() > self.queue.pending()
+                    or self.metrics_queue.length() > self.metrics_queue.pending()):
                 self.kick()
         report.seconds = time.monotonic() - started
         return report
@@ -394,6 +427,116 @@ class AnalyticsService:
     def stats_snapshot(self) -> dict[str, Any]:
         """The monitoring figures (never raises because Redis is away)."""
         return self.stats.snapshot(self.queue, self.dead_letters)
+
+    # -- metrics -------------------------------------------------------------
+    def track_metric(self, name: str, value: float, tags: dict[str, str] | None = None,
+                     timestamp: Any = None) -> TrackResult:
+        """Validate and durably queue one metric sample."""
+        sample: dict[str, Any] = {"name": name, "value": value, "tags": tags or {}}
+        if timestamp is not None:
+            sample["timestamp"] = timestamp
+        return self.track_metrics([sample])
+
+    def track_metrics(self, samples: Iterable[Any], *, received_ms: int | None = None) -> TrackResult:
+        """Validate samples one by one and queue the valid ones as one entry.
+
+        Invalid samples (and samples that would add a series to a metric at
+        its cardinality limit) are reported by index. Raises
+        :class:`StoreUnavailable` when Redis cannot take them.
+        """
+        received = received_ms if received_ms is not None else int(time.time() * 1000)
+        result = TrackResult()
+        valid: list[tuple[int, dict[str, Any], str]] = []
+        series: dict[tuple[str, str], dict[str, str]] = {}
+        for index, raw in enumerate(samples):
+            if not isinstance(raw, dict):
+                result.rejected.append(
+                    {"index": index, "errors": {"_schema": ["A sample must be a JSON object."]}})
+                continue
+            sample = load_sample(raw, self.policy.names)
+            if sample is None:  # invalid (or unusual): the schema of record decides and explains
+                try:
+                    sample = self._metric_schema.load(raw)
+                except marshmallow.ValidationError as exc:
+                    result.rejected.append({"index": index, "errors": exc.normalized_messages()})
+                    continue
+            tags = dict(sorted(sample["tags"].items()))
+            sid = series_id(tags)
+            series[(sample["name"], sid)] = tags
+            ts = sample["timestamp"] if sample["timestamp"] is not None else received
+            valid.append((index, {"n": sample["name"], "v": sample["value"], "g": tags, "ts": ts}, sid))
+        if not valid:
+            return result
+        with unavailable_as_error():
+            full = self.metrics.register(series)
+        records = []
+        for index, record, sid in valid:
+            if (record["n"], sid) in full:
+                result.rejected.append({"index": index, "errors": {"tags": [
+                    f"Metric {record['n']!r} has reached its limit of "
+                    f"{self.settings.max_series_per_metric} series (tag combinations). Tags are "
+                    "not ids: keep unbounded values (user ids, request ids, timestamps) out of tags."]}})
+            else:
+                records.append(record)
+        result.rejected.sort(key=lambda r: r["index"])
+        if not records:
+            return result
+        with unavailable_as_error():
+            pipe = self.redis.pipeline(transaction=False)
+            self.metrics_queue.add(pipe, keyspace.METRICS_QUEUE, records)
+            pipe.set(keyspace.KICK_EVENTS, 1, nx=True, px=KICK_TTL_MS)
+            entry_id, kicked = pipe.execute()
+        if kicked and self._kick is not None:
+            self._kick()
+        entry = entry_id.decode()
+        result.ids = [f"{entry}:{k}" for k in range(len(records))]
+        result.accepted = len(records)
+        return result
+
+    def get_metric(self, name: str, query: dict[str, Any], *,
+                   now_ms: int | None = None) -> dict[str, Any]:
+        """The ``GET /v1/metrics/{name}`` answer for ``query`` (raw strings
+        or loaded values). A tag combination never written gives no series."""
+        try:
+            params = metric_query_schema.load(query)
+        except marshmallow.ValidationError as exc:
+            raise ValidationError("invalid query", exc.normalized_messages()) from None
+        event_type = name[len(EVENT_METRIC_PREFIX):] if name.startswith(EVENT_METRIC_PREFIX) else None
+        if event_type is None:
+            problems = check_name(name, ingest=False)
+            if problems:
+                raise ValidationError("invalid metric name", {"name": problems})
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        end = params["end"] if params["end"] is not None else now
+        start = params["start"] if params["start"] is not None else end - 3_600_000
+        if start >= end:
+            raise ValidationError("invalid query", {"start": ["Must be before end."]})
+        bucket = params["bucket"] or auto_bucket((end - start) / 1000)
+        filter_tags = params["tags"]
+        bucket_range(start, end, bucket)  # refuse too many points before any work
+        series: dict[str, dict[str, str]]
+        with unavailable_as_error():
+            if event_type is not None:
+                # One series without tags, there even before the first event.
+                known = (self.registry.get(event_type) is not None
+                         or self.redis.exists(keyspace.time_index(event_type)))
+                series = {EMPTY_SERIES: {}} if known and not filter_tags else {}
+            else:
+                series = self.metrics.series(name, filter_tags)
+            found = self.metrics.query(name, series, start_ms=start, end_ms=end, bucket=bucket,
+                                       agg=params["agg"], filter_tags=filter_tags,
+                                       group_by=params["groupBy"])
+        return {"name": name, "series": found}
+
+    # -- retention -----------------------------------------------------------
+    def cleanup(self, now: float | None = None, budget: float = 30.0) -> CleanupReport:
+        """Remove expired events and rollup buckets (see :mod:`analytics.retention`)."""
+        with unavailable_as_error():
+            return self.retention.run(now, budget)
+
+    def cleanup_status(self) -> dict[str, Any]:
+        """Last cleanup run: ``last_run``, ``duration``, ``removed``, ``runs``."""
+        return self.retention.status()
 
     # -- querying ------------------------------------------------------------
     def get_events(self, query: dict[str, Any], *, reveal_phi: bool = True,

@@ -132,6 +132,14 @@ class Settings:
     #: ``ANALYTICS_WS_METRIC_INTERVAL``: at most one update per metric series
     #: per client this often (seconds); the latest value is always sent.
     ws_metric_interval: float = 1.0
+    #: ``ANALYTICS_MAX_SERIES_PER_METRIC``: distinct tag sets one metric may
+    #: have (cardinality guard: tags are not ids).
+    max_series_per_metric: int = 1000
+    #: ``ANALYTICS_RETENTION_10S_DAYS``, ``_1M_``, ``_1H_``, ``_1D_``: how long
+    #: rollup buckets of each tier (10 s, 1 min, 1 h, 1 day) live.
+    rollup_retention_days: tuple[float, float, float, float] = (1.0, 7.0, 90.0, 730.0)
+    #: ``ANALYTICS_CLEANUP_INTERVAL``: seconds between beat's cleanup runs.
+    cleanup_interval: float = 60.0
 
     @classmethod
     def from_env(
@@ -177,6 +185,7 @@ class Settings:
             ("ANALYTICS_RATE_BURST", "rate_burst", 1),
             ("ANALYTICS_AUTH_FAILURE_WINDOW", "auth_failure_window", 1),
             ("ANALYTICS_WS_BUFFER", "ws_buffer", 1),
+            ("ANALYTICS_MAX_SERIES_PER_METRIC", "max_series_per_metric", 1),
         ):
             if get(name):
                 values[field] = _int(name, get(name, ""), minimum)
@@ -189,9 +198,16 @@ class Settings:
             ("ANALYTICS_WS_IDLE_SECONDS", "ws_idle_seconds"),
             ("ANALYTICS_WS_PING_SECONDS", "ws_ping_seconds"),
             ("ANALYTICS_WS_METRIC_INTERVAL", "ws_metric_interval"),
+            ("ANALYTICS_CLEANUP_INTERVAL", "cleanup_interval"),
         ):
             if get(name):
                 values[field] = _float(name, get(name, ""))
+        tiers = list(cls.rollup_retention_days)
+        for i, tier in enumerate(("10S", "1M", "1H", "1D")):
+            name = f"ANALYTICS_RETENTION_{tier}_DAYS"
+            if get(name):
+                tiers[i] = _float(name, get(name, ""), 0.001)
+        values["rollup_retention_days"] = tuple(tiers)
         values.update(overrides)
         settings = cls(**values)
         if not settings.broker_url:

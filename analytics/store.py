@@ -89,8 +89,13 @@ def _scan_desc(client: redis.Redis, key: str, lo: int | None, hi: int | None,
 class EventStore:
     def __init__(self, client: redis.Redis, live_channel: str = LIVE_EVENTS_CHANNEL) -> None:
         self._redis = client
-        self._commit = client.register_script(load_script("commit_events.lua"))
+        self._commit = client.register_script(
+            load_script("rollup_lib.lua") + "\n" + load_script("commit_events.lua"))
         self.live_channel = live_channel
+        #: Trailing script arguments that count events into the
+        #: ``events.{type}`` metrics (set by the service; see
+        #: :meth:`analytics.metrics.MetricStore.event_metric_args`).
+        self.metric_args: list[Any] = []
 
     # -- writing -------------------------------------------------------------
     def commit(self, entries: list[Entry], group: str = keyspace.GROUP, *,
@@ -122,6 +127,7 @@ class EventStore:
                              orjson.dumps(record))
                 for letter in buried:
                     args += letter.script_args()
+            args += self.metric_args
             stored, dups, skipped, buried_count, erased = self._commit(
                 keys=[lane, dlq_key("events"), keyspace.ERASED], args=args)
             result += CommitResult(stored, dups, skipped, erased, buried_count)

@@ -58,7 +58,13 @@ def bench_memory(quick: bool) -> dict[str, Any]:
     return memory.memory_per_event(2_000 if quick else 50_000)
 
 
-SUITE = {"ingest": bench_ingest, "e2e": bench_e2e, "memory": bench_memory}
+def bench_metrics(quick: bool) -> dict[str, Any]:
+    from bench import metrics_bench
+
+    return metrics_bench.run(quick)
+
+
+SUITE = {"ingest": bench_ingest, "e2e": bench_e2e, "memory": bench_memory, "metrics": bench_metrics}
 
 
 def _fmt(value: Any) -> str:

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 def process_events() -> dict[str, Any]:
     """Drain the event queue for a few seconds (queued on ingest)."""
     report = service().drain()
-    return {"entries": report.entries, "stored": report.committed.stored}
+    return {"entries": report.entries, "stored": report.committed.stored,
+            "metric_samples": report.metrics.samples}
 
 
 @task(RECOVER)

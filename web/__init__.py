@@ -32,6 +32,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from web import metrics as prometheus
     from web.api import api
     from web.health import health
+    from web.metrics_api import metrics_api
     from web.openapi import openapi
     from web.ops import ops
     from web.privacy import privacy
@@ -46,6 +47,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(openapi)
     stream.init_app(app)
     app.register_blueprint(dashboard.dashboard)
+    app.register_blueprint(metrics_api)
     app.register_blueprint(ops)
     prometheus.init_app(app)
     return app

@@ -16,6 +16,11 @@
 --          count C, its dead-letter count D, then C times: type, id,
 --          timestamp ms, user hash, record; then D times: reason, attempts,
 --          payload field ("record" or "sealed"), payload, user hash
+-- then     (optional, for the events.{type} count metrics) the rollup expiry
+--          index, the live metrics channel or "", the key prefix of the
+--          event metrics (analytics:metrics:events.), the series id of the
+--          empty tag set, the number of tiers T, then per tier: resolution
+--          (s), chunk length (s), retention (s)
 --
 -- An entry is applied only if it is still in the group's pending list:
 -- when two workers hold the same entry (one was presumed dead and its entry
@@ -60,6 +65,7 @@ end
 pos = 10
 local stored, dups, skipped, buried, dropped = 0, 0, 0, 0, 0
 local fresh = {}
+local counted = {}
 for _ = 1, entries do
   local entry, count, dead = ARGV[pos], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
   pos = pos + 3
@@ -84,6 +90,7 @@ for _ = 1, entries do
         redis.call('HSET', ids, id, etype)
         stored = stored + 1
         fresh[stored] = record
+        counted[stored] = {etype, tonumber(ts)}
       else
         dups = dups + 1
       end
@@ -109,5 +116,46 @@ for _ = 1, entries do
 end
 if channel ~= '' and stored > 0 then
   redis.call('PUBLISH', channel, '[' .. table.concat(fresh, ',') .. ']')
+end
+-- Count the newly stored events per type in every rollup tier: the metric
+-- "events.{type}" (each event a sample of value 1, so every aggregate is
+-- right). Counted in a table first: one merge per (type, tier, bucket).
+if ARGV[pos] and stored > 0 then
+  local expiry, mchannel, mprefix, sid = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3]
+  local tiers = {}
+  for t = 1, tonumber(ARGV[pos + 4]) do
+    local at = pos + 2 + 3 * t
+    tiers[t] = {tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])}
+  end
+  local cells, order = {}, {}
+  for _, item in ipairs(counted) do
+    local etype, seconds = item[1], math.floor(item[2] / 1000)
+    for t, tier in ipairs(tiers) do
+      local bucket = seconds - seconds % tier[1]
+      local cell = etype .. '\0' .. t .. '\0' .. bucket
+      if cells[cell] then
+        cells[cell][4] = cells[cell][4] + 1
+      else
+        cells[cell] = {etype, t, bucket, 1}
+        order[#order + 1] = cell
+      end
+    end
+  end
+  local live = {}
+  for _, cell in ipairs(order) do
+    local etype, t, bucket, n = unpack(cells[cell])
+    local res, chunk_len, keep = tiers[t][1], tiers[t][2], tiers[t][3]
+    local chunk = bucket - bucket % chunk_len
+    local key = mprefix .. etype .. ':r' .. res .. ':' .. sid .. ':' .. chunk
+    local c, s, mn, mx = rollup_merge(key, string.format('%03d', (bucket - chunk) / res), n, n, 1, 1, n,
+      struct.pack('<i4i8', 0, n))  -- bin code 0 holds the value 1
+    redis.call('ZADD', expiry, 'NX', chunk + chunk_len + keep, key)
+    if t == 1 then
+      live[#live + 1] = rollup_live(cjson.encode('events.' .. etype), '{}', bucket, c, s, mn, mx)
+    end
+  end
+  if mchannel ~= '' and #live > 0 then
+    redis.call('PUBLISH', mchannel, '[' .. table.concat(live, ',') .. ']')
+  end
 end
 return {stored, dups, skipped, buried, dropped}

@@ -116,10 +116,20 @@ def test_dashboard_shows_live_events_and_charts_and_survives_a_restart(web, page
     figures = page.inner_text("#figures")
     assert "rate_per_second" in figures and "batch_ms_p99" in figures
     assert "[object Object]" not in figures
+    # The metrics API: a metric never written has no samples; once some are
+    # rolled up, the chart shows them.
     page.fill("#metric-name", "api.latency")
     page.click("#metric-form button")
-    page.wait_for_function("() => document.getElementById('metric-note').textContent.startsWith('n/a')",
-                           timeout=10_000)
+    page.wait_for_function(
+        "() => document.getElementById('metric-note').textContent.startsWith('No samples')", timeout=10_000)
+    response = requests.post(web.url + "/v1/metrics", headers={"Authorization": f"Bearer {ingest_key}"},
+                             json={"batch": [{"name": "api.latency", "value": v} for v in (12, 40, 95)]},
+                             timeout=10)
+    assert response.status_code == 202
+    page.wait_for_function("""() => {
+        document.querySelector('#metric-form button').click();
+        return document.getElementById('metric-note').textContent.startsWith('Per minute');
+    }""", timeout=20_000, polling=500)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
     # A web restart: the page says it lost the stream, reconnects by itself.

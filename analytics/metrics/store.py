@@ -1,0 +1,436 @@
+"""Metric rollups: registering series, committing batches, answering queries.
+
+Layout (see :mod:`analytics.keyspace`): a metric's series registry and tag
+index are one hash each; its data lives in *chunks*, one hash per (series,
+tier, :data:`CHUNK_BUCKETS` consecutive buckets), whose fields are bucket
+offsets. Chunking keeps a range query to a few ``HGETALL`` per series
+(24 h at 1 min is 12 chunks) while keeping every hash small, and makes
+retention a matter of deleting whole keys, found by their expiry time in
+``analytics:rollups:expiry``.
+
+Writes: the worker folds a batch of queue entries into one delta per
+(series, tier, bucket) in Python and applies them with
+``lua/commit_metrics.lua``, which refuses the lot if any entry is no longer
+pending (someone else counted it) and otherwise merges the deltas,
+acknowledges and deletes the entries, and publishes the updated 10 s
+buckets, in one atomic step. So a redelivered batch never counts twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import orjson
+import redis
+
+from analytics import keyspace
+from analytics.deadletters import DeadLetters
+from analytics.errors import ValidationError
+from analytics.metrics.sketch import GAMMA, NEGATIVE_BASE, ZERO_CODE, bin_code, encode_bins
+from analytics.queue import Entry
+from analytics.settings import Settings
+from analytics.store import load_script
+
+#: Rollup tiers (bucket seconds), finest first.
+TIERS = (10, 60, 3600, 86400)
+#: Buckets per chunk hash: 120 keeps a chunk's stats hash in Redis's compact
+#: listpack encoding (default ``hash-max-listpack-entries`` is 128). A
+#: bucket's field is its offset in the chunk as three digits ("007").
+CHUNK_BUCKETS = 120
+#: Points per series a query may ask for.
+MAX_POINTS = 10_000
+SERIES_ID_LENGTH = 12
+#: Seconds a process trusts its cache of registered series.
+KNOWN_TTL = 60.0
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+
+def series_id(tags: Mapping[str, str]) -> str:
+    """Short stable id of a tag set (keys within one metric's namespace)."""
+    return hashlib.blake2b(orjson.dumps(sorted(tags.items())), digest_size=6).hexdigest()
+
+
+EMPTY_SERIES = series_id({})
+
+
+def load_with_lib(name: str) -> str:
+    """A Lua script with the shared rollup helpers prepended."""
+    return load_script("rollup_lib.lua") + "\n" + load_script(name)
+
+
+def tier_for(bucket: int) -> int:
+    """The coarsest tier whose resolution divides ``bucket``."""
+    return max(r for r in TIERS if bucket % r == 0)
+
+
+def auto_bucket(span_seconds: float) -> int:
+    """A bucket for a query without one: the finest tier giving <= 500 points."""
+    for resolution in TIERS:
+        if span_seconds / resolution <= 500:
+            return resolution
+    return TIERS[-1] * math.ceil(span_seconds / TIERS[-1] / 500)
+
+
+def bucket_range(start_ms: int, end_ms: int, bucket: int) -> tuple[int, int]:
+    """The first bucket start (epoch s, aligned to ``bucket``) and the
+    number of buckets up to ``end_ms`` (exclusive); raises past
+    :data:`MAX_POINTS`."""
+    first = start_ms // 1000 // bucket * bucket
+    count = max(0, -(-(end_ms - first * 1000) // (bucket * 1000)))
+    if count > MAX_POINTS:
+        raise ValidationError("too many points", {"bucket": [
+            f"The range holds more than {MAX_POINTS} buckets of this size: ask for larger buckets."]})
+    return first, count
+
+
+@dataclass
+class MetricCommitResult:
+    samples: int = 0
+    entries: int = 0
+    #: Entries another worker had already committed (redeliveries).
+    skipped_entries: int = 0
+    #: Malformed records set aside in the dead-letter store.
+    invalid: int = 0
+
+    def __iadd__(self, other: MetricCommitResult) -> MetricCommitResult:
+        self.samples += other.samples
+        self.entries += other.entries
+        self.skipped_entries += other.skipped_entries
+        self.invalid += other.invalid
+        return self
+
+
+def _tags_json(tags: Mapping[str, str]) -> bytes:
+    return orjson.dumps(dict(sorted(tags.items())))
+
+
+class MetricStore:
+    def __init__(self, client: redis.Redis, settings: Settings,
+                 live_channel: str = keyspace.LIVE_METRICS,
+                 dead_letters: DeadLetters | None = None) -> None:
+        self._redis = client
+        self.dead_letters = dead_letters
+        self.limit = settings.max_series_per_metric
+        self.live_channel = live_channel
+        self.retention = {res: int(days * 86400)
+                          for res, days in zip(TIERS, settings.rollup_retention_days, strict=True)}
+        self._commit = client.register_script(load_with_lib("commit_metrics.lua"))
+        self._register = client.register_script(load_with_lib("register_series.lua"))
+        #: (metric, series id) known to be registered: saves a round trip per
+        #: request. Forgotten every KNOWN_TTL seconds, since cleanup may drop
+        #: a series (then its next sample is checked against the limit again).
+        self._known: set[tuple[str, str]] = set()
+        self._known_since = time.monotonic()
+
+    def event_metric_args(self) -> list[Any]:
+        """The trailing arguments of ``commit_events.lua`` that make it count
+        events into the ``events.{type}`` metrics."""
+        args: list[Any] = [keyspace.ROLLUP_EXPIRY, self.live_channel,
+                           keyspace.METRICS + "events.", EMPTY_SERIES, len(TIERS)]
+        for res in TIERS:
+            args += (res, res * CHUNK_BUCKETS, self.retention[res])
+        return args
+
+    # -- ingest --------------------------------------------------------------
+    def register(self, series: Mapping[tuple[str, str], Mapping[str, str]]) -> set[tuple[str, str]]:
+        """Register (metric, series id) -> tags under the cardinality limit;
+        returns those refused because their metric is full."""
+        if time.monotonic() - self._known_since > KNOWN_TTL or len(self._known) > 100_000:
+            self._known.clear()
+            self._known_since = time.monotonic()
+        by_metric: dict[str, list[tuple[str, Mapping[str, str]]]] = {}
+        for (name, sid), tags in series.items():
+            if (name, sid) not in self._known:
+                by_metric.setdefault(name, []).append((sid, tags))
+        if not by_metric:
+            return set()
+        pipe = self._redis.pipeline(transaction=False)
+        for name, items in by_metric.items():
+            args: list[Any] = [self.limit, len(items)]
+            for sid, tags in items:
+                args += (sid, _tags_json(tags), len(tags), *(f"{k}:{v}" for k, v in tags.items()))
+            self._register(keys=[keyspace.metric_series(name), keyspace.metric_tags(name)],
+                           args=args, client=pipe)
+        refused: set[tuple[str, str]] = set()
+        for (name, items), reply in zip(by_metric.items(), pipe.execute(), strict=True):
+            bad = {sid.decode() for sid in reply}
+            refused.update((name, sid) for sid in bad)
+            self._known.update((name, sid) for sid, _ in items if sid not in bad)
+        return refused
+
+    # -- processing ----------------------------------------------------------
+    def commit(self, entries: list[Entry], group: str = keyspace.GROUP) -> MetricCommitResult:
+        """Fold ``entries`` into rollups and acknowledge them, atomically.
+
+        If some entries were already committed by another worker, the script
+        applies nothing; they are dropped and the rest is folded again.
+        """
+        result = MetricCommitResult()
+        pending = list(entries)
+        while pending:
+            bad: list[tuple[Entry, Any]] = []
+            args = self._commit_args(pending, group, bad)
+            reply = self._commit(keys=[keyspace.METRICS_QUEUE], args=args)
+            if int(reply[0]) == 1:
+                result.entries += len(pending)
+                result.samples += sum(len(e.records) for e in pending) - len(bad)
+                result.invalid += len(bad)
+                if bad and self.dead_letters is not None:
+                    for entry, record in bad:
+                        self.dead_letters.add_record("metrics", record if isinstance(record, dict)
+                                                     else {"raw": repr(record)[:200]},
+                                                     "invalid_record", entry.deliveries)
+                break
+            gone = {m.decode() for m in reply[1]}
+            result.skipped_entries += len(gone)
+            pending = [e for e in pending if e.id not in gone]
+        return result
+
+    def _commit_args(self, entries: list[Entry], group: str,
+                     bad: list[tuple[Entry, Any]]) -> list[Any]:
+        cells: dict[tuple[str, str, int, int], list[Any]] = {}
+        series: dict[tuple[str, str], dict[str, str]] = {}
+        latest: dict[tuple[str, str], int] = {}
+        ids_of: dict[tuple[tuple[str, str], ...], str] = {}
+        for entry in entries:
+            for record in entry.records:
+                try:
+                    name, value, tags = str(record["n"]), float(record["v"]), dict(record["g"])
+                    seconds = int(record["ts"]) // 1000
+                    if not math.isfinite(value):
+                        raise ValueError("not finite")
+                except (KeyError, TypeError, ValueError):
+                    # Not written by track_metrics: set aside, never retried.
+                    bad.append((entry, record))
+                    continue
+                tag_key = tuple(sorted(tags.items()))
+                sid = ids_of.get(tag_key)
+                if sid is None:
+                    sid = ids_of[tag_key] = series_id(tags)
+                series[(name, sid)] = tags
+                if seconds > latest.get((name, sid), -1):
+                    latest[(name, sid)] = seconds
+                key = bin_code(value)
+                square = value * value
+                for res in TIERS:
+                    bucket = seconds - seconds % res
+                    cell = cells.get((name, sid, res, bucket))
+                    if cell is None:
+                        cells[(name, sid, res, bucket)] = [1, value, value, value, square, {key: 1}]
+                        continue
+                    cell[0] += 1
+                    cell[1] += value
+                    if value < cell[2]:
+                        cell[2] = value
+                    if value > cell[3]:
+                        cell[3] = value
+                    cell[4] += square
+                    bins = cell[5]
+                    bins[key] = bins.get(key, 0) + 1
+        args: list[Any] = [group, keyspace.ROLLUP_EXPIRY, self.live_channel, len(entries)]
+        args += [e.id for e in entries]
+        args.append(len(series))
+        for (name, sid), tags in series.items():
+            args += (keyspace.metric_series(name), keyspace.metric_tags(name),
+                     keyspace.metric_seen(name), sid, _tags_json(tags), latest[(name, sid)],
+                     len(tags), *(f"{k}:{v}" for k, v in tags.items()))
+        args.append(len(cells))
+        finest = TIERS[0]
+        for (name, sid, res, bucket), (c, s, mn, mx, sq, bins) in cells.items():
+            chunk_len = res * CHUNK_BUCKETS
+            chunk = bucket - bucket % chunk_len
+            args += (keyspace.rollup_chunk(name, res, sid, chunk), f"{(bucket - chunk) // res:03d}",
+                     c, s, mn, mx, sq, encode_bins(bins),
+                     chunk + chunk_len + self.retention[res])
+            if res == finest:
+                args += (orjson.dumps(name), _tags_json(series[(name, sid)]), bucket)
+            else:
+                args.append("")
+        return args
+
+    # -- querying ------------------------------------------------------------
+    def series(self, name: str, tags: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        """Series id -> tags of the series of ``name`` having all ``tags``,
+        by intersecting the tag index (no scan of the series)."""
+        if not tags:
+            raw = cast(dict[bytes, bytes], self._redis.hgetall(keyspace.metric_series(name)))
+            return {sid.decode(): orjson.loads(t) for sid, t in raw.items()}
+        found_lists = self._redis.hmget(keyspace.metric_tags(name), [f"{k}:{v}" for k, v in tags.items()])
+        if any(ids is None for ids in found_lists):
+            return {}
+        lists = cast(list[bytes], found_lists)
+        step = SERIES_ID_LENGTH
+        sets = sorted(({ids[i:i + step].decode() for i in range(0, len(ids), step)} for ids in lists),
+                      key=len)
+        matched = set.intersection(*sets)
+        if not matched:
+            return {}
+        ordered = sorted(matched)
+        found = self._redis.hmget(keyspace.metric_series(name), ordered)
+        return {sid: orjson.loads(t) for sid, t in zip(ordered, found, strict=True) if t is not None}
+
+    def query(self, name: str, series: Mapping[str, Mapping[str, str]], *, start_ms: int,
+              end_ms: int, bucket: int, agg: str, filter_tags: Mapping[str, str],
+              group_by: str | None) -> list[dict[str, Any]]:
+        """Points of ``agg`` per group of ``series``, one per ``bucket``
+        seconds from the bucket holding ``start_ms`` up to ``end_ms``
+        (exclusive); an empty bucket is ``None``."""
+        first, count = bucket_range(start_ms, end_ms, bucket)
+        if not series:
+            return []
+        last = first + count * bucket
+        res = tier_for(bucket)
+        chunk_len = res * CHUNK_BUCKETS
+        chunks = range(first - first % chunk_len, last, chunk_len)
+        wants_sketch = agg in QUANTILES
+
+        groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+        for sid, tags in series.items():
+            out = dict(filter_tags)
+            if group_by is not None and group_by in tags:
+                out[group_by] = tags[group_by]
+            groups.setdefault(tuple(sorted(out.items())), []).append(sid)
+
+        pipe = self._redis.pipeline(transaction=False)
+        for sids in groups.values():
+            for sid in sids:
+                for chunk in chunks:
+                    key = keyspace.rollup_chunk(name, res, sid, chunk)
+                    pipe.hgetall(key)
+                    if wants_sketch:
+                        pipe.hgetall(key + ":q")
+        replies = iter(pipe.execute())
+
+        out_series: list[dict[str, Any]] = []
+        for group, sids in groups.items():
+            offsets: list[bytes] = []
+            raws: list[bytes] = []
+            texts: list[bytes | None] = []
+            bases: list[int] = []
+            sizes: list[int] = []
+            for _sid in sids:
+                for chunk in chunks:
+                    stats = next(replies)
+                    bins = next(replies) if wants_sketch else None
+                    if not stats:
+                        continue
+                    offsets.extend(stats)
+                    raws.extend(stats.values())
+                    bases.append(chunk)
+                    sizes.append(len(stats))
+                    if bins is not None:
+                        texts.extend(bins.get(off) for off in stats)
+            points = _points(agg, first, count, bucket, res, offsets, raws, bases, sizes,
+                             texts if wants_sketch else None)
+            if group_by is not None and all(value is None for _, value in points):
+                continue  # a group without data in the range is left out
+            out_series.append({"tags": dict(group), "points": points})
+        out_series.sort(key=lambda item: sorted(item["tags"].items()))
+        return out_series
+
+
+def _offsets(fields: list[bytes]) -> Any:
+    """Bucket offsets from their field names. They are written as three
+    digits, so they are read as a byte matrix rather than parsed one by one."""
+    joined = b"".join(fields)
+    if len(joined) == 3 * len(fields):
+        digits = np.frombuffer(joined, dtype=np.uint8).reshape(-1, 3).astype(np.int64) - 48
+        return digits @ np.array([100, 10, 1], dtype=np.int64)
+    return np.array([int(f) for f in fields], dtype=np.int64)
+
+
+def _points(agg: str, first: int, count: int, bucket: int, res: int, offsets: list[bytes],
+            raws: list[bytes], bases: list[int], sizes: list[int],
+            texts: list[bytes | None] | None) -> list[list[Any]]:
+    """Merge stored buckets (chunk ``bases[k]`` holds ``sizes[k]`` of them,
+    at ``offsets``, packed stats ``raws``) into ``count`` output buckets and
+    compute ``agg`` for each. Vectorized: a day at 1 minute over a few
+    series is thousands of stored buckets, too many for a Python loop."""
+    stamps = range(first, first + count * bucket, bucket)
+    if not offsets:
+        return [[t, None] for t in stamps]
+    at = np.repeat(np.asarray(bases, dtype=np.int64), sizes)
+    at += _offsets(offsets) * res
+    keep = (at >= first) & (at < first + count * bucket)
+    index = (at[keep] - first) // bucket
+    stats = np.frombuffer(b"".join(raws), dtype="<f8").reshape(-1, 5)[keep]
+    c = np.bincount(index, weights=stats[:, 0], minlength=count)
+    empty = (c <= 0).tolist()
+    if agg in QUANTILES:
+        assert texts is not None
+        values = _quantiles(QUANTILES[agg], count, index, stats, c,
+                            [texts[k] for k in np.flatnonzero(keep).tolist()])
+        return [[t, None if e else v] for t, v, e in zip(stamps, values, empty, strict=True)]
+    if agg == "count":
+        values = c.astype(np.int64).tolist()
+    elif agg in ("min", "max"):
+        extreme = np.full(count, np.inf if agg == "min" else -np.inf)
+        (np.minimum if agg == "min" else np.maximum).at(
+            extreme, index, stats[:, 2 if agg == "min" else 3])
+        values = extreme.tolist()
+    else:
+        total = np.bincount(index, weights=stats[:, 1], minlength=count)
+        result: Any
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if agg == "sum":
+                result = total
+            elif agg == "rate":
+                result = total / bucket
+            elif agg == "avg":
+                result = total / c
+            else:  # stddev (population), from the sums of values and of squares
+                squares = np.bincount(index, weights=stats[:, 4], minlength=count)
+                mean = total / c
+                result = np.sqrt(np.maximum(0.0, squares / c - mean * mean))
+        values = result.tolist()
+    return [[t, None if e else v] for t, v, e in zip(stamps, values, empty, strict=True)]
+
+
+#: numpy view of a stored bin (see :data:`analytics.metrics.sketch.BIN`).
+_BIN_DTYPE = np.dtype([("code", "<i4"), ("count", "<i8")])
+
+
+def _quantiles(q: float, count: int, index: Any, stats: Any, c: Any,
+               texts: list[bytes | None]) -> list[float | None]:
+    """The ``q``-quantile of each output bucket, merging the sketches of the
+    stored buckets that fall in it (``index``: output bucket of each stored
+    bucket, ``texts``: their packed bins). Same answers as
+    :meth:`analytics.metrics.sketch.Sketch.quantile`, for all buckets at once:
+    sort every bin by (bucket, code), then find in the running count the
+    first bin past each bucket's rank."""
+    mn = np.full(count, np.inf)
+    mx = np.full(count, -np.inf)
+    np.minimum.at(mn, index, stats[:, 2])
+    np.maximum.at(mx, index, stats[:, 3])
+    present = [(i, t) for i, t in zip(index.tolist(), texts, strict=True) if t]
+    if not present:
+        return [None] * count
+    bins = np.frombuffer(b"".join(t for _, t in present), dtype=_BIN_DTYPE)
+    owner = np.repeat(np.fromiter((i for i, _ in present), dtype=np.int64, count=len(present)),
+                      [len(t) // _BIN_DTYPE.itemsize for _, t in present])
+    order = np.lexsort((bins["code"], owner))
+    owner, codes, counts = owner[order], bins["code"][order], bins["count"][order]
+    running = np.cumsum(counts)
+    totals = np.bincount(owner, weights=counts, minlength=count)
+    before = np.concatenate(([0.0], np.cumsum(totals)[:-1]))
+    has = totals > 0
+    targets = before + q * (totals - 1)
+    at = np.searchsorted(running, targets[has], side="right")
+    picked = codes[np.minimum(at, len(codes) - 1)].astype(np.int64)
+    estimate = np.where(picked == ZERO_CODE, 0.0,
+                        np.where(picked < ZERO_CODE,
+                                 -2 * GAMMA ** (NEGATIVE_BASE - picked).astype(np.float64) / (GAMMA + 1),
+                                 2 * GAMMA ** picked.astype(np.float64) / (GAMMA + 1)))
+    values = np.full(count, np.nan)
+    values[has] = estimate
+    if q == 0:
+        values[has] = mn[has]
+    elif q == 1:
+        values[has] = mx[has]
+    values = np.minimum(np.maximum(values, mn), mx)
+    return [None if not h or math.isnan(v) else v for h, v in zip(has.tolist(), values.tolist(), strict=True)]

@@ -1,0 +1,202 @@
+"""Retention: removing what has expired, in bounded slices, under a lock.
+
+What expires:
+
+* raw events older than ``ANALYTICS_RETENTION_DAYS``: the stored record, its
+  time index entry, its messageId dedupe entry and its user index entry
+  (found through the record's ``u`` field);
+* rollup chunks past their tier's retention (``ANALYTICS_RETENTION_*_DAYS``):
+  each chunk's expiry time is in ``analytics:rollups:expiry``, so finding them
+  costs no scan;
+* series whose every rollup has expired (newest sample older than the
+  longest tier retention plus that tier's chunk span): forgotten from the
+  series registry and tag index, so they stop counting against the
+  cardinality limit and stop appearing in queries.
+
+Why it is safe: every slice (at most ``slice_size`` items) is one
+``MULTI``/``EXEC``, so Redis is never blocked for long and a run killed
+halfway leaves each item either wholly there or wholly gone; the next run
+carries on. A lock (``SET NX PX`` with a random token, extended between
+slices, released only by its owner) keeps two runs from doing the work
+twice; even without it every step is idempotent (``HDEL``/``ZREM``/``DEL`` of
+what is already gone do nothing). The clock is a parameter, so tests can
+expire data without waiting.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any, cast
+
+import orjson
+import redis
+
+from analytics import keyspace
+from analytics.metrics.store import CHUNK_BUCKETS, TIERS
+from analytics.settings import Settings
+from analytics.store import load_script
+
+log = logging.getLogger(__name__)
+
+#: How long the lock lives without being extended (a killed run's lock
+#: frees itself after this).
+LOCK_MS = 60_000
+
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass
+class CleanupReport:
+    """What one cleanup run did (also kept in ``analytics:stats:cleanup``)."""
+
+    skipped: bool = False
+    complete: bool = True
+    events: int = 0
+    rollup_chunks: int = 0
+    rollup_buckets: int = 0
+    series: int = 0
+    started: float = 0.0
+    duration: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Cleanup:
+    def __init__(self, client: redis.Redis, settings: Settings, slice_size: int = 500) -> None:
+        self._redis = client
+        self.settings = settings
+        self.slice_size = slice_size
+        self._extend = client.register_script(_EXTEND)
+        self._release = client.register_script(_RELEASE)
+        self._drop_series = client.register_script(load_script("drop_series.lua"))
+        #: A series is forgotten once its newest sample is this old.
+        self.series_horizon = int(max(settings.rollup_retention_days) * 86400
+                                  + TIERS[-1] * CHUNK_BUCKETS)
+
+    def run(self, now: float | None = None, budget: float = 30.0) -> CleanupReport:
+        """Remove what has expired at ``now`` (epoch seconds; default: the
+        clock), for at most about ``budget`` seconds. Returns a skipped
+        report if another run holds the lock."""
+        now = time.time() if now is None else now
+        started = time.monotonic()
+        report = CleanupReport(started=round(time.time(), 3))
+        token = uuid.uuid4().hex
+        if not self._redis.set(keyspace.CLEANUP_LOCK, token, nx=True, px=LOCK_MS):
+            report.skipped = True
+            self._redis.hset(keyspace.CLEANUP_STATS, "last_skipped", report.started)
+            return report
+        try:
+            deadline = started + budget
+            cutoff_ms = int((now - self.settings.retention_days * 86400) * 1000)
+            for event_type in self._event_types():
+                while time.monotonic() < deadline and self._still_mine(token):
+                    removed = self._expire_events(event_type, cutoff_ms)
+                    report.events += removed
+                    if removed < self.slice_size:
+                        break
+                else:
+                    report.complete = False
+            while time.monotonic() < deadline and self._still_mine(token):
+                chunks, buckets = self._expire_rollups(now)
+                report.rollup_chunks += chunks
+                report.rollup_buckets += buckets
+                if chunks < self.slice_size:
+                    break
+            else:
+                report.complete = False
+            for seen_key in self._redis.scan_iter(match=keyspace.metric_seen("*"), count=1000):
+                while time.monotonic() < deadline and self._still_mine(token):
+                    dropped, listed = self._expire_series(seen_key, now - self.series_horizon)
+                    report.series += dropped
+                    if listed < self.slice_size:
+                        break
+                else:
+                    report.complete = False
+        finally:
+            self._release(keys=[keyspace.CLEANUP_LOCK], args=[token])
+        report.duration = round(time.monotonic() - started, 3)
+        self._record(report)
+        return report
+
+    def status(self) -> dict[str, Any]:
+        """The last run's figures, for monitoring (empty before the first run)."""
+        raw = cast(dict[bytes, bytes], self._redis.hgetall(keyspace.CLEANUP_STATS))
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    # -- steps -----------------------------------------------------------------
+    def _still_mine(self, token: str) -> bool:
+        return bool(self._extend(keys=[keyspace.CLEANUP_LOCK], args=[token, LOCK_MS]))
+
+    def _event_types(self) -> list[str]:
+        """Types that have stored events (a SCAN: cursor-based, never blocks)."""
+        prefix = keyspace.EVENTS_TIME
+        return sorted({key.decode()[len(prefix):]
+                       for key in self._redis.scan_iter(match=prefix + "*", count=1000)})
+
+    def _expire_events(self, event_type: str, cutoff_ms: int) -> int:
+        time_key = keyspace.time_index(event_type)
+        ids = cast(list[bytes], self._redis.zrangebyscore(time_key, "-inf", f"({cutoff_ms}",
+                                                            start=0, num=self.slice_size))
+        if not ids:
+            return 0
+        records = self._redis.hmget(keyspace.processed(event_type), ids)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(keyspace.processed(event_type), *ids)
+        pipe.hdel(keyspace.EVENT_IDS, *ids)
+        for event_id, raw in zip(ids, records, strict=True):
+            user = orjson.loads(raw).get("u") if raw else ""
+            if user:
+                pipe.zrem(keyspace.user_index(user), f"{event_type}:{event_id.decode()}")
+        # The time index last: an entry is gone from it only with the rest.
+        pipe.zrem(time_key, *ids)
+        pipe.execute()
+        return len(ids)
+
+    def _expire_rollups(self, now: float) -> tuple[int, int]:
+        keys = cast(list[bytes], self._redis.zrangebyscore(keyspace.ROLLUP_EXPIRY, "-inf", now,
+                                                           start=0, num=self.slice_size))
+        if not keys:
+            return 0, 0
+        pipe = self._redis.pipeline(transaction=True)
+        for key in keys:
+            pipe.hlen(key)
+        for key in keys:
+            pipe.delete(key, key + b":q")
+        pipe.zrem(keyspace.ROLLUP_EXPIRY, *keys)
+        replies = pipe.execute()
+        return len(keys), sum(replies[:len(keys)])
+
+    def _expire_series(self, seen_key: bytes, cutoff: float) -> tuple[int, int]:
+        sids = self._redis.zrangebyscore(seen_key, "-inf", cutoff, start=0, num=self.slice_size)
+        if not sids:
+            return 0, 0
+        name = seen_key.decode()[len(keyspace.METRICS):-len(":seen")]
+        dropped = self._drop_series(
+            keys=[keyspace.metric_series(name), keyspace.metric_tags(name), seen_key],
+            args=[cutoff, *sids])
+        return int(dropped), len(sids)
+
+    def _record(self, report: CleanupReport) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(keyspace.CLEANUP_STATS, mapping={
+            "last_run": report.started, "duration": report.duration,
+            "complete": orjson.dumps(report.complete),
+            "removed": orjson.dumps({"events": report.events, "rollup_chunks": report.rollup_chunks,
+                                     "rollup_buckets": report.rollup_buckets,
+                                     "series": report.series}),
+        })
+        pipe.hincrby(keyspace.CLEANUP_STATS, "runs", 1)
+        pipe.execute()
+        if report.events or report.rollup_chunks:
+            log.info("cleanup removed %d events and %d rollup chunks in %.2f s",
+                     report.events, report.rollup_chunks, report.duration)
