@@ -35,6 +35,32 @@ def send_events(client: Any, headers: dict[str, str], prefix: str, total: int,
         time.sleep(pause)
 
 
+def send_metric_samples(client: Any, headers: dict[str, str], t0: int, total: int,
+                        accepted: list[int], batch_size: int = 200, pause: float = 0.01) -> None:
+    """Stream ``total`` samples of metric ``load`` (timestamps within the hour
+    from ``t0``), in batches; adds each batch's accepted count to ``accepted``."""
+    for start in range(0, total, batch_size):
+        batch = [{"name": "load", "value": n % 13, "tags": {"shard": f"s{n % 5}"},
+                  "timestamp": t0 + n % 3600}
+                 for n in range(start, min(total, start + batch_size))]
+        response = client.post("/v1/metrics", json={"batch": batch}, headers=headers)
+        assert response.status_code == 202, response.data
+        accepted.append(response.json["accepted"])
+        time.sleep(pause)
+
+
+def assert_samples_counted_once(service: Any, t0: int, expected: int) -> None:
+    params = {"start": str(t0), "end": str(t0 + 3600), "agg": "count"}
+    for bucket in ("3600", "60", "10"):  # every rollup tier counted each sample once
+        series = service.get_metric("load", {**params, "bucket": bucket})["series"]
+        assert sum(v for s in series for _, v in s["points"] if v) == expected, bucket
+
+
+def held(service: Any) -> int:
+    """Queue entries (events and samples) a worker holds, unacknowledged."""
+    return service.queue.pending() + service.metrics_queue.pending()
+
+
 def assert_events_stored_once(data: Any, expected: int) -> None:
     assert data.hlen(keyspace.EVENT_IDS) == expected
     assert data.hlen(keyspace.processed("click")) == expected
@@ -43,7 +69,7 @@ def assert_events_stored_once(data: Any, expected: int) -> None:
 
 
 @pytest.mark.slow
-def test_worker_sigkill_repeatedly_during_a_stream_of_20000_events(make_stack) -> None:
+def test_worker_sigkill_repeatedly_during_a_stream_of_20000_events_and_samples(make_stack) -> None:
     stack = make_stack(ANALYTICS_BATCH_SIZE="16")
     stack.beat()
     worker = stack.worker(concurrency=2)
@@ -52,31 +78,38 @@ def test_worker_sigkill_repeatedly_during_a_stream_of_20000_events(make_stack) -
     secret, _ = service.create_api_key("ingest")
     headers = {"Authorization": f"Bearer {secret}"}
     accepted: list[int] = []
+    sampled: list[int] = []
+    t0 = int(time.time()) // 3600 * 3600 - 3600  # a whole past hour
     # One sender per kind of input; each runs while the workers are killed.
     senders = [threading.Thread(target=send_events,
-                                args=(app.test_client(), headers, "ev", 20_000, accepted))]
+                                args=(app.test_client(), headers, "ev", 20_000, accepted)),
+               threading.Thread(target=send_metric_samples,
+                                args=(app.test_client(), headers, t0, 20_000, sampled))]
     for sender in senders:
         sender.start()
     kills = mid_batch = during_stream = 0
     while kills < 6 and (any(s.is_alive() for s in senders) or kills < 3):
         during_stream += any(s.is_alive() for s in senders)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and service.queue.pending() == 0:
+        while time.monotonic() < deadline and held(service) == 0:
             time.sleep(0.001)
-        mid_batch += service.queue.pending() > 0
+        mid_batch += held(service) > 0
         worker.kill(signal.SIGKILL)
         worker.proc.wait(10)
         kills += 1
         worker = stack.worker(concurrency=2)
     for sender in senders:
         sender.join(120)
-    assert sum(accepted) == 20_000
+    assert sum(accepted) == 20_000 and sum(sampled) == 20_000
     assert mid_batch >= 1 and during_stream >= 1, (
         f"{kills} kills, {mid_batch} mid-batch, {during_stream} during the stream: proved nothing")
     data = stack.redis.client()
     wait_until(lambda: data.hlen(keyspace.EVENT_IDS) >= 20_000 and service.queue.pending() == 0
-               and service.queue.length() == 0, 90, 0.2, "every accepted event to be stored")
+               and service.queue.length() == 0 and service.metrics_queue.length() == 0
+               and service.metrics_queue.pending() == 0, 90, 0.2,
+               "every accepted event and sample to be stored")
     assert_events_stored_once(data, 20_000)
+    assert_samples_counted_once(service, t0, 20_000)
 
 
 def outage_lines(text: str) -> list[str]:
