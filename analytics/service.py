@@ -31,7 +31,6 @@ from analytics.errors import AuthenticationError, RateLimited, ValidationError
 from analytics.fastpath import load_event
 from analytics.filters import matcher, parse_filters
 from analytics.isolation import Committer, record_problem
-from analytics.outage import OutageLog
 from analytics.metrics.fastpath import load_sample
 from analytics.metrics.schemas import EVENT_METRIC_PREFIX, MetricSampleSchema, check_name, metric_query_schema
 from analytics.metrics.store import (
@@ -42,6 +41,7 @@ from analytics.metrics.store import (
     bucket_range,
     series_id,
 )
+from analytics.outage import OutageLog
 from analytics.phi import PhiPolicy
 from analytics.queue import Entry, EventQueue
 from analytics.ratelimit import RateLimiter
