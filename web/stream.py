@@ -104,10 +104,17 @@ def get_hub() -> LiveHub:
 
 def _authenticate(hub: LiveHub) -> ApiKey | None:
     token = request.args.get("token") or bearer_token()
+    service = get_service()
     try:
-        key = get_service().authenticate(token)
+        # ``where`` makes authenticate() count and audit a bad or missing key.
+        key = service.authenticate(token, where="websocket", remote=request.remote_addr)
+    except AuthenticationError:
+        hub.counters.add(auth_failures=1)
+        return None
+    try:
         key.require("read")
-    except (AuthenticationError, PermissionDenied):
+    except PermissionDenied:
+        service.audit_auth_failure("websocket", request.remote_addr, "forbidden")
         hub.counters.add(auth_failures=1)
         return None
     return key

@@ -122,6 +122,9 @@ def test_missing_or_bad_key_closes_1008_within_a_second(server, service, data) -
     # Counted as authentication failures in the process's monitoring figures.
     wait_until(lambda: ws_totals(data)["auth_failures_total"] >= 4, 10,
                message="auth failures in analytics:stats:ws:*")
+    # ... and in the audit log (throttled per address: at least one entry).
+    failures = [e for e in service.audit.entries(count=1000) if e["action"] == "auth.failure"]
+    assert any(e.get("where") == "websocket" for e in failures)
     [name] = data.keys("analytics:stats:ws:*")
     assert 0 < data.ttl(name) <= 30
     assert set(data.hgetall(name)) >= {b"clients", b"messages_total", b"errors_total",
