@@ -64,7 +64,14 @@ def bench_metrics(quick: bool) -> dict[str, Any]:
     return metrics_bench.run(quick)
 
 
-SUITE = {"ingest": bench_ingest, "e2e": bench_e2e, "memory": bench_memory, "metrics": bench_metrics}
+def bench_ws(quick: bool) -> dict[str, Any]:
+    from bench import ws_latency
+
+    return ws_latency.run(quick)
+
+
+SUITE = {"ingest": bench_ingest, "e2e": bench_e2e, "memory": bench_memory,
+         "metrics": bench_metrics, "ws": bench_ws}
 
 
 def _fmt(value: Any) -> str:
