@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
 
 from analytics.crypto import Vault
 from analytics.errors import AnalyticsError
+from analytics.redis_client import StreamChunk
 
 AUDIT_STREAM = "analytics:audit"
 AUDIT_HEAD = "analytics:audit:head"
@@ -54,12 +55,15 @@ class AuditLog:
     def _mac(self, prev: str, data: bytes) -> str:
         return self._vault.audit_mac(prev.encode() + b"|" + data)
 
+    def _head(self) -> str:
+        return (cast(bytes | None, self._redis.get(AUDIT_HEAD)) or b"").decode()
+
     def record(self, action: str, actor: str, **fields: Any) -> str:
         """Append an entry: ``action`` (``events.read``, ``key.create``...),
         ``actor`` (a key id, ``cli`` or ``system``) and PHI-free details."""
         entry = {"ts": round(time.time(), 3), "action": action, "actor": actor, **fields}
         data = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
-        head = (self._redis.get(AUDIT_HEAD) or b"").decode()
+        head = self._head()
         for _ in range(50):
             ok, value = self._append(keys=[AUDIT_STREAM, AUDIT_HEAD],
                                      args=[head, data, self._mac(head, data)])
@@ -71,7 +75,7 @@ class AuditLog:
     def entries(self, start: str = "-", count: int = 100) -> list[dict[str, Any]]:
         """Entries oldest first from stream id ``start``."""
         out = []
-        for entry_id, fields in self._redis.xrange(AUDIT_STREAM, start, "+", count=count):
+        for entry_id, fields in cast(StreamChunk, self._redis.xrange(AUDIT_STREAM, start, "+", count=count)):
             out.append({"id": entry_id.decode(), **orjson.loads(fields[b"data"])})
         return out
 
@@ -81,7 +85,7 @@ class AuditLog:
         checked = 0
         start = "-"
         while True:
-            chunk = self._redis.xrange(AUDIT_STREAM, start, "+", count=page)
+            chunk = cast(StreamChunk, self._redis.xrange(AUDIT_STREAM, start, "+", count=page))
             for entry_id, fields in chunk:
                 eid = entry_id.decode()
                 if fields.get(b"prev", b"").decode() != prev:
@@ -93,7 +97,7 @@ class AuditLog:
             if len(chunk) < page:
                 break
             start = "(" + chunk[-1][0].decode()
-        head = (self._redis.get(AUDIT_HEAD) or b"").decode()
+        head = self._head()
         if head != prev:
             return VerifyResult(False, checked, None, "entries at the end are missing")
         return VerifyResult(True, checked)

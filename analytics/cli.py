@@ -96,8 +96,8 @@ def keys_list() -> None:
     rows = _service().api_keys.list()
     click.echo(f"{'ID':<14}{'ROLE':<8}{'SCOPED':<8}{'CREATED':<22}{'REVOKED':<22}NAME")
     for k in rows:
-        created = datetime.datetime.fromtimestamp(k.created, datetime.timezone.utc)
-        revoked = (datetime.datetime.fromtimestamp(k.revoked, datetime.timezone.utc)
+        created = datetime.datetime.fromtimestamp(k.created, datetime.UTC)
+        revoked = (datetime.datetime.fromtimestamp(k.revoked, datetime.UTC)
                    .strftime("%Y-%m-%d %H:%M:%S") if k.revoked else "-")
         click.echo(f"{k.id:<14}{k.role:<8}{'yes' if k.user_hash else 'no':<8}"
                    f"{created:%Y-%m-%d %H:%M:%S}   {revoked:<22}{k.name}")

@@ -33,13 +33,13 @@ import redis
 
 from analytics import keyspace
 from analytics.apikeys import ApiKeyStore
+from analytics.redis_client import StreamChunk
 
 #: Records deleted per atomic step.
 SLICE = 500
 
 # redis-py's annotations cover its async client too; these are what the
 # synchronous client (decode_responses off) returns.
-StreamChunk = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 @dataclass

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
 
 from analytics import keyspace
+from analytics.redis_client import StreamChunk
 
 
 @dataclass
@@ -70,7 +71,7 @@ class EventQueue:
         pipe = self._redis.pipeline(transaction=False)
         for lane in self.lanes:
             pipe.xlen(lane)
-        return dict(zip(self.lanes, pipe.execute()))
+        return dict(zip(self.lanes, pipe.execute(), strict=True))
 
     def _decode(self, lane: str, entry_id: bytes, fields: dict[bytes, bytes] | None,
                 deliveries: int = 1) -> Entry:
@@ -100,7 +101,7 @@ class EventQueue:
                     raise
                 self.ensure_groups()  # the stream was lost (Redis without AOF)
                 continue
-            for _, items in reply or ():
+            for _, items in cast(list[tuple[bytes, StreamChunk]], reply or []):
                 entries.extend(self._decode(lane, eid, fields) for eid, fields in items)
         return entries
 
@@ -136,7 +137,7 @@ class EventQueue:
         for eid in ids:
             pipe.xpending_range(lane, self.group, min=eid, max=eid, count=1)
         counts: dict[bytes, int] = {}
-        for eid, reply in zip(ids, pipe.execute()):
+        for eid, reply in zip(ids, pipe.execute(), strict=True):
             if reply:
                 counts[eid] = int(reply[0]["times_delivered"])
         return counts

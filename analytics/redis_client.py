@@ -15,6 +15,9 @@ from analytics.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: What XRANGE returns (redis-py's own types are a wide union).
+StreamChunk = list[tuple[bytes, dict[bytes, bytes]]]
+
 #: Errors that mean "Redis is not there right now": retried, answered 503.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     redis.ConnectionError,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import orjson
 import redis
@@ -56,7 +57,7 @@ class EventTypeRegistry:
         if now - self._loaded_at < self._ttl:
             return
         types = dict(self._defaults)
-        for name, raw in self._redis.hgetall(keyspace.EVENT_TYPES).items():
+        for name, raw in cast(dict[bytes, bytes], self._redis.hgetall(keyspace.EVENT_TYPES)).items():
             data = orjson.loads(raw)
             types[name.decode()] = EventType(name=name.decode(), **data)
         self._cache = types

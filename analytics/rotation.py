@@ -39,6 +39,7 @@ import redis
 
 from analytics import keyspace
 from analytics.crypto import DecryptionError, Vault
+from analytics.redis_client import StreamChunk
 
 # KEYS[1]: hash. ARGV: field, expected, new, ... Sets a field only when it
 # still holds the expected value.
@@ -77,7 +78,6 @@ DONE = "done"
 
 # redis-py's annotations cover its async client too; these are what the
 # synchronous client (decode_responses off) returns.
-StreamChunk = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 @dataclass

@@ -7,7 +7,8 @@ silently dropped data.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -39,14 +40,14 @@ def parse_time_ms(value: Any) -> int:
             pass
         moment = datetime.fromisoformat(text)
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         return int(moment.timestamp() * 1000)
     raise ValueError("not a time")
 
 
 def format_time_ms(ms: int) -> str:
     """Milliseconds since the epoch as ISO 8601 UTC with a ``Z``."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
@@ -72,7 +73,7 @@ def _measure(node: dict[str, Any] | list[Any], depth: int) -> int:
         for key in node:
             if type(key) is not str or len(key) > 128:
                 raise ValidationError("Keys must be strings of at most 128 characters.")
-        items = node.values()
+        items: Iterable[Any] = node.values()
     else:
         items = node
     for item in items:

@@ -95,16 +95,16 @@ class SegmentMessageSchema(Schema):
     type = fields.String(required=True, validate=validate.OneOf(CALLS))
     event = fields.String(load_default=None, allow_none=True,
                           validate=validate.Length(min=1, max=200))
-    userId = fields.Raw(load_default=None, allow_none=True)  # noqa: N815 - wire name
-    anonymousId = fields.Raw(load_default=None, allow_none=True)  # noqa: N815 - wire name
-    messageId = fields.Raw(load_default=None, allow_none=True)  # noqa: N815 - wire name
+    userId = fields.Raw(load_default=None, allow_none=True)
+    anonymousId = fields.Raw(load_default=None, allow_none=True)
+    messageId = fields.Raw(load_default=None, allow_none=True)
     properties = fields.Raw(load_default=None, allow_none=True)
     traits = fields.Raw(load_default=None, allow_none=True)
     context = fields.Raw(load_default=None, allow_none=True)
     # Passed on as sent: the event schema reads and checks them.
     timestamp = fields.Raw(load_default=None, allow_none=True)
-    originalTimestamp = fields.Raw(load_default=None, allow_none=True)  # noqa: N815 - wire name
-    sentAt = Timestamp(load_default=None, allow_none=True)  # noqa: N815 - wire name
+    originalTimestamp = fields.Raw(load_default=None, allow_none=True)
+    sentAt = Timestamp(load_default=None, allow_none=True)
 
     @marshmallow.validates_schema
     def _track_has_event(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -119,7 +119,7 @@ class SegmentBatchSchema(Schema):
         unknown = INCLUDE  # writeKey, messageId, _metadata... (ignored)
 
     batch = fields.List(fields.Raw(), required=True)
-    sentAt = Timestamp(load_default=None, allow_none=True)  # noqa: N815 - wire name
+    sentAt = Timestamp(load_default=None, allow_none=True)
     context = fields.Dict(load_default=None, allow_none=True)
     integrations = fields.Dict(load_default=None, allow_none=True)
 

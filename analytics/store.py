@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -71,14 +71,15 @@ def _scan_desc(client: redis.Redis, key: str, lo: int | None, hi: int | None,
     if after is not None:
         ts, member = after
         if hi is None or ts <= hi:
-            for m in client.zrevrangebyscore(key, ts, ts):
+            for m in cast(list[bytes], client.zrevrangebyscore(key, ts, ts)):
                 name = m.decode()
                 if name < member:
                     yield ts, name
             high = f"({ts}"
     offset = 0
     while True:
-        chunk = client.zrevrangebyscore(key, high, low, start=offset, num=page, withscores=True)
+        chunk = cast(list[tuple[bytes, float]],
+                     client.zrevrangebyscore(key, high, low, start=offset, num=page, withscores=True))
         for m, score in chunk:
             yield int(score), m.decode()
         if len(chunk) < page:
@@ -174,7 +175,7 @@ class EventStore:
             pipe = self._redis.pipeline(transaction=False)
             for _, _, etype, eid in chunk:
                 pipe.hget(keyspace.processed(etype), eid)
-            for (ts, member, _, _), raw in zip(chunk, pipe.execute()):
+            for (ts, member, _, _), raw in zip(chunk, pipe.execute(), strict=True):
                 last = (ts, member)
                 scanned += 1
                 if raw is None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.harness import (bearer, create_key, event_batch, json_bytes, percentile, post_load,
-                           stack)
+from bench.harness import bearer, create_key, event_batch, json_bytes, percentile, post_load, stack
 
 
 def _summary(load: dict[str, Any], events_per_request: int) -> dict[str, Any]:

@@ -14,8 +14,7 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
-from tests.support import (ARTIFACTS, Process, RedisServer, celery_beat, python_env,
-                           start_worker)
+from tests.support import ARTIFACTS, Process, RedisServer, celery_beat, python_env, start_worker
 
 
 @pytest.fixture(scope="session")
