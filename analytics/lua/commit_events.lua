@@ -56,16 +56,33 @@ for e = 1, entries do
   pos = pos + 5 * dead
 end
 
+-- Erasure tombstones are rare: look them up only when any exist, once per user.
+local has_erased = redis.call('EXISTS', erased) == 1
+local erased_at = {}
 local function erased_since(user, queued_ms)
-  if user == '' then return false end
-  local at = redis.call('HGET', erased, user)
-  return at and queued_ms <= tonumber(at)
+  if not has_erased or user == '' then return false end
+  local at = erased_at[user]
+  if at == nil then
+    at = tonumber(redis.call('HGET', erased, user)) or false
+    erased_at[user] = at
+  end
+  return at and queued_ms <= at
+end
+
+-- Writes are gathered per key and sent as multi-member commands at the end:
+-- one HSET/ZADD per type and user rather than several calls per record
+-- (each redis.call costs about as much as the write itself).
+local function chunked(cmd, key, args)
+  for i = 1, #args, 1000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+  end
 end
 
 pos = 10
 local stored, dups, skipped, buried, dropped = 0, 0, 0, 0, 0
-local fresh = {}
-local counted = {}
+local fresh, counted, seen, acked = {}, {}, {}, {}
+local records, times, types = {}, {}, {}
+local users, user_order, marks = {}, {}, {}
 for _ = 1, entries do
   local entry, count, dead = ARGV[pos], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
   pos = pos + 3
@@ -79,15 +96,24 @@ for _ = 1, entries do
       local etype, id, ts, user, record = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4]
       if erased_since(user, queued_ms) then
         dropped = dropped + 1
-      -- The dedupe mark is written last, so a failure half-way leaves the
-      -- record unmarked and its retry writes it again (the writes repeat).
-      elseif redis.call('HEXISTS', ids, id) == 0 then
-        redis.call('HSET', processed .. etype, id, record)
-        redis.call('ZADD', timeidx .. etype, ts, id)
-        if user ~= '' then
-          redis.call('ZADD', useridx .. user, ts, etype .. ':' .. id)
+      elseif not seen[id] and redis.call('HEXISTS', ids, id) == 0 then
+        seen[id] = true
+        if not records[etype] then
+          records[etype], times[etype] = {}, {}
+          types[#types + 1] = etype
         end
-        redis.call('HSET', ids, id, etype)
+        local r, t = records[etype], times[etype]
+        r[#r + 1], r[#r + 2] = id, record
+        t[#t + 1], t[#t + 2] = ts, id
+        if user ~= '' then
+          if not users[user] then
+            users[user] = {}
+            user_order[#user_order + 1] = user
+          end
+          local u = users[user]
+          u[#u + 1], u[#u + 2] = ts, etype .. ':' .. id
+        end
+        marks[#marks + 1], marks[#marks + 2] = id, etype
         stored = stored + 1
         fresh[stored] = record
         counted[stored] = {etype, tonumber(ts)}
@@ -109,10 +135,22 @@ for _ = 1, entries do
     end
     pos = pos + 5
   end
-  if live and ack then
-    redis.call('XACK', lane, group, entry)
-    redis.call('XDEL', lane, entry)
-  end
+  if live and ack then acked[#acked + 1] = entry end
+end
+for _, etype in ipairs(types) do
+  chunked('HSET', processed .. etype, records[etype])
+  chunked('ZADD', timeidx .. etype, times[etype])
+end
+for _, user in ipairs(user_order) do
+  chunked('ZADD', useridx .. user, users[user])
+end
+-- The dedupe marks are written after the records, and the acknowledgement
+-- last: a failure half-way leaves records unmarked and entries pending, and
+-- their retry writes the same values again.
+chunked('HSET', ids, marks)
+if #acked > 0 then
+  redis.call('XACK', lane, group, unpack(acked))  -- at most one batch of entries
+  chunked('XDEL', lane, acked)
 end
 if channel ~= '' and stored > 0 then
   redis.call('PUBLISH', channel, '[' .. table.concat(fresh, ',') .. ']')
