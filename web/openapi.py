@@ -16,6 +16,7 @@ from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, fields
 
 from analytics import schemas
+from analytics.metrics import schemas as metric_schemas
 
 openapi = Blueprint("openapi", __name__, url_prefix="/v1")
 
@@ -84,6 +85,16 @@ class ErasureSchema(Schema):
     erasedAt = fields.Integer(required=True)
 
 
+class MetricSeriesSchema(Schema):
+    tags = fields.Dict(required=True)
+    points = fields.List(fields.List(fields.Raw()), required=True)
+
+
+class MetricQueryResultSchema(Schema):
+    name = fields.String(required=True)
+    series = fields.List(fields.Nested(MetricSeriesSchema), required=True)
+
+
 class StatusSchema(Schema):
     status = fields.String(required=True)
 
@@ -124,7 +135,10 @@ def build_spec() -> dict[str, Any]:
                          ("Error", ErrorSchema), ("TrackResult", TrackResultSchema),
                          ("EventsPage", EventsPageSchema), ("EventTypes", EventTypesSchema),
                          ("AuditPage", AuditPageSchema),
-                         ("Erasure", ErasureSchema), ("Status", StatusSchema)):
+                         ("Erasure", ErasureSchema), ("Status", StatusSchema),
+                         ("MetricSample", metric_schemas.MetricSampleSchema),
+                         ("MetricBatch", metric_schemas.MetricBatchSchema),
+                         ("MetricSeries", MetricQueryResultSchema)):
         spec.components.schema(name, schema=schema)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     spec.path(path="/v1/events", operations={
@@ -145,6 +159,21 @@ def build_spec() -> dict[str, Any]:
                           **_errors(400, 401, 403, 429, 503)},
         },
     })
+    spec.path(path="/v1/metrics", operations={"post": {
+        "summary": "Ingest one metric sample or a batch (role ingest)",
+        "security": secured,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "oneOf": [{"$ref": "#/components/schemas/MetricSample"},
+                      {"$ref": "#/components/schemas/MetricBatch"}]}}}},
+        "responses": {"202": _json("TrackResult", "Accepted: durably queued"),
+                      **_errors(400, 401, 403, 413, 429, 503)}}})
+    spec.path(path="/v1/metrics/{name}", operations={"get": {
+        "summary": "A metric's series, aggregated per bucket (role read)",
+        "security": secured,
+        "parameters": [{"in": "path", "name": "name", "required": True, "schema": {"type": "string"}},
+                       {"in": "query", "schema": metric_schemas.MetricQuerySchema}],
+        "responses": {"200": _json("MetricSeries", "Points aligned to bucket boundaries; null when empty"),
+                      **_errors(400, 401, 403, 429, 503)}}})
     spec.path(path="/v1/event-types", operations={
         "get": {"summary": "Registered event types (role read)", "security": secured,
                 "responses": {"200": _json("EventTypes", "The registry"),
