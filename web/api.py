@@ -2,14 +2,16 @@
 authorize and shape; the work is in :class:`analytics.AnalyticsService`."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import marshmallow
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from analytics.errors import PayloadTooLarge, ValidationError
 from analytics.schemas import event_batch_schema, event_type_schema
+from analytics.service import TrackResult
 from web.auth import require
 from web.body import json_body
 from web.extensions import get_service
@@ -24,24 +26,36 @@ def load(schema: marshmallow.Schema, data: Any) -> dict[str, Any]:
         raise ValidationError("invalid request", exc.normalized_messages()) from None
 
 
+def accept(schema: marshmallow.Schema, track: Callable[[list[Any], dict[str, Any]], TrackResult],
+           noun: str) -> tuple[Response, int]:
+    """The ``202`` of an ingest endpoint taking one item or ``{"batch": [...]}``.
+
+    ``track(items, envelope)`` queues the items (``envelope``: the loaded
+    batch envelope, empty for a single item). A single invalid item, or a
+    batch of which none was accepted, is a ``400`` naming the fields.
+    """
+    body = json_body()
+    if isinstance(body, dict) and "batch" in body:
+        envelope = load(schema, body)
+        limit = get_service().settings.max_batch_events
+        if len(envelope["batch"]) > limit:
+            raise PayloadTooLarge(f"more than {limit} {noun}s in one batch")
+        result = track(envelope["batch"], envelope)
+        if result.accepted == 0 and result.rejected:
+            raise ValidationError(f"no {noun} was accepted", {"rejected": result.rejected})
+    else:
+        result = track([body], {})
+        if result.rejected:
+            raise ValidationError(f"invalid {noun}", result.rejected[0]["errors"])
+    return jsonify(result.as_dict()), 202
+
+
 @api.post("/events")
 @require("ingest")
 def post_events():  # type: ignore[no-untyped-def]
-    body = json_body()
-    service = get_service()
-    if isinstance(body, dict) and "batch" in body:
-        envelope = load(event_batch_schema, body)
-        limit = service.settings.max_batch_events
-        if len(envelope["batch"]) > limit:
-            raise PayloadTooLarge(f"more than {limit} events in one batch")
-        result = service.track_many(envelope["batch"], sent_at=envelope["sentAt"])
-        if result.accepted == 0 and result.rejected:
-            raise ValidationError("no event was accepted", {"rejected": result.rejected})
-    else:
-        result = service.track(body)
-        if result.rejected:
-            raise ValidationError("invalid event", result.rejected[0]["errors"])
-    return jsonify(result.as_dict()), 202
+    return accept(event_batch_schema,
+                  lambda items, envelope: get_service().track_many(items, sent_at=envelope.get("sentAt")),
+                  "event")
 
 
 @api.get("/events")

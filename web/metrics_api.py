@@ -3,13 +3,11 @@ authorize and shape; the work is in :class:`analytics.AnalyticsService`."""
 from __future__ import annotations
 
 import orjson
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 
-from analytics.errors import PayloadTooLarge, ValidationError
 from analytics.metrics.schemas import metric_batch_schema
-from web.api import load
+from web.api import accept
 from web.auth import require
-from web.body import json_body
 from web.extensions import get_service
 
 metrics_api = Blueprint("metrics_api", __name__, url_prefix="/v1")
@@ -18,21 +16,7 @@ metrics_api = Blueprint("metrics_api", __name__, url_prefix="/v1")
 @metrics_api.post("/metrics")
 @require("ingest")
 def post_metrics():  # type: ignore[no-untyped-def]
-    body = json_body()
-    service = get_service()
-    if isinstance(body, dict) and "batch" in body:
-        envelope = load(metric_batch_schema, body)
-        limit = service.settings.max_batch_events
-        if len(envelope["batch"]) > limit:
-            raise PayloadTooLarge(f"more than {limit} samples in one batch")
-        result = service.track_metrics(envelope["batch"])
-        if result.accepted == 0 and result.rejected:
-            raise ValidationError("no sample was accepted", {"rejected": result.rejected})
-    else:
-        result = service.track_metrics([body])
-        if result.rejected:
-            raise ValidationError("invalid metric sample", result.rejected[0]["errors"])
-    return jsonify(result.as_dict()), 202
+    return accept(metric_batch_schema, lambda items, _: get_service().track_metrics(items), "sample")
 
 
 @metrics_api.get("/metrics/<path:name>")
