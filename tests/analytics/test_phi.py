@@ -75,3 +75,14 @@ def test_settings_coerce_and_refuse_bad_values() -> None:
         Settings.from_env({"ANALYTICS_RETENTION_DAYS": "soon"})
     with pytest.raises(ConfigurationError, match="ANALYTICS_ENCRYPTION_KEYS"):
         Vault.from_settings(Settings.from_env({}))
+
+
+def test_keyed_hashes_are_plain_hmac_sha256() -> None:
+    import base64
+    import hmac
+
+    vault = Vault([generate_key()])
+    key = vault._hash_key
+    assert vault.pseudonym("u-1") == hmac.digest(key, b"user\x00u-1", "sha256").hex()[:32]
+    expected = base64.urlsafe_b64encode(hmac.digest(key, b"message\x00m-1", "sha256")[:12]).decode()
+    assert vault.event_id("m-1") == expected
