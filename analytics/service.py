@@ -260,7 +260,10 @@ class AnalyticsService:
         Clears the "task queued" flag first, so an event queued from now on
         asks for a new task: no wake-up is lost. If work remains (a full
         batch, or the budget ran out), asks for one more task so that idle
-        workers join in.
+        workers join in. When the queue runs dry it lingers up to
+        ``drain_linger_seconds`` for new work: under a steady load one task
+        keeps draining instead of a new Celery task per burst (each costs
+        the worker about as much as processing a few hundred events).
         """
         consumer = consumer or consumer_name()
         budget = self.settings.drain_seconds if budget is None else budget
@@ -269,11 +272,19 @@ class AnalyticsService:
         with self._unless_full():
             self.redis.delete(keyspace.KICK_EVENTS)
             size = self.settings.batch_size
+            lingered = False
             while True:
                 entries = self.queue.read(consumer, size)
                 samples = self.metrics_queue.read(consumer, size)
                 if not entries and not samples:
-                    break
+                    left = budget - (time.monotonic() - started)
+                    if lingered or left <= 0:
+                        break  # a whole linger without new work: idle
+                    # Woken by new work that another worker then took: the
+                    # load goes on, so keep waiting; timed out: read once more.
+                    lingered = not self._await_work(min(self.settings.drain_linger_seconds, left))
+                    continue
+                lingered = False
                 if entries:
                     report += self._process(entries)
                 if samples:
@@ -286,6 +297,19 @@ class AnalyticsService:
                     break
         report.seconds = time.monotonic() - started
         return report
+
+    def _await_work(self, seconds: float) -> bool:
+        """Block up to ``seconds`` until something is added to a queue.
+
+        Only a wake-up hint (XREAD from ``$``, outside the consumer group):
+        the caller reads the group again afterwards, which also finds work
+        added just before this call.
+        """
+        if seconds <= 0:
+            return False
+        lanes = (*self.queue.lanes, *self.metrics_queue.lanes)
+        return bool(self.redis.xread({lane: "$" for lane in lanes}, count=1,
+                                     block=max(1, int(seconds * 1000))))
 
     def recover(self, consumer: str | None = None) -> DrainReport:
         """Take over entries left behind by dead workers, and make sure a

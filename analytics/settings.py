@@ -93,6 +93,9 @@ class Settings:
     max_attempts: int = 5
     #: ``ANALYTICS_DRAIN_SECONDS``: how long one processing task keeps draining.
     drain_seconds: float = 5.0
+    #: ``ANALYTICS_DRAIN_LINGER_SECONDS``: how long a processing task waits for
+    #: new work once the queue is empty before it ends (0: end at once).
+    drain_linger_seconds: float = 0.5
     #: ``ANALYTICS_RECOVERY_INTERVAL``: seconds between beat recovery sweeps.
     recovery_interval: float = 5.0
     #: ``ANALYTICS_MAX_CLOCK_SKEW_SECONDS``: cap of the ``sentAt`` correction.
@@ -192,6 +195,7 @@ class Settings:
         for name, field in (
             ("ANALYTICS_CLAIM_IDLE_SECONDS", "claim_idle_seconds"),
             ("ANALYTICS_DRAIN_SECONDS", "drain_seconds"),
+            ("ANALYTICS_DRAIN_LINGER_SECONDS", "drain_linger_seconds"),
             ("ANALYTICS_RECOVERY_INTERVAL", "recovery_interval"),
             ("ANALYTICS_REGISTRY_TTL", "registry_ttl"),
             ("ANALYTICS_RATE_LIMIT", "rate_limit"),

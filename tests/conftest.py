@@ -45,6 +45,7 @@ def service_env(server: RedisServer, keys: str, **extra: str) -> dict[str, str]:
         "ANALYTICS_CLAIM_IDLE_SECONDS": "2",
         "ANALYTICS_RECOVERY_INTERVAL": "1",
         "ANALYTICS_DRAIN_SECONDS": "2",
+        "ANALYTICS_DRAIN_LINGER_SECONDS": "0.2",
         "ANALYTICS_REGISTRY_TTL": "0.2",
     }
     env.update(extra)
