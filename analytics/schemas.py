@@ -104,6 +104,22 @@ def _not_phi_like(value: str) -> bool:
     return True
 
 
+class RawList(fields.Field):
+    """A JSON array whose items are validated one by one elsewhere (so that
+    one bad item is reported by its index, not fail the whole batch).
+
+    ``fields.List(fields.Raw())`` would do the same at ~1.5 us per item of
+    pure copying: this is on the hot path of every batch.
+    """
+
+    default_error_messages = {"invalid": "Not a valid list."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.make_error("invalid")
+        return value
+
+
 def FreeObject() -> fields.Dict:  # noqa: N802 - reads like a field class
     return fields.Dict(keys=fields.String(), load_default=None, allow_none=True,
                        validate=_check_object)
@@ -139,7 +155,7 @@ class EventBatchSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    batch = fields.List(fields.Raw(), required=True)
+    batch = RawList(required=True)
     sentAt = Timestamp(load_default=None, allow_none=True)
 
 

@@ -56,7 +56,7 @@ from marshmallow import INCLUDE, Schema, fields, validate
 from analytics import keyspace
 from analytics.errors import PayloadTooLarge, ValidationError
 from analytics.registry import TYPE_NAME
-from analytics.schemas import Timestamp
+from analytics.schemas import RawList, Timestamp
 
 #: Segment's call types, and the one-letter forms of their paths.
 CALLS = ("track", "identify", "page", "screen", "group", "alias")
@@ -118,7 +118,7 @@ class SegmentBatchSchema(Schema):
     class Meta:
         unknown = INCLUDE  # writeKey, messageId, _metadata... (ignored)
 
-    batch = fields.List(fields.Raw(), required=True)
+    batch = RawList(required=True)
     sentAt = Timestamp(load_default=None, allow_none=True)
     context = fields.Dict(load_default=None, allow_none=True)
     integrations = fields.Dict(load_default=None, allow_none=True)

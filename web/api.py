@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 import marshmallow
+import orjson
 from flask import Blueprint, Response, g, jsonify, request
 
 from analytics.errors import PayloadTooLarge, ValidationError
@@ -27,7 +28,7 @@ def load(schema: marshmallow.Schema, data: Any) -> dict[str, Any]:
 
 
 def accept(schema: marshmallow.Schema, track: Callable[[list[Any], dict[str, Any]], TrackResult],
-           noun: str) -> tuple[Response, int]:
+           noun: str) -> Response:
     """The ``202`` of an ingest endpoint taking one item or ``{"batch": [...]}``.
 
     ``track(items, envelope)`` queues the items (``envelope``: the loaded
@@ -47,7 +48,8 @@ def accept(schema: marshmallow.Schema, track: Callable[[list[Any], dict[str, Any
         result = track([body], {})
         if result.rejected:
             raise ValidationError(f"invalid {noun}", result.rejected[0]["errors"])
-    return jsonify(result.as_dict()), 202
+    # orjson: the body lists every id of the batch; Flask's encoder costs more.
+    return Response(orjson.dumps(result.as_dict()), status=202, mimetype="application/json")
 
 
 @api.post("/events")

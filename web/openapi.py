@@ -129,6 +129,7 @@ def build_spec() -> dict[str, Any]:
                          "PHI is encrypted at rest; every read is audited."})
     # Times are ISO 8601 (or epoch seconds); documented as date-time strings.
     marshmallow_plugin.map_to_openapi_type(schemas.Timestamp, "string", "date-time")
+    marshmallow_plugin.map_to_openapi_type(schemas.RawList, "array", None)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for name, schema in (("Event", schemas.EventSchema), ("EventBatch", schemas.EventBatchSchema),
                          ("EventTypeIn", schemas.EventTypeSchema), ("Erase", schemas.EraseSchema),

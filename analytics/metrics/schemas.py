@@ -11,7 +11,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from analytics.schemas import Timestamp
+from analytics.schemas import RawList, Timestamp
 
 #: Metric names: no ``:`` (it separates key parts) and a bounded length.
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$")
@@ -112,7 +112,7 @@ class MetricBatchSchema(Schema):
     class Meta:
         unknown = RAISE
 
-    batch = fields.List(fields.Raw(), required=True)
+    batch = RawList(required=True)
 
 
 def parse_tag_filter(text: str) -> dict[str, str]:
