@@ -27,35 +27,75 @@ REDACTED = "[redacted]"
 ALWAYS_PHI = ("previousId",)
 
 
+#: How many distinct field names a policy remembers the verdict of.
+KNOWN_NAMES = 4096
+
+
 class PhiPolicy:
     """The set of PHI field names, compared case-insensitively."""
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names = frozenset(n.strip().lower() for n in (*names, *ALWAYS_PHI) if n.strip())
+        #: Verdicts by exact field name. Events repeat the same few names
+        #: (and orjson hands out one interned str per name), so one dict
+        #: lookup replaces ``lower()`` plus a set lookup for almost every
+        #: key. Bounded: names are chosen by clients.
+        self.known: dict[str, bool] = {}
 
     def is_phi(self, field: str) -> bool:
-        return field.lower() in self.names
+        verdict = self.known.get(field)
+        if verdict is None:
+            verdict = field.lower() in self.names
+            if len(self.known) < KNOWN_NAMES:
+                self.known[field] = verdict
+        return verdict
 
 
-def _walk(node: Any, path: tuple[str | int, ...], names: frozenset[str],
+def _walk(node: Any, path: tuple[str | int, ...], policy: PhiPolicy,
           found: list[list[Any]]) -> Any:
     """Return ``node`` without PHI, appending what was removed to ``found``.
 
     Hot path (every ingested event): paths are built only for containers and
-    for found values, never for plain scalars.
+    for found values, never for plain scalars; a subtree without PHI is
+    returned as is, not copied.
     """
+    known = policy.known
     if isinstance(node, dict):
-        clean: dict[str, Any] = {}
+        clean: dict[str, Any] | None = None
         for key, value in node.items():
-            if key.lower() in names:
+            verdict = known.get(key)
+            if verdict is None:
+                verdict = policy.is_phi(key)
+            if verdict:
                 found.append([[*path, key], value])
-            elif isinstance(value, (dict, list)):
-                clean[key] = _walk(value, (*path, key), names, found)
-            else:
+                if clean is None:  # copy what came before; drop this key
+                    clean = {}
+                    for done, kept in node.items():
+                        if done == key:
+                            break
+                        clean[done] = kept
+                continue
+            if isinstance(value, (dict, list)):
+                inner = _walk(value, (*path, key), policy, found)
+                if inner is not value and clean is None:
+                    clean = {}
+                    for done, kept in node.items():
+                        if done == key:
+                            break
+                        clean[done] = kept
+                value = inner
+            if clean is not None:
                 clean[key] = value
-        return clean
-    return [_walk(item, (*path, i), names, found) if isinstance(item, (dict, list)) else item
-            for i, item in enumerate(node)]
+        return node if clean is None else clean
+    items: list[Any] | None = None
+    for i, item in enumerate(node):
+        if isinstance(item, (dict, list)):
+            inner = _walk(item, (*path, i), policy, found)
+            if inner is not item:
+                if items is None:
+                    items = list(node)
+                items[i] = inner
+    return node if items is None else items
 
 
 def split(event: dict[str, Any], policy: PhiPolicy) -> tuple[dict[str, Any], list[list[Any]]]:
@@ -69,7 +109,7 @@ def split(event: dict[str, Any], policy: PhiPolicy) -> tuple[dict[str, Any], lis
     for field in NESTED_FIELDS:
         value = clear.get(field)
         if value:
-            clear[field] = _walk(value, (field,), policy.names, found)
+            clear[field] = _walk(value, (field,), policy, found)
     return clear, found
 
 

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import copy
+import os
+from typing import Any
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analytics import phi
 from analytics.crypto import DecryptionError, Vault, generate_key
@@ -77,12 +83,100 @@ def test_settings_coerce_and_refuse_bad_values() -> None:
         Vault.from_settings(Settings.from_env({}))
 
 
-def test_keyed_hashes_are_plain_hmac_sha256() -> None:
+def test_keyed_hashes_are_plain_keyed_blake2b() -> None:
     import base64
-    import hmac
+    import hashlib
 
     vault = Vault([generate_key()])
     key = vault._hash_key
-    assert vault.pseudonym("u-1") == hmac.digest(key, b"user\x00u-1", "sha256").hex()[:32]
-    expected = base64.urlsafe_b64encode(hmac.digest(key, b"message\x00m-1", "sha256")[:12]).decode()
-    assert vault.event_id("m-1") == expected
+
+    def mac(message: bytes) -> bytes:
+        return hashlib.blake2b(message, key=key, digest_size=32).digest()
+
+    assert vault.pseudonym("u-1") == mac(b"user\x00u-1").hex()[:32]
+    assert vault.event_id("m-1") == base64.urlsafe_b64encode(mac(b"message\x00m-1")[:12]).decode()
+    assert vault.pseudonym("u-1") != vault.pseudonym("u-2")
+
+
+def _nonce(token: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(token)[5:17]  # version, key id, nonce, ...
+
+
+def test_nonces_are_never_repeated_across_threads_and_forks() -> None:
+    import threading
+
+    vault = Vault([generate_key()])
+    seen: list[bytes] = []
+
+    def seal_many() -> None:
+        seen.extend(_nonce(vault.seal(b"x")) for _ in range(2000))
+
+    threads = [threading.Thread(target=seal_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's nonces must not continue the parent's buffer
+        os.write(write, b"".join(_nonce(vault.seal(b"x")) for _ in range(100)))
+        os._exit(0)
+    seen.extend(_nonce(vault.seal(b"x")) for _ in range(100))  # the parent goes on too
+    os.waitpid(pid, 0)
+    child = os.read(read, 1200)
+    seen.extend(child[i:i + 12] for i in range(0, len(child), 12))
+    assert len(seen) == 8200
+    assert len(set(seen)) == len(seen)
+
+
+def _reference_split(event: dict[str, Any], names: frozenset[str]) -> tuple[dict[str, Any], list[list[Any]]]:
+    """The plain definition :func:`phi.split` must agree with: copy everything,
+    dropping (and collecting) values under PHI names."""
+    found: list[list[Any]] = []
+
+    def walk(node: Any, path: list[Any]) -> Any:
+        if isinstance(node, dict):
+            clean = {}
+            for key, value in node.items():
+                if key.lower() in names:
+                    found.append([[*path, key], value])
+                else:
+                    clean[key] = walk(value, [*path, key])
+            return clean
+        if isinstance(node, list):
+            return [walk(item, [*path, i]) for i, item in enumerate(node)]
+        return node
+
+    clear = dict(event)
+    for field in phi.IDENTITY_FIELDS:
+        value = clear.pop(field, None)
+        if value is not None:
+            found.append([[field], value])
+    for field in phi.NESTED_FIELDS:
+        if clear.get(field):
+            clear[field] = walk(clear[field], [field])
+    return clear, found
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(["a", "Email", "email", "zip", "x", "SSN", "list"]), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+_objects = st.dictionaries(st.sampled_from(["a", "Email", "zip", "x", "list"]), _json, max_size=4)
+
+
+@given(st.fixed_dictionaries({"type": st.just("click")}, optional={
+    "userId": st.text(max_size=3), "anonymousId": st.none() | st.text(max_size=3),
+    "properties": _objects, "context": _objects, "traits": _objects, "metadata": _objects}))
+@settings(max_examples=300, deadline=None)
+def test_split_agrees_with_its_plain_definition(event: dict[str, Any]) -> None:
+    policy = phi.PhiPolicy(DEFAULT_PHI_FIELDS)
+    before = copy.deepcopy(event)
+    assert phi.split(event, policy) == _reference_split(event, policy.names)
+    assert event == before  # the input is never modified
