@@ -7,40 +7,60 @@
 -- ARGV[2]  key prefix of the processed hashes   (analytics:events:processed:)
 -- ARGV[3]  key prefix of the time indexes       (analytics:events:time:)
 -- ARGV[4]  key prefix of the user indexes       (analytics:events:user:)
--- ARGV[5]  the dedupe index                     (analytics:events:ids)
--- ARGV[6]  live fan-out channel, or ""          (analytics:live:events)
--- ARGV[7]  "1": acknowledge the entries (normal); "0": probe, store the
+-- ARGV[5]  key prefix of the dedupe shards      (analytics:events:ids:)
+-- ARGV[6]  key prefix of the open-page hashes   (analytics:events:pages:)
+-- ARGV[7]  the stored-events counter            (analytics:events:count)
+-- ARGV[8]  live fan-out channel, or ""          (analytics:live:events)
+-- ARGV[9]  "1": acknowledge the entries (normal); "0": probe, store the
 --          records without acknowledging (used to find a poison record)
--- ARGV[8]  now, epoch seconds (the dead letters' "ts")
--- ARGV[9]  number of entries E, then per entry: its stream id, its record
---          count C, its dead-letter count D, then C times: type, id,
---          timestamp ms, user hash, record; then D times: reason, attempts,
---          payload field ("record" or "sealed"), payload, user hash
+-- ARGV[10] now, epoch seconds (the dead letters' "ts")
+-- ARGV[11] page size limit, bytes
+-- ARGV[12] page time bucket, ms
+-- ARGV[13] number of entries E, then per entry: its stream id, its record
+--          count C, its dead-letter count D, then C times: type, timestamp
+--          ms, user hash, dedupe shard, dedupe member, blob; then D times:
+--          reason, attempts, payload field ("record" or "sealed"), payload,
+--          user hash
 -- then     (optional, for the events.{type} count metrics) the rollup expiry
 --          index, the live metrics channel or "", the key prefix of the
 --          event metrics (analytics:metrics:events.), the series id of the
 --          empty tag set, the number of tiers T, then per tier: resolution
 --          (s), chunk length (s), retention (s)
 --
+-- Records are stored in *pages* (see analytics/store.py): a field of the
+-- processed hash holding the blobs, one after another, of records of one
+-- type whose timestamps fall in one time bucket. A record goes to the open
+-- page of its (type, bucket) (the open-page hash: bucket -> page id) while
+-- the page stays under the size limit, else to a new page "bucket.seq".
+-- The time index scores each page by its newest timestamp, each user index
+-- scores "type:page" by the user's newest timestamp in it.
+--
 -- An entry is applied only if it is still in the group's pending list:
 -- when two workers hold the same entry (one was presumed dead and its entry
 -- claimed), only the first commit counts. That also makes setting records
 -- aside exactly-once: they reach the dead-letter stream in the same step as
 -- the acknowledgement, and only from the commit that acknowledges. Records
--- are deduplicated by id (a keyed hash of the messageId) in the same step.
--- A record (or dead letter) of an erased user that was queued (entry id =
--- XADD time) before the erasure is dropped, not stored.
+-- are deduplicated by id (a keyed hash of the messageId; shard and member
+-- of the dedupe sets, passed as strings since Lua numbers are doubles) in
+-- the same step. A record (or dead letter) of an erased user that was
+-- queued (entry id = XADD time) before the erasure is dropped, not stored.
 --
--- Every argument is checked before the first write: Redis does not roll a
--- script back when it fails half-way, so a bad record must fail it early.
+-- Every argument and the type of every key written is checked before the
+-- first write (reads only, first phase): Redis does not roll a script back
+-- when it fails half-way, and appending to a page is not idempotent, so a
+-- bad record or key must fail the script before anything is written. (A
+-- full Redis refuses the first write, never a later one.)
 -- Returns {stored, duplicates, entries skipped because already committed,
 -- records dead-lettered, records dropped because their user was erased}.
 local lane, dlq, erased, group = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
-local processed, timeidx, useridx, ids, channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local ack, now = ARGV[7] == '1', ARGV[8]
-local entries = tonumber(ARGV[9])
+local processed, timeidx, useridx, idsprefix = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local openprefix, countkey, channel = ARGV[6], ARGV[7], ARGV[8]
+local ack, now = ARGV[9] == '1', ARGV[10]
+local limit, bucket_ms = tonumber(ARGV[11]), tonumber(ARGV[12])
+local entries = tonumber(ARGV[13])
+local FIRST, PER_RECORD = 14, 6
 
-local pos = 10
+local pos = FIRST
 for e = 1, entries do
   local count, dead = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
   if count == nil or dead == nil or not string.match(ARGV[pos], '^%d+') then
@@ -48,10 +68,12 @@ for e = 1, entries do
   end
   pos = pos + 3
   for r = 1, count do
-    if tonumber(ARGV[pos + 2]) == nil or ARGV[pos] == '' or ARGV[pos + 1] == '' then
+    local ts = tonumber(ARGV[pos + 1])
+    if ts == nil or ts ~= math.floor(ts) or ARGV[pos] == '' or ARGV[pos + 3] == ''
+        or not string.match(ARGV[pos + 4], '^%-?%d+$') or ARGV[pos + 5] == '' then
       return redis.error_reply('invalid_record: entry ' .. e .. ' record ' .. r)
     end
-    pos = pos + 5
+    pos = pos + PER_RECORD
   end
   pos = pos + 5 * dead
 end
@@ -69,20 +91,19 @@ local function erased_since(user, queued_ms)
   return at and queued_ms <= at
 end
 
--- Writes are gathered per key and sent as multi-member commands at the end:
--- one HSET/ZADD per type and user rather than several calls per record
--- (each redis.call costs about as much as the write itself).
-local function chunked(cmd, key, args)
-  for i = 1, #args, 1000 do
-    redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+local function check_type(key, wanted)
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= wanted then
+    error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. wanted})
   end
 end
 
-pos = 10
+-- Phase 1: reads only.
+pos = FIRST
 local stored, dups, skipped, buried, dropped = 0, 0, 0, 0, 0
-local fresh, counted, seen, acked = {}, {}, {}, {}
-local records, times, types = {}, {}, {}
-local users, user_order, marks = {}, {}, {}
+local fresh, counted, seen, acked, letters = {}, {}, {}, {}, {}
+local groups, group_order, marks = {}, {}, {}
+local users, user_order = {}, {}
 for _ = 1, entries do
   local entry, count, dead = ARGV[pos], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
   pos = pos + 3
@@ -93,43 +114,38 @@ for _ = 1, entries do
   if not live then skipped = skipped + 1 end
   for _ = 1, count do
     if live then
-      local etype, id, ts, user, record = ARGV[pos], ARGV[pos + 1], ARGV[pos + 2], ARGV[pos + 3], ARGV[pos + 4]
+      local etype, ts, user = ARGV[pos], tonumber(ARGV[pos + 1]), ARGV[pos + 2]
+      local shard, member, blob = ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
+      local mark = shard .. ':' .. member
       if erased_since(user, queued_ms) then
         dropped = dropped + 1
-      elseif not seen[id] and redis.call('HEXISTS', ids, id) == 0 then
-        seen[id] = true
-        if not records[etype] then
-          records[etype], times[etype] = {}, {}
-          types[#types + 1] = etype
+      elseif not seen[mark] and redis.call('SISMEMBER', idsprefix .. shard, member) == 0 then
+        seen[mark] = true
+        local bucket = ts - ts % bucket_ms
+        local gkey = etype .. '\0' .. bucket
+        local g = groups[gkey]
+        if not g then
+          g = {etype = etype, bucket = tostring(bucket / bucket_ms), records = {}}
+          groups[gkey] = g
+          group_order[#group_order + 1] = gkey
         end
-        local r, t = records[etype], times[etype]
-        r[#r + 1], r[#r + 2] = id, record
-        t[#t + 1], t[#t + 2] = ts, id
-        if user ~= '' then
-          if not users[user] then
-            users[user] = {}
-            user_order[#user_order + 1] = user
-          end
-          local u = users[user]
-          u[#u + 1], u[#u + 2] = ts, etype .. ':' .. id
-        end
-        marks[#marks + 1], marks[#marks + 2] = id, etype
+        g.records[#g.records + 1] = {ts, user, blob}
+        marks[#marks + 1] = {idsprefix .. shard, member}
         stored = stored + 1
-        fresh[stored] = record
-        counted[stored] = {etype, tonumber(ts)}
+        fresh[#fresh + 1], fresh[#fresh + 2] = etype, blob
+        counted[stored] = {etype, ts}
       else
         dups = dups + 1
       end
     end
-    pos = pos + 5
+    pos = pos + PER_RECORD
   end
   for _ = 1, dead do
     if live and ack then
       if erased_since(ARGV[pos + 4], queued_ms) then
         dropped = dropped + 1
       else
-        redis.call('XADD', dlq, '*', 'reason', ARGV[pos], 'attempts', ARGV[pos + 1], 'ts', now,
-                   ARGV[pos + 2], ARGV[pos + 3], 'user', ARGV[pos + 4])
+        letters[#letters + 1] = pos
         buried = buried + 1
       end
     end
@@ -137,23 +153,108 @@ for _ = 1, entries do
   end
   if live and ack then acked[#acked + 1] = entry end
 end
-for _, etype in ipairs(types) do
-  chunked('HSET', processed .. etype, records[etype])
-  chunked('ZADD', timeidx .. etype, times[etype])
+
+local types_seen = {}
+for _, gkey in ipairs(group_order) do
+  local g = groups[gkey]
+  if not types_seen[g.etype] then
+    types_seen[g.etype] = true
+    check_type(processed .. g.etype, 'hash')
+    check_type(timeidx .. g.etype, 'zset')
+    check_type(openprefix .. g.etype, 'hash')
+  end
+  -- The open page of (type, bucket) and how full it is.
+  g.page = redis.call('HGET', openprefix .. g.etype, g.bucket)
+  g.size = g.page and redis.call('HSTRLEN', processed .. g.etype, g.page) or 0
+  for _, rec in ipairs(g.records) do
+    local user = rec[2]
+    if user ~= '' and not users[user] then
+      check_type(useridx .. user, 'zset')
+      users[user] = {}
+      user_order[#user_order + 1] = user
+    end
+  end
+end
+if stored > 0 then check_type(countkey, 'string') end
+if #letters > 0 then check_type(dlq, 'stream') end
+
+-- Phase 2: writes. Gathered per key into multi-member commands: one
+-- ZADD per type and user rather than several calls per record (each
+-- redis.call costs about as much as the write itself).
+local function chunked(cmd, key, args, head)
+  for i = 1, #args, 1000 do
+    if head then
+      redis.call(cmd, key, head, unpack(args, i, math.min(i + 999, #args)))
+    else
+      redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+    end
+  end
+end
+
+local scores, score_types = {}, {}
+local function write_page(g, page, parts, newest, was)
+  local pages = processed .. g.etype
+  local old = was > 0 and redis.call('HGET', pages, page) or ''
+  redis.call('HSET', pages, page, (old or '') .. table.concat(parts))
+  local s = scores[g.etype]
+  if not s then
+    s = {}
+    scores[g.etype] = s
+    score_types[#score_types + 1] = g.etype
+  end
+  s[#s + 1], s[#s + 2] = newest, page
+end
+
+for _, gkey in ipairs(group_order) do
+  local g = groups[gkey]
+  local page, size, was = g.page, g.size, g.size
+  local parts, newest = {}, 0
+  for _, rec in ipairs(g.records) do
+    local ts, user, blob = rec[1], rec[2], rec[3]
+    if not page or (size > 0 and size + #blob > limit) then
+      if page and #parts > 0 then write_page(g, page, parts, newest, was) end
+      local seq = redis.call('HINCRBY', openprefix .. g.etype, '#', 1)
+      page = g.bucket .. '.' .. seq
+      redis.call('HSET', openprefix .. g.etype, g.bucket, page)
+      size, was, parts, newest = 0, 0, {}, 0
+    end
+    parts[#parts + 1] = blob
+    size = size + #blob
+    if ts > newest then newest = ts end
+    if user ~= '' then
+      local member = g.etype .. ':' .. page
+      local u = users[user]
+      if not u[member] or u[member] < ts then u[member] = ts end
+    end
+  end
+  if #parts > 0 then write_page(g, page, parts, newest, was) end
+end
+for _, etype in ipairs(score_types) do
+  chunked('ZADD', timeidx .. etype, scores[etype], 'GT')
 end
 for _, user in ipairs(user_order) do
-  chunked('ZADD', useridx .. user, users[user])
+  local args = {}
+  for member, ts in pairs(users[user]) do
+    args[#args + 1], args[#args + 2] = ts, member
+  end
+  chunked('ZADD', useridx .. user, args, 'GT')
 end
--- The dedupe marks are written after the records, and the acknowledgement
--- last: a failure half-way leaves records unmarked and entries pending, and
--- their retry writes the same values again.
-chunked('HSET', ids, marks)
+-- The dedupe marks after the records, the acknowledgement last.
+for _, mark in ipairs(marks) do
+  redis.call('SADD', mark[1], mark[2])
+end
+if stored > 0 then redis.call('INCRBY', countkey, stored) end
+for _, at in ipairs(letters) do
+  redis.call('XADD', dlq, '*', 'reason', ARGV[at], 'attempts', ARGV[at + 1], 'ts', now,
+             ARGV[at + 2], ARGV[at + 3], 'user', ARGV[at + 4])
+end
 if #acked > 0 then
   redis.call('XACK', lane, group, unpack(acked))  -- at most one batch of entries
   chunked('XDEL', lane, acked)
 end
 if channel ~= '' and stored > 0 then
-  redis.call('PUBLISH', channel, '[' .. table.concat(fresh, ',') .. ']')
+  -- msgpack array: type, blob, type, blob...
+  redis.call('PUBLISH', channel, cmsgpack.pack(fresh))
 end
 -- Count the newly stored events per type in every rollup tier: the metric
 -- "events.{type}" (each event a sample of value 1, so every aggregate is
