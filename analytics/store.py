@@ -129,6 +129,8 @@ class EventStore:
             load_script("rollup_lib.lua") + "\n" + load_script("commit_events.lua"))
         self._rewrite = client.register_script(load_script("rewrite_page.lua"))
         self.live_channel = live_channel
+        #: Size limit of a page (tests make it small to get many pages).
+        self.page_bytes = PAGE_BYTES
         #: Trailing script arguments that count events into the
         #: ``events.{type}`` metrics (set by the service; see
         #: :meth:`analytics.metrics.MetricStore.event_metric_args`).
@@ -157,7 +159,7 @@ class EventStore:
             args: list[Any] = [group, keyspace.EVENTS_PROCESSED, keyspace.EVENTS_TIME,
                                keyspace.EVENTS_USER, keyspace.EVENT_IDS, keyspace.EVENT_PAGES,
                                keyspace.EVENT_COUNT, self.live_channel,
-                               "1" if ack else "0", round(time.time(), 3), PAGE_BYTES,
+                               "1" if ack else "0", round(time.time(), 3), self.page_bytes,
                                BUCKET_MS, len(items)]
             for entry in items:
                 buried = dead.get(entry.id, [])
