@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-import orjson
+import msgpack
 import pytest
 
 from analytics import keyspace
@@ -193,7 +193,7 @@ def test_redis_full_answers_503_and_keeps_everything_accepted(tmp_path, encrypti
         assert accepted > 0
         # Nothing accepted was evicted: every accepted event is still queued.
         data = server.client()
-        queued = sum(len(orjson.loads(fields[b"e"]))
+        queued = sum(len(msgpack.unpackb(fields[b"r"]))
                      for _, fields in data.xrange(keyspace.EVENT_QUEUE))
         assert queued == accepted
         assert data.info("memory")["maxmemory_policy"] == "noeviction"
