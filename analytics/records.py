@@ -32,7 +32,13 @@ hex), the sealed PHI as the raw AEAD blob (not base64), a generated
 :data:`analytics.keyspace.PRIORITIES`. A value that does not have the
 expected shape (a record built elsewhere) is kept as it is, so decoding
 always gives back the record that was encoded. The sealed PHI pairs are
-msgpack too (older records sealed JSON; both open).
+msgpack too, the top-level field of each path as a one-byte code (older
+records sealed JSON; both open).
+
+A *page* (:mod:`analytics.store`) is blobs one after another; a full page
+is compressed (zlib, marked by a first byte ``0``, which no blob starts
+with): records of one type and minute share most keys and values, so
+their clear parts shrink to a fraction (sealed PHI and hashes do not).
 
 The queue carries, per record, what the commit needs without decoding the
 blob (:func:`queue_item`): ``[type, ts, user hash, dedupe shard, dedupe
@@ -43,7 +49,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from typing import Any
+import zlib
+from typing import Any, cast
 
 import msgpack
 import orjson
@@ -55,6 +62,10 @@ from analytics.schemas import format_time_ms
 
 _NESTED = (("properties", "pr"), ("context", "cx"), ("traits", "tr"), ("metadata", "md"))
 _PRIORITY_CODE = {p: n for n, p in enumerate(PRIORITIES)}
+#: Top-level fields of PHI paths, sealed as their index (a path's first step
+#: is always a field name, never a list index, so an int there is a code).
+_FIELD_NAMES = (*phi.IDENTITY_FIELDS, *phi.NESTED_FIELDS)
+_FIELD_CODES = {name: n for n, name in enumerate(_FIELD_NAMES)}
 
 #: A queue item: type, ts, user hash, dedupe shard, dedupe member, blob.
 QueueItem = list[Any]
@@ -176,21 +187,43 @@ def unpack(event_type: str, blob: bytes) -> dict[str, Any]:
     return unpack_fields(event_type, msgpack.unpackb(blob))
 
 
+#: First byte of a compressed page (a blob is an array: never starts so).
+COMPRESSED = b"\x00"
+
+
+def page_data(page: bytes) -> bytes:
+    """The blobs of a page, one after another (decompressed if need be)."""
+    return zlib.decompress(page[1:]) if page[:1] == COMPRESSED else page
+
+
+def is_compressed(page: bytes) -> bool:
+    return page[:1] == COMPRESSED
+
+
+def compress_page(data: bytes) -> bytes:
+    # Level 1: as small as level 9 on such pages (the sealed parts do not
+    # compress at all), at a fraction of the CPU.
+    return COMPRESSED + zlib.compress(data, 1)
+
+
 def iter_blobs(page: bytes) -> msgpack.Unpacker:
-    """The decoded blobs (field lists) of a page: blobs one after another."""
-    unpacker = msgpack.Unpacker(max_buffer_size=max(len(page), 1024))
-    unpacker.feed(page)
+    """The decoded blobs (field lists) of a page."""
+    data = page_data(page)
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1024))
+    unpacker.feed(data)
     return unpacker
 
 
 def split_page(page: bytes) -> list[tuple[list[Any], bytes]]:
     """(fields, original bytes) of every blob of ``page``, in order."""
-    unpacker = iter_blobs(page)
+    data = page_data(page)
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1024))
+    unpacker.feed(data)
     out: list[tuple[list[Any], bytes]] = []
     offset = 0
     for fields in unpacker:
         end = unpacker.tell()
-        out.append((fields, page[offset:end]))
+        out.append((fields, data[offset:end]))
         offset = end
     return out
 
@@ -274,7 +307,8 @@ class RecordCodec:
             if clear.get(field):
                 record[short] = clear[field]
         if pairs:
-            record["s"] = self.vault.seal(msgpack.packb(pairs))
+            record["s"] = self.vault.seal(msgpack.packb(
+                [[[_FIELD_CODES.get(path[0], path[0]), *path[1:]], value] for path, value in pairs]))
         return record
 
     def decode(self, record: dict[str, Any], reveal_phi: bool) -> dict[str, Any]:
@@ -302,8 +336,16 @@ class RecordCodec:
 
 
 def open_pairs(plain: bytes) -> list[list[Any]]:
-    """The PHI pairs of an opened seal: msgpack, or JSON (older records)."""
-    return orjson.loads(plain) if plain[:1] == b"[" else msgpack.unpackb(plain)
+    """The PHI pairs of an opened seal: msgpack with the top-level field of
+    each path as a small code, or JSON (older records)."""
+    if plain[:1] == b"[":
+        return cast(list[list[Any]], orjson.loads(plain))
+    pairs = msgpack.unpackb(plain)
+    for pair in pairs:
+        path = pair[0]
+        if path and isinstance(path[0], int):
+            path[0] = _FIELD_NAMES[path[0]]
+    return cast(list[list[Any]], pairs)
 
 
 def live_records(message: bytes) -> list[dict[str, Any]]:

@@ -10,7 +10,8 @@ one of each per event cannot get below a few hundred bytes per event; per
 page it is a byte or two. Pages are cut by time bucket, so a late event
 never widens a page: every record of a page lies within ``BUCKET_MS`` below
 its newest timestamp, which is the page's score in the time index
-``analytics:events:time:{type}``.
+``analytics:events:time:{type}``. A page the commit closed (full) is
+compressed by the worker right after (:meth:`EventStore.compress`).
 
 A commit runs ``lua/commit_events.lua``: acknowledgement, messageId dedupe
 (sharded integer sets), appending to pages, their time and user indexes and
@@ -50,6 +51,19 @@ BUCKET_MS = 60_000
 #: value of 16,378 bytes plus Redis' string header fills a 16 KiB
 #: allocation exactly (about 65 typical records).
 PAGE_BYTES = 16_378
+
+# ARGV: hash, field, expected, new, ... Sets a field only if it still holds
+# the expected value.
+_COMPRESS = """
+local n = 0
+for i = 1, #ARGV, 4 do
+  if redis.call('HGET', ARGV[i], ARGV[i + 1]) == ARGV[i + 2] then
+    redis.call('HSET', ARGV[i], ARGV[i + 1], ARGV[i + 3])
+    n = n + 1
+  end
+end
+return n
+"""
 
 #: What the time index and user index give for a page: (score, type, page id).
 PageRef = tuple[int, str, str]
@@ -128,6 +142,7 @@ class EventStore:
         self._commit = client.register_script(
             load_script("rollup_lib.lua") + "\n" + load_script("commit_events.lua"))
         self._rewrite = client.register_script(load_script("rewrite_page.lua"))
+        self._compress = client.register_script(_COMPRESS)
         self.live_channel = live_channel
         #: Size limit of a page (tests make it small to get many pages).
         self.page_bytes = PAGE_BYTES
@@ -169,10 +184,28 @@ class EventStore:
                 for letter in buried:
                     args += letter.script_args()
             args += self.metric_args
-            stored, dups, skipped, buried_count, erased = self._commit(
+            stored, dups, skipped, buried_count, erased, closed = self._commit(
                 keys=[lane, dlq_key("events"), keyspace.ERASED], args=args)
             result += CommitResult(stored, dups, skipped, erased, buried_count)
+            if closed:
+                self.compress([(closed[k].decode(), closed[k + 1].decode())
+                               for k in range(0, len(closed), 2)])
         return result
+
+    def compress(self, pages: list[tuple[str, str]]) -> int:
+        """Compress the pages ``(type, page id)``, which the commit closed
+        (full: nothing is appended to them any more); a page changed
+        meanwhile (rewritten by an erasure, say) is left as it is. Returns
+        the pages compressed. Should the worker die before this, a page just
+        stays uncompressed: it reads the same."""
+        pipe = self._redis.pipeline(transaction=False)
+        for etype, page_id in pages:
+            pipe.hget(keyspace.processed(etype), page_id)
+        args: list[Any] = []
+        for (etype, page_id), old in zip(pages, pipe.execute(), strict=True):
+            if old and not records.is_compressed(old):
+                args += (keyspace.processed(etype), page_id, old, records.compress_page(old))
+        return int(self._compress(args=args)) if args else 0
 
     def stored_count(self) -> int:
         """Events stored now (the size of the dedupe index)."""
@@ -214,9 +247,10 @@ class EventStore:
             if user:
                 users_kept.add(user)
             newest = fields[3] if newest is None else max(newest, fields[3])
-        page = b"".join(parts)
-        if page == old:
+        data = b"".join(parts)
+        if data == records.page_data(old):
             return 0
+        page = records.compress_page(data) if data and records.is_compressed(old) else data
         return int(self._rewrite(
             keys=[keyspace.processed(event_type), keyspace.time_index(event_type),
                   keyspace.open_pages(event_type), keyspace.EVENT_COUNT],

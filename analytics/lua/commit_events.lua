@@ -51,7 +51,9 @@
 -- bad record or key must fail the script before anything is written. (A
 -- full Redis refuses the first write, never a later one.)
 -- Returns {stored, duplicates, entries skipped because already committed,
--- records dead-lettered, records dropped because their user was erased}.
+-- records dead-lettered, records dropped because their user was erased,
+-- pages closed (full) by this commit: {type, page id, ...}}. The caller
+-- compresses the closed pages (nothing is appended to them any more).
 local lane, dlq, erased, group = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
 local processed, timeidx, useridx, idsprefix = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local openprefix, countkey, channel = ARGV[6], ARGV[7], ARGV[8]
@@ -191,7 +193,7 @@ local function chunked(cmd, key, args, head)
   end
 end
 
-local scores, score_types = {}, {}
+local scores, score_types, closed = {}, {}, {}
 local function write_page(g, page, parts, newest, was)
   local pages = processed .. g.etype
   local old = was > 0 and redis.call('HGET', pages, page) or ''
@@ -213,6 +215,7 @@ for _, gkey in ipairs(group_order) do
     local ts, user, blob = rec[1], rec[2], rec[3]
     if not page or (size > 0 and size + #blob > limit) then
       if page and #parts > 0 then write_page(g, page, parts, newest, was) end
+      if page then closed[#closed + 1], closed[#closed + 2] = g.etype, page end
       local seq = redis.call('HINCRBY', openprefix .. g.etype, '#', 1)
       page = g.bucket .. '.' .. seq
       redis.call('HSET', openprefix .. g.etype, g.bucket, page)
@@ -297,4 +300,4 @@ if ARGV[pos] and stored > 0 then
     redis.call('PUBLISH', mchannel, '[' .. table.concat(live, ',') .. ']')
   end
 end
-return {stored, dups, skipped, buried, dropped}
+return {stored, dups, skipped, buried, dropped, closed}

@@ -121,7 +121,25 @@ def test_the_api_pages_events_of_several_types_and_decodes_them(db, store_servic
     assert events[0]["timestamp"] == format_time_ms(BASE + 39 * 997)
     rest, last = service.get_events({"limit": 100, "cursor": cursor})
     assert [e["messageId"] for e in rest] == [f"api-{i}" for i in range(24, -1, -1)] and last is None
-    assert db.hlen(keyspace.processed("click")) > 1  # really several pages
+    pages = db.hvals(keyspace.processed("click"))
+    assert len(pages) > 1  # really several pages; the full ones compressed
+    assert any(records.is_compressed(p) for p in pages) and not records.is_compressed(
+        service.store.page("click", db.hget(keyspace.open_pages("click"),
+                                            str((BASE + 39 * 997) // BUCKET_MS)).decode()) or b"")
+
+
+def test_erasure_and_rotation_keep_full_pages_compressed(db, store_service) -> None:
+    service = store_service
+    ingest(service, [{"type": "click", "userId": f"u{i % 2}", "messageId": f"z{i}",
+                      "timestamp": format_time_ms(BASE + i), "properties": {"email": "x@example.org"}}
+                     for i in range(30)])
+    compressed = [p for p, page in db.hgetall(keyspace.processed("click")).items()
+                  if records.is_compressed(page)]
+    assert compressed
+    assert service.erase_user("u0", "test").records == 15
+    pages = db.hgetall(keyspace.processed("click"))
+    assert all(records.is_compressed(pages[p]) for p in compressed if p in pages)
+    assert sorted(r["m"] for r in records_in(db, "click")) == sorted(f"z{i}" for i in range(1, 30, 2))
 
 
 def test_a_message_id_is_stored_once_in_integer_set_shards(db, store_service) -> None:
