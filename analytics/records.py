@@ -47,6 +47,7 @@ member, blob]``. The worker passes those through to the commit script.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import uuid
 import zlib
@@ -98,13 +99,31 @@ def record_problem(record: Any) -> str | None:
 
 
 # -- binary forms that decode back to exactly the same string ------------------
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64_bytes(text: str) -> bytes | str:
     """URL-safe base64 text as its bytes, if it encodes back the same."""
+    # binascii directly: base64.urlsafe_b64decode costs twice as much, and
+    # this runs for every ingested event.
     try:
-        raw = base64.urlsafe_b64decode(text)
-    except (ValueError, TypeError):
+        encoded = text.encode("ascii")
+        raw = binascii.a2b_base64(encoded.translate(_TO_STANDARD))
+    except (UnicodeEncodeError, binascii.Error):
         return text
-    return raw if base64.urlsafe_b64encode(raw).decode() == text else text
+    return raw if binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE) == encoded else text
+
+
+def _sealed_bytes(text: str) -> bytes | str:
+    """A sealed token (URL-safe base64) as its bytes. No round-trip check
+    (it is the hot path): strictly valid base64 decodes to the very bytes
+    :meth:`Vault.open` would read from it, and the tokens we make are
+    canonical, so they come back the same."""
+    try:
+        return binascii.a2b_base64(text.encode("ascii").translate(_TO_STANDARD), strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error):
+        return text
 
 
 def _hex_bytes(text: str) -> bytes | str | None:
@@ -140,16 +159,17 @@ def _message_bytes(message_id: str) -> bytes | str:
 
 
 # -- blobs ---------------------------------------------------------------------
-def pack(record: dict[str, Any]) -> bytes:
-    """The stored blob of ``record`` (see the module docstring)."""
+def pack(record: dict[str, Any], event_id: bytes | str | None = None) -> bytes:
+    """The stored blob of ``record`` (see the module docstring);
+    ``event_id``: its id as :func:`_b64_bytes` gives it, when known."""
     ts = record["ts"]
     priority = record["p"]
     fields: list[Any] = [
-        _b64_bytes(record["i"]), _message_bytes(record["m"]),
+        _b64_bytes(record["i"]) if event_id is None else event_id, _message_bytes(record["m"]),
         _PRIORITY_CODE.get(priority, priority), ts, record["rt"] - ts,
         _hex_bytes(record.get("u", "")), _hex_bytes(record.get("a", "")),
         record.get("pr"), record.get("cx"), record.get("tr"), record.get("md"),
-        _b64_bytes(record["s"]) if "s" in record else None,
+        _sealed_bytes(record["s"]) if "s" in record else None,
     ]
     if "ot" in record:
         fields += (record["ot"], record["sa"])
@@ -250,7 +270,10 @@ def dedupe_key(event_id: str) -> tuple[str, str]:
     (``set-max-intset-entries``), i.e. 33 million events in all; beyond
     that it silently becomes a (larger) hash table, still exact.
     """
-    raw = _b64_bytes(event_id)
+    return _dedupe_key(event_id, _b64_bytes(event_id))
+
+
+def _dedupe_key(event_id: str, raw: bytes | str) -> tuple[str, str]:
     if not isinstance(raw, bytes) or len(raw) < 10:
         raw = hashlib.blake2b(event_id.encode(), digest_size=10).digest()
     return raw[:2].hex(), str(int.from_bytes(raw[2:10], "big", signed=True))
@@ -258,8 +281,9 @@ def dedupe_key(event_id: str) -> tuple[str, str]:
 
 def queue_item(record: dict[str, Any]) -> QueueItem:
     """What the queue carries for ``record`` (see the module docstring)."""
-    shard, member = dedupe_key(record["i"])
-    return [record["t"], record["ts"], record.get("u", ""), shard, member, pack(record)]
+    raw = _b64_bytes(record["i"])
+    shard, member = _dedupe_key(record["i"], raw)
+    return [record["t"], record["ts"], record.get("u", ""), shard, member, pack(record, raw)]
 
 
 def item_record(item: QueueItem) -> dict[str, Any]:
@@ -307,8 +331,9 @@ class RecordCodec:
             if clear.get(field):
                 record[short] = clear[field]
         if pairs:
-            record["s"] = self.vault.seal(msgpack.packb(
-                [[[_FIELD_CODES.get(path[0], path[0]), *path[1:]], value] for path, value in pairs]))
+            for path, _ in pairs:  # fresh lists from phi.split: changed in place
+                path[0] = _FIELD_CODES.get(path[0], path[0])
+            record["s"] = self.vault.seal(msgpack.packb(pairs))
         return record
 
     def decode(self, record: dict[str, Any], reveal_phi: bool) -> dict[str, Any]:

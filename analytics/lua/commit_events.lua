@@ -46,10 +46,10 @@
 -- queued (entry id = XADD time) before the erasure is dropped, not stored.
 --
 -- Every argument and the type of every key written is checked before the
--- first write (reads only, first phase): Redis does not roll a script back
--- when it fails half-way, and appending to a page is not idempotent, so a
--- bad record or key must fail the script before anything is written. (A
--- full Redis refuses the first write, never a later one.)
+-- first write: Redis does not roll a script back when it fails half-way,
+-- and appending to a page is not idempotent, so a bad record or key must
+-- fail the script before anything is written. (A full Redis refuses the
+-- first write of a script, never a later one.)
 -- Returns {stored, duplicates, entries skipped because already committed,
 -- records dead-lettered, records dropped because their user was erased,
 -- pages closed (full) by this commit: {type, page id, ...}}. The caller
@@ -100,12 +100,42 @@ local function check_type(key, wanted)
   end
 end
 
--- Phase 1: reads only.
+-- Phase 1: the type of every key written, before any write.
+pos = FIRST
+local types_seen, users_seen = {}, {}
+for _ = 1, entries do
+  local count, dead = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+  pos = pos + 3
+  for _ = 1, count do
+    local etype, user = ARGV[pos], ARGV[pos + 2]
+    if not types_seen[etype] then
+      types_seen[etype] = true
+      check_type(processed .. etype, 'hash')
+      check_type(timeidx .. etype, 'zset')
+      check_type(openprefix .. etype, 'hash')
+    end
+    if user ~= '' and not users_seen[user] then
+      users_seen[user] = true
+      check_type(useridx .. user, 'zset')
+    end
+    pos = pos + PER_RECORD
+  end
+  pos = pos + 5 * dead
+end
+check_type(countkey, 'string')
+check_type(dlq, 'stream')
+
+-- Phase 2: dedupe. SADD both checks and marks (one call per record); the
+-- only write that can still fail is an SADD into a damaged shard, and then
+-- the marks made so far are taken back before failing: nothing written.
 pos = FIRST
 local stored, dups, skipped, buried, dropped = 0, 0, 0, 0, 0
-local fresh, counted, seen, acked, letters = {}, {}, {}, {}, {}
-local groups, group_order, marks = {}, {}, {}
+-- Per record work is kept to table appends: no string building, no table
+-- per record (the script's own Lua work costs more than its commands).
+local fresh, acked, letters = {}, {}, {}
+local groups, group_order, mark_keys, mark_members = {}, {}, {}, {}
 local users, user_order = {}, {}
+local per_second, second_types = {}, {}  -- type -> {second -> events}, for the counts
 for _ = 1, entries do
   local entry, count, dead = ARGV[pos], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
   pos = pos + 3
@@ -117,27 +147,48 @@ for _ = 1, entries do
   for _ = 1, count do
     if live then
       local etype, ts, user = ARGV[pos], tonumber(ARGV[pos + 1]), ARGV[pos + 2]
-      local shard, member, blob = ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
-      local mark = shard .. ':' .. member
+      local shard, member, blob = idsprefix .. ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
+      local added = 0
       if erased_since(user, queued_ms) then
         dropped = dropped + 1
-      elseif not seen[mark] and redis.call('SISMEMBER', idsprefix .. shard, member) == 0 then
-        seen[mark] = true
-        local bucket = ts - ts % bucket_ms
-        local gkey = etype .. '\0' .. bucket
-        local g = groups[gkey]
-        if not g then
-          g = {etype = etype, bucket = tostring(bucket / bucket_ms), records = {}}
-          groups[gkey] = g
-          group_order[#group_order + 1] = gkey
+      else
+        added = redis.pcall('SADD', shard, member)
+        if type(added) == 'table' then
+          for m = 1, #mark_keys do redis.call('SREM', mark_keys[m], mark_members[m]) end
+          return added
         end
-        g.records[#g.records + 1] = {ts, user, blob}
-        marks[#marks + 1] = {idsprefix .. shard, member}
+        if added == 0 then dups = dups + 1 end
+      end
+      if added == 1 then
+        mark_keys[#mark_keys + 1], mark_members[#mark_members + 1] = shard, member
+        local bucket = ts - ts % bucket_ms
+        local by_bucket = groups[etype]
+        if not by_bucket then
+          by_bucket = {}
+          groups[etype] = by_bucket
+        end
+        local g = by_bucket[bucket]
+        if not g then
+          g = {etype = etype, bucket = tostring(bucket / bucket_ms), ts = {}, user = {}, blob = {}}
+          by_bucket[bucket] = g
+          group_order[#group_order + 1] = g
+        end
+        local n = #g.ts + 1
+        g.ts[n], g.user[n], g.blob[n] = ts, user, blob
         stored = stored + 1
         fresh[#fresh + 1], fresh[#fresh + 2] = etype, blob
-        counted[stored] = {etype, ts}
-      else
-        dups = dups + 1
+        local seconds = (ts - ts % 1000) / 1000
+        local counts = per_second[etype]
+        if not counts then
+          counts = {}
+          per_second[etype] = counts
+          second_types[#second_types + 1] = etype
+        end
+        counts[seconds] = (counts[seconds] or 0) + 1
+        if user ~= '' and not users[user] then
+          users[user] = {}
+          user_order[#user_order + 1] = user
+        end
       end
     end
     pos = pos + PER_RECORD
@@ -156,31 +207,13 @@ for _ = 1, entries do
   if live and ack then acked[#acked + 1] = entry end
 end
 
-local types_seen = {}
-for _, gkey in ipairs(group_order) do
-  local g = groups[gkey]
-  if not types_seen[g.etype] then
-    types_seen[g.etype] = true
-    check_type(processed .. g.etype, 'hash')
-    check_type(timeidx .. g.etype, 'zset')
-    check_type(openprefix .. g.etype, 'hash')
-  end
-  -- The open page of (type, bucket) and how full it is.
+-- The open page of each (type, bucket) and how full it is.
+for _, g in ipairs(group_order) do
   g.page = redis.call('HGET', openprefix .. g.etype, g.bucket)
   g.size = g.page and redis.call('HSTRLEN', processed .. g.etype, g.page) or 0
-  for _, rec in ipairs(g.records) do
-    local user = rec[2]
-    if user ~= '' and not users[user] then
-      check_type(useridx .. user, 'zset')
-      users[user] = {}
-      user_order[#user_order + 1] = user
-    end
-  end
 end
-if stored > 0 then check_type(countkey, 'string') end
-if #letters > 0 then check_type(dlq, 'stream') end
 
--- Phase 2: writes. Gathered per key into multi-member commands: one
+-- Phase 3: writes. Gathered per key into multi-member commands: one
 -- ZADD per type and user rather than several calls per record (each
 -- redis.call costs about as much as the write itself).
 local function chunked(cmd, key, args, head)
@@ -207,17 +240,19 @@ local function write_page(g, page, parts, newest, was)
   s[#s + 1], s[#s + 2] = newest, page
 end
 
-for _, gkey in ipairs(group_order) do
-  local g = groups[gkey]
+for _, g in ipairs(group_order) do
   local page, size, was = g.page, g.size, g.size
+  local member = page and g.etype .. ':' .. page
   local parts, newest = {}, 0
-  for _, rec in ipairs(g.records) do
-    local ts, user, blob = rec[1], rec[2], rec[3]
+  local times, owners, blobs = g.ts, g.user, g.blob
+  for r = 1, #times do
+    local ts, user, blob = times[r], owners[r], blobs[r]
     if not page or (size > 0 and size + #blob > limit) then
       if page and #parts > 0 then write_page(g, page, parts, newest, was) end
       if page then closed[#closed + 1], closed[#closed + 2] = g.etype, page end
       local seq = redis.call('HINCRBY', openprefix .. g.etype, '#', 1)
       page = g.bucket .. '.' .. seq
+      member = g.etype .. ':' .. page
       redis.call('HSET', openprefix .. g.etype, g.bucket, page)
       size, was, parts, newest = 0, 0, {}, 0
     end
@@ -225,9 +260,9 @@ for _, gkey in ipairs(group_order) do
     size = size + #blob
     if ts > newest then newest = ts end
     if user ~= '' then
-      local member = g.etype .. ':' .. page
       local u = users[user]
-      if not u[member] or u[member] < ts then u[member] = ts end
+      local seen = u[member]
+      if not seen or seen < ts then u[member] = ts end
     end
   end
   if #parts > 0 then write_page(g, page, parts, newest, was) end
@@ -242,10 +277,7 @@ for _, user in ipairs(user_order) do
   end
   chunked('ZADD', useridx .. user, args, 'GT')
 end
--- The dedupe marks after the records, the acknowledgement last.
-for _, mark in ipairs(marks) do
-  redis.call('SADD', mark[1], mark[2])
-end
+-- The acknowledgement last.
 if stored > 0 then redis.call('INCRBY', countkey, stored) end
 for _, at in ipairs(letters) do
   redis.call('XADD', dlq, '*', 'reason', ARGV[at], 'attempts', ARGV[at + 1], 'ts', now,
@@ -270,16 +302,21 @@ if ARGV[pos] and stored > 0 then
     tiers[t] = {tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])}
   end
   local cells, order = {}, {}
-  for _, item in ipairs(counted) do
-    local etype, seconds = item[1], math.floor(item[2] / 1000)
-    for t, tier in ipairs(tiers) do
-      local bucket = seconds - seconds % tier[1]
-      local cell = etype .. '\0' .. t .. '\0' .. bucket
-      if cells[cell] then
-        cells[cell][4] = cells[cell][4] + 1
-      else
-        cells[cell] = {etype, t, bucket, 1}
-        order[#order + 1] = cell
+  for _, etype in ipairs(second_types) do
+    local seconds_seen = {}
+    for seconds in pairs(per_second[etype]) do seconds_seen[#seconds_seen + 1] = seconds end
+    table.sort(seconds_seen)
+    for _, seconds in ipairs(seconds_seen) do
+      local n = per_second[etype][seconds]
+      for t, tier in ipairs(tiers) do
+        local bucket = seconds - seconds % tier[1]
+        local cell = etype .. '\0' .. t .. '\0' .. bucket
+        if cells[cell] then
+          cells[cell][4] = cells[cell][4] + n
+        else
+          cells[cell] = {etype, t, bucket, n}
+          order[#order + 1] = cell
+        end
       end
     end
   end
