@@ -56,8 +56,9 @@ key                                          type     holds
 ``analytics:stats:ws:{host-pid}``            hash     one web process's WebSocket figures
                                                       (clients, messages, errors, auth
                                                       failures); TTL 30 s, rewritten every 2 s
-``analytics:live:events``                    channel  pub/sub: JSON array of the records
-                                                      just stored (fan-out to WebSockets)
+``analytics:live:events``                    channel  pub/sub: msgpack array of type, blob,
+                                                      type, blob... of the records just
+                                                      stored (fan-out to WebSockets)
 ``analytics:live:metrics``                   channel  pub/sub: JSON array of updated metric
                                                       buckets
 ``analytics:metrics:queue``                  stream   accepted, unprocessed metric samples
