@@ -212,8 +212,14 @@ COMPRESSED = b"\x00"
 
 
 def page_data(page: bytes) -> bytes:
-    """The blobs of a page, one after another (decompressed if need be)."""
-    return zlib.decompress(page[1:]) if page[:1] == COMPRESSED else page
+    """The blobs of a page, one after another (decompressed if need be).
+
+    A JSON record of the first layout (one record per field, ``{...}``) is
+    no page: it holds no blobs (cleanup queues such records again,
+    :mod:`analytics.retention`)."""
+    if page[:1] == COMPRESSED:
+        return zlib.decompress(page[1:])
+    return b"" if page[:1] == b"{" else page
 
 
 def is_compressed(page: bytes) -> bool:

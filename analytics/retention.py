@@ -39,8 +39,14 @@ import redis
 
 from analytics import keyspace
 from analytics.metrics.store import CHUNK_BUCKETS, TIERS
+from analytics.queue import EventQueue
+from analytics.records import record_problem
 from analytics.settings import Settings
 from analytics.store import BUCKET_MS, EventStore, load_script
+
+#: The first layout's dedupe hash (event id -> type), emptied as its records
+#: are queued again.
+LEGACY_EVENT_IDS = "analytics:events:ids"
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,8 @@ class CleanupReport:
     rollup_chunks: int = 0
     rollup_buckets: int = 0
     series: int = 0
+    #: records of the old layout (one JSON record per hash field) queued again
+    legacy_requeued: int = 0
     started: float = 0.0
     duration: float = 0.0
 
@@ -84,6 +92,7 @@ class Cleanup:
         self._release = client.register_script(_RELEASE)
         self._drop_series = client.register_script(load_script("drop_series.lua"))
         self._store = EventStore(client)
+        self._queue = EventQueue(client)
         #: A series is forgotten once its newest sample is this old.
         self.series_horizon = int(max(settings.rollup_retention_days) * 86400
                                   + TIERS[-1] * CHUNK_BUCKETS)
@@ -104,6 +113,12 @@ class Cleanup:
             deadline = started + budget
             cutoff_ms = int((now - self.settings.retention_days * 86400) * 1000)
             for event_type in self._event_types():
+                cursor = None
+                while cursor != 0 and time.monotonic() < deadline and self._still_mine(token):
+                    cursor, requeued = self._requeue_legacy(event_type, cursor or 0)
+                    report.legacy_requeued += requeued
+                if cursor != 0:
+                    report.complete = False
                 while time.monotonic() < deadline and self._still_mine(token):
                     removed, listed = self._expire_events(event_type, cutoff_ms)
                     report.events += removed
@@ -148,6 +163,47 @@ class Cleanup:
         prefix = keyspace.EVENTS_TIME
         return sorted({key.decode()[len(prefix):]
                        for key in self._redis.scan_iter(match=prefix + "*", count=1000)})
+
+    def _requeue_legacy(self, event_type: str, cursor: int) -> tuple[int, int]:
+        """Records stored by the first layout (one JSON record per field of
+        the processed hash, indexed by id in the time, user and
+        ``analytics:events:ids`` indexes) are queued again, to be stored in
+        pages, and removed with their index entries in the same step
+        (``MULTI``). Returns (the HSCAN cursor, records queued)."""
+        key = keyspace.processed(event_type)
+        cursor, items = cast(tuple[int, dict[bytes, bytes]],
+                             self._redis.hscan(key, cursor, count=self.slice_size))
+        legacy = {name: raw for name, raw in items.items() if raw[:1] == b"{"}
+        if not legacy:
+            return cursor, 0
+        records: dict[bytes, dict[str, Any]] = {}
+        for name, raw in legacy.items():
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue  # unreadable: removed (it could never be read either)
+            if isinstance(record, dict):
+                records[name] = record
+        # A record of a user erased since it was received is not queued again
+        # (queued now, the commit would take it for newer than the erasure).
+        users = sorted({r["u"] for r in records.values() if isinstance(r.get("u"), str) and r["u"]})
+        erased = dict(zip(users, self._redis.hmget(keyspace.ERASED, users), strict=True)) if users else {}
+        lanes: dict[str, list[dict[str, Any]]] = {}
+        pipe = self._redis.pipeline(transaction=True)
+        for name, record in records.items():
+            at = erased.get(record.get("u"))
+            gone = at is not None and (not isinstance(record.get("rt"), int) or record["rt"] <= int(at))
+            if record_problem(record) is None and not gone:
+                lanes.setdefault(keyspace.event_queue(record["p"]), []).append(record)
+            if isinstance(record.get("u"), str) and record["u"]:
+                pipe.zrem(keyspace.user_index(record["u"]), f"{event_type}:{name.decode()}")
+        for lane, queued in lanes.items():
+            pipe.xadd(lane, self._queue.fields(queued))
+        pipe.hdel(key, *legacy)
+        pipe.zrem(keyspace.time_index(event_type), *legacy)
+        pipe.hdel(LEGACY_EVENT_IDS, *legacy)
+        pipe.execute()
+        return cursor, sum(len(q) for q in lanes.values())
 
     def _expire_events(self, event_type: str, cutoff_ms: int) -> tuple[int, int]:
         """Delete up to ``slice_size`` pages wholly older than the cutoff:

@@ -137,3 +137,33 @@ def test_runs_at_the_same_time_do_the_work_once(quiet) -> None:
     assert sum(r.rollup_chunks for r in reports) == 4
     assert len(records_in(data, "click")) == 2
     assert data.get(keyspace.CLEANUP_LOCK) is None
+
+
+def test_records_of_the_first_layout_are_queued_again_into_pages(quiet) -> None:
+    """One JSON record per hash field, indexed by id: invisible to queries (no
+    crash), then queued again by cleanup and stored in pages; a record of a
+    user erased since is not."""
+    data = quiet.data
+    now = int(time.time())
+    legacy = [quiet.codec.encode({"type": "click", "userId": user, "messageId": f"legacy-{n}",
+                                  "timestamp": (now - 100 + n) * 1000, "properties": {"n": n}},
+                                 "normal", (now - 50) * 1000, None)
+              for n, user in enumerate(["keep", "keep", "erased"])]
+    for record in legacy:
+        data.hset(keyspace.processed("click"), record["i"], orjson.dumps(record))
+        data.zadd(keyspace.time_index("click"), {record["i"]: record["ts"]})
+        data.zadd(keyspace.user_index(record["u"]), {f"click:{record['i']}": record["ts"]})
+        data.hset("analytics:events:ids", record["i"], "click")
+    data.hset(keyspace.ERASED, quiet.codec.user_hash("erased"), (now - 10) * 1000)
+    assert quiet.get_events({"type": "click"}) == ([], None)
+
+    report = quiet.cleanup(now=now)
+    assert report.legacy_requeued == 2 and report.complete
+    quiet.drain("tester")
+    events, _ = quiet.get_events({"type": "click"})
+    assert [e["messageId"] for e in events] == ["legacy-1", "legacy-0"]
+    assert events[0]["properties"] == {"n": 1} and events[0]["userId"] == "keep"
+    assert not data.exists("analytics:events:ids") and stored_events(data) == 2
+    assert pages_indexed(data, "click")
+    assert data.zcard(keyspace.user_index(quiet.codec.user_hash("keep"))) == 1
+    assert not data.exists(keyspace.user_index(quiet.codec.user_hash("erased")))
