@@ -215,13 +215,6 @@ class EventStore:
     def page(self, event_type: str, page_id: str) -> bytes | None:
         return cast(bytes | None, self._redis.hget(keyspace.processed(event_type), page_id))
 
-    def stored_records(self, event_type: str) -> list[dict[str, Any]]:
-        """Every stored record of ``event_type``, page by page (tests, tools)."""
-        out = []
-        for _, page in self._redis.hscan_iter(keyspace.processed(event_type)):
-            out += [records.unpack_fields(event_type, f) for f in records.iter_blobs(page)]
-        return out
-
     def rewrite(self, event_type: str, page_id: str, old: bytes,
                 keep: Callable[[list[Any], bytes], bytes | None]) -> int:
         """Rewrite one page read as ``old``: each record is replaced by what
