@@ -36,6 +36,7 @@ import redis
 
 from analytics import keyspace, records
 from analytics.apikeys import ApiKeyStore
+from analytics.errors import AnalyticsError
 from analytics.redis_client import StreamChunk
 from analytics.store import EventStore
 
@@ -114,7 +115,7 @@ class Eraser:
             removed = self._store.rewrite(etype, page_id, page, keep)
             if removed >= 0:
                 return removed
-        raise RuntimeError("a page kept changing during erasure; run the erasure again")
+        raise AnalyticsError("a page kept changing during erasure; run the erasure again")
 
     def _erase_dead_letters(self, user_hash: str) -> int:
         erased = 0
