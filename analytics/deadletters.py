@@ -20,6 +20,7 @@ concurrent replays cannot both queue it.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +39,10 @@ PROCESSING_ERROR = "processing_error"
 
 # Delete the dead letter, and only if this call deleted it, queue its
 # record again: a replay racing another cannot queue the record twice.
+# ARGV: the dead letter's id, then the queue entry's fields (name, value...).
 _REQUEUE = """
 if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', 'e', ARGV[2])
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
 return 1
 """
 
@@ -152,11 +154,14 @@ class DeadLetters:
         return self._vault.open(item["sealed"])
 
     # -- replay --------------------------------------------------------------
-    def requeue(self, kind: str, entry_id: str, lane: str, records: list[dict[str, Any]]) -> bool:
-        """Delete the dead letter and queue ``records`` on ``lane``, in one
-        step. False when another replay took it first."""
-        return bool(self._requeue(keys=[dlq_key(kind), lane],
-                                  args=[entry_id, orjson.dumps(records)]))
+    def requeue(self, kind: str, entry_id: str, lane: str, fields: Mapping[str, bytes]) -> bool:
+        """Delete the dead letter and queue an entry of ``fields`` (as
+        :meth:`analytics.queue.EventQueue.fields` packs it) on ``lane``, in
+        one step. False when another replay took it first."""
+        flat: list[Any] = [entry_id]
+        for name, value in fields.items():
+            flat += (name, value)
+        return bool(self._requeue(keys=[dlq_key(kind), lane], args=flat))
 
     def discard(self, kind: str, entry_id: str) -> bool:
         return bool(self._redis.xdel(dlq_key(kind), entry_id))

@@ -10,9 +10,13 @@ What is removed, for the user's keyed hash ``h``:
    nothing accepted before the erasure can reappear after it, without
    draining or pausing the pipeline. Events the user sends *after* the
    erasure are new data and are stored normally.
-2. Every stored record listed in the user index
-   ``analytics:events:user:{h}``: the record in its processed hash, its time
-   index entry, its ``analytics:events:ids`` dedupe entry; then the index.
+2. Every stored record of the user, found through the user index
+   ``analytics:events:user:{h}`` (the pages holding the user's records):
+   each such page is rewritten without the user's records, keeping the
+   other users' (or deleted, with its time index entry, when none is
+   left), and the records' dedupe marks are removed, one page per atomic
+   compare-and-set step (:meth:`analytics.store.EventStore.rewrite`); then
+   the index.
 3. Dead letters whose ``user`` field is ``h``, in every ``analytics:dlq:*``
    stream.
 4. API keys scoped to the user: revoked.
@@ -25,18 +29,22 @@ erased by user id.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import redis
 
-from analytics import keyspace
+from analytics import keyspace, records
 from analytics.apikeys import ApiKeyStore
+from analytics.errors import AnalyticsError
 from analytics.redis_client import StreamChunk
+from analytics.store import EventStore
 
-#: Records deleted per atomic step.
+#: Index entries (pages) or dead letters read per step.
 SLICE = 500
+#: Attempts at rewriting a page that keeps changing under us (a commit
+#: appending to it) before giving up on this run.
+MAX_RACES = 50
 
 # redis-py's annotations cover its async client too; these are what the
 # synchronous client (decode_responses off) returns.
@@ -55,9 +63,11 @@ class ErasureReport:
 
 
 class Eraser:
-    def __init__(self, client: redis.Redis, api_keys: ApiKeyStore) -> None:
+    def __init__(self, client: redis.Redis, api_keys: ApiKeyStore,
+                 store: EventStore | None = None) -> None:
         self._redis = client
         self._api_keys = api_keys
+        self._store = store or EventStore(client)
 
     def tombstone(self, user_hash: str) -> int:
         """Mark ``user_hash`` erased as of now (Redis clock, ms); returns it."""
@@ -81,24 +91,31 @@ class Eraser:
         index = keyspace.user_index(user_hash)
         erased = 0
         while True:
-            # The index only shrinks here (ZREM of what was deleted), so the
-            # first slice is always the next one to erase.
+            # The index only shrinks here (each rewrite removes the page's
+            # member), so the first slice is always the next one to erase.
             members = [m.decode() for m in cast(list[bytes], self._redis.zrange(index, 0, SLICE - 1))]
             if not members:
                 break
-            by_type: dict[str, list[str]] = defaultdict(list)
             for member in members:
-                etype, _, eid = member.rpartition(":")
-                by_type[etype].append(eid)
-            pipe = self._redis.pipeline(transaction=True)
-            for etype, ids in by_type.items():
-                pipe.hdel(keyspace.processed(etype), *ids)
-                pipe.zrem(keyspace.time_index(etype), *ids)
-                pipe.hdel(keyspace.EVENT_IDS, *ids)
-            pipe.zrem(index, *members)
-            replies = pipe.execute()
-            erased += sum(replies[0:-1:3])
+                etype, _, page_id = member.rpartition(":")
+                erased += self._erase_in_page(user_hash, etype, page_id)
+                # Gone from the index even if the page held none of the
+                # user's records any more (erased, expired meanwhile).
+                self._redis.zrem(index, member)
         return erased
+
+    def _erase_in_page(self, user_hash: str, etype: str, page_id: str) -> int:
+        def keep(fields: list[Any], blob: bytes) -> bytes | None:
+            return None if records.blob_user(fields) == user_hash else blob
+
+        for _ in range(MAX_RACES):
+            page = self._store.page(etype, page_id)
+            if page is None:
+                return 0
+            removed = self._store.rewrite(etype, page_id, page, keep)
+            if removed >= 0:
+                return removed
+        raise AnalyticsError("a page kept changing during erasure; run the erasure again")
 
     def _erase_dead_letters(self, user_hash: str) -> int:
         erased = 0

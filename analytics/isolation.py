@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
+import msgpack
 import redis
 
-from analytics import keyspace
 from analytics.crypto import Vault
 from analytics.deadletters import (
     INVALID_RECORD,
@@ -31,15 +30,11 @@ from analytics.deadletters import (
     DeadLetter,
 )
 from analytics.queue import Entry
+from analytics.records import QueueItem, item_record, record_problem
 from analytics.redis_client import TRANSIENT_ERRORS, is_out_of_memory
 from analytics.store import CommitResult, EventStore
 
 log = logging.getLogger(__name__)
-
-_STRINGS = ("i", "m", "t", "p")
-_OPTIONAL_STRINGS = ("u", "a")
-_TIMES = ("ts", "rt")
-
 
 def is_transient(exc: BaseException) -> bool:
     """Redis away, or full: retry later; never the fault of the data."""
@@ -48,26 +43,13 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, redis.ResponseError) and is_out_of_memory(exc)
 
 
-def record_problem(record: Any) -> str | None:
-    """Why ``record`` cannot be stored (names a field, never a value), or None."""
-    if not isinstance(record, dict):
-        return "not an object"
-    for key in _STRINGS:
-        value = record.get(key)
-        if not isinstance(value, str) or not value:
-            return f"field {key!r} missing or not a non-empty string"
-    for key in _OPTIONAL_STRINGS:
-        if not isinstance(record.get(key, ""), str):
-            return f"field {key!r} not a string"
-    for key in _TIMES:
-        value = record.get(key)
-        if not isinstance(value, int) or isinstance(value, bool):
-            return f"field {key!r} missing or not an integer"
-    if record["p"] not in keyspace.PRIORITIES:
-        return "field 'p' not a priority"
-    if "s" in record and not isinstance(record["s"], str):
-        return "field 's' not a sealed string"
-    return None
+def dead_letter_of(vault: Vault, item: QueueItem, reason: str, attempts: int) -> DeadLetter:
+    """A queue item set aside: as its record when the blob decodes, else
+    the whole item sealed (it may hold anything)."""
+    try:
+        return DeadLetter.of_record(item_record(item), reason, attempts)
+    except Exception:  # noqa: BLE001 - whatever is wrong with it, it is set aside sealed
+        return DeadLetter.of_raw(vault, msgpack.packb(item), reason, attempts)
 
 
 class Committer:
@@ -111,18 +93,15 @@ class Committer:
                                                     entry.deliveries)]
                 clean.append(entry)
                 continue
-            good = []
-            for record in entry.records:
-                problem = record_problem(record)
-                if problem is None:
-                    good.append(record)
-                else:
-                    log.warning("a record of queue entry %s is invalid (%s); dead-lettered",
-                                entry.id, problem)
-                    dead.setdefault(entry.id, []).append(
-                        DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries))
-            clean.append(entry if len(good) == len(entry.records)
-                         else dataclasses.replace(entry, records=good))
+            # Items are checked by the commit script (a bad one fails it and
+            # is isolated below); records of an older entry were checked on
+            # reading it.
+            for record in entry.invalid:
+                log.warning("a record of queue entry %s is invalid (%s); dead-lettered",
+                            entry.id, record_problem(record))
+                dead.setdefault(entry.id, []).append(
+                    DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries))
+            clean.append(entry)
         return clean, dead
 
     def _try(self, entry: Entry, dead: list[DeadLetter]) -> CommitResult | None:
@@ -139,29 +118,29 @@ class Committer:
         if result is not None:
             return result, True
         good, bad = [], []
-        for record in entry.records:
+        for item in entry.items:
             try:
-                self.store.commit([dataclasses.replace(entry, records=[record])], ack=False)
-                good.append(record)
+                self.store.commit([dataclasses.replace(entry, items=[item])], ack=False)
+                good.append(item)
             except Exception as exc:
                 if is_transient(exc):
                     raise
-                bad.append(DeadLetter.of_record(record, PROCESSING_ERROR, entry.deliveries))
+                bad.append(dead_letter_of(self.vault, item, PROCESSING_ERROR, entry.deliveries))
         if bad:
             log.warning("%d record(s) of queue entry %s fail to store; dead-lettered, "
                         "the other %d stored", len(bad), entry.id, len(good))
-            result = self._try(dataclasses.replace(entry, records=good), dead + bad)
+            result = self._try(dataclasses.replace(entry, items=good), dead + bad)
             if result is not None:
                 return result, True
         if entry.deliveries >= self.max_attempts:
             log.error("queue entry %s failed %d times; dead-lettering it whole",
                       entry.id, entry.deliveries)
-            every = dead + [DeadLetter.of_record(r, PROCESSING_ERROR, entry.deliveries)
-                            for r in entry.records]
+            every = dead + [dead_letter_of(self.vault, item, PROCESSING_ERROR, entry.deliveries)
+                            for item in entry.items]
             if not every:
                 every = [DeadLetter.of_raw(self.vault, entry.raw, PROCESSING_ERROR,
                                            entry.deliveries)]
-            result = self._try(dataclasses.replace(entry, records=[]), every)
+            result = self._try(dataclasses.replace(entry, items=[]), every)
             if result is not None:
                 return result, True
         return CommitResult(), False

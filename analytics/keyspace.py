@@ -11,13 +11,22 @@ key                                          type     holds
 ``analytics:events:queue:{priority}``        stream   the same for ``critical``, ``high``
                                                       and ``low``: one lane per priority so
                                                       that a backlog drains highest first
-``analytics:events:processed:{type}``        hash     event id -> stored record (JSON,
-                                                      PHI sealed)
-``analytics:events:time:{type}``             zset     event id scored by timestamp (ms)
-``analytics:events:ids``                     hash     event id -> type: the messageId dedupe
-                                                      index (ids are keyed hashes of the
-                                                      messageId)
-``analytics:events:user:{user_hash}``        zset     ``type:id`` scored by timestamp: one
+``analytics:events:processed:{type}``        hash     page id -> *page*: the stored records
+                                                      (msgpack blobs, PHI sealed) of one type
+                                                      whose timestamps fall in one minute,
+                                                      one after another, up to 16 KB
+                                                      (:mod:`analytics.store`)
+``analytics:events:time:{type}``             zset     page id scored by the newest timestamp
+                                                      (ms) in the page
+``analytics:events:pages:{type}``            hash     minute (epoch ms / 60000) -> its open
+                                                      page (the one records are appended
+                                                      to); ``#``: the last page sequence
+``analytics:events:ids:{shard}``             set      the messageId dedupe index: 65,536
+                                                      shards of 64-bit integers (intsets),
+                                                      see :func:`analytics.records.dedupe_key`
+``analytics:events:count``                   string   stored events (dedupe index size)
+``analytics:events:user:{user_hash}``        zset     ``type:page id`` scored by the user's
+                                                      newest timestamp in that page: one
                                                       user's events (queries, erasure)
 ``analytics:event-types``                    hash     registered type -> JSON definition
 ``analytics:apikeys``                        hash     SHA-256 of an API key -> JSON record
@@ -47,8 +56,9 @@ key                                          type     holds
 ``analytics:stats:ws:{host-pid}``            hash     one web process's WebSocket figures
                                                       (clients, messages, errors, auth
                                                       failures); TTL 30 s, rewritten every 2 s
-``analytics:live:events``                    channel  pub/sub: JSON array of the records
-                                                      just stored (fan-out to WebSockets)
+``analytics:live:events``                    channel  pub/sub: msgpack array of type, blob,
+                                                      type, blob... of the records just
+                                                      stored (fan-out to WebSockets)
 ``analytics:live:metrics``                   channel  pub/sub: JSON array of updated metric
                                                       buckets
 ``analytics:metrics:queue``                  stream   accepted, unprocessed metric samples
@@ -90,7 +100,9 @@ PRIORITIES = ("critical", "high", "normal", "low")
 EVENT_QUEUE = "analytics:events:queue"
 EVENTS_PROCESSED = "analytics:events:processed:"
 EVENTS_TIME = "analytics:events:time:"
-EVENT_IDS = "analytics:events:ids"
+EVENT_IDS = "analytics:events:ids:"
+EVENT_PAGES = "analytics:events:pages:"
+EVENT_COUNT = "analytics:events:count"
 EVENTS_USER = "analytics:events:user:"
 EVENT_TYPES = "analytics:event-types"
 API_KEYS = "analytics:apikeys"
@@ -134,6 +146,14 @@ def time_index(event_type: str) -> str:
 
 def user_index(user_hash: str) -> str:
     return EVENTS_USER + user_hash
+
+
+def open_pages(event_type: str) -> str:
+    return EVENT_PAGES + event_type
+
+
+def dedupe_shard(shard: str) -> str:
+    return EVENT_IDS + shard
 
 
 def rate_bucket(key_digest: str) -> str:

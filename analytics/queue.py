@@ -11,6 +11,12 @@ There is one stream (lane) per priority. Workers drain lanes highest first,
 so under a backlog critical events overtake low ones. One stream entry holds
 all records of one request with the same priority: fewer, larger entries
 cost less than one entry per event.
+
+An entry's field ``r`` is a msgpack array of queue items
+(:func:`analytics.records.queue_item`): per record its type, timestamp,
+user hash, dedupe key and stored blob, so the worker hands them to the
+commit script as they are, without decoding a record. (Entries of older
+versions carry ``e``, a JSON array of record dicts; they are still read.)
 """
 from __future__ import annotations
 
@@ -18,33 +24,55 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import msgpack
 import orjson
 import redis
 
 from analytics import keyspace
+from analytics.records import QueueItem, item_record, queue_item, record_problem
 from analytics.redis_client import StreamChunk
 
 
 @dataclass
 class Entry:
-    """One queue entry: the records of one request and priority."""
+    """One queue entry: the records of one request and priority, as queue
+    items (:func:`analytics.records.queue_item`)."""
 
     lane: str
     id: str
-    records: list[dict[str, Any]]
+    items: list[QueueItem]
     deliveries: int = 1
     raw: bytes = field(default=b"", repr=False)
     #: Why the entry could not be read ("" when it could): such an entry has
     #: no records and is set aside whole, sealed, by the processing side.
     problem: str = ""
+    #: Records of an older entry that fail :func:`record_problem`: set aside
+    #: by the processing side, the others stored.
+    invalid: list[Any] = field(default_factory=list, repr=False)
+    #: False for a queue of JSON records (metric samples): ``items`` are
+    #: then the records themselves.
+    packed: bool = True
+
+    @property
+    def records(self) -> list[Any]:
+        """The records, decoded (events: off the normal path only, such as
+        tests and dead letters)."""
+        return [item_record(item) for item in self.items] if self.packed else self.items
+
+
+def _valid_item(item: Any) -> bool:
+    return (isinstance(item, list) and len(item) == 6 and isinstance(item[0], str)
+            and isinstance(item[5], bytes))
 
 
 class EventQueue:
     def __init__(self, client: redis.Redis, lanes: Iterable[str] = keyspace.EVENT_QUEUES,
-                 group: str = keyspace.GROUP) -> None:
+                 group: str = keyspace.GROUP, *, packed: bool = True) -> None:
         self._redis = client
         self.lanes = tuple(lanes)
         self.group = group
+        #: Entries of queue items (events); False: a JSON array of records.
+        self.packed = packed
         self._groups_ready = False
 
     def ensure_groups(self) -> None:
@@ -57,9 +85,16 @@ class EventQueue:
                     raise
         self._groups_ready = True
 
+    def fields(self, records: list[dict[str, Any]]) -> dict[Any, Any]:
+        """The XADD fields of an entry holding ``records`` (the one place
+        that packs an entry)."""
+        if not self.packed:
+            return {"e": orjson.dumps(records)}
+        return {"r": msgpack.packb([queue_item(record) for record in records])}
+
     def add(self, pipe: redis.client.Pipeline, lane: str, records: list[dict[str, Any]]) -> None:
         """Queue ``records`` as one entry (on ``pipe``, executed by the caller)."""
-        pipe.xadd(lane, {"e": orjson.dumps(records)})
+        pipe.xadd(lane, self.fields(records))
 
     def length(self) -> int:
         pipe = self._redis.pipeline(transaction=False)
@@ -75,15 +110,47 @@ class EventQueue:
 
     def _decode(self, lane: str, entry_id: bytes, fields: dict[bytes, bytes] | None,
                 deliveries: int = 1) -> Entry:
-        raw = (fields or {}).get(b"e", b"[]")
+        fields = fields or {}
+        if not self.packed or (b"r" not in fields and b"e" in fields):
+            return self._decode_json(lane, entry_id.decode(), fields.get(b"e", b"[]"),
+                                     deliveries, self.packed)
+        raw = fields.get(b"r", b"\x90")
+        try:
+            items = msgpack.unpackb(raw)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+            items = None
+        if not isinstance(items, list) or not all(_valid_item(item) for item in items):
+            # One corrupt entry must not stop the read of the others.
+            return Entry(lane, entry_id.decode(), [], deliveries, raw,
+                         problem="not a list of queue items")
+        return Entry(lane, entry_id.decode(), items, deliveries, raw)
+
+    @staticmethod
+    def _decode_json(lane: str, entry_id: str, raw: bytes, deliveries: int,
+                     packed: bool) -> Entry:
+        """A JSON array of records: metric samples, or events queued by an
+        older version (turned into queue items)."""
         try:
             records = orjson.loads(raw)
         except orjson.JSONDecodeError:
             records = None
         if not isinstance(records, list):
             # One corrupt entry must not stop the read of the others.
-            return Entry(lane, entry_id.decode(), [], deliveries, raw, problem="not a JSON list")
-        return Entry(lane, entry_id.decode(), records, deliveries, raw)
+            return Entry(lane, entry_id, [], deliveries, raw, problem="not a JSON list",
+                         packed=packed)
+        if not packed:
+            return Entry(lane, entry_id, records, deliveries, raw, packed=False)
+        items: list[QueueItem] = []
+        invalid: list[Any] = []
+        for record in records:
+            try:
+                if record_problem(record) is None:
+                    items.append(queue_item(record))
+                    continue
+            except (KeyError, TypeError, ValueError):
+                pass
+            invalid.append(record)
+        return Entry(lane, entry_id, items, deliveries, raw, invalid=invalid)
 
     def read(self, consumer: str, count: int) -> list[Entry]:
         """Up to ``count`` new entries, from the highest-priority lanes first."""

@@ -2,9 +2,12 @@
 
 What expires:
 
-* raw events older than ``ANALYTICS_RETENTION_DAYS``: the stored record, its
-  time index entry, its messageId dedupe entry and its user index entry
-  (found through the record's ``u`` field);
+* raw events older than ``ANALYTICS_RETENTION_DAYS``: pages whose newest
+  record is older are deleted whole, with their time index entry; the few
+  pages straddling the cutoff (those of its time bucket) are rewritten
+  without the expired records. Either way the expired records' messageId
+  dedupe marks go, and the page's user index member for every user left
+  without a record in it (:meth:`analytics.store.EventStore.rewrite`);
 * rollup chunks past their tier's retention (``ANALYTICS_RETENTION_*_DAYS``):
   each chunk's expiry time is in ``analytics:rollups:expiry``, so finding them
   costs no scan;
@@ -13,13 +16,14 @@ What expires:
   series registry and tag index, so they stop counting against the
   cardinality limit and stop appearing in queries.
 
-Why it is safe: every slice (at most ``slice_size`` items) is one
-``MULTI``/``EXEC``, so Redis is never blocked for long and a run killed
-halfway leaves each item either wholly there or wholly gone; the next run
-carries on. A lock (``SET NX PX`` with a random token, extended between
-slices, released only by its owner) keeps two runs from doing the work
-twice; even without it every step is idempotent (``HDEL``/``ZREM``/``DEL`` of
-what is already gone do nothing). The clock is a parameter, so tests can
+Why it is safe: every slice (at most ``slice_size`` items; for events,
+one page at a time) is one atomic step (``MULTI``/``EXEC`` or a script), so
+Redis is never blocked for long and a run killed halfway leaves each item
+either wholly there or wholly gone; the next run carries on. A page that a
+commit appended to between our read and our write is read again. A lock
+(``SET NX PX`` with a random token, extended between slices, released
+only by its owner) keeps two runs from doing the work twice; even without
+it every step is idempotent (deleting what is already gone does nothing). The clock is a parameter, so tests can
 expire data without waiting.
 """
 from __future__ import annotations
@@ -35,8 +39,14 @@ import redis
 
 from analytics import keyspace
 from analytics.metrics.store import CHUNK_BUCKETS, TIERS
+from analytics.queue import EventQueue
+from analytics.records import record_problem
 from analytics.settings import Settings
-from analytics.store import load_script
+from analytics.store import BUCKET_MS, EventStore, load_script
+
+#: The first layout's dedupe hash (event id -> type), emptied as its records
+#: are queued again.
+LEGACY_EVENT_IDS = "analytics:events:ids"
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,8 @@ class CleanupReport:
     rollup_chunks: int = 0
     rollup_buckets: int = 0
     series: int = 0
+    #: records of the old layout (one JSON record per hash field) queued again
+    legacy_requeued: int = 0
     started: float = 0.0
     duration: float = 0.0
 
@@ -79,6 +91,8 @@ class Cleanup:
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
         self._drop_series = client.register_script(load_script("drop_series.lua"))
+        self._store = EventStore(client)
+        self._queue = EventQueue(client)
         #: A series is forgotten once its newest sample is this old.
         self.series_horizon = int(max(settings.rollup_retention_days) * 86400
                                   + TIERS[-1] * CHUNK_BUCKETS)
@@ -99,10 +113,17 @@ class Cleanup:
             deadline = started + budget
             cutoff_ms = int((now - self.settings.retention_days * 86400) * 1000)
             for event_type in self._event_types():
+                cursor = None
+                while cursor != 0 and time.monotonic() < deadline and self._still_mine(token):
+                    cursor, requeued = self._requeue_legacy(event_type, cursor or 0)
+                    report.legacy_requeued += requeued
+                if cursor != 0:
+                    report.complete = False
                 while time.monotonic() < deadline and self._still_mine(token):
-                    removed = self._expire_events(event_type, cutoff_ms)
+                    removed, listed = self._expire_events(event_type, cutoff_ms)
                     report.events += removed
-                    if removed < self.slice_size:
+                    if listed < self.slice_size:
+                        report.events += self._trim_straddling(event_type, cutoff_ms)
                         break
                 else:
                     report.complete = False
@@ -143,24 +164,78 @@ class Cleanup:
         return sorted({key.decode()[len(prefix):]
                        for key in self._redis.scan_iter(match=prefix + "*", count=1000)})
 
-    def _expire_events(self, event_type: str, cutoff_ms: int) -> int:
-        time_key = keyspace.time_index(event_type)
-        ids = cast(list[bytes], self._redis.zrangebyscore(time_key, "-inf", f"({cutoff_ms}",
-                                                            start=0, num=self.slice_size))
-        if not ids:
-            return 0
-        records = self._redis.hmget(keyspace.processed(event_type), ids)
+    def _requeue_legacy(self, event_type: str, cursor: int) -> tuple[int, int]:
+        """Records stored by the first layout (one JSON record per field of
+        the processed hash, indexed by id in the time, user and
+        ``analytics:events:ids`` indexes) are queued again, to be stored in
+        pages, and removed with their index entries in the same step
+        (``MULTI``). Returns (the HSCAN cursor, records queued)."""
+        key = keyspace.processed(event_type)
+        cursor, items = cast(tuple[int, dict[bytes, bytes]],
+                             self._redis.hscan(key, cursor, count=self.slice_size))
+        legacy = {name: raw for name, raw in items.items() if raw[:1] == b"{"}
+        if not legacy:
+            return cursor, 0
+        records: dict[bytes, dict[str, Any]] = {}
+        for name, raw in legacy.items():
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue  # unreadable: removed (it could never be read either)
+            if isinstance(record, dict):
+                records[name] = record
+        # A record of a user erased since it was received is not queued again
+        # (queued now, the commit would take it for newer than the erasure).
+        users = sorted({r["u"] for r in records.values() if isinstance(r.get("u"), str) and r["u"]})
+        erased = dict(zip(users, self._redis.hmget(keyspace.ERASED, users), strict=True)) if users else {}
+        lanes: dict[str, list[dict[str, Any]]] = {}
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hdel(keyspace.processed(event_type), *ids)
-        pipe.hdel(keyspace.EVENT_IDS, *ids)
-        for event_id, raw in zip(ids, records, strict=True):
-            user = orjson.loads(raw).get("u") if raw else ""
-            if user:
-                pipe.zrem(keyspace.user_index(user), f"{event_type}:{event_id.decode()}")
-        # The time index last: an entry is gone from it only with the rest.
-        pipe.zrem(time_key, *ids)
+        for name, record in records.items():
+            at = erased.get(record.get("u"))
+            gone = at is not None and (not isinstance(record.get("rt"), int) or record["rt"] <= int(at))
+            if record_problem(record) is None and not gone:
+                lanes.setdefault(keyspace.event_queue(record["p"]), []).append(record)
+            if isinstance(record.get("u"), str) and record["u"]:
+                pipe.zrem(keyspace.user_index(record["u"]), f"{event_type}:{name.decode()}")
+        for lane, queued in lanes.items():
+            pipe.xadd(lane, self._queue.fields(queued))
+        pipe.hdel(key, *legacy)
+        pipe.zrem(keyspace.time_index(event_type), *legacy)
+        pipe.hdel(LEGACY_EVENT_IDS, *legacy)
         pipe.execute()
-        return len(ids)
+        return cursor, sum(len(q) for q in lanes.values())
+
+    def _expire_events(self, event_type: str, cutoff_ms: int) -> tuple[int, int]:
+        """Delete up to ``slice_size`` pages wholly older than the cutoff:
+        (records removed, pages listed)."""
+        pages = cast(list[bytes], self._redis.zrangebyscore(
+            keyspace.time_index(event_type), "-inf", f"({cutoff_ms}", start=0, num=self.slice_size))
+        removed = sum(self._rewrite(event_type, page.decode(), cutoff_ms) for page in pages)
+        return removed, len(pages)
+
+    def _trim_straddling(self, event_type: str, cutoff_ms: int) -> int:
+        """Rewrite the pages of the cutoff's time bucket without their
+        expired records. (Pages of later buckets have a newest timestamp
+        past this bucket's end, pages of earlier ones below the cutoff.)"""
+        bucket_end = cutoff_ms - cutoff_ms % BUCKET_MS + BUCKET_MS - 1
+        pages = cast(list[bytes], self._redis.zrangebyscore(
+            keyspace.time_index(event_type), cutoff_ms, bucket_end))
+        return sum(self._rewrite(event_type, page.decode(), cutoff_ms) for page in pages)
+
+    def _rewrite(self, event_type: str, page_id: str, cutoff_ms: int) -> int:
+        def keep(fields: list[Any], blob: bytes) -> bytes | None:
+            return blob if fields[3] >= cutoff_ms else None
+
+        while True:
+            page = self._store.page(event_type, page_id)
+            if page is None:
+                # Listed but gone: the index entry of a page removed by
+                # someone else; drop it so the scan moves on.
+                self._redis.zrem(keyspace.time_index(event_type), page_id)
+                return 0
+            removed = self._store.rewrite(event_type, page_id, page, keep)
+            if removed >= 0:
+                return removed
 
     def _expire_rollups(self, now: float) -> tuple[int, int]:
         keys = cast(list[bytes], self._redis.zrangebyscore(keyspace.ROLLUP_EXPIRY, "-inf", now,

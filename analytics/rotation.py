@@ -3,7 +3,9 @@
 What is re-encrypted:
 
 * stored records (``analytics:events:processed:*``), walked with ``HSCAN``
-  in slices of ``slice_size`` fields;
+  in slices of ``slice_size`` pages; each page is rewritten with its
+  records re-sealed, compare-and-set (a page a commit appended to since it
+  was read is read again, up to a few times);
 * dead letters (``analytics:dlq:*``), walked with ``XRANGE``. A stream entry
   cannot be changed in place, so a re-encrypted dead letter is appended
   again (same fields, the original ``ts``) and the old entry deleted, in
@@ -29,30 +31,23 @@ valid across rotations.
 """
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import msgpack
 import orjson
 import redis
 
 from analytics import keyspace
 from analytics.crypto import DecryptionError, Vault
 from analytics.redis_client import StreamChunk
+from analytics.store import EventStore
 
-# KEYS[1]: hash. ARGV: field, expected, new, ... Sets a field only when it
-# still holds the expected value.
-_CAS_HASH = """
-local n = 0
-for i = 1, #ARGV, 3 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
-    n = n + 1
-  end
-end
-return n
-"""
+#: Attempts at rewriting a page that commits keep appending to.
+PAGE_ATTEMPTS = 5
 
 # KEYS[1]: stream. ARGV: entry id, field name, expected value, then the new
 # entry's fields as name, value pairs. Re-appends the entry only if it still
@@ -99,8 +94,8 @@ class Rotator:
         self._redis = client
         self._vault = vault
         self.slice_size = slice_size
-        self._cas_hash = client.register_script(_CAS_HASH)
         self._cas_stream = client.register_script(_CAS_STREAM)
+        self._store = EventStore(client)
         self.key_id = vault.current_key_id.hex()
 
     # -- what there is -------------------------------------------------------
@@ -113,10 +108,12 @@ class Rotator:
         return [("hash", k) for k in hashes] + [("stream", k) for k in streams]
 
     def total(self) -> int:
+        """Records and dead letters to examine (for a progress bar)."""
         pipe = self._redis.pipeline(transaction=False)
         for kind, key in self.targets():
-            (pipe.hlen if kind == "hash" else pipe.xlen)(key)
-        return sum(pipe.execute())
+            if kind == "stream":
+                pipe.xlen(key)
+        return self._store.stored_count() + sum(pipe.execute())
 
     def _state(self) -> dict[str, str]:
         raw = cast(dict[bytes, bytes], self._redis.hgetall(keyspace.ROTATION))
@@ -157,22 +154,46 @@ class Rotator:
         return orjson.dumps(record)
 
     # -- walking -------------------------------------------------------------
+    def _rotate_page(self, event_type: str, page_id: str, page: bytes | None,
+                     report: RotationReport) -> int:
+        """Re-seal the records of one page; returns the records examined."""
+        for _ in range(PAGE_ATTEMPTS):
+            if page is None:
+                return 0
+            attempt = RotationReport()
+
+            def keep(fields: list[Any], blob: bytes, attempt: RotationReport = attempt) -> bytes:
+                attempt.examined += 1
+                sealed = fields[11] if len(fields) > 11 else None
+                if not isinstance(sealed, bytes):
+                    attempt.current += 1
+                    return blob
+                new = self._reseal(base64.urlsafe_b64encode(sealed).decode(), attempt)
+                if new is None:
+                    return blob
+                attempt.rotated += 1
+                return cast(bytes, msgpack.packb(
+                    [*fields[:11], base64.urlsafe_b64decode(new), *fields[12:]]))
+
+            if self._store.rewrite(event_type, page_id, page, keep) >= 0:
+                report.examined += attempt.examined
+                report.rotated += attempt.rotated
+                report.current += attempt.current
+                report.unreadable += attempt.unreadable
+                return attempt.examined
+            page = self._store.page(event_type, page_id)
+        report.raced += 1  # left as it is: the next run does it
+        return 0
+
     def _rotate_hash(self, key: str, cursor: int, report: RotationReport,
                      progress: Callable[[int], None]) -> None:
+        event_type = key[len(keyspace.EVENTS_PROCESSED):]
         while True:
             cursor, items = cast(tuple[int, dict[bytes, bytes]],
                                  self._redis.hscan(key, cursor, count=self.slice_size))
-            args: list[Any] = []
-            for name, raw in items.items():
-                new = self._reseal_record(raw, report)
-                if new is not None:
-                    args += (name, raw, new)
-            if args:
-                done = int(self._cas_hash(keys=[key], args=args))
-                report.rotated += done
-                report.raced += len(args) // 3 - done
-            report.examined += len(items)
-            progress(len(items))
+            examined = sum(self._rotate_page(event_type, name.decode(), page, report)
+                           for name, page in items.items())
+            progress(examined)
             self._save(key, DONE if cursor == 0 else str(cursor))
             if cursor == 0:
                 return

@@ -135,8 +135,8 @@ class AnalyticsService:
         self.auditor = Auditor(client, self.audit, self.vault, self.policy,
                                settings.auth_failure_window)
         self.rate_limiter = RateLimiter(client, settings.rate_limit, settings.rate_burst)
-        self.eraser = Eraser(client, self.api_keys)
-        self.metrics_queue = EventQueue(client, lanes=(keyspace.METRICS_QUEUE,))
+        self.eraser = Eraser(client, self.api_keys, self.store)
+        self.metrics_queue = EventQueue(client, lanes=(keyspace.METRICS_QUEUE,), packed=False)
         self.metrics = MetricStore(client, settings, dead_letters=self.dead_letters)
         self.store.metric_args = self.metrics.event_metric_args()
         self._metric_schema = MetricSampleSchema(phi_fields=self.policy.names)
@@ -219,6 +219,11 @@ class AnalyticsService:
         if replies[-1] and self._kick is not None:
             self._kick()
 
+    def stored_count(self) -> int:
+        """Events stored now (each messageId counted once; erased and
+        expired events no longer count)."""
+        return self.store.stored_count()
+
     def kick(self) -> bool:
         """Ask for a processing task unless one is already queued."""
         if self._kick is not None and self.redis.set(keyspace.KICK_EVENTS, 1, nx=True, px=KICK_TTL_MS):
@@ -236,7 +241,7 @@ class AnalyticsService:
         started = time.perf_counter()
         committed, failed = self.committer.commit(entries)
         seconds = time.perf_counter() - started
-        self.stats.record_batch(sum(len(e.records) for e in entries), seconds,
+        self.stats.record_batch(sum(len(e.items) for e in entries), seconds,
                                 errors=failed, dead=committed.dead_lettered)
         return DrainReport(len(entries), committed, seconds, failed)
 
@@ -383,7 +388,7 @@ class AnalyticsService:
                     report.still_invalid += 1
                     continue
                 lane, records = plan
-                if self.dead_letters.requeue(kind, item["id"], lane, records):
+                if self.dead_letters.requeue(kind, item["id"], lane, self.queue.fields(records)):
                     report.replayed += 1
                     report.ids.append(item["id"])
                 else:

@@ -1,8 +1,29 @@
 """The event store: committing processed batches and querying events.
 
-Layout in :mod:`analytics.keyspace`. A commit runs ``lua/commit_events.lua``:
-acknowledgement, messageId dedupe, the record, its time index, its user
-index and the live fan-out happen in one atomic step.
+Layout in :mod:`analytics.keyspace`. Records are stored in *pages*: a field
+of ``analytics:events:processed:{type}`` holds the blobs
+(:mod:`analytics.records`) of up to :data:`PAGE_BYTES` of records of one
+type whose timestamps fall in one :data:`BUCKET_MS` time bucket, one after
+another. Why: a hash field, a sorted-set member and a set member each cost
+60 to 120 bytes of Redis overhead, more than a compact record itself, so
+one of each per event cannot get below a few hundred bytes per event; per
+page it is a byte or two. Pages are cut by time bucket, so a late event
+never widens a page: every record of a page lies within ``BUCKET_MS`` below
+its newest timestamp, which is the page's score in the time index
+``analytics:events:time:{type}``. A page the commit closed (full) is
+compressed by the worker right after (:meth:`EventStore.compress`).
+
+A commit runs ``lua/commit_events.lua``: acknowledgement, messageId dedupe
+(sharded integer sets), appending to pages, their time and user indexes and
+the live fan-out happen in one atomic step. Erasure, retention and key
+rotation rewrite whole pages with ``lua/rewrite_page.lua``, a
+compare-and-set: a page that changed since it was read (a commit appended
+to it) is read again.
+
+Queries walk pages newest first (by score) and merge their records in a
+heap; a record is returned only once no page left unread can hold a newer
+one (its score is below the record's timestamp), so the order (timestamp,
+then id, descending) and the cursor are exact.
 """
 from __future__ import annotations
 
@@ -17,12 +38,35 @@ from typing import Any, cast
 import orjson
 import redis
 
-from analytics import keyspace
+from analytics import keyspace, records
 from analytics.deadletters import DeadLetter, dlq_key
 from analytics.errors import ValidationError
 from analytics.queue import Entry
 
 LIVE_EVENTS_CHANNEL = "analytics:live:events"
+
+#: A page holds records whose timestamps fall in one bucket of this many ms.
+BUCKET_MS = 60_000
+#: A page is closed once the next record would take it over this size: a
+#: value of 16,378 bytes plus Redis' string header fills a 16 KiB
+#: allocation exactly (about 65 typical records).
+PAGE_BYTES = 16_378
+
+# ARGV: hash, field, expected, new, ... Sets a field only if it still holds
+# the expected value.
+_COMPRESS = """
+local n = 0
+for i = 1, #ARGV, 4 do
+  if redis.call('HGET', ARGV[i], ARGV[i + 1]) == ARGV[i + 2] then
+    redis.call('HSET', ARGV[i], ARGV[i + 1], ARGV[i + 3])
+    n = n + 1
+  end
+end
+return n
+"""
+
+#: What the time index and user index give for a page: (score, type, page id).
+PageRef = tuple[int, str, str]
 
 
 def load_script(name: str) -> str:
@@ -62,29 +106,34 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     return ts, member
 
 
-def _scan_desc(client: redis.Redis, key: str, lo: int | None, hi: int | None,
-               after: tuple[int, str] | None, page: int) -> Iterator[tuple[int, str]]:
-    """Members of zset ``key`` in (score, member) descending order, within
-    [lo, hi], strictly after the cursor position ``after``."""
+def page_bucket(page_id: str) -> str:
+    """The bucket (field of the open-page hash) of a page id ``bucket.seq``."""
+    return page_id.partition(".")[0]
+
+
+_INVERT = bytes(255 - b for b in range(256))
+
+
+def _descending(event_id: str) -> bytes:
+    """A key that sorts ids in descending order (for a min-heap)."""
+    return event_id.encode().translate(_INVERT) + b"\xff"
+
+
+def _scan_pages(client: redis.Redis, key: str, lo: int | None, hi: int | None,
+                chunk: int = 64) -> Iterator[tuple[int, str]]:
+    """(score, member) of zset ``key`` by descending score within [lo, hi]."""
     low: int | str = "-inf" if lo is None else lo
     high: int | str = "+inf" if hi is None else hi
-    if after is not None:
-        ts, member = after
-        if hi is None or ts <= hi:
-            for m in cast(list[bytes], client.zrevrangebyscore(key, ts, ts)):
-                name = m.decode()
-                if name < member:
-                    yield ts, name
-            high = f"({ts}"
     offset = 0
     while True:
-        chunk = cast(list[tuple[bytes, float]],
-                     client.zrevrangebyscore(key, high, low, start=offset, num=page, withscores=True))
-        for m, score in chunk:
-            yield int(score), m.decode()
-        if len(chunk) < page:
+        found = cast(list[tuple[bytes, float]],
+                     client.zrevrangebyscore(key, high, low, start=offset, num=chunk,
+                                             withscores=True))
+        for member, score in found:
+            yield int(score), member.decode()
+        if len(found) < chunk:
             return
-        offset += page
+        offset += chunk
 
 
 class EventStore:
@@ -92,7 +141,11 @@ class EventStore:
         self._redis = client
         self._commit = client.register_script(
             load_script("rollup_lib.lua") + "\n" + load_script("commit_events.lua"))
+        self._rewrite = client.register_script(load_script("rewrite_page.lua"))
+        self._compress = client.register_script(_COMPRESS)
         self.live_channel = live_channel
+        #: Size limit of a page (tests make it small to get many pages).
+        self.page_bytes = PAGE_BYTES
         #: Trailing script arguments that count events into the
         #: ``events.{type}`` metrics (set by the service; see
         #: :meth:`analytics.metrics.MetricStore.event_metric_args`).
@@ -109,7 +162,8 @@ class EventStore:
         maps an entry id to records set aside in the same step (moved to the
         dead-letter store only by the commit that acknowledges the entry).
         ``ack=False`` stores without acknowledging: a probe, safe to repeat
-        since records are deduplicated.
+        since records are deduplicated. The queue items go to the script as
+        they are: no record is decoded here.
         """
         result = CommitResult()
         dead = dead or {}
@@ -118,21 +172,84 @@ class EventStore:
             by_lane.setdefault(entry.lane, []).append(entry)
         for lane, items in by_lane.items():
             args: list[Any] = [group, keyspace.EVENTS_PROCESSED, keyspace.EVENTS_TIME,
-                               keyspace.EVENTS_USER, keyspace.EVENT_IDS, self.live_channel,
-                               "1" if ack else "0", round(time.time(), 3), len(items)]
+                               keyspace.EVENTS_USER, keyspace.EVENT_IDS, keyspace.EVENT_PAGES,
+                               keyspace.EVENT_COUNT, self.live_channel,
+                               "1" if ack else "0", round(time.time(), 3), self.page_bytes,
+                               BUCKET_MS, len(items)]
             for entry in items:
                 buried = dead.get(entry.id, [])
-                args += (entry.id, len(entry.records), len(buried))
-                for record in entry.records:
-                    args += (record["t"], record["i"], record["ts"], record["u"],
-                             orjson.dumps(record))
+                args += (entry.id, len(entry.items), len(buried))
+                for item in entry.items:
+                    args += item
                 for letter in buried:
                     args += letter.script_args()
             args += self.metric_args
-            stored, dups, skipped, buried_count, erased = self._commit(
+            stored, dups, skipped, buried_count, erased, closed = self._commit(
                 keys=[lane, dlq_key("events"), keyspace.ERASED], args=args)
             result += CommitResult(stored, dups, skipped, erased, buried_count)
+            if closed:
+                self.compress([(closed[k].decode(), closed[k + 1].decode())
+                               for k in range(0, len(closed), 2)])
         return result
+
+    def compress(self, pages: list[tuple[str, str]]) -> int:
+        """Compress the pages ``(type, page id)``, which the commit closed
+        (full: nothing is appended to them any more); a page changed
+        meanwhile (rewritten by an erasure, say) is left as it is. Returns
+        the pages compressed. Should the worker die before this, a page just
+        stays uncompressed: it reads the same."""
+        pipe = self._redis.pipeline(transaction=False)
+        for etype, page_id in pages:
+            pipe.hget(keyspace.processed(etype), page_id)
+        args: list[Any] = []
+        for (etype, page_id), old in zip(pages, pipe.execute(), strict=True):
+            if old and not records.is_compressed(old):
+                args += (keyspace.processed(etype), page_id, old, records.compress_page(old))
+        return int(self._compress(args=args)) if args else 0
+
+    def stored_count(self) -> int:
+        """Events stored now (the size of the dedupe index)."""
+        return int(cast(bytes | None, self._redis.get(keyspace.EVENT_COUNT)) or 0)
+
+    # -- pages ---------------------------------------------------------------
+    def page(self, event_type: str, page_id: str) -> bytes | None:
+        return cast(bytes | None, self._redis.hget(keyspace.processed(event_type), page_id))
+
+    def rewrite(self, event_type: str, page_id: str, old: bytes,
+                keep: Callable[[list[Any], bytes], bytes | None]) -> int:
+        """Rewrite one page read as ``old``: each record is replaced by what
+        ``keep(fields, blob)`` returns for it (its decoded blob and its
+        bytes): the same bytes, new ones, or None to leave it out, with its dedupe mark and, for
+        users left without records in the page, their user index member.
+        Returns the records left out, or -1 when the page changed since it
+        was read (the caller reads it again)."""
+        parts: list[bytes] = []
+        gone: list[Any] = []
+        users_kept: set[str] = set()
+        users_gone: set[str] = set()
+        newest = None
+        for fields, blob in records.split_page(old):
+            new = keep(fields, blob)
+            user = records.blob_user(fields)
+            if new is None:
+                gone += records.dedupe_key(records.blob_id(fields))
+                if user:
+                    users_gone.add(user)
+                continue
+            parts.append(new)
+            if user:
+                users_kept.add(user)
+            newest = fields[3] if newest is None else max(newest, fields[3])
+        data = b"".join(parts)
+        if data == records.page_data(old):
+            return 0
+        page = records.compress_page(data) if data and records.is_compressed(old) else data
+        return int(self._rewrite(
+            keys=[keyspace.processed(event_type), keyspace.time_index(event_type),
+                  keyspace.open_pages(event_type), keyspace.EVENT_COUNT],
+            args=[page_id, old, page, newest if newest is not None else 0, page_bucket(page_id),
+                  keyspace.EVENTS_USER, f"{event_type}:{page_id}", keyspace.EVENT_IDS,
+                  len(gone) // 2, *gone, *sorted(users_gone - users_kept)]))
 
     # -- reading -------------------------------------------------------------
     def query(self, types: list[str], *, start: int | None = None, end: int | None = None,
@@ -145,66 +262,94 @@ class EventStore:
 
         ``types`` restricts to those types (all given types are merged by
         time). ``user_hash`` reads the user's own index instead. At most
-        ``max_scan`` index entries are examined per call; a page cut short by
-        that still returns a cursor, so a client keeps paging. ``where`` is
-        a predicate over the record's clear properties
+        ``max_scan`` records are examined per call; a page cut short by that
+        still returns a cursor, so a client keeps paging. ``where`` is a
+        predicate over the record's clear properties
         (:func:`analytics.filters.matcher`).
+
+        Order: timestamp descending, then id descending. A stored page is
+        read only when the next record to return could be in it.
         """
         after = decode_cursor(cursor) if cursor else None
-        page = min(max(limit * 2, 50), 1000)
+        high = end
+        if after is not None:
+            high = after[0] if high is None else min(high, after[0])
+        # A page's records lie within BUCKET_MS below its score.
+        page_high = None if high is None else high + BUCKET_MS - 1
         wanted = set(types)
-        candidates: Iterator[tuple[int, str, str, str]]
+        pages: Iterator[PageRef]
+        user_raw: bytes | None = None
         if user_hash is not None:
-            candidates = self._user_candidates(user_hash, wanted, start, end, after, page)
+            pages = self._user_pages(user_hash, wanted, start, page_high)
+            user_raw = bytes.fromhex(user_hash) if len(user_hash) == 32 else None
         else:
-            streams = [self._type_candidates(t, start, end, after, page) for t in sorted(wanted)]
-            candidates = heapq.merge(*streams, key=lambda c: (c[0], c[1]), reverse=True)
+            streams = [self._type_pages(t, start, page_high) for t in sorted(wanted)]
+            pages = heapq.merge(*streams, key=lambda p: p[0], reverse=True)
 
-        records: list[dict[str, Any]] = []
+        # Heap of (-ts, descending id, id, type, fields): the newest record on top.
+        heap: list[tuple[int, bytes, str, str, list[Any]]] = []
+        found: list[dict[str, Any]] = []
         last: tuple[int, str] | None = None
         scanned = 0
-        exhausted = True
-        while len(records) < limit:
-            chunk = []
-            for candidate in candidates:
-                chunk.append(candidate)
-                if len(chunk) >= limit - len(records):
-                    break
-            if not chunk:
-                break
-            pipe = self._redis.pipeline(transaction=False)
-            for _, _, etype, eid in chunk:
-                pipe.hget(keyspace.processed(etype), eid)
-            for (ts, member, _, _), raw in zip(chunk, pipe.execute(), strict=True):
-                last = (ts, member)
-                scanned += 1
-                if raw is None:
-                    continue  # expired or erased between index and record
-                record = orjson.loads(raw)
-                if priority is not None and record.get("p") != priority:
-                    continue
-                if where is not None and not where(record.get("pr") or {}):
-                    continue
-                records.append(record)
+        upcoming = next(pages, None)
+        while len(found) < limit:
+            while upcoming is not None and (not heap or upcoming[0] >= -heap[0][0]):
+                _, etype, page_id = upcoming
+                raw = self.page(etype, page_id)
+                for fields in records.iter_blobs(raw or b""):
+                    ts = fields[3]
+                    if (start is not None and ts < start) or (high is not None and ts > high):
+                        continue
+                    if user_hash is not None:
+                        user = fields[5] if len(fields) > 5 else None
+                        if user != user_raw and records.blob_user(fields) != user_hash:
+                            continue
+                    event_id = records.blob_id(fields)
+                    if after is not None and ts == after[0] and event_id >= after[1]:
+                        continue
+                    heapq.heappush(heap, (-ts, _descending(event_id), event_id, etype, fields))
+                upcoming = next(pages, None)
+            if not heap:
+                return found, None
+            neg_ts, _, event_id, etype, fields = heapq.heappop(heap)
+            last = (-neg_ts, event_id)
+            scanned += 1
+            record = records.unpack_fields(etype, fields)
+            if (priority is None or record["p"] == priority) and (
+                    where is None or where(record.get("pr") or {})):
+                found.append(record)
             if scanned >= max_scan:
-                exhausted = False
                 break
+        if not heap and upcoming is None:
+            return found, None
+        return found, encode_cursor(*last) if last is not None else None
+
+    def count(self, types: list[str], *, start: int | None = None, end: int | None = None,
+              user_hash: str | None = None) -> int:
+        """Records of ``types`` (of one user) with a timestamp in [start,
+        end]: every page that may hold one is read (an export's size)."""
+        high = None if end is None else end + BUCKET_MS - 1
+        refs: Iterator[PageRef]
+        if user_hash is not None:
+            refs = self._user_pages(user_hash, set(types), start, high)
         else:
-            exhausted = False  # the page is full: there may be more
-        next_cursor = None if exhausted or last is None else encode_cursor(*last)
-        return records, next_cursor
+            refs = (ref for t in sorted(set(types)) for ref in self._type_pages(t, start, high))
+        total = 0
+        for _, etype, page_id in refs:
+            for fields in records.iter_blobs(self.page(etype, page_id) or b""):
+                if ((start is None or fields[3] >= start) and (end is None or fields[3] <= end)
+                        and (user_hash is None or records.blob_user(fields) == user_hash)):
+                    total += 1
+        return total
 
-    def _user_candidates(self, user_hash: str, wanted: set[str], start: int | None,
-                         end: int | None, after: tuple[int, str] | None,
-                         page: int) -> Iterator[tuple[int, str, str, str]]:
-        for ts, member in _scan_desc(self._redis, keyspace.user_index(user_hash),
-                                     start, end, after, page):
-            etype, _, eid = member.rpartition(":")
+    def _user_pages(self, user_hash: str, wanted: set[str], start: int | None,
+                    high: int | None) -> Iterator[PageRef]:
+        for score, member in _scan_pages(self._redis, keyspace.user_index(user_hash), start, high):
+            etype, _, page_id = member.rpartition(":")
             if etype in wanted:
-                yield ts, member, etype, eid
+                yield score, etype, page_id
 
-    def _type_candidates(self, etype: str, start: int | None, end: int | None,
-                         after: tuple[int, str] | None,
-                         page: int) -> Iterator[tuple[int, str, str, str]]:
-        for ts, eid in _scan_desc(self._redis, keyspace.time_index(etype), start, end, after, page):
-            yield ts, eid, etype, eid
+    def _type_pages(self, etype: str, start: int | None, high: int | None) -> Iterator[PageRef]:
+        for score, page_id in _scan_pages(self._redis, keyspace.time_index(etype), start, high):
+            yield score, etype, page_id
+

@@ -19,7 +19,6 @@ from typing import IO, Any
 
 import orjson
 
-from analytics import keyspace
 from analytics.errors import AnalyticsError, ValidationError
 from analytics.filters import PREFIX as PROPERTY_PREFIX
 from analytics.schemas import parse_time_ms
@@ -62,18 +61,13 @@ def iter_events(service: Any, query: dict[str, Any], page_size: int = 500) -> It
 
 
 def estimate(service: Any, query: dict[str, Any]) -> int:
-    """Index entries in the time range: an upper bound of what an export
-    writes (exact without property filters), for the progress bar."""
-    start = parse_time_ms(query["start"]) if query.get("start") else "-inf"
-    end = parse_time_ms(query["end"]) if query.get("end") else "+inf"
-    if query.get("userId"):
-        key = keyspace.user_index(service.codec.user_hash(query["userId"]))
-        return int(service.redis.zcount(key, start, end))
+    """Stored events in the time range (of the user): an upper bound of what
+    an export writes (exact without property filters), for the progress bar."""
+    start = parse_time_ms(query["start"]) if query.get("start") else None
+    end = parse_time_ms(query["end"]) if query.get("end") else None
+    user = service.codec.user_hash(query["userId"]) if query.get("userId") else None
     types = [query["type"]] if query.get("type") else [t.name for t in service.event_types()]
-    pipe = service.redis.pipeline(transaction=False)
-    for name in types:
-        pipe.zcount(keyspace.time_index(name), start, end)
-    return sum(pipe.execute())
+    return int(service.store.count(types, start=start, end=end, user_hash=user))
 
 
 class NdjsonWriter:

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from bench.harness import bearer, create_key, event_batch, json_bytes, post_load, stack
-from tests.support import wait_until
+from tests.support import stored_events, wait_until
 
 
 def _bodies(total: int, batch: int, tag: str) -> list[bytes]:
@@ -23,10 +23,10 @@ def pipeline_once(total: int, batch: int = 100, connections: int = 4) -> dict[st
         bodies = _bodies(total, batch, "e2e")
         started = time.perf_counter()
         load = post_load(s.port, "/v1/events", bearer(key), bodies, connections)
-        wait_until(lambda: data.hlen("analytics:events:ids") >= total, 300, 0.05,
+        wait_until(lambda: stored_events(data) >= total, 300, 0.05,
                    "all events stored")
         elapsed = time.perf_counter() - started
-        stored = data.hlen("analytics:events:ids")
+        stored = stored_events(data)
         return {"events": total, "stored": stored, "seconds": elapsed,
                 "events_per_s": total / elapsed, "ingest_seconds": load["seconds"],
                 "errors": load["errors"]}

@@ -38,9 +38,11 @@ def memory_per_event(total: int = 50_000) -> dict[str, Any]:
             keys = {}
             for key in client.scan_iter("analytics:*", count=1000):
                 name = key.decode()
-                family = name.rsplit(":", 1)[0] if name.startswith("analytics:events:user:") else name
+                family = (name.rsplit(":", 1)[0]
+                          if name.startswith(("analytics:events:user:", "analytics:events:ids:"))
+                          else name)
                 keys[family] = keys.get(family, 0) + (client.memory_usage(key, samples=0) or 0)
-            stored = client.hlen("analytics:events:ids")
+            stored = service.stored_count()
             return {"events": stored, "event_json_bytes": len(orjson.dumps(sample)),
                     "bytes_per_event": (after - before) / total,
                     "by_key_bytes_per_event": {k: round(v / stored, 1) for k, v in

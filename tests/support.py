@@ -198,3 +198,26 @@ class Stack:
         ARTIFACTS.mkdir(exist_ok=True)
         for log in self.root.glob("*.log"):
             (ARTIFACTS / f"{self.root.name}-{log.name}").write_bytes(log.read_bytes())
+
+
+def stored_events(client: redis.Redis) -> int:
+    """Events in the store now (its counter, ``analytics:events:count``):
+    what the tests wait for after ingesting."""
+    return int(client.get("analytics:events:count") or 0)
+
+
+def records_in(client: redis.Redis, event_type: str) -> list[dict[str, Any]]:
+    """The stored records of ``event_type``, read page by page."""
+    from analytics import keyspace, records
+
+    return [records.unpack_fields(event_type, fields)
+            for _, page in client.hscan_iter(keyspace.processed(event_type))
+            for fields in records.iter_blobs(page)]
+
+
+def pages_indexed(client: redis.Redis, event_type: str) -> bool:
+    """Every page of ``event_type`` is in its time index, and only those."""
+    from analytics import keyspace
+
+    pages = {p for p, _ in client.hscan_iter(keyspace.processed(event_type))}
+    return pages == set(client.zrange(keyspace.time_index(event_type), 0, -1))

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from analytics.cli import main
-from tests.support import wait_until
+from tests.support import stored_events, wait_until
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def cli(env: dict[str, str]) -> Any:
 
 
 def stored(data: Any) -> int:
-    return data.hlen("analytics:events:ids")
+    return stored_events(data)
 
 
 @pytest.fixture
@@ -149,7 +149,7 @@ def test_import_waits_while_the_queue_is_full(cli, make_stack, tmp_path) -> None
     result = outcome["result"]
     assert result.exit_code == 0, result.output
     assert "imported 40 events, rejected 0" in result.stdout and "waiting:" in result.stderr
-    wait_until(lambda: service.redis.hlen("analytics:events:ids") == 40, 30,
+    wait_until(lambda: stored_events(service.redis) == 40, 30,
                message="all 40 events stored once")
 
 

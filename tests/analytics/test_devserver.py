@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import ROOT, Process, free_port, python_env, wait_until
+from tests.support import ROOT, Process, free_port, python_env, stored_events, wait_until
 
 
 def descendants(pid: int) -> list[int]:
@@ -69,7 +69,7 @@ def test_analytics_run_serves_and_processes(env, data, tmp_path) -> None:
         reply = requests.post(f"{url}/v1/track", auth=(key, ""), timeout=10,
                               json={"userId": "u-1", "event": "click"})
         assert reply.status_code == 200 and reply.json() == {"success": True}
-        wait_until(lambda: data.hlen("analytics:events:ids") == 1, 60, 0.2,
+        wait_until(lambda: stored_events(data) == 1, 60, 0.2,
                    "the event to be stored")
     finally:
         pids = pids or descendants(proc.pid)

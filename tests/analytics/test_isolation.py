@@ -8,6 +8,7 @@ from analytics import keyspace
 from analytics.deadletters import dlq_key
 from analytics.errors import ValidationError
 from analytics.isolation import record_problem
+from tests.support import records_in, stored_events
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_an_invalid_record_is_dead_lettered_and_its_batch_stored(idle) -> None:
     data.xadd(keyspace.EVENT_QUEUE, {"e": orjson.dumps([good[2]])})
     report = service.drain("c1")
     assert report.committed.stored == 3 and report.committed.dead_lettered == 1
-    assert data.hlen(keyspace.EVENT_IDS) == 3
+    assert stored_events(data) == 3
     assert service.queue.pending() == 0 and service.queue.length() == 0
     [letter] = service.dead_letter_list("events")
     assert letter["reason"] == "invalid_record" and letter["attempts"] == 1
@@ -77,8 +78,8 @@ def test_a_record_that_makes_the_commit_fail_is_isolated_then_replayed(idle) -> 
     service.track({"type": "login", "userId": "u3", "messageId": "c"})  # another entry
     report = service.drain("c1")
     assert report.committed.dead_lettered == 1 and report.failed == 0
-    assert data.hlen(keyspace.EVENT_IDS) == 3
-    assert data.hlen(keyspace.processed("click")) == 2 and data.hlen(keyspace.processed("login")) == 1
+    assert stored_events(data) == 3
+    assert len(records_in(data, "click")) == 2 and len(records_in(data, "login")) == 1
     assert service.queue.pending() == 0
     [letter] = service.dead_letter_list("events")
     assert letter["reason"] == "processing_error"
@@ -94,7 +95,7 @@ def test_a_record_that_makes_the_commit_fail_is_isolated_then_replayed(idle) -> 
     again = service.replay_dead_letters("events", ids=[letter["id"]], actor="key-1")
     assert (again.replayed, again.already_gone) == (0, 1)
     service.drain("c1")
-    assert data.hlen(keyspace.processed("fragile")) == 1 and data.hlen(keyspace.EVENT_IDS) == 4
+    assert len(records_in(data, "fragile")) == 1 and stored_events(data) == 4
     audits = [e for e in service.audit.entries() if e["action"] == "dlq.replay"]
     assert [a["count"] for a in audits] == [1, 0] and audits[0]["actor"] == "key-1"
 
@@ -107,7 +108,7 @@ def test_replaying_a_record_already_stored_does_not_store_it_twice(idle) -> None
     service.dead_letters.add_record("events", entry.records[0], "processing_error", 5)
     assert service.replay_dead_letters("events").replayed == 1
     service.drain("c1")
-    assert data.hlen(keyspace.processed("click")) == 1 and data.hlen(keyspace.EVENT_IDS) == 1
+    assert len(records_in(data, "click")) == 1 and stored_events(data) == 1
 
 
 def test_a_dead_letter_is_requeued_once_even_by_racing_replays(idle) -> None:
@@ -115,8 +116,9 @@ def test_a_dead_letter_is_requeued_once_even_by_racing_replays(idle) -> None:
     record = records_of(service, [{"type": "click", "userId": "u", "messageId": "r"}])[0]
     service.dead_letters.add_record("events", record, "processing_error", 5)
     [item] = service.dead_letters.entries("events")
-    assert service.dead_letters.requeue("events", item["id"], keyspace.EVENT_QUEUE, [record])
-    assert not service.dead_letters.requeue("events", item["id"], keyspace.EVENT_QUEUE, [record])
+    fields = service.queue.fields([record])
+    assert service.dead_letters.requeue("events", item["id"], keyspace.EVENT_QUEUE, fields)
+    assert not service.dead_letters.requeue("events", item["id"], keyspace.EVENT_QUEUE, fields)
     assert data.xlen(keyspace.EVENT_QUEUE) == 1
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 import pytest
 from click.testing import CliRunner
 from cryptography.fernet import Fernet
@@ -14,6 +13,7 @@ from analytics import AnalyticsService, Settings, keyspace
 from analytics.cli import main as cli
 from analytics.redis_client import connect
 from analytics.rotation import Rotator
+from tests.support import records_in
 
 OLD = Fernet.generate_key().decode()
 NEW = Fernet.generate_key().decode()
@@ -35,11 +35,15 @@ def make_service(redis_server, keys: str) -> AnalyticsService:
     return AnalyticsService(settings, connect(settings))
 
 
-def key_ids(db: Any, vault: Any) -> set[bytes]:
-    ids = set()
+def stored(db: Any) -> list[dict[str, Any]]:
+    found = []
     for key in db.scan_iter(match=keyspace.EVENTS_PROCESSED + "*"):
-        for raw in db.hvals(key):
-            ids.add(vault.key_id_of(orjson.loads(raw)["s"]))
+        found += records_in(db, key.decode()[len(keyspace.EVENTS_PROCESSED):])
+    return found
+
+
+def key_ids(db: Any, vault: Any) -> set[bytes]:
+    ids = {vault.key_id_of(record["s"]) for record in stored(db)}
     for _, fields in db.xrange("analytics:dlq:events"):
         ids.add(vault.key_id_of(fields[b"sealed"].decode()))
     return ids
@@ -89,39 +93,34 @@ def test_rotation_resumes_and_does_not_clobber_concurrent_changes(redis_server, 
     first = rotator.run(stop_after=1)  # interrupted after the first hash ("click")
     assert first.rotated == 50 and db.exists(keyspace.ROTATION)
 
-    # Meanwhile: a record is erased and another rewritten by someone else.
-    target = keyspace.processed("login")
-    names = sorted(db.hkeys(target))
-    db.hdel(target, names[0])
-    db.hset(target, names[1], b'{"changed": true}')
+    # Meanwhile: a user's records are erased (their pages rewritten) and a
+    # login is stored under the new key (appended to a page).
+    erased = old.erase_user(f"{USER}-0", "test").records
+    assert erased == 15
+    new.track({"type": "login", "userId": f"{USER}-1", "properties": {"email": "late@example.org"}})
+    new.drain("test", budget=1)
+    logins_left = 50 - len([i for i in range(0, 100, 2) if i % 7 == 0])
     second = Rotator(new.redis, new.vault, slice_size=10).run()
-    # resumed: "click" is not walked again; 48 logins and 5 dead letters left
-    assert second.resumed and second.examined == 49 + 5
-    assert second.rotated == 48 + 5 and second.current == 1
-    assert db.hget(target, names[1]) == b'{"changed": true}'
-    assert not db.hexists(target, names[0])
-    assert key_ids_skipping(db, new.vault) == {new.vault.current_key_id}
+    # resumed: "click" is not walked again; the logins left and 5 dead letters
+    assert second.resumed and second.examined == logins_left + 1 + 5
+    assert second.rotated == logins_left + 5 and second.current == 1
+    assert key_ids(db, new.vault) == {new.vault.current_key_id}
+    assert len(stored(db)) == 100 - erased + 1
     assert not db.exists(keyspace.ROTATION)
-
-
-def key_ids_skipping(db: Any, vault: Any) -> set[bytes]:
-    ids = set()
-    for key in db.scan_iter(match=keyspace.EVENTS_PROCESSED + "*"):
-        for raw in db.hvals(key):
-            record = orjson.loads(raw)
-            if "s" in record:
-                ids.add(vault.key_id_of(record["s"]))
-    return ids
 
 
 def test_compare_and_set_leaves_a_value_changed_since_it_was_read(redis_server, db) -> None:
     service = make_service(redis_server, OLD)
     rotator = Rotator(service.redis, service.vault)
-    db.hset("analytics:events:processed:click", mapping={"a": "v1", "b": "v1"})
-    written = rotator._cas_hash(keys=["analytics:events:processed:click"],
-                                args=["a", "v1", "v2", "b", "stale", "v2"])
-    assert written == 1
-    assert db.hgetall("analytics:events:processed:click") == {b"a": b"v2", b"b": b"v1"}
+    service.track({"type": "click", "userId": "u1", "messageId": "one"})
+    service.drain("test", budget=1)
+    [page_id] = [p.decode() for p in db.hkeys(keyspace.processed("click"))]
+    read = service.store.page("click", page_id)
+    assert read is not None
+    service.track({"type": "click", "userId": "u2", "messageId": "two"})  # same page
+    service.drain("test", budget=1)
+    assert service.store.rewrite("click", page_id, read, lambda fields, blob: None) == -1
+    assert sorted(r["m"] for r in records_in(db, "click")) == ["one", "two"]
     entry = db.xadd("analytics:dlq:events", {"sealed": "x", "ts": "1"})
     assert rotator._cas_stream(keys=["analytics:dlq:events"],
                                args=[entry, "sealed", "stale", "sealed", "y", "ts", "1"]) == 0

@@ -12,13 +12,13 @@ import threading
 import time
 from typing import Any
 
-import orjson
+import msgpack
 import pytest
 
 from analytics import keyspace
 from analytics.deadletters import KINDS, dlq_key
 from tests.conftest import service_env
-from tests.support import RedisServer, wait_until
+from tests.support import RedisServer, pages_indexed, records_in, stored_events, wait_until
 
 
 def send_events(client: Any, headers: dict[str, str], prefix: str, total: int,
@@ -62,9 +62,9 @@ def held(service: Any) -> int:
 
 
 def assert_events_stored_once(data: Any, expected: int) -> None:
-    assert data.hlen(keyspace.EVENT_IDS) == expected
-    assert data.hlen(keyspace.processed("click")) == expected
-    assert data.zcard(keyspace.time_index("click")) == expected
+    assert stored_events(data) == expected
+    assert len(records_in(data, "click")) == expected
+    assert pages_indexed(data, "click")
     assert sum(data.xlen(dlq_key(kind)) for kind in KINDS) == 0
 
 
@@ -104,7 +104,7 @@ def test_worker_sigkill_repeatedly_during_a_stream_of_20000_events_and_samples(m
     assert mid_batch >= 1 and during_stream >= 1, (
         f"{kills} kills, {mid_batch} mid-batch, {during_stream} during the stream: proved nothing")
     data = stack.redis.client()
-    wait_until(lambda: data.hlen(keyspace.EVENT_IDS) >= 20_000 and service.queue.pending() == 0
+    wait_until(lambda: stored_events(data) >= 20_000 and service.queue.pending() == 0
                and service.queue.length() == 0 and service.metrics_queue.length() == 0
                and service.metrics_queue.pending() == 0, 90, 0.2,
                "every accepted event and sample to be stored")
@@ -150,7 +150,7 @@ def test_redis_restart_answers_503_logs_one_line_and_loses_nothing(make_stack, c
     wait_until(lambda: client.get("/readyz").status_code == 200, 30, 0.2, "readyz")
     assert client.post("/v1/events", json=batch("after"), headers=headers).status_code == 202
     data = stack.redis.client()
-    wait_until(lambda: data.hlen(keyspace.EVENT_IDS) == 100, 90, 0.2,
+    wait_until(lambda: stored_events(data) == 100, 90, 0.2,
                "events accepted before and after the outage to be stored")
     # Worker and beat reconnected by themselves (the worker keeps heartbeating).
     wait_until(lambda: any(w["status"] == "alive" and w["seconds_since_seen"] < 5
@@ -193,7 +193,7 @@ def test_redis_full_answers_503_and_keeps_everything_accepted(tmp_path, encrypti
         assert accepted > 0
         # Nothing accepted was evicted: every accepted event is still queued.
         data = server.client()
-        queued = sum(len(orjson.loads(fields[b"e"]))
+        queued = sum(len(msgpack.unpackb(fields[b"r"]))
                      for _, fields in data.xrange(keyspace.EVENT_QUEUE))
         assert queued == accepted
         assert data.info("memory")["maxmemory_policy"] == "noeviction"

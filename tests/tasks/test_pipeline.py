@@ -5,11 +5,10 @@ import threading
 import time
 from typing import Any
 
-import orjson
 import pytest
 
-from analytics import keyspace
-from tests.support import wait_until
+from analytics.records import live_records
+from tests.support import stored_events, wait_until
 
 
 def queued(service: Any) -> int:
@@ -31,7 +30,7 @@ def test_commit_of_a_redelivered_entry_is_a_no_op(idle) -> None:
     first = service.process(entries)
     again = service.process(entries)  # a second worker committing the same entries
     assert (first.stored, again.stored, again.skipped_entries) == (5, 0, 1)
-    assert data.hlen(keyspace.EVENT_IDS) == 5 and service.queue.pending() == 0
+    assert stored_events(data) == 5 and service.queue.pending() == 0
 
 
 def test_drain_lingers_for_work_that_arrives_while_it_waits(idle) -> None:
@@ -49,7 +48,7 @@ def test_drain_lingers_for_work_that_arrives_while_it_waits(idle) -> None:
     # when the queue first ran dry, and it still ended well before its budget.
     assert report.committed.stored == 2
     assert time.monotonic() - started < 2
-    assert data.hlen("analytics:events:ids") == 2
+    assert stored_events(data) == 2
 
 
 def test_stale_entries_are_claimed_from_dead_consumers(idle) -> None:
@@ -78,7 +77,7 @@ def test_backlog_drains_highest_priority_first(make_stack) -> None:
     def listen() -> None:
         for message in pubsub.listen():
             if message["type"] == "message":
-                order.extend(r["m"] for r in orjson.loads(message["data"]))
+                order.extend(r["m"] for r in live_records(message["data"]))
             if len(order) >= 220:
                 return
 

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support import wait_until
+from tests.support import stored_events, wait_until
 
 
 def stored_count(data: Any) -> int:
-    return data.hlen("analytics:events:ids")
+    return stored_events(data)
 
 
 def test_single_event_is_accepted_queued_and_processed(client, keys, data, worker) -> None:
@@ -124,7 +124,7 @@ def test_query_filters_order_and_cursor(client, keys, service, data) -> None:
     assert service.track_many(batch).accepted == 30
     service.drain("test-consumer")
     # The session worker may hold part of the batch: wait until it is stored.
-    wait_until(lambda: data.hlen("analytics:events:ids") == 30, 30, 0.05, "the batch to be stored")
+    wait_until(lambda: stored_events(data) == 30, 30, 0.05, "the batch to be stored")
     got: list[str] = []
     cursor = None
     while True:

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from analytics import keyspace
-from tests.support import Process, free_port, python_env, wait_until
+from tests.support import Process, free_port, pages_indexed, python_env, records_in, stored_events, wait_until
 
 
 def start_gunicorn(env: dict[str, str], log_dir: Path, port: int, workers: int = 2,
@@ -126,8 +125,8 @@ def test_web_process_sigkilled_mid_request_while_client_retries_stores_no_duplic
     assert kills >= 1 and interrupted, "no request was cut short: the test proved nothing"
     data = stack.redis.client()
     total = batches * size
-    wait_until(lambda: data.hlen(keyspace.EVENT_IDS) >= total and service.queue.length() == 0
+    wait_until(lambda: stored_events(data) >= total and service.queue.length() == 0
                and service.queue.pending() == 0, 60, 0.2, "every event to be stored")
-    assert data.hlen(keyspace.EVENT_IDS) == total
-    assert data.hlen(keyspace.processed("click")) == total
-    assert data.zcard(keyspace.time_index("click")) == total
+    assert stored_events(data) == total
+    assert len(records_in(data, "click")) == total
+    assert pages_indexed(data, "click")

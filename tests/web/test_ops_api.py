@@ -8,8 +8,9 @@ from click.testing import CliRunner
 
 from analytics import keyspace
 from analytics.cli import main
+from analytics.records import dedupe_key
 from analytics.stats import CLEANUP, WS
-from tests.support import wait_until
+from tests.support import records_in, stored_events, wait_until
 
 
 def ingest(client, keys, n: int, prefix: str = "m") -> None:
@@ -28,7 +29,7 @@ def test_stats_show_processing_workers_websocket_memory_and_cleanup(worker, clie
     data.hset(CLEANUP, mapping={"last_run": 1_800_000_000.5, "duration": 0.25, "complete": "true",
                                 "removed": '{"events": 12, "series": 1}', "runs": 3})
     ingest(client, keys, 200)
-    wait_until(lambda: data.hlen(keyspace.EVENT_IDS) == 200, 30, 0.1, "events to be processed")
+    wait_until(lambda: stored_events(data) == 200, 30, 0.1, "events to be processed")
 
     def seen() -> dict | None:
         figures = client.get("/v1/stats", headers=keys["read"]).json
@@ -59,7 +60,7 @@ def test_stats_show_processing_workers_websocket_memory_and_cleanup(worker, clie
 
 def test_prometheus_metrics_need_no_key_and_carry_the_same_figures(worker, client, keys, data) -> None:
     ingest(client, keys, 50)
-    wait_until(lambda: data.hlen(keyspace.EVENT_IDS) == 50, 30, 0.1, "events to be processed")
+    wait_until(lambda: stored_events(data) == 50, 30, 0.1, "events to be processed")
     response = client.get("/metrics")
     assert response.status_code == 200 and response.mimetype == "text/plain"
     text = response.get_data(as_text=True)
@@ -95,8 +96,8 @@ def test_dead_letters_are_listed_and_replayed_by_admins_only(worker, client, key
     assert replay.status_code == 200 and replay.json["replayed"] == 1
     again = client.post("/v1/dlq/replay", json={"ids": [letter["id"]]}, headers=keys["admin"])
     assert again.json == {"replayed": 0, "stillInvalid": 0, "alreadyGone": 1, "ids": []}
-    wait_until(lambda: data.hlen(keyspace.processed("fragile")) == 1, 30, 0.1, "the replayed event")
-    assert data.hlen(keyspace.EVENT_IDS) == 2
+    wait_until(lambda: len(records_in(data, "fragile")) == 1, 30, 0.1, "the replayed event")
+    assert stored_events(data) == 2
 
 
 def test_cli_stats_and_dlq(worker, env, service, data) -> None:
@@ -118,5 +119,7 @@ def test_cli_stats_and_dlq(worker, env, service, data) -> None:
     assert usage.exit_code == 2
     replay = runner.invoke(main, ["dlq", "replay", "--all"], env=env)
     assert replay.exit_code == 0 and "replayed 1" in replay.output
-    wait_until(lambda: data.hget(keyspace.EVENT_IDS, record["i"]), 30, 0.1, "the replayed event")
+    shard, member = dedupe_key(record["i"])
+    wait_until(lambda: data.sismember(keyspace.dedupe_shard(shard), member), 30, 0.1,
+               "the replayed event")
     assert [e["action"] for e in service.audit.entries()][-1] == "dlq.replay"

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from analytics import keyspace
-from tests.support import wait_until
+from tests.support import stored_events, wait_until
 
 TAG = uuid.uuid4().hex[:10]
 PHI = {
@@ -107,7 +106,7 @@ def test_planted_phi_is_nowhere_in_clear_at_rest(client, keys, service, data, wo
              "context": {"ip": PHI["ip"]}},
             {"type": "track", "userId": PHI["userId"], "properties": {"ssn": PHI["ssn"]}}]})
         assert segment.status_code == 200 and find_phi(segment.data) == []
-        wait_until(lambda: data.hlen(keyspace.EVENT_IDS) == 3, 20, message="events stored")
+        wait_until(lambda: stored_events(data) == 3, 20, message="events stored")
         assert data.xlen("analytics:dlq:segment") == 1
         service.dead_letters.add_raw("events", {"userId": PHI["userId"], "email": PHI["email"]},
                                      "invalid_message", service.codec.user_hash(PHI["userId"]))

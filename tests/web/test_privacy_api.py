@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from analytics import keyspace
 from analytics.cli import main as cli
-from tests.support import wait_until
+from tests.support import pages_indexed, records_in, stored_events, wait_until
 
 USER = "patient-audit-7f3c9a"
 OTHER = "patient-other-19d2"
@@ -30,10 +30,10 @@ def raw_audit(data: Any) -> bytes:
 
 
 def ingest(client: Any, keys: dict[str, Any], data: Any, events: list[dict[str, Any]]) -> None:
-    before = data.hlen(keyspace.EVENT_IDS)
+    before = stored_events(data)
     response = client.post("/v1/events", headers=keys["ingest"], json={"batch": events})
     assert response.status_code == 202, response.json
-    wait_until(lambda: data.hlen(keyspace.EVENT_IDS) == before + len(events), 20,
+    wait_until(lambda: stored_events(data) == before + len(events), 20,
                message="the worker to store the events")
 
 
@@ -174,9 +174,9 @@ def test_erase_endpoint_removes_every_trace(client, keys, service, data, worker)
     assert body["records"] == 3 and body["deadLetters"] == 1
     assert body["keysRevoked"] == [scoped.id] and body["userHash"] == user_hash
 
-    assert data.hlen(keyspace.EVENT_IDS) == 1
-    assert data.hlen(keyspace.processed("click")) == 1 and data.hlen(keyspace.processed("login")) == 0
-    assert data.zcard(keyspace.time_index("click")) == 1
+    assert stored_events(data) == 1
+    assert len(records_in(data, "click")) == 1 and records_in(data, "login") == []
+    assert pages_indexed(data, "click") and pages_indexed(data, "login")
     assert data.zcard(keyspace.time_index("login")) == 0
     assert not data.exists(keyspace.user_index(user_hash))
     assert data.xlen("analytics:dlq:segment") == 0 and data.xlen("analytics:dlq:events") == 1

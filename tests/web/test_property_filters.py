@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import stored_events as count_stored
 from tests.support import wait_until
 
 
@@ -18,7 +19,7 @@ def stored_events(service, data, worker) -> None:
             ("pro", 5, False), ("pro", 15, True), ("free", 25, False), ("free", 35, True),
             ("team", 45, False)])]
     assert service.track_many(events).accepted == 5
-    wait_until(lambda: data.hlen("analytics:events:ids") == 5, 15, message="5 stored events")
+    wait_until(lambda: count_stored(data) == 5, 15, message="5 stored events")
 
 
 def ids(client: Any, headers: dict[str, str], query: str) -> list[str]:

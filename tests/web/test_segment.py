@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from analytics.segment import SEGMENT_TYPES
-from tests.support import wait_until
+from tests.support import records_in, stored_events, wait_until
 
 DLQ = "analytics:dlq:segment"
 
@@ -25,7 +25,7 @@ def basic(headers: dict[str, str]) -> dict[str, str]:
 
 
 def stored(data: Any) -> int:
-    return data.hlen("analytics:events:ids")
+    return stored_events(data)
 
 
 def records(data: Any, count: int) -> list[dict[str, Any]]:
@@ -33,7 +33,7 @@ def records(data: Any, count: int) -> list[dict[str, Any]]:
     wait_until(lambda: stored(data) >= count, 20, message=f"the worker to store {count} events")
     found = []
     for key in data.scan_iter("analytics:events:processed:*"):
-        found += [orjson.loads(raw) for raw in data.hvals(key)]
+        found += records_in(data, key.decode().rpartition(":")[2])
     return sorted(found, key=lambda r: (r["rt"], r["m"]))
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import wait_until
+from tests.support import stored_events, wait_until
 
 
 def events(url: str, headers: dict[str, str], **query: str) -> list[dict[str, Any]]:
@@ -26,7 +26,7 @@ def events(url: str, headers: dict[str, str], **query: str) -> list[dict[str, An
 
 
 def stored(data: Any) -> int:
-    return data.hlen("analytics:events:ids")
+    return stored_events(data)
 
 
 def exercise(client: Any, errors: list[Any], name: str) -> int:
