@@ -97,7 +97,13 @@ class _Nonces:
     def __init__(self) -> None:
         self._reset()
         alive = weakref.ref(self)  # a fork hook must not keep every vault alive
-        os.register_at_fork(after_in_child=lambda: (nonces := alive()) and nonces._reset())
+
+        def after_fork() -> None:
+            nonces = alive()
+            if nonces is not None:
+                nonces._reset()
+
+        os.register_at_fork(after_in_child=after_fork)
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
@@ -154,9 +160,13 @@ class Vault:
     # -- sealing -----------------------------------------------------------
     def seal(self, plaintext: bytes) -> str:
         """Encrypt ``plaintext`` under the newest key."""
+        return base64.urlsafe_b64encode(self.seal_raw(plaintext)).decode()
+
+    def seal_raw(self, plaintext: bytes) -> bytes:
+        """:meth:`seal` as the bytes its token encodes (how records store it)."""
         nonce = self._nonces.take()
         ct = self._aeads[self.current_key_id].encrypt(nonce, plaintext, None)
-        return base64.urlsafe_b64encode(_VERSION + self.current_key_id + nonce + ct).decode()
+        return _VERSION + self.current_key_id + nonce + ct
 
     def open(self, token: str) -> bytes:
         """Decrypt a token made by :meth:`seal` under any configured key."""
@@ -181,12 +191,19 @@ class Vault:
     # -- keyed hashes ------------------------------------------------------
     def pseudonym(self, value: str, purpose: str = "user") -> str:
         """A stable keyed hash of ``value``: 128 bits as 32 hex characters."""
-        return self._hash_mac.digest(f"{purpose}\x00{value}".encode()).hex()[:32]
+        return self.pseudonym_raw(value, purpose).hex()
+
+    def pseudonym_raw(self, value: str, purpose: str = "user") -> bytes:
+        """:meth:`pseudonym` as its 16 bytes."""
+        return self._hash_mac.digest(f"{purpose}\x00{value}".encode())[:16]
 
     def event_id(self, message_id: str) -> str:
         """The stored id of the event with ``message_id``: 96 bits, URL-safe."""
-        mac = self._hash_mac.digest(b"message\x00" + message_id.encode())
-        return base64.urlsafe_b64encode(mac[:12]).decode()
+        return base64.urlsafe_b64encode(self.event_id_raw(message_id)).decode()
+
+    def event_id_raw(self, message_id: str) -> bytes:
+        """:meth:`event_id` as its 12 bytes."""
+        return self._hash_mac.digest(b"message\x00" + message_id.encode())[:12]
 
     def audit_mac(self, data: bytes) -> str:
         """HMAC for chaining audit entries."""

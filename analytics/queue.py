@@ -90,11 +90,20 @@ class EventQueue:
         that packs an entry)."""
         if not self.packed:
             return {"e": orjson.dumps(records)}
-        return {"r": msgpack.packb([queue_item(record) for record in records])}
+        return self.item_fields([queue_item(record) for record in records])
+
+    @staticmethod
+    def item_fields(items: list[QueueItem]) -> dict[Any, Any]:
+        """The XADD fields of an entry holding queue ``items``."""
+        return {"r": msgpack.packb(items)}
 
     def add(self, pipe: redis.client.Pipeline, lane: str, records: list[dict[str, Any]]) -> None:
         """Queue ``records`` as one entry (on ``pipe``, executed by the caller)."""
         pipe.xadd(lane, self.fields(records))
+
+    def add_items(self, pipe: redis.client.Pipeline, lane: str, items: list[QueueItem]) -> None:
+        """Queue ``items`` as one entry (on ``pipe``, executed by the caller)."""
+        pipe.xadd(lane, self.item_fields(items))
 
     def length(self) -> int:
         pipe = self._redis.pipeline(transaction=False)

@@ -282,6 +282,10 @@ def dedupe_key(event_id: str) -> tuple[str, str]:
 def _dedupe_key(event_id: str, raw: bytes | str) -> tuple[str, str]:
     if not isinstance(raw, bytes) or len(raw) < 10:
         raw = hashlib.blake2b(event_id.encode(), digest_size=10).digest()
+    return _dedupe_member(raw)
+
+
+def _dedupe_member(raw: bytes) -> tuple[str, str]:
     return raw[:2].hex(), str(int.from_bytes(raw[2:10], "big", signed=True))
 
 
@@ -311,36 +315,55 @@ class RecordCodec:
     def encode(self, event: dict[str, Any], priority: str, received_ms: int,
                sent_at_ms: int | None) -> dict[str, Any]:
         """A record from an event loaded by :data:`analytics.schemas.event_schema`."""
-        message_id = event.get("messageId") or str(uuid.uuid4())
-        record: dict[str, Any] = {
-            "i": self.vault.event_id(message_id),
-            "m": message_id,
-            "t": event["type"],
-            "p": priority,
-            "rt": received_ms,
-            "u": self.user_hash(event["userId"]) if event.get("userId") else "",
-            "a": self.user_hash(event["anonymousId"]) if event.get("anonymousId") else "",
-        }
+        return item_record(self.encode_item(event, priority, received_ms, sent_at_ms)[1])
+
+    def encode_item(self, event: dict[str, Any], priority: str, received_ms: int,
+                    sent_at_ms: int | None) -> tuple[str, QueueItem]:
+        """The messageId and queue item (:func:`queue_item`) of an event
+        loaded by :data:`analytics.schemas.event_schema`.
+
+        The ingest hot path: the blob is built from the vault's raw bytes
+        directly, never through the text forms of a record dict.
+        """
+        vault = self.vault
+        message_id = event.get("messageId")
+        stored_message: str | bytes
+        if message_id:
+            stored_message = _message_bytes(message_id)
+        else:
+            generated = uuid.uuid4()
+            message_id, stored_message = str(generated), generated.bytes
+        event_id = vault.event_id_raw(message_id)
+        user_id, anonymous_id = event.get("userId"), event.get("anonymousId")
+        user = vault.pseudonym_raw(user_id) if user_id else None
+        anonymous = vault.pseudonym_raw(anonymous_id) if anonymous_id else None
         timestamp = event.get("timestamp")
+        corrected: tuple[int, int] | tuple[()] = ()
         if timestamp is None:
-            record["ts"] = received_ms
+            ts = received_ms
         elif sent_at_ms is not None:
             # Segment's rule: the client's clock is off by (sentAt - receivedAt).
             skew = max(-self.max_skew_ms, min(self.max_skew_ms, received_ms - sent_at_ms))
-            record["ts"] = timestamp + skew
-            record["ot"] = timestamp
-            record["sa"] = sent_at_ms
+            ts = timestamp + skew
+            corrected = (timestamp, sent_at_ms)
         else:
-            record["ts"] = timestamp
+            ts = timestamp
         clear, pairs = phi.split(event, self.policy)
-        for field, short in _NESTED:
-            if clear.get(field):
-                record[short] = clear[field]
+        sealed = None
         if pairs:
             for path, _ in pairs:  # fresh lists from phi.split: changed in place
                 path[0] = _FIELD_CODES.get(path[0], path[0])
-            record["s"] = self.vault.seal(msgpack.packb(pairs))
-        return record
+            sealed = vault.seal_raw(msgpack.packb(pairs))
+        fields: list[Any] = [
+            event_id, stored_message, _PRIORITY_CODE[priority], ts, received_ms - ts, user, anonymous,
+            clear.get("properties") or None, clear.get("context") or None,
+            clear.get("traits") or None, clear.get("metadata") or None, sealed, *corrected,
+        ]
+        while fields[-1] is None:
+            fields.pop()
+        shard, member = _dedupe_member(event_id)
+        return message_id, [event["type"], ts, user.hex() if user else "", shard, member,
+                            msgpack.packb(fields)]
 
     def decode(self, record: dict[str, Any], reveal_phi: bool) -> dict[str, Any]:
         """The API form of a record; PHI opened only when ``reveal_phi``."""

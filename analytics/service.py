@@ -45,7 +45,7 @@ from analytics.outage import OutageLog
 from analytics.phi import PhiPolicy
 from analytics.queue import Entry, EventQueue
 from analytics.ratelimit import RateLimiter
-from analytics.records import RecordCodec
+from analytics.records import QueueItem, RecordCodec
 from analytics.redis_client import connect, is_out_of_memory, unavailable_as_error
 from analytics.registry import EventType, EventTypeRegistry
 from analytics.retention import Cleanup, CleanupReport
@@ -189,7 +189,7 @@ class AnalyticsService:
         """
         received = received_ms if received_ms is not None else int(time.time() * 1000)
         result = TrackResult()
-        lanes: dict[str, list[dict[str, Any]]] = {}
+        lanes: dict[str, list[QueueItem]] = {}
         for index, raw in enumerate(events):
             event, errors = self._validate(index, raw)
             if event is None:
@@ -198,22 +198,22 @@ class AnalyticsService:
             event_type = self.registry.get(event["type"])
             assert event_type is not None
             priority = event["priority"] or event_type.priority
-            record = self.codec.encode(event, priority, received, sent_at)
-            lanes.setdefault(keyspace.event_queue(priority), []).append(record)
-            result.ids.append(record["m"])
+            message_id, item = self.codec.encode_item(event, priority, received, sent_at)
+            lanes.setdefault(keyspace.event_queue(priority), []).append(item)
+            result.ids.append(message_id)
         if lanes:
             self._enqueue(lanes)
             result.accepted = len(result.ids)
         return result
 
-    def _enqueue(self, lanes: dict[str, list[dict[str, Any]]]) -> None:
+    def _enqueue(self, lanes: dict[str, list[QueueItem]]) -> None:
         with unavailable_as_error():
             # MULTI: all lanes or none. When Redis is full (maxmemory), it
             # refuses the whole transaction at queue time, so a 503 really
             # means nothing was accepted.
             pipe = self.redis.pipeline(transaction=True)
-            for lane, records in lanes.items():
-                self.queue.add(pipe, lane, records)
+            for lane, items in lanes.items():
+                self.queue.add_items(pipe, lane, items)
             pipe.set(keyspace.KICK_EVENTS, 1, nx=True, px=KICK_TTL_MS)
             replies = pipe.execute()
         if replies[-1] and self._kick is not None:

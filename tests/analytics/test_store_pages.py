@@ -248,3 +248,36 @@ def test_a_record_packs_and_unpacks_to_itself(record, skew) -> None:
     if skew is not None:
         record["ot"], record["sa"] = skew
     assert records.unpack("click", records.pack(record)) == record
+
+
+def test_the_ingest_encoding_equals_the_record_encoding() -> None:
+    """encode_item (raw bytes, the hot path) and queue_item(encode(...)) (the
+    record dict, other paths) give the same item and the same record."""
+    from cryptography.fernet import Fernet
+
+    from analytics import phi
+    from analytics.crypto import Vault
+    from analytics.fastpath import load_event
+    from analytics.settings import DEFAULT_PHI_FIELDS
+
+    codec = records.RecordCodec(Vault([Fernet.generate_key().decode()]), phi.PhiPolicy(DEFAULT_PHI_FIELDS),
+                                3_600_000)
+    events = [
+        {"type": "click", "userId": "u-1", "messageId": "m-1", "properties": {"email": "a@b.c", "n": 1}},
+        {"type": "click", "anonymousId": "a-1", "timestamp": "2026-01-01T00:00:00Z",
+         "messageId": "6f1c1d3e-8a55-4b8e-9c55-5a1d3a9b9c11", "context": {"ip": "10.0.0.1"}},
+        {"type": "click", "userId": "u-2", "anonymousId": "a-2", "timestamp": 1_700_000_000,
+         "traits": {"list": [1, {"name": "N"}]}, "metadata": {"k": "v"}},
+    ]
+    for raw in events:
+        event = load_event(raw)
+        assert event is not None
+        for sent_at in (None, 1_700_000_000_500):
+            message_id, item = codec.encode_item(event, "high", 1_700_000_001_000, sent_at)
+            record = records.item_record(item)
+            assert record["m"] == message_id
+            assert records.queue_item(record)[:5] == item[:5]
+            opened = codec.decode(record, reveal_phi=True)
+            assert (opened["userId"], opened["anonymousId"]) == (raw.get("userId"), raw.get("anonymousId"))
+            for field in ("properties", "context", "traits", "metadata"):
+                assert opened[field] == raw.get(field, {})
