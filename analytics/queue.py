@@ -57,9 +57,15 @@ class EventQueue:
                     raise
         self._groups_ready = True
 
+    def fields(self, records: list[dict[str, Any]]) -> dict[str, bytes]:
+        """The field/value pairs of the entry holding ``records``: the one
+        place that builds a queue entry (:meth:`add`, and the one-trip ingest
+        script, which writes them as given)."""
+        return {"e": orjson.dumps(records)}
+
     def add(self, pipe: redis.client.Pipeline, lane: str, records: list[dict[str, Any]]) -> None:
         """Queue ``records`` as one entry (on ``pipe``, executed by the caller)."""
-        pipe.xadd(lane, {"e": orjson.dumps(records)})
+        pipe.xadd(lane, self.fields(records))  # type: ignore[arg-type]  # redis-py: invariant dict
 
     def length(self) -> int:
         pipe = self._redis.pipeline(transaction=False)
