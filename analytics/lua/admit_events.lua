@@ -33,12 +33,7 @@ end
 local pos = 7
 for lane = 4, #KEYS do
   local n = tonumber(ARGV[pos])
-  local args = {KEYS[lane], '*'}
-  for i = 1, n do
-    args[2 + 2 * i - 1] = ARGV[pos + 2 * i - 1]
-    args[2 + 2 * i] = ARGV[pos + 2 * i]
-  end
-  redis.call('XADD', unpack(args))
+  redis.call('XADD', KEYS[lane], '*', unpack(ARGV, pos + 1, pos + 2 * n))
   pos = pos + 1 + 2 * n
 end
 local kicked = redis.call('SET', KEYS[3], 1, 'NX', 'PX', ARGV[6])
