@@ -147,7 +147,7 @@ class AnalyticsService:
         self.auditor = Auditor(client, self.audit, self.vault, self.policy,
                                settings.auth_failure_window)
         self.rate_limiter = RateLimiter(client, settings.rate_limit, settings.rate_burst)
-        self.admitter = Admitter(client, self.rate_limiter)
+        self.admitter = Admitter(client, self.rate_limiter, KICK_TTL_MS)
         self.eraser = Eraser(client, self.api_keys)
         self.metrics_queue = EventQueue(client, lanes=(keyspace.METRICS_QUEUE,))
         self.metrics = MetricStore(client, settings, dead_letters=self.dead_letters)
@@ -250,7 +250,7 @@ class AnalyticsService:
             return key, self._accepted(prepared)
         entries = {lane: self.queue.fields(records) for lane, records in prepared.lanes.items()}
         with unavailable_as_error():
-            admission = self.admitter.admit(hash_api_key(secret), action, entries, KICK_TTL_MS)
+            admission = self.admitter.admit(hash_api_key(secret), action, entries)
         if admission.record is None or admission.verdict == Verdict.REVOKED:
             if where:
                 self.audit_auth_failure(where, remote, "invalid")

@@ -175,3 +175,10 @@ def test_redis_full_is_503_with_nothing_queued(private) -> None:
         data.config_set("maxmemory", 0)
     assert client.post("/v1/events", json=mixed, headers=bearer(secret)).status_code == 202
     assert queued(data) == 4
+
+
+def test_a_redis_that_lost_its_scripts_is_given_them_again(client, keys, data) -> None:
+    assert client.post("/v1/events", json=EVENT, headers=keys["ingest"]).status_code == 202
+    data.script_flush()  # as after a restart: scripts are not persisted
+    assert client.post("/v1/events", json=EVENT, headers=keys["ingest"]).status_code == 202
+    assert entries_added(data) == 2
