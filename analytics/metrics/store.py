@@ -33,6 +33,7 @@ from analytics.deadletters import DeadLetters
 from analytics.errors import ValidationError
 from analytics.metrics.sketch import GAMMA, NEGATIVE_BASE, ZERO_CODE, bin_code, encode_bins
 from analytics.queue import Entry
+from analytics.redis_client import resp2_twin
 from analytics.settings import Settings
 from analytics.store import load_script
 
@@ -119,6 +120,8 @@ class MetricStore:
         self.live_channel = live_channel
         self.retention = {res: int(days * 86400)
                           for res, days in zip(TIERS, settings.rollup_retention_days, strict=True)}
+        #: Range queries read many chunk hashes: through a RESP2 client.
+        self._bulk = resp2_twin(client)
         self._commit = client.register_script(load_with_lib("commit_metrics.lua"))
         self._register = client.register_script(load_with_lib("register_series.lua"))
         #: (metric, series id) known to be registered: saves a round trip per
@@ -296,7 +299,7 @@ class MetricStore:
                 out[group_by] = tags[group_by]
             groups.setdefault(tuple(sorted(out.items())), []).append(sid)
 
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._bulk.pipeline(transaction=False)
         for sids in groups.values():
             for sid in sids:
                 for chunk in chunks:
