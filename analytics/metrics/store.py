@@ -380,8 +380,10 @@ def _points(agg: str, first: int, count: int, bucket: int, res: int, stored: _St
     empty = (c <= 0).tolist()
     if agg in QUANTILES:
         assert sketches is not None
-        values = _quantiles(QUANTILES[agg], first, count, bucket, res, index, stats, sketches)
-        return [[t, None if e else v] for t, v, e in zip(stamps, values, empty, strict=True)]
+        found = _quantiles(QUANTILES[agg], first, count, bucket, res, index, stats, sketches)
+        found[c <= 0] = np.nan
+        # NaN (no data) is the one value not equal to itself.
+        return [[t, v if v == v else None] for t, v in zip(stamps, found.tolist(), strict=True)]
     if agg == "count":
         values = c.astype(np.int64).tolist()
     elif agg in ("min", "max"):
@@ -416,11 +418,12 @@ _OWNER_FACTOR = 1 << 32
 
 
 def _quantiles(q: float, first: int, count: int, bucket: int, res: int, index: Any, stats: Any,
-               sketches: _Stored) -> list[float | None]:
+               sketches: _Stored) -> Any:
     """The ``q``-quantile of each output bucket, merging the sketches of the
     stored buckets that fall in it (``index``, ``stats``: output bucket and
     packed stats of each stored bucket in range; ``sketches``: the packed
-    bins of the stored buckets, with their own offsets). Same answers as
+    bins of the stored buckets, with their own offsets), as an array with
+    NaN where there is none. Same answers as
     :meth:`analytics.metrics.sketch.Sketch.quantile`, for all buckets at once:
     sort every bin by (bucket, code), then find in the running count the
     first bin past each bucket's rank. Nothing is done per stored bucket in
@@ -430,7 +433,7 @@ def _quantiles(q: float, first: int, count: int, bucket: int, res: int, index: A
     np.minimum.at(mn, index, stats[:, 2])
     np.maximum.at(mx, index, stats[:, 3])
     if not sketches.offsets:
-        return [None] * count
+        return np.full(count, np.nan)
     at = sketches.starts(res)
     lengths = np.fromiter(map(len, sketches.values), dtype=np.int64,
                           count=len(sketches.values)) // _BIN_DTYPE.itemsize
@@ -440,7 +443,7 @@ def _quantiles(q: float, first: int, count: int, bucket: int, res: int, index: A
     inside = np.repeat((at >= first) & (at < first + count * bucket), lengths)
     owner, bins = owner[inside], bins[inside]
     if not len(bins):
-        return [None] * count
+        return np.full(count, np.nan)
     # Bins of equal (bucket, code) may come in any order: they are adjacent
     # either way, and the search below picks a code, not a position.
     order = np.argsort(owner * _OWNER_FACTOR + (bins["code"].astype(np.int64) + _CODE_SHIFT))
@@ -463,4 +466,5 @@ def _quantiles(q: float, first: int, count: int, bucket: int, res: int, index: A
     elif q == 1:
         values[has] = mx[has]
     values = np.minimum(np.maximum(values, mn), mx)
-    return [None if not h or math.isnan(v) else v for h, v in zip(has.tolist(), values.tolist(), strict=True)]
+    values[~has] = np.nan
+    return values
