@@ -7,6 +7,9 @@ authenticated request costs exactly one Redis round trip, as before, and
 unknown keys create no buckets. The bucket refills at ``rate`` tokens per
 second up to ``burst``; Redis's clock is used, so every web process agrees.
 A refused request learns when one token will be back: ``Retry-After``.
+The bucket's Lua is ``lua/token_bucket.lua``, shared with
+:mod:`analytics.admission` (which also queues an ingest request's events in
+the same round trip).
 """
 from __future__ import annotations
 
