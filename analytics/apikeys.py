@@ -6,6 +6,7 @@ scope is kept as the user's keyed hash, never the clear id.
 """
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +40,14 @@ class ApiKey:
             raise PermissionDenied(f"this key (role {self.role}) may not {action}")
 
 
+@functools.lru_cache(maxsize=1024)
+def parse_record(raw: bytes) -> ApiKey:
+    """The key of a stored record. Cached by the record's bytes: a revoked
+    key's record differs (``revoked`` set), so a cached parse never hides a
+    revocation; every request still reads the record from Redis."""
+    return ApiKey(**orjson.loads(raw))
+
+
 class ApiKeyStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
@@ -66,7 +75,7 @@ class ApiKeyStore:
         raw = self._redis.hget(keyspace.API_KEYS, hash_api_key(secret))
         if raw is None:
             raise AuthenticationError("invalid API key")
-        key = ApiKey(**orjson.loads(raw))
+        key = parse_record(raw)
         if key.revoked:
             raise AuthenticationError("invalid API key")
         return key

@@ -7,38 +7,33 @@ authenticated request costs exactly one Redis round trip, as before, and
 unknown keys create no buckets. The bucket refills at ``rate`` tokens per
 second up to ``burst``; Redis's clock is used, so every web process agrees.
 A refused request learns when one token will be back: ``Retry-After``.
+The bucket's Lua is ``lua/token_bucket.lua``, shared with
+:mod:`analytics.admission` (which also queues an ingest request's events in
+the same round trip).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from importlib import resources
 
 import redis
 
 from analytics import keyspace
 
+
+def lua_source(*names: str) -> str:
+    """The Lua files ``names`` of ``analytics/lua``, joined into one script."""
+    lua = resources.files("analytics").joinpath("lua")
+    return "\n".join(lua.joinpath(name).read_text() for name in names)
+
+
 # KEYS: api key hash, bucket. ARGV: key digest, rate (tokens/s), burst, cost.
 # Returns {record or false, allowed (1/0), ms until enough tokens}.
-_AUTH_AND_TAKE = """
+_AUTH_AND_TAKE = lua_source("token_bucket.lua") + """
 local record = redis.call('HGET', KEYS[1], ARGV[1])
 if not record then return {false, 1, 0} end
-local rate, burst, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if rate <= 0 then return {record, 1, 0} end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local state = redis.call('HMGET', KEYS[2], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local last = tonumber(state[2]) or now_ms
-tokens = math.min(burst, tokens + math.max(0, now_ms - last) * rate / 1000)
-local allowed, wait = 1, 0
-if tokens >= cost then
-  tokens = tokens - cost
-else
-  allowed = 0
-  wait = math.ceil((cost - tokens) * 1000 / rate)
-end
-redis.call('HSET', KEYS[2], 'tokens', tostring(tokens), 'ts', now_ms)
-redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 1000)
+local allowed, wait = take_tokens(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 return {record, allowed, wait}
 """
 

@@ -43,6 +43,24 @@ def connect(settings: Settings, url: str | None = None) -> redis.Redis:
     )
 
 
+def resp2_twin(client: redis.Redis) -> redis.Redis:
+    """A client of the same server, with the same options, speaking RESP2.
+
+    For bulk reads of many small hash fields (metric rollup chunks):
+    redis-py 8 speaks RESP3 by default, and parsing a pipeline of ``HGETALL``
+    map replies in RESP3 costs it about twice what the same replies cost in
+    RESP2 (24 h at 1 min over 5 series: 12 ms against 6). The replies come
+    out the same (``dict`` of bytes). Its own pool: connections are made
+    when first used.
+    """
+    pool = client.connection_pool
+    # Maintenance notifications (push messages) exist only in RESP3.
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if not k.startswith("maint_notifications")}
+    kwargs["protocol"] = 2
+    return redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs))
+
+
 def is_out_of_memory(exc: redis.ResponseError) -> bool:
     """Redis refused a write: ``maxmemory`` reached (policy ``noeviction``).
 

@@ -20,14 +20,15 @@ import orjson
 import redis
 
 from analytics import keyspace
-from analytics.apikeys import ApiKey, ApiKeyStore
+from analytics.admission import Admitter, Verdict
+from analytics.apikeys import ApiKey, ApiKeyStore, parse_record
 from analytics.audit import AuditLog, VerifyResult
 from analytics.auditing import Auditor
 from analytics.crypto import Vault, hash_api_key
 from analytics.deadletters import KINDS as DLQ_KINDS
 from analytics.deadletters import DeadLetters
 from analytics.erasure import Eraser, ErasureReport
-from analytics.errors import AuthenticationError, RateLimited, ValidationError
+from analytics.errors import AuthenticationError, PermissionDenied, RateLimited, ValidationError
 from analytics.fastpath import load_event
 from analytics.filters import matcher, parse_filters
 from analytics.isolation import Committer, record_problem
@@ -71,6 +72,17 @@ class TrackResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"accepted": self.accepted, "rejected": self.rejected, "ids": self.ids}
+
+
+@dataclass
+class PreparedEvents:
+    """Events validated and encoded, not queued yet
+    (:meth:`AnalyticsService.prepare_events`)."""
+
+    #: Rejections by index, and the ids of the valid events.
+    result: TrackResult
+    #: Queue lane -> the queue items to add to it as one entry.
+    lanes: dict[str, list[QueueItem]]
 
 
 @dataclass
@@ -135,6 +147,7 @@ class AnalyticsService:
         self.auditor = Auditor(client, self.audit, self.vault, self.policy,
                                settings.auth_failure_window)
         self.rate_limiter = RateLimiter(client, settings.rate_limit, settings.rate_burst)
+        self.admitter = Admitter(client, self.rate_limiter, KICK_TTL_MS)
         self.eraser = Eraser(client, self.api_keys, self.store)
         self.metrics_queue = EventQueue(client, lanes=(keyspace.METRICS_QUEUE,), packed=False)
         self.metrics = MetricStore(client, settings, dead_letters=self.dead_letters)
@@ -187,6 +200,16 @@ class AnalyticsService:
         survive a worker crash. Raises :class:`StoreUnavailable` when Redis
         cannot take them (then none was accepted).
         """
+        prepared = self.prepare_events(events, sent_at=sent_at, received_ms=received_ms)
+        if prepared.lanes:
+            self._enqueue(prepared.lanes)
+        return self._accepted(prepared)
+
+    def prepare_events(self, events: Iterable[Any], *, sent_at: int | None = None,
+                       received_ms: int | None = None) -> PreparedEvents:
+        """Validate and encode ``events`` (PHI sealed, ids hashed) without
+        queueing them: the first half of :meth:`track_many`. Writes nothing;
+        reads Redis only to refresh the cached type registry."""
         received = received_ms if received_ms is not None else int(time.time() * 1000)
         result = TrackResult()
         lanes: dict[str, list[QueueItem]] = {}
@@ -201,10 +224,48 @@ class AnalyticsService:
             message_id, item = self.codec.encode_item(event, priority, received, sent_at)
             lanes.setdefault(keyspace.event_queue(priority), []).append(item)
             result.ids.append(message_id)
-        if lanes:
-            self._enqueue(lanes)
-            result.accepted = len(result.ids)
+        return PreparedEvents(result, lanes)
+
+    @staticmethod
+    def _accepted(prepared: PreparedEvents) -> TrackResult:
+        result = prepared.result
+        result.accepted = len(result.ids) if prepared.lanes else 0
         return result
+
+    def track_as(self, secret: str | None, prepared: PreparedEvents, *, action: str = "ingest",
+                 where: str = "", remote: str | None = None) -> tuple[ApiKey, TrackResult]:
+        """Authenticate ``secret`` for ``action`` and queue ``prepared``: one
+        Redis round trip when there is something to queue.
+
+        Same answers as :meth:`authenticate`, :meth:`ApiKey.require` and then
+        :meth:`track_many` in turn, in that order: :class:`AuthenticationError`
+        (audited with ``where``), :class:`RateLimited`,
+        :class:`PermissionDenied`, :class:`StoreUnavailable` (nothing
+        queued); every call takes a token from the key's rate limit.
+        """
+        if not secret or not prepared.lanes:
+            # Nothing to queue, or no key (refused there): the general path.
+            key = self.authenticate(secret, where=where, remote=remote)
+            key.require(action)
+            return key, self._accepted(prepared)
+        entries = {lane: self.queue.item_fields(items) for lane, items in prepared.lanes.items()}
+        with unavailable_as_error():
+            admission = self.admitter.admit(hash_api_key(secret), action, entries)
+        if admission.record is None or admission.verdict == Verdict.REVOKED:
+            if where:
+                self.audit_auth_failure(where, remote, "invalid")
+            raise AuthenticationError("invalid API key")
+        key = parse_record(admission.record)
+        if admission.verdict == Verdict.RATE_LIMITED:
+            raise RateLimited("rate limit of this API key exceeded; retry later",
+                              admission.retry_after)
+        if admission.verdict == Verdict.FORBIDDEN:
+            key.require(action)
+            raise PermissionDenied(f"this key (role {key.role}) may not {action}")
+        assert admission.verdict == Verdict.QUEUED
+        if admission.kicked and self._kick is not None:
+            self._kick()
+        return key, self._accepted(prepared)
 
     def _enqueue(self, lanes: dict[str, list[QueueItem]]) -> None:
         with unavailable_as_error():
@@ -626,7 +687,7 @@ class AnalyticsService:
                 lookup = self.rate_limiter.lookup(hash_api_key(secret))
                 if lookup.record is None:
                     raise AuthenticationError("invalid API key")
-                key = ApiKey(**orjson.loads(lookup.record))
+                key = parse_record(lookup.record)
                 if key.revoked:
                     raise AuthenticationError("invalid API key")
         except AuthenticationError as exc:

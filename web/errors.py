@@ -52,12 +52,6 @@ def outage(app: Flask) -> OutageLog:
     return app.extensions["outage"]
 
 
-def _note_recovery(response: Response) -> Response:
-    # Any answer below 500 from an API view means Redis answered it.
-    if (response.status_code < 500 and outage(current_app).down
-            and request.blueprint not in (None, "health", "metrics")):
-        outage(current_app).came_back()
-    return response
 
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -84,8 +78,16 @@ def _unexpected(exc: Exception) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["outage"] = OutageLog("web")
-    app.after_request(_note_recovery)
+    web_outage = app.extensions["outage"] = OutageLog("web")
+
+    def note_recovery(response: Response) -> Response:
+        # Any answer below 500 from an API view means Redis answered it.
+        if (web_outage.down and response.status_code < 500
+                and request.blueprint not in (None, "health", "metrics")):
+            web_outage.came_back()
+        return response
+
+    app.after_request(note_recovery)
     app.register_error_handler(AnalyticsError, _analytics_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

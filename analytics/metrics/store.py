@@ -33,6 +33,7 @@ from analytics.deadletters import DeadLetters
 from analytics.errors import ValidationError
 from analytics.metrics.sketch import GAMMA, NEGATIVE_BASE, ZERO_CODE, bin_code, encode_bins
 from analytics.queue import Entry
+from analytics.redis_client import resp2_twin
 from analytics.settings import Settings
 from analytics.store import load_script
 
@@ -119,6 +120,8 @@ class MetricStore:
         self.live_channel = live_channel
         self.retention = {res: int(days * 86400)
                           for res, days in zip(TIERS, settings.rollup_retention_days, strict=True)}
+        #: Range queries read many chunk hashes: through a RESP2 client.
+        self._bulk = resp2_twin(client)
         self._commit = client.register_script(load_with_lib("commit_metrics.lua"))
         self._register = client.register_script(load_with_lib("register_series.lua"))
         #: (metric, series id) known to be registered: saves a round trip per
@@ -296,7 +299,7 @@ class MetricStore:
                 out[group_by] = tags[group_by]
             groups.setdefault(tuple(sorted(out.items())), []).append(sid)
 
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._bulk.pipeline(transaction=False)
         for sids in groups.values():
             for sid in sids:
                 for chunk in chunks:
@@ -308,30 +311,46 @@ class MetricStore:
 
         out_series: list[dict[str, Any]] = []
         for group, sids in groups.items():
-            offsets: list[bytes] = []
-            raws: list[bytes] = []
-            texts: list[bytes | None] = []
-            bases: list[int] = []
-            sizes: list[int] = []
+            stored = _Stored()
+            sketches = _Stored() if wants_sketch else None
             for _sid in sids:
                 for chunk in chunks:
-                    stats = next(replies)
-                    bins = next(replies) if wants_sketch else None
-                    if not stats:
-                        continue
-                    offsets.extend(stats)
-                    raws.extend(stats.values())
-                    bases.append(chunk)
-                    sizes.append(len(stats))
-                    if bins is not None:
-                        texts.extend(bins.get(off) for off in stats)
-            points = _points(agg, first, count, bucket, res, offsets, raws, bases, sizes,
-                             texts if wants_sketch else None)
+                    stored.add(chunk, next(replies))
+                    if sketches is not None:
+                        sketches.add(chunk, next(replies))
+            points = _points(agg, first, count, bucket, res, stored, sketches)
             if group_by is not None and all(value is None for _, value in points):
                 continue  # a group without data in the range is left out
             out_series.append({"tags": dict(group), "points": points})
         out_series.sort(key=lambda item: sorted(item["tags"].items()))
         return out_series
+
+
+class _Stored:
+    """The fields of a group's chunk hashes, gathered without a Python step
+    per bucket: bucket offsets (field names), values, and per chunk its
+    start and field count."""
+
+    __slots__ = ("bases", "offsets", "sizes", "values")
+
+    def __init__(self) -> None:
+        self.offsets: list[bytes] = []
+        self.values: list[bytes] = []
+        self.bases: list[int] = []
+        self.sizes: list[int] = []
+
+    def add(self, chunk: int, fields: dict[bytes, bytes]) -> None:
+        if fields:
+            self.offsets.extend(fields)
+            self.values.extend(fields.values())
+            self.bases.append(chunk)
+            self.sizes.append(len(fields))
+
+    def starts(self, res: int) -> Any:
+        """Start (epoch s) of each stored bucket."""
+        at = np.repeat(np.asarray(self.bases, dtype=np.int64), self.sizes)
+        at += _offsets(self.offsets) * res
+        return at
 
 
 def _offsets(fields: list[bytes]) -> Any:
@@ -344,28 +363,27 @@ def _offsets(fields: list[bytes]) -> Any:
     return np.array([int(f) for f in fields], dtype=np.int64)
 
 
-def _points(agg: str, first: int, count: int, bucket: int, res: int, offsets: list[bytes],
-            raws: list[bytes], bases: list[int], sizes: list[int],
-            texts: list[bytes | None] | None) -> list[list[Any]]:
-    """Merge stored buckets (chunk ``bases[k]`` holds ``sizes[k]`` of them,
-    at ``offsets``, packed stats ``raws``) into ``count`` output buckets and
-    compute ``agg`` for each. Vectorized: a day at 1 minute over a few
-    series is thousands of stored buckets, too many for a Python loop."""
+def _points(agg: str, first: int, count: int, bucket: int, res: int, stored: _Stored,
+            sketches: _Stored | None) -> list[list[Any]]:
+    """Merge stored buckets (``stored``: packed stats; ``sketches``: packed
+    bins, for quantiles) into ``count`` output buckets and compute ``agg``
+    for each. Vectorized: a day at 1 minute over a few series is thousands
+    of stored buckets, too many for a Python loop."""
     stamps = range(first, first + count * bucket, bucket)
-    if not offsets:
+    if not stored.offsets:
         return [[t, None] for t in stamps]
-    at = np.repeat(np.asarray(bases, dtype=np.int64), sizes)
-    at += _offsets(offsets) * res
+    at = stored.starts(res)
     keep = (at >= first) & (at < first + count * bucket)
     index = (at[keep] - first) // bucket
-    stats = np.frombuffer(b"".join(raws), dtype="<f8").reshape(-1, 5)[keep]
+    stats = np.frombuffer(b"".join(stored.values), dtype="<f8").reshape(-1, 5)[keep]
     c = np.bincount(index, weights=stats[:, 0], minlength=count)
     empty = (c <= 0).tolist()
     if agg in QUANTILES:
-        assert texts is not None
-        values = _quantiles(QUANTILES[agg], count, index, stats, c,
-                            [texts[k] for k in np.flatnonzero(keep).tolist()])
-        return [[t, None if e else v] for t, v, e in zip(stamps, values, empty, strict=True)]
+        assert sketches is not None
+        found = _quantiles(QUANTILES[agg], first, count, bucket, res, index, stats, sketches)
+        found[c <= 0] = np.nan
+        # NaN (no data) is the one value not equal to itself.
+        return [[t, v if v == v else None] for t, v in zip(stamps, found.tolist(), strict=True)]
     if agg == "count":
         values = c.astype(np.int64).tolist()
     elif agg in ("min", "max"):
@@ -393,27 +411,42 @@ def _points(agg: str, first: int, count: int, bucket: int, res: int, offsets: li
 
 #: numpy view of a stored bin (see :data:`analytics.metrics.sketch.BIN`).
 _BIN_DTYPE = np.dtype([("code", "<i4"), ("count", "<i8")])
+#: One int64 sort key per bin, ordered by (output bucket, code): any int32
+#: code shifted to be non-negative, below the bucket (< MAX_POINTS) times 2**32.
+_CODE_SHIFT = 1 << 31
+_OWNER_FACTOR = 1 << 32
 
 
-def _quantiles(q: float, count: int, index: Any, stats: Any, c: Any,
-               texts: list[bytes | None]) -> list[float | None]:
+def _quantiles(q: float, first: int, count: int, bucket: int, res: int, index: Any, stats: Any,
+               sketches: _Stored) -> Any:
     """The ``q``-quantile of each output bucket, merging the sketches of the
-    stored buckets that fall in it (``index``: output bucket of each stored
-    bucket, ``texts``: their packed bins). Same answers as
+    stored buckets that fall in it (``index``, ``stats``: output bucket and
+    packed stats of each stored bucket in range; ``sketches``: the packed
+    bins of the stored buckets, with their own offsets), as an array with
+    NaN where there is none. Same answers as
     :meth:`analytics.metrics.sketch.Sketch.quantile`, for all buckets at once:
     sort every bin by (bucket, code), then find in the running count the
-    first bin past each bucket's rank."""
+    first bin past each bucket's rank. Nothing is done per stored bucket in
+    Python: the bins of all buckets are one ``frombuffer``."""
     mn = np.full(count, np.inf)
     mx = np.full(count, -np.inf)
     np.minimum.at(mn, index, stats[:, 2])
     np.maximum.at(mx, index, stats[:, 3])
-    present = [(i, t) for i, t in zip(index.tolist(), texts, strict=True) if t]
-    if not present:
-        return [None] * count
-    bins = np.frombuffer(b"".join(t for _, t in present), dtype=_BIN_DTYPE)
-    owner = np.repeat(np.fromiter((i for i, _ in present), dtype=np.int64, count=len(present)),
-                      [len(t) // _BIN_DTYPE.itemsize for _, t in present])
-    order = np.lexsort((bins["code"], owner))
+    if not sketches.offsets:
+        return np.full(count, np.nan)
+    at = sketches.starts(res)
+    lengths = np.fromiter(map(len, sketches.values), dtype=np.int64,
+                          count=len(sketches.values)) // _BIN_DTYPE.itemsize
+    bins = np.frombuffer(b"".join(sketches.values), dtype=_BIN_DTYPE)
+    # Each bin's output bucket; bins of buckets outside the range dropped.
+    owner = np.repeat((at - first) // bucket, lengths)
+    inside = np.repeat((at >= first) & (at < first + count * bucket), lengths)
+    owner, bins = owner[inside], bins[inside]
+    if not len(bins):
+        return np.full(count, np.nan)
+    # Bins of equal (bucket, code) may come in any order: they are adjacent
+    # either way, and the search below picks a code, not a position.
+    order = np.argsort(owner * _OWNER_FACTOR + (bins["code"].astype(np.int64) + _CODE_SHIFT))
     owner, codes, counts = owner[order], bins["code"][order], bins["count"][order]
     running = np.cumsum(counts)
     totals = np.bincount(owner, weights=counts, minlength=count)
@@ -433,4 +466,5 @@ def _quantiles(q: float, count: int, index: Any, stats: Any, c: Any,
     elif q == 1:
         values[has] = mx[has]
     values = np.minimum(np.maximum(values, mn), mx)
-    return [None if not h or math.isnan(v) else v for h, v in zip(has.tolist(), values.tolist(), strict=True)]
+    values[~has] = np.nan
+    return values

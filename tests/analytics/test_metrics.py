@@ -102,6 +102,36 @@ def test_quantiles_equal_the_sketch_of_the_merged_samples(quiet) -> None:
             assert value == pytest.approx(expected, rel=1e-12, abs=1e-12), (agg, ts)
 
 
+def test_quantiles_across_chunks_groups_gaps_and_partial_ranges(quiet) -> None:
+    """The vectorized merge, where it can go wrong: sketches of several chunk
+    hashes (10 s tier: 20 minutes a chunk), stored buckets outside the range,
+    empty buckets in the middle, one group per tag value."""
+    rng = random.Random(11)
+    t0 = hour_ago()
+    samples = [{"name": "spread", "value": rng.choice([0.0, -rng.expovariate(0.5), rng.lognormvariate(2, 2)]),
+                "tags": {"shard": f"s{i % 2}"}, "timestamp": t0 + rng.randrange(0, 3000)}
+               for i in range(3000)]
+    samples = [s for s in samples if not 1500 <= s["timestamp"] - t0 < 1620]  # a gap
+    quiet.track_metrics(samples)
+    quiet.drain("tester")
+    start, end = t0 + 610, t0 + 2890
+    for agg, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        result = query(quiet, "spread", agg=agg, start=start, end=end, bucket=30, groupBy="shard")
+        assert [s["tags"] for s in result["series"]] == [{"shard": "s0"}, {"shard": "s1"}]
+        for series in result["series"]:
+            got = series["points"]
+            assert [ts for ts, _ in got] == list(range(t0 + 600, end, 30))
+            for ts, value in got:
+                values = [s["value"] for s in samples if ts <= s["timestamp"] < ts + 30
+                          and s["tags"] == series["tags"]]
+                if not values:
+                    assert value is None, (agg, ts)
+                    continue
+                expected = Sketch.of(values).quantile(q, min(values), max(values))
+                assert value == pytest.approx(expected, rel=1e-12, abs=1e-12), (agg, ts)
+        assert any(value is None for _, value in result["series"][0]["points"])
+
+
 def test_points_are_aligned_and_empty_buckets_are_null(quiet) -> None:
     t0 = hour_ago()
     quiet.track_metrics([{"name": "jobs", "value": 2, "timestamp": t0 + 65},
