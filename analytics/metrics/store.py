@@ -122,6 +122,9 @@ class MetricStore:
                           for res, days in zip(TIERS, settings.rollup_retention_days, strict=True)}
         #: Range queries read many chunk hashes: through a RESP2 client.
         self._bulk = resp2_twin(client)
+        # Its HGETALL replies stay flat [field, value, ...] lists: they are
+        # sliced into offsets and values, never looked up by field.
+        self._bulk.set_response_callback("HGETALL", _flat)
         self._commit = client.register_script(load_with_lib("commit_metrics.lua"))
         self._register = client.register_script(load_with_lib("register_series.lua"))
         #: (metric, series id) known to be registered: saves a round trip per
@@ -326,6 +329,11 @@ class MetricStore:
         return out_series
 
 
+def _flat(response: list[bytes] | None, **options: Any) -> list[bytes]:
+    """HGETALL's reply as Redis sends it (RESP2): field, value, field..."""
+    return response or []
+
+
 class _Stored:
     """The fields of a group's chunk hashes, gathered without a Python step
     per bucket: bucket offsets (field names), values, and per chunk its
@@ -339,12 +347,13 @@ class _Stored:
         self.bases: list[int] = []
         self.sizes: list[int] = []
 
-    def add(self, chunk: int, fields: dict[bytes, bytes]) -> None:
+    def add(self, chunk: int, fields: list[bytes]) -> None:
+        """Add the fields of one chunk hash (a flat HGETALL reply)."""
         if fields:
-            self.offsets.extend(fields)
-            self.values.extend(fields.values())
+            self.offsets += fields[0::2]
+            self.values += fields[1::2]
             self.bases.append(chunk)
-            self.sizes.append(len(fields))
+            self.sizes.append(len(fields) // 2)
 
     def starts(self, res: int) -> Any:
         """Start (epoch s) of each stored bucket."""
