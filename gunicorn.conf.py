@@ -20,6 +20,7 @@ connections across the workers by hash instead.
 """
 import glob
 import os
+import socket
 import tempfile
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
@@ -35,6 +36,25 @@ reuse_port = os.environ.get("WEB_REUSE_PORT", "1") not in ("0", "false", "no")
 timeout = 60
 graceful_timeout = 10
 accesslog = None  # request lines can carry query strings (?token=); we log our own, scrubbed
+
+
+def post_request(worker, req, environ, resp):  # gunicorn's hook signature
+    """Shut down the socket of a finished WebSocket here, in its own thread.
+
+    gthread closes a finished connection in the worker's main loop, and
+    "gracefully": it half-closes, then waits up to 2 s for the peer's FIN.
+    A WebSocket client that stays silent after our close frame (stalled,
+    gone without a FIN, or hostile) stalled every other connection of the
+    worker meanwhile: no accept, no dispatch. The close handshake is done by
+    now (flask-sock sends it), so there is nothing left to drain.
+    """
+    if environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+        sock = environ.get("gunicorn.socket")
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
 
 
 def post_worker_init(worker):

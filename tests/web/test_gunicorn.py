@@ -1,8 +1,11 @@
 """The web process as the Procfile runs it: gunicorn, several workers."""
 from __future__ import annotations
 
+import base64
+import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -130,3 +133,38 @@ def test_web_process_sigkilled_mid_request_while_client_retries_stores_no_duplic
     assert stored_events(data) == total
     assert len(records_in(data, "click")) == total
     assert pages_indexed(data, "click")
+
+
+def _silent_websocket(port: int, token: str) -> socket.socket:
+    """A WebSocket client that completes the handshake, then never reads or
+    closes (a stalled or vanished peer)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /v1/stream?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        reply += sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 101"), reply[:100]
+    return sock
+
+
+def test_websockets_ended_by_the_server_do_not_stall_the_worker(env, tmp_path) -> None:
+    """gunicorn closes a finished connection in the worker's main loop,
+    waiting up to 2 s for the peer's FIN; a WebSocket peer that stays silent
+    after the server's close frame held every other connection of that
+    worker meanwhile (here 6 rejected clients: 12 s)."""
+    port = free_port()
+    web = start_gunicorn(env, tmp_path, port, workers=1)
+    silent: list[socket.socket] = []
+    try:
+        started = time.monotonic()
+        for _ in range(6):  # each closed by the server with 1008, then left open by the client
+            silent.append(_silent_websocket(port, "not-a-key"))
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=60).status_code == 200
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in silent:
+            sock.close()
+        web.stop()
