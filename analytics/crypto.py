@@ -7,7 +7,7 @@
 * The configured keys are Fernet-format (32 random bytes, URL-safe base64,
   as ``Fernet.generate_key()`` makes). Each is stretched with HKDF into
   separate sub-keys per purpose, so one secret never serves two algorithms.
-* User ids (and message ids) are pseudonymized with HMAC-SHA256 under a key
+* User ids (and message ids) are pseudonymized with keyed BLAKE2b under a key
   that stays the same across rotations (``ANALYTICS_HASH_KEY``, or derived
   from the oldest configured encryption key).
 * API keys are random 256-bit tokens, stored as plain SHA-256: with that much
@@ -140,7 +140,7 @@ class Vault:
             self._order.append(key_id)
         self.current_key_id = self._order[0]
         hash_source = _decode_key(hash_key) if hash_key else raw[-1]
-        self._hash_key = _derive(hash_source, b"analytics/pseudonym/hmac/v1")
+        self._hash_key = _derive(hash_source, b"analytics/pseudonym/blake2b/v1")
         self._hash_mac = _KeyedHash(self._hash_key)
         self._nonces = _Nonces()
         self._audit_key = _derive(hash_source, b"analytics/audit/hmac/v1")
