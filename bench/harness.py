@@ -81,6 +81,17 @@ class Stack:
         proc.wait_for_log(r"ready\.", timeout=60)
         return proc
 
+    def pids_by_role(self) -> dict[str, list[int]]:
+        """Root pid of each server process, by role (``web``, ``worker``,
+        ``redis``): :func:`cpu_seconds` adds their descendants."""
+        roles: dict[str, list[int]] = {"web": [], "worker": [], "redis": [self.redis.process.pid]}
+        for proc in self.processes:
+            roles["worker" if proc.name.startswith("worker") else "web"].append(proc.pid)
+        return {role: pids for role, pids in roles.items() if pids}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return {role: cpu_seconds(pids) for role, pids in self.pids_by_role().items()}
+
     def close(self) -> None:
         for proc in reversed(self.processes):
             proc.stop()
@@ -95,6 +106,51 @@ def stack(**kwargs: Any) -> Iterator[Stack]:
             yield s
         finally:
             s.close()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by ``pids`` and every process
+    below them: gunicorn's master and its workers, Celery's main process and
+    its prefork children, a Redis fork. The tree is found by scanning /proc
+    for parent pids (this kernel has no /proc/<pid>/task/*/children).
+
+    Each process counts its own time plus that of its children it has reaped
+    (``cutime``, ``cstime``), so a child that exits between two readings is
+    not lost; a live child is not in its parent's ``cutime``, so nothing is
+    counted twice. Resolution is one clock tick (10 ms): use enough load.
+    """
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # exited while we looked
+            continue
+        # The command name, in parentheses, may hold spaces: split after it.
+        fields = text[text.rindex(")") + 2:].split()
+        pid = int(stat.parent.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        ticks[pid] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    tree: set[int] = set()
+    todo = [pid for pid in pids if pid in ticks]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += [child for child in children.get(pid, []) if child in ticks and child not in tree]
+    return sum(ticks[pid] for pid in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_us_per(before: dict[str, float], after: dict[str, float], count: int,
+               loadgen_seconds: float | None = None) -> dict[str, float]:
+    """CPU microseconds per event (or request) of each role between two
+    :meth:`Stack.cpu_seconds` readings, and their ``total``. Unlike
+    throughput, this barely moves when a neighbour takes the cores. The load
+    generator is reported apart (``loadgen``), never in ``total``."""
+    per = {role: (after[role] - before[role]) * 1e6 / count for role in after}
+    per["total"] = sum(per.values())
+    if loadgen_seconds is not None:
+        per["loadgen"] = loadgen_seconds * 1e6 / count
+    return per
 
 
 def _get(port: int, path: str) -> int:
@@ -137,8 +193,11 @@ def _sender(port: int, path: str, headers: dict[str, str], bodies: list[bytes],
 def post_load(port: int, path: str, headers: dict[str, str], bodies: list[bytes],
               connections: int = 4, max_seconds: float = 60.0) -> dict[str, Any]:
     """POST ``bodies`` over ``connections`` keep-alive connections, each in its
-    own process. Returns request count, seconds, latencies (s) and errors."""
+    own process. Returns request count, seconds, latencies (s), errors, and
+    the senders' CPU seconds (``cpu_seconds``: they are our children, reaped
+    by the joins below)."""
     ctx = mp.get_context("fork")
+    own = os.times()
     out = ctx.Queue()
     deadline = time.monotonic() + max_seconds
     shards = [bodies[i::connections] for i in range(connections)]
@@ -151,9 +210,12 @@ def post_load(port: int, path: str, headers: dict[str, str], bodies: list[bytes]
     elapsed = time.perf_counter() - started
     for p in procs:
         p.join(10)
+    done = os.times()
     latencies = [lat for lats, _ in results for lat in lats]
     return {"requests": len(latencies), "seconds": elapsed, "latencies": latencies,
-            "errors": sum(e for _, e in results)}
+            "errors": sum(e for _, e in results),
+            "cpu_seconds": (done.children_user - own.children_user
+                            + done.children_system - own.children_system)}
 
 
 def event_batch(n: int, tag: str, start: int = 0) -> list[dict[str, Any]]:

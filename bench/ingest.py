@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.harness import bearer, create_key, event_batch, json_bytes, percentile, post_load, stack
+from bench.harness import bearer, cpu_us_per, create_key, event_batch, json_bytes, percentile, post_load, stack
 
 
 def _summary(load: dict[str, Any], events_per_request: int) -> dict[str, Any]:
@@ -25,4 +25,7 @@ def ingest_once(app: str, requests: int, batch: int, connections: int = 8) -> di
         else:
             bodies = [json_bytes({"batch": event_batch(batch, "b", i * batch)}) for i in range(requests)]
         post_load(s.port, "/v1/events", headers, bodies[: max(50, requests // 10)], connections)  # warm-up
-        return _summary(post_load(s.port, "/v1/events", headers, bodies, connections), batch)
+        cpu = s.cpu_seconds()
+        load = post_load(s.port, "/v1/events", headers, bodies, connections)
+        cpu_per_req = cpu_us_per(cpu, s.cpu_seconds(), max(1, load["requests"]), load["cpu_seconds"])
+        return {**_summary(load, batch), "cpu_us_per_req": cpu_per_req}
