@@ -1,12 +1,19 @@
 """``python -m bench [--quick] [--only NAME ...]``: run the suite, print a
 table of medians (min-max) and ratios against the baselines measured in the
-same run, and write the results as JSON to bench/results/latest.json."""
+same run, and write the results as JSON to bench/results/latest.json.
+
+Throughput on shared cores swings with the neighbours, so each side and its
+baseline run in alternating pairs (``*_pairs``: median (min-max) of the
+per-pair ratios), every run also reports the CPU time of each server process
+per event or request (``*_cpu_us_per_*``), which moves much less."""
 from __future__ import annotations
 
 import argparse
 import json
 import platform
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,33 +21,62 @@ from bench import e2e, ingest, memory
 from bench.harness import cpu_count, median_range
 
 RESULTS = Path(__file__).resolve().parent / "results"
+Run = dict[str, Any]
 
 
-def _repeat(fn: Any, reps: int, **kwargs: Any) -> list[dict[str, Any]]:
-    return [fn(**kwargs) for _ in range(reps)]
+def _pairs(reps: int, first: Callable[[], Run], second: Callable[[], Run]) -> tuple[list[Run], list[Run]]:
+    """Run ``first, second, first, second, ...``. On shared cores a
+    neighbour's load drifts over minutes; the two runs of a pair see about the
+    same machine, so a ratio within a pair is steadier than a ratio of two
+    medians taken minutes apart."""
+    ones: list[Run] = []
+    twos: list[Run] = []
+    for _ in range(reps):
+        ones.append(first())
+        twos.append(second())
+    return ones, twos
+
+
+def _pair_ratios(ones: list[Run], twos: list[Run], key: str) -> dict[str, float]:
+    return median_range([a[key] / b[key] for a, b in zip(ones, twos, strict=True)])
+
+
+def _cpu(runs: list[Run], field: str, prefix: str) -> dict[str, Any]:
+    """Each role's CPU us (``web``, ``worker``, ``redis``, ``total``,
+    ``loadgen``), median (min-max) over the runs, as flat keys like the rest."""
+    return {f"{prefix}_{role}": median_range([r[field][role] for r in runs]) for role in runs[0][field]}
 
 
 def bench_e2e(quick: bool) -> dict[str, Any]:
     reps = 1 if quick else 3
     total = 2_000 if quick else 100_000
     naive_total = 500 if quick else 10_000
-    ours = _repeat(e2e.pipeline_once, reps, total=total)
-    naive = _repeat(e2e.naive_once, reps, total=naive_total)
+    ours, naive = _pairs(reps, partial(e2e.pipeline_once, total=total),
+                         partial(e2e.naive_once, total=naive_total))
     ours_rate = median_range([r["events_per_s"] for r in ours])
     naive_rate = median_range([r["events_per_s"] for r in naive])
     assert all(r["stored"] == r["events"] for r in ours), "events lost in the benchmark"
     return {"pipeline_events_per_s": ours_rate, "naive_events_per_s": naive_rate,
-            "ratio": ours_rate["median"] / naive_rate["median"], "runs": {"pipeline": ours, "naive": naive}}
+            "ratio": ours_rate["median"] / naive_rate["median"],
+            "ratio_pairs": _pair_ratios(ours, naive, "events_per_s"),
+            **_cpu(ours, "cpu_us_per_event", "pipeline_cpu_us_per_event"),
+            **_cpu(naive, "cpu_us_per_event", "naive_cpu_us_per_event"),
+            "runs": {"pipeline": ours, "naive": naive}}
 
 
 def bench_ingest(quick: bool) -> dict[str, Any]:
     reps = 1 if quick else 3
     single = 500 if quick else 20_000
     batches = 20 if quick else 1_000
+    apps = {"ours": "web:create_app()", "bare": "bench.bare:create_app()"}
+    runs: dict[tuple[str, str], list[Run]] = {}
+    for mode, requests, batch in (("single", single, 1), ("batch100", batches, 100)):
+        ours = partial(ingest.ingest_once, app=apps["ours"], requests=requests, batch=batch)
+        bare = partial(ingest.ingest_once, app=apps["bare"], requests=requests, batch=batch)
+        runs["ours", mode], runs["bare", mode] = _pairs(reps, ours, bare)
     out: dict[str, Any] = {}
-    for label, app in (("ours", "web:create_app()"), ("bare", "bench.bare:create_app()")):
-        one = _repeat(ingest.ingest_once, reps, app=app, requests=single, batch=1)
-        hundred = _repeat(ingest.ingest_once, reps, app=app, requests=batches, batch=100)
+    for label in apps:
+        one, hundred = runs[label, "single"], runs[label, "batch100"]
         out[f"{label}_single_req_per_s"] = median_range([r["requests_per_s"] for r in one])
         out[f"{label}_single_p50_ms"] = median_range([r["p50_ms"] for r in one])
         out[f"{label}_single_p99_ms"] = median_range([r["p99_ms"] for r in one])
@@ -51,6 +87,12 @@ def bench_ingest(quick: bool) -> dict[str, Any]:
                                    / out["bare_single_req_per_s"]["median"])
     out["batch100_ratio_vs_bare"] = (out["ours_batch100_events_per_s"]["median"]
                                      / out["bare_batch100_events_per_s"]["median"])
+    out["single_ratio_vs_bare_pairs"] = _pair_ratios(runs["ours", "single"], runs["bare", "single"],
+                                                     "requests_per_s")
+    out["batch100_ratio_vs_bare_pairs"] = _pair_ratios(runs["ours", "batch100"], runs["bare", "batch100"],
+                                                       "events_per_s")
+    for (label, mode), mode_runs in runs.items():
+        out.update(_cpu(mode_runs, "cpu_us_per_req", f"{label}_{mode}_cpu_us_per_req"))
     return out
 
 
@@ -74,9 +116,9 @@ SUITE = {"ingest": bench_ingest, "e2e": bench_e2e, "memory": bench_memory,
          "metrics": bench_metrics, "ws": bench_ws}
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, digits: int = 1) -> str:
     if isinstance(value, dict) and "median" in value:
-        return f"{value['median']:,.1f} ({value['min']:,.1f}-{value['max']:,.1f})"
+        return f"{value['median']:,.{digits}f} ({value['min']:,.{digits}f}-{value['max']:,.{digits}f})"
     if isinstance(value, float):
         return f"{value:,.2f}"
     return str(value)
@@ -92,9 +134,11 @@ def main() -> None:
     for name in args.only or SUITE:
         print(f"== {name}", flush=True)
         results[name] = SUITE[name](args.quick)
+        width = max(28, *(len(key) for key in results[name]))
         for key, value in results[name].items():
             if key != "runs":
-                print(f"  {key:<28} {_fmt(value)}", flush=True)
+                # Ratios near 1 need two decimals to be read.
+                print(f"  {key:<{width}} {_fmt(value, 2 if 'ratio' in key else 1)}", flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"results written to {RESULTS / 'latest.json'}")
