@@ -4,8 +4,9 @@ same run, and write the results as JSON to bench/results/latest.json.
 
 Throughput on shared cores swings with the neighbours, so each side and its
 baseline run in alternating pairs (``*_pairs``: median (min-max) of the
-per-pair ratios), every run also reports the CPU time of each server process
-per event or request (``*_cpu_us_per_*``), which moves much less."""
+per-pair ratios); every run also reports the CPU time of each server process
+per event or request (``*_cpu_us_per_*``), which moves much less; and
+``calibration`` relates this machine to the one the issue's targets were set on."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import e2e, ingest, memory
+from bench import calibration, e2e, ingest, memory
 from bench.harness import cpu_count, median_range
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -45,6 +46,10 @@ def _cpu(runs: list[Run], field: str, prefix: str) -> dict[str, Any]:
     """Each role's CPU us (``web``, ``worker``, ``redis``, ``total``,
     ``loadgen``), median (min-max) over the runs, as flat keys like the rest."""
     return {f"{prefix}_{role}": median_range([r[field][role] for r in runs]) for role in runs[0][field]}
+
+
+def bench_calibration(quick: bool) -> dict[str, Any]:
+    return calibration.run(quick)
 
 
 def bench_e2e(quick: bool) -> dict[str, Any]:
@@ -112,7 +117,7 @@ def bench_ws(quick: bool) -> dict[str, Any]:
     return ws_latency.run(quick)
 
 
-SUITE = {"ingest": bench_ingest, "e2e": bench_e2e, "memory": bench_memory,
+SUITE = {"calibration": bench_calibration, "ingest": bench_ingest, "e2e": bench_e2e, "memory": bench_memory,
          "metrics": bench_metrics, "ws": bench_ws}
 
 
@@ -131,7 +136,8 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": {"cpus": cpu_count(), "python": platform.python_version()},
                                "quick": args.quick, "started": time.time()}
-    for name in args.only or SUITE:
+    # Suite order even with --only: calibration first, for e2e's projection.
+    for name in [name for name in SUITE if name in (args.only or SUITE)]:
         print(f"== {name}", flush=True)
         results[name] = SUITE[name](args.quick)
         width = max(28, *(len(key) for key in results[name]))
@@ -139,6 +145,12 @@ def main() -> None:
             if key != "runs":
                 # Ratios near 1 need two decimals to be read.
                 print(f"  {key:<{width}} {_fmt(value, 2 if 'ratio' in key else 1)}", flush=True)
+        if name == "e2e" and "calibration" in results:
+            factor = results["calibration"]["speed_factor_geomean"]
+            projected = results["e2e"]["pipeline_events_per_s"]["median"] * factor
+            results["e2e_projection"] = {"events_per_s": projected, "speed_factor": factor}
+            print(f"  e2e at the issue's reference speed (projection): {projected:,.0f} events/s "
+                  f"= pipeline median x speed factor {factor:.2f}; not a measurement", flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"results written to {RESULTS / 'latest.json'}")
