@@ -29,7 +29,7 @@ import orjson
 import redis
 
 from analytics import keyspace
-from analytics.records import QueueItem, item_record, queue_item, record_problem
+from analytics.records import QueueItem, item_record, packb, queue_item, record_problem
 from analytics.redis_client import StreamChunk
 
 
@@ -95,7 +95,7 @@ class EventQueue:
     @staticmethod
     def item_fields(items: list[QueueItem]) -> dict[Any, Any]:
         """The XADD fields of an entry holding queue ``items``."""
-        return {"r": msgpack.packb(items)}
+        return {"r": packb(items)}
 
     def add(self, pipe: redis.client.Pipeline, lane: str, records: list[dict[str, Any]]) -> None:
         """Queue ``records`` as one entry (on ``pipe``, executed by the caller)."""
