@@ -37,12 +37,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import msgpack
 import orjson
 import redis
 
 from analytics import keyspace
 from analytics.crypto import DecryptionError, Vault
+from analytics.records import packb
 from analytics.redis_client import StreamChunk
 from analytics.store import EventStore
 
@@ -172,8 +172,7 @@ class Rotator:
                 if new is None:
                     return blob
                 attempt.rotated += 1
-                return cast(bytes, msgpack.packb(
-                    [*fields[:11], base64.urlsafe_b64decode(new), *fields[12:]]))
+                return packb([*fields[:11], base64.urlsafe_b64decode(new), *fields[12:]])
 
             if self._store.rewrite(event_type, page_id, page, keep) >= 0:
                 report.examined += attempt.examined

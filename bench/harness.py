@@ -41,10 +41,7 @@ class Stack:
     def __init__(self, workdir: Path, *, web_workers: int = 2, worker_concurrency: int = 2,
                  aof: str = "everysec", env: dict[str, str] | None = None) -> None:
         self.dir = workdir
-        self.redis = RedisServer(workdir / "redis")
-        if aof != "always":
-            argv = self.redis.process.argv
-            argv[argv.index("always")] = aof
+        self.redis = RedisServer(workdir / "redis", appendfsync=aof)
         self.redis.start()
         self.port = free_port()
         self.env = python_env({

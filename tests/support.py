@@ -99,14 +99,16 @@ class Process:
 
 
 class RedisServer:
-    """A private redis-server on a free port, AOF on with fsync always."""
+    """A private redis-server on a free port, AOF on (fsync always, unless
+    ``appendfsync`` says otherwise)."""
 
-    def __init__(self, data_dir: Path, maxmemory: str | None = None) -> None:
+    def __init__(self, data_dir: Path, maxmemory: str | None = None,
+                 appendfsync: str = "always") -> None:
         self.port = free_port()
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
+                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", appendfsync,
                 "--save", "", "--maxmemory-policy", "noeviction"]
         if maxmemory:
             argv += ["--maxmemory", maxmemory]
