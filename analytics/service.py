@@ -107,8 +107,19 @@ class DrainReport:
         return self
 
 
-#: A dead letter -> (queue lane, records) to queue again, or None if invalid.
-ReplayPlan = Callable[[dict[str, Any]], "tuple[str, list[dict[str, Any]]] | None"]
+@dataclass(frozen=True)
+class ReplayPlan:
+    """Where a dead letter goes back: a queue lane and the fields of the
+    entry to add to it. The fields are encoded by the queue that reads the
+    lane (packed queue items for events, a JSON array for metric samples),
+    so the planner, which knows the kind, chooses the encoding."""
+
+    lane: str
+    fields: dict[Any, Any]
+
+
+#: A dead letter -> its replay plan, or None while it is still invalid.
+Replayer = Callable[[dict[str, Any]], ReplayPlan | None]
 
 
 @dataclass
@@ -158,9 +169,8 @@ class AnalyticsService:
         self.committer = Committer(self.store, self.vault, settings.max_attempts)
         self._full = OutageLog("processing")
         #: Per dead-letter kind, how a dead letter is validated again on
-        #: replay: its queue lane and records, or None while still invalid.
-        #: Events and raw (Segment) messages here; other kinds plug in theirs.
-        self.dead_letter_replayers: dict[str, ReplayPlan] = {
+        #: replay: its queue lane and entry, or None while still invalid.
+        self.dead_letter_replayers: dict[str, Replayer] = {
             "events": self.replay_plan_for_event, "segment": self.replay_plan_for_segment}
         self._kick = kick
 
@@ -448,8 +458,7 @@ class AnalyticsService:
                 if plan is None:
                     report.still_invalid += 1
                     continue
-                lane, records = plan
-                if self.dead_letters.requeue(kind, item["id"], lane, self.queue.fields(records)):
+                if self.dead_letters.requeue(kind, item["id"], plan.lane, plan.fields):
                     report.replayed += 1
                     report.ids.append(item["id"])
                 else:
@@ -460,7 +469,7 @@ class AnalyticsService:
             self.kick()
         return report
 
-    def replay_plan_for_event(self, item: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+    def replay_plan_for_event(self, item: dict[str, Any]) -> ReplayPlan | None:
         """Where an event dead letter goes back: a record is checked again; a
         sealed raw message is opened and validated again like new input."""
         if "record" in item:
@@ -475,9 +484,9 @@ class AnalyticsService:
             return None
         if not records or any(record_problem(r) is not None for r in records):
             return None
-        return keyspace.event_queue(records[0]["p"]), records
+        return ReplayPlan(keyspace.event_queue(records[0]["p"]), self.queue.fields(records))
 
-    def replay_plan_for_segment(self, item: dict[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
+    def replay_plan_for_segment(self, item: dict[str, Any]) -> ReplayPlan | None:
         """A Segment message set aside at ingestion, mapped and validated again
         under the current settings (an event type registered since, say)."""
         from analytics.segment import SegmentIngest
@@ -494,7 +503,7 @@ class AnalyticsService:
             return None
         if any(record_problem(r) is not None for r in records):
             return None
-        return keyspace.event_queue(records[0]["p"]), records
+        return ReplayPlan(keyspace.event_queue(records[0]["p"]), self.queue.fields(records))
 
     def records_from_event(self, message: Any, sent_at: int | None = None) -> list[dict[str, Any]]:
         """Validate a raw event (or a list of queued records) again."""
@@ -534,6 +543,29 @@ class AnalyticsService:
         its cardinality limit) are reported by index. Raises
         :class:`StoreUnavailable` when Redis cannot take them.
         """
+        result, records = self.prepare_metrics(samples, received_ms=received_ms)
+        if not records:
+            return result
+        with unavailable_as_error():
+            pipe = self.redis.pipeline(transaction=False)
+            self.metrics_queue.add(pipe, keyspace.METRICS_QUEUE, records)
+            pipe.set(keyspace.KICK_EVENTS, 1, nx=True, px=KICK_TTL_MS)
+            entry_id, kicked = pipe.execute()
+        if kicked and self._kick is not None:
+            self._kick()
+        entry = entry_id.decode()
+        result.ids = [f"{entry}:{k}" for k in range(len(records))]
+        result.accepted = len(records)
+        return result
+
+    def prepare_metrics(self, samples: Iterable[Any], *, received_ms: int | None = None
+                        ) -> tuple[TrackResult, list[dict[str, Any]]]:
+        """Validate samples and register their series under the cardinality
+        limit, without queueing them: the first half of :meth:`track_metrics`.
+        Returns the rejections by index and the queue records of the valid
+        samples.
+        Raises :class:`StoreUnavailable` when Redis is away.
+        """
         received = received_ms if received_ms is not None else int(time.time() * 1000)
         result = TrackResult()
         valid: list[tuple[int, dict[str, Any], str]] = []
@@ -556,7 +588,7 @@ class AnalyticsService:
             ts = sample["timestamp"] if sample["timestamp"] is not None else received
             valid.append((index, {"n": sample["name"], "v": sample["value"], "g": tags, "ts": ts}, sid))
         if not valid:
-            return result
+            return result, []
         with unavailable_as_error():
             full = self.metrics.register(series)
         records = []
@@ -569,19 +601,7 @@ class AnalyticsService:
             else:
                 records.append(record)
         result.rejected.sort(key=lambda r: r["index"])
-        if not records:
-            return result
-        with unavailable_as_error():
-            pipe = self.redis.pipeline(transaction=False)
-            self.metrics_queue.add(pipe, keyspace.METRICS_QUEUE, records)
-            pipe.set(keyspace.KICK_EVENTS, 1, nx=True, px=KICK_TTL_MS)
-            entry_id, kicked = pipe.execute()
-        if kicked and self._kick is not None:
-            self._kick()
-        entry = entry_id.decode()
-        result.ids = [f"{entry}:{k}" for k in range(len(records))]
-        result.accepted = len(records)
-        return result
+        return result, records
 
     def get_metric(self, name: str, query: dict[str, Any], *,
                    now_ms: int | None = None) -> dict[str, Any]:
