@@ -200,13 +200,14 @@ def dlq() -> None:
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--start", default="-", help="First id to show (from a previous listing).")
 def dlq_list(kind: str, limit: int, start: str) -> None:
-    """List dead letters, oldest first: id, reason, attempts, time, event."""
+    """List dead letters, oldest first: id, reason, attempts, time, event or metric."""
     items = _service().dead_letter_list(kind, start, limit)
     click.echo(f"{'ID':<22}{'REASON':<18}{'ATTEMPTS':>8}  {'SET ASIDE (UTC)':<21}WHAT")
     for item in items:
         when = datetime.datetime.fromtimestamp(item["ts"], datetime.UTC)
-        event = item.get("event")
+        event, metric = item.get("event"), item.get("metric")
         what = (f"{event['type']} messageId={event['messageId']}" if event
+                else f"metric {metric['name'] or '(invalid name)'}" if metric
                 else "sealed message" if item["sealed"] else "-")
         click.echo(f"{item['id']:<22}{item['reason']:<18}{item['attempts']:>8}  "
                    f"{when:%Y-%m-%d %H:%M:%S}  {what}")
@@ -222,7 +223,8 @@ def dlq_list(kind: str, limit: int, start: str) -> None:
               help="With --all, at most this many (oldest first).")
 def dlq_replay(kind: str, ids: tuple[str, ...], replay_all: bool, limit: int) -> None:
     """Queue dead letters again (idempotent: an event already stored is not
-    stored twice). Sealed messages are validated again; still-invalid ones stay."""
+    stored twice, a dead letter is queued once). Sealed messages and metric
+    samples are validated again; still-invalid ones stay."""
     if not ids and not replay_all:
         raise click.UsageError("give --id ID (repeatable) or --all")
     report = _service().replay_dead_letters(kind, ids=list(ids) or None, limit=limit, actor="cli")

@@ -121,6 +121,9 @@ class ReplayPlan:
 #: A dead letter -> its replay plan, or None while it is still invalid.
 Replayer = Callable[[dict[str, Any]], ReplayPlan | None]
 
+#: Metric queue record field -> sample field as clients send it.
+_SAMPLE_FIELDS = (("n", "name"), ("v", "value"), ("g", "tags"), ("ts", "timestamp"))
+
 
 @dataclass
 class ReplayReport:
@@ -171,7 +174,8 @@ class AnalyticsService:
         #: Per dead-letter kind, how a dead letter is validated again on
         #: replay: its queue lane and entry, or None while still invalid.
         self.dead_letter_replayers: dict[str, Replayer] = {
-            "events": self.replay_plan_for_event, "segment": self.replay_plan_for_segment}
+            "events": self.replay_plan_for_event, "segment": self.replay_plan_for_segment,
+            "metrics": self.replay_plan_for_metric}
         self._kick = kick
 
     @classmethod
@@ -416,7 +420,8 @@ class AnalyticsService:
     def dead_letter_list(self, kind: str = "events", start: str = "-",
                          limit: int = 100) -> list[dict[str, Any]]:
         """Dead letters of ``kind``, oldest first, without PHI: a record shows
-        its id, type, messageId and priority; a sealed message stays sealed."""
+        its id, type, messageId and priority, a metric sample its name (if
+        valid); a sealed message stays sealed."""
         self._check_kind(kind)
         with unavailable_as_error():
             items = self.dead_letters.entries(kind, start, limit)
@@ -425,7 +430,13 @@ class AnalyticsService:
             record = item.pop("record", None)
             sealed = item.pop("sealed", None)
             item.pop("user", None)
-            if isinstance(record, dict):
+            if isinstance(record, dict) and kind == "metrics":
+                # The name only, and only a well-formed one: the sample failed
+                # a check, and its tags may never have been checked for PHI.
+                name = record.get("n")
+                valid = isinstance(name, str) and not check_name(name, ingest=False)
+                item["metric"] = {"name": name if valid else None}
+            elif isinstance(record, dict):
                 item["event"] = {k: record.get(v) for k, v in
                                  (("id", "i"), ("type", "t"), ("messageId", "m"), ("priority", "p"))}
             item["sealed"] = sealed is not None
@@ -438,8 +449,8 @@ class AnalyticsService:
 
         Idempotent: records keep their id, so one already stored is not
         stored twice, and each dead letter is removed and re-queued in one
-        step (two replays cannot both queue it). Sealed messages are
-        validated again; those still invalid stay in the store.
+        step (two replays cannot both queue it). Sealed messages and metric
+        samples are validated again; those still invalid stay in the store.
         """
         self._check_kind(kind)
         report = ReplayReport()
@@ -505,6 +516,37 @@ class AnalyticsService:
             return None
         return ReplayPlan(keyspace.event_queue(records[0]["p"]), self.queue.fields(records))
 
+    def replay_plan_for_metric(self, item: dict[str, Any]) -> ReplayPlan | None:
+        """Where a metric dead letter goes back: its sample is validated again
+        like new input under the current settings (the schema, PHI tag keys,
+        the series limit of its metric) and queued on the metrics queue.
+
+        Counted once: the commit sets aside only samples it left out of the
+        rollups, a replay moves the dead letter to the queue in one step
+        (:meth:`DeadLetters.requeue`), and the commit counts a queue entry
+        once. Samples keep no id once counted (that would cost a set member
+        per sample), so a dead letter added by hand for a sample that was
+        in fact counted would be counted again.
+        """
+        record = item.get("record")
+        if not isinstance(record, dict):
+            return None  # sealed or unreadable: the commit sets samples aside as records
+        raw = {wire: record[short] for short, wire in _SAMPLE_FIELDS if short in record}
+        ts = raw.get("timestamp")
+        if isinstance(ts, (int, float)) and not isinstance(ts, bool):
+            # Queued in ms, sent in epoch seconds. The float division may
+            # move it by under 1 ms, never into another second (the finest
+            # unit a bucket starts on).
+            raw["timestamp"] = ts / 1000
+        # A sample queued without a time (by an older writer) is counted when
+        # it was set aside, the closest known time to its arrival.
+        result, records = self.prepare_metrics([raw], received_ms=int(item["ts"] * 1000))
+        if not records:
+            log.info("dead letter %s is still invalid (%s)", item["id"],
+                     ", ".join(sorted(result.rejected[0]["errors"])))
+            return None
+        return ReplayPlan(keyspace.METRICS_QUEUE, self.metrics_queue.fields(records))
+
     def records_from_event(self, message: Any, sent_at: int | None = None) -> list[dict[str, Any]]:
         """Validate a raw event (or a list of queued records) again."""
         if isinstance(message, list):
@@ -561,9 +603,9 @@ class AnalyticsService:
     def prepare_metrics(self, samples: Iterable[Any], *, received_ms: int | None = None
                         ) -> tuple[TrackResult, list[dict[str, Any]]]:
         """Validate samples and register their series under the cardinality
-        limit, without queueing them: the first half of :meth:`track_metrics`.
-        Returns the rejections by index and the queue records of the valid
-        samples.
+        limit, without queueing them: the first half of :meth:`track_metrics`,
+        and what a replayed metric dead letter goes through. Returns the
+        rejections by index and the queue records of the valid samples.
         Raises :class:`StoreUnavailable` when Redis is away.
         """
         received = received_ms if received_ms is not None else int(time.time() * 1000)

@@ -212,6 +212,60 @@ def test_malformed_queue_records_are_dead_lettered_not_retried(quiet) -> None:
     assert points(query(quiet, "ok", agg="sum", start=t0, end=t0 + 10, bucket=10)) == [[t0, 2.0]]
 
 
+def test_metric_dead_letters_are_validated_again_and_replayed_once(quiet) -> None:
+    t0 = hour_ago()
+    # Queued by an older writer: the commit sets aside what it cannot read.
+    quiet.data.xadd(keyspace.METRICS_QUEUE, {"e": orjson.dumps([
+        {"n": "ok", "v": 2, "g": {}, "ts": t0 * 1000},
+        {"n": "untagged", "v": 3, "ts": t0 * 1000},
+        {"n": "untimed", "v": 4, "g": {"env": "prod"}},
+        {"n": "ok", "v": "x", "g": {}, "ts": t0 * 1000}])})
+    report = quiet.drain("tester")
+    assert (report.metrics.samples, report.metrics.invalid) == (1, 3)
+    listing = quiet.dead_letter_list("metrics")
+    assert [item["metric"]["name"] for item in listing] == ["untagged", "untimed", "ok"]
+    set_aside = int(quiet.dead_letters.entries("metrics")[1]["ts"])
+
+    # Validated again like new input: the two that now read as samples are
+    # queued once; the one whose value is no number stays.
+    first = quiet.replay_dead_letters("metrics", actor="test")
+    assert (first.replayed, first.still_invalid) == (2, 1)
+    assert first.ids == [item["id"] for item in listing[:2]]
+    assert quiet.dead_letters.length("metrics") == 1
+    again = quiet.replay_dead_letters("metrics", ids=first.ids, actor="test")
+    assert (again.replayed, again.already_gone) == (0, 2)
+    for _ in range(2):  # a later replay finds only the invalid one: nothing counts twice
+        quiet.drain("tester")
+        assert points(query(quiet, "untagged", agg="sum", start=t0, end=t0 + 10, bucket=10)) == [
+            [t0, 3.0]]
+        # A sample queued without a time counts when it was set aside.
+        window = {"start": set_aside - 60, "end": set_aside + 60, "bucket": 60}
+        assert sum(v or 0 for _, v in points(query(quiet, "untimed", agg="count", **window))) == 1
+        assert points(query(quiet, "ok", agg="count", start=t0, end=t0 + 10, bucket=10)) == [[t0, 1]]
+        assert quiet.replay_dead_letters("metrics").still_invalid == 1
+    assert quiet.metrics_queue.pending() == 0 and quiet.metrics_queue.length() == 0
+    assert [a["count"] for a in quiet.audit.entries() if a["action"] == "dlq.replay"] == [2, 0, 0, 0]
+
+
+def test_metric_dead_letters_still_breaking_current_rules_stay(quiet) -> None:
+    t0 = hour_ago()
+    limit = quiet.settings.max_series_per_metric
+    quiet.track_metrics([{"name": "per.ref", "value": 1, "tags": {"ref": f"r{i}"}} for i in range(limit)])
+    queued = quiet.metrics_queue.length()
+    # A tag key that names a PHI field, and one series more than the limit.
+    for tags, name in (({"email": "a@b.example"}, "visits"), ({"ref": "one-more"}, "per.ref")):
+        quiet.dead_letters.add_record("metrics", {"n": name, "v": 1, "g": tags, "ts": t0 * 1000},
+                                      "invalid_record", 1)
+    report = quiet.replay_dead_letters("metrics")
+    assert (report.replayed, report.still_invalid) == (0, 2)
+    assert quiet.dead_letters.length("metrics") == 2 and quiet.metrics_queue.length() == queued
+    assert quiet.data.hlen(keyspace.metric_series("per.ref")) == limit
+    assert not quiet.data.exists(keyspace.metric_series("visits"))
+    listing = quiet.dead_letter_list("metrics")
+    assert [item["metric"]["name"] for item in listing] == ["visits", "per.ref"]
+    assert b"a@b.example" not in orjson.dumps(listing)
+
+
 def test_entries_of_a_presumed_dead_worker_count_once(quiet) -> None:
     t0 = hour_ago()
     quiet.track_metrics([{"name": "slow", "value": 1, "timestamp": t0}] * 5)
