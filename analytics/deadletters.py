@@ -13,9 +13,10 @@ One stream per kind (``analytics:dlq:events``, ``analytics:dlq:metrics``,
 
 Moving in and out is exactly-once: records are set aside by the commit
 script in the same step that acknowledges their queue entry
-(:mod:`analytics.store`), and a replay deletes the dead letter and queues
-its record again in one script (:meth:`DeadLetters.requeue`), so two
-concurrent replays cannot both queue it.
+(:mod:`analytics.store`, :mod:`analytics.metrics.store`), and a replay
+deletes the dead letter and queues its record again in one script
+(:meth:`DeadLetters.requeue`), so two concurrent replays cannot both
+queue it.
 """
 from __future__ import annotations
 

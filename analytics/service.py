@@ -164,7 +164,7 @@ class AnalyticsService:
         self.admitter = Admitter(client, self.rate_limiter, KICK_TTL_MS)
         self.eraser = Eraser(client, self.api_keys, self.store)
         self.metrics_queue = EventQueue(client, lanes=(keyspace.METRICS_QUEUE,), packed=False)
-        self.metrics = MetricStore(client, settings, dead_letters=self.dead_letters)
+        self.metrics = MetricStore(client, settings)
         self.store.metric_args = self.metrics.event_metric_args()
         self._metric_schema = MetricSampleSchema(phi_fields=self.policy.names)
         self.retention = Cleanup(client, settings)

@@ -2,6 +2,7 @@
 -- with their acknowledgement.
 --
 -- KEYS[1]  the metrics queue stream        (analytics:metrics:queue)
+-- KEYS[2]  the metric dead-letter stream   (analytics:dlq:metrics)
 -- ARGV[1]  consumer group
 -- ARGV[2]  the rollup expiry index         (analytics:rollups:expiry)
 -- ARGV[3]  live fan-out channel, or ""     (analytics:live:metrics)
@@ -13,14 +14,20 @@
 --          count, sum, min, max, sum of squares, sketch bins, expiry (epoch s),
 --          then "" or, for a finest-tier bucket to announce live: name JSON,
 --          tags JSON, bucket start (three values; "" takes one slot)
+-- then     now, epoch seconds (the dead letters' "ts"), the number of dead
+--          letters L, then per letter: reason, attempts, "record", the
+--          record JSON, user hash ("")
 --
 -- The deltas were computed by the worker from exactly these entries. They
 -- are applied only if every entry is still pending for the group: an entry
 -- already acknowledged was counted by someone else (a worker presumed dead
 -- that was not), so applying it again would double count. Then nothing is
 -- written and the script returns {0, ids not pending}; the worker drops
--- those entries, recomputes and retries. Otherwise returns {1, D}.
-local lane, group, expiry, channel = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+-- those entries, recomputes and retries. Otherwise returns {1, D}. Records
+-- the worker could not read are left out of the deltas and set aside here,
+-- in the step that acknowledges their entry: dead-lettered once, or not at
+-- all if the entry turns out to be someone else's.
+local lane, dlq, group, expiry, channel = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
 local n = tonumber(ARGV[4])
 local ids = {}
 local missing = {}
@@ -31,6 +38,11 @@ for i = 1, n do
   if #p == 0 then missing[#missing + 1] = id end
 end
 if #missing > 0 then return {0, missing} end
+-- Before any write: a script stopped by an error keeps what it wrote.
+local found = redis.call('TYPE', dlq)['ok']
+if found ~= 'none' and found ~= 'stream' then
+  return redis.error_reply('WRONGTYPE ' .. dlq .. ' holds a ' .. found .. ', not a stream')
+end
 local pos = 5 + n
 for _ = 1, tonumber(ARGV[pos]) do
   local registry, tagidx, seen, sid, tags_json, last, npairs = ARGV[pos + 1], ARGV[pos + 2],
@@ -61,6 +73,12 @@ for _ = 1, deltas do
     live[#live + 1] = rollup_live(ARGV[pos + 9], ARGV[pos + 10], tonumber(ARGV[pos + 11]), c, s, mn, mx)
     pos = pos + 12
   end
+end
+local now = ARGV[pos]
+for _ = 1, tonumber(ARGV[pos + 1]) do
+  redis.call('XADD', dlq, '*', 'reason', ARGV[pos + 2], 'attempts', ARGV[pos + 3], 'ts', now,
+             ARGV[pos + 4], ARGV[pos + 5], 'user', ARGV[pos + 6])
+  pos = pos + 5
 end
 -- In slices: unpack() is limited by Lua's C stack (about 8000 values).
 for i = 1, n, 1000 do

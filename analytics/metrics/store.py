@@ -12,8 +12,10 @@ Writes: the worker folds a batch of queue entries into one delta per
 (series, tier, bucket) in Python and applies them with
 ``lua/commit_metrics.lua``, which refuses the lot if any entry is no longer
 pending (someone else counted it) and otherwise merges the deltas,
-acknowledges and deletes the entries, and publishes the updated 10 s
-buckets, in one atomic step. So a redelivered batch never counts twice.
+acknowledges and deletes the entries, sets aside the records it cannot
+read (``analytics:dlq:metrics``) and publishes the updated 10 s buckets, in
+one atomic step. So a redelivered batch never counts twice, and a record is
+dead-lettered once, never both counted and dead-lettered.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ import orjson
 import redis
 
 from analytics import keyspace
-from analytics.deadletters import DeadLetters
+from analytics.deadletters import INVALID_RECORD, DeadLetter, dlq_key
 from analytics.errors import ValidationError
 from analytics.metrics.sketch import GAMMA, NEGATIVE_BASE, ZERO_CODE, bin_code, encode_bins
 from analytics.queue import Entry
@@ -95,7 +97,7 @@ class MetricCommitResult:
     entries: int = 0
     #: Entries another worker had already committed (redeliveries).
     skipped_entries: int = 0
-    #: Malformed records set aside in the dead-letter store.
+    #: Malformed records set aside in the dead-letter store (same step).
     invalid: int = 0
 
     def __iadd__(self, other: MetricCommitResult) -> MetricCommitResult:
@@ -112,10 +114,8 @@ def _tags_json(tags: Mapping[str, str]) -> bytes:
 
 class MetricStore:
     def __init__(self, client: redis.Redis, settings: Settings,
-                 live_channel: str = keyspace.LIVE_METRICS,
-                 dead_letters: DeadLetters | None = None) -> None:
+                 live_channel: str = keyspace.LIVE_METRICS) -> None:
         self._redis = client
-        self.dead_letters = dead_letters
         self.limit = settings.max_series_per_metric
         self.live_channel = live_channel
         self.retention = {res: int(days * 86400)
@@ -175,22 +175,23 @@ class MetricStore:
 
         If some entries were already committed by another worker, the script
         applies nothing; they are dropped and the rest is folded again.
+        Records that cannot be read as samples are set aside by the same
+        script (reason ``invalid_record``), so only the commit that
+        acknowledges their entry dead-letters them: once, and never lost.
         """
         result = MetricCommitResult()
         pending = list(entries)
         while pending:
             bad: list[tuple[Entry, Any]] = []
             args = self._commit_args(pending, group, bad)
-            reply = self._commit(keys=[keyspace.METRICS_QUEUE], args=args)
+            args += (round(time.time(), 3), len(bad))
+            for entry, record in bad:
+                args += DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries).script_args()
+            reply = self._commit(keys=[keyspace.METRICS_QUEUE, dlq_key("metrics")], args=args)
             if int(reply[0]) == 1:
                 result.entries += len(pending)
                 result.samples += sum(len(e.records) for e in pending) - len(bad)
                 result.invalid += len(bad)
-                if bad and self.dead_letters is not None:
-                    for entry, record in bad:
-                        self.dead_letters.add_record("metrics", record if isinstance(record, dict)
-                                                     else {"raw": repr(record)[:200]},
-                                                     "invalid_record", entry.deliveries)
                 break
             gone = {m.decode() for m in reply[1]}
             result.skipped_entries += len(gone)

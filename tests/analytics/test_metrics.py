@@ -11,8 +11,10 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 
 from analytics import keyspace
+from analytics.deadletters import dlq_key
 from analytics.errors import ValidationError
 from analytics.metrics.sketch import Sketch
 from tests.support import wait_until
@@ -210,6 +212,27 @@ def test_malformed_queue_records_are_dead_lettered_not_retried(quiet) -> None:
     assert quiet.dead_letters.length("metrics") == 2
     assert quiet.metrics_queue.pending() == 0 and quiet.metrics_queue.length() == 0
     assert points(query(quiet, "ok", agg="sum", start=t0, end=t0 + 10, bucket=10)) == [[t0, 2.0]]
+
+
+def test_records_are_dead_lettered_in_the_step_that_commits_their_entry(quiet) -> None:
+    t0 = hour_ago()
+    quiet.data.xadd(keyspace.METRICS_QUEUE, {"e": orjson.dumps([
+        {"n": "ok", "v": 1, "g": {}, "ts": t0 * 1000}, {"n": "ok", "v": "x"}, "junk"])})
+    quiet.data.set(dlq_key("metrics"), "not a stream")  # the dead letters cannot be written...
+    held = quiet.metrics_queue.read("worker-a", 10)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        quiet.metrics.commit(held)
+    # ...so nothing is: no sample counted, the entry still pending.
+    window = {"start": t0, "end": t0 + 10, "bucket": 10}
+    assert query(quiet, "ok", agg="count", **window)["series"] == []
+    assert quiet.metrics_queue.pending() == 1
+    quiet.data.delete(dlq_key("metrics"))
+    first = quiet.metrics.commit(held)
+    again = quiet.metrics.commit(held)  # a second worker holding the same entry
+    assert (first.samples, first.invalid, again.invalid, again.skipped_entries) == (1, 2, 0, 1)
+    assert [item["record"] for item in quiet.dead_letters.entries("metrics")] == [
+        {"n": "ok", "v": "x"}, "junk"]
+    assert points(query(quiet, "ok", agg="count", **window)) == [[t0, 1]]
 
 
 def test_metric_dead_letters_are_validated_again_and_replayed_once(quiet) -> None:
