@@ -2,6 +2,7 @@
 slices, resumably, without clobbering concurrent changes; user hashes stay."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,12 +113,13 @@ def test_rotation_resumes_and_does_not_clobber_concurrent_changes(redis_server, 
 def test_compare_and_set_leaves_a_value_changed_since_it_was_read(redis_server, db) -> None:
     service = make_service(redis_server, OLD)
     rotator = Rotator(service.redis, service.vault)
-    service.track({"type": "click", "userId": "u1", "messageId": "one"})
+    minute = time.time() // 60 * 60  # one time for both: a page holds one minute
+    service.track({"type": "click", "userId": "u1", "messageId": "one", "timestamp": minute})
     service.drain("test", budget=1)
     [page_id] = [p.decode() for p in db.hkeys(keyspace.processed("click"))]
     read = service.store.page("click", page_id)
     assert read is not None
-    service.track({"type": "click", "userId": "u2", "messageId": "two"})  # same page
+    service.track({"type": "click", "userId": "u2", "messageId": "two", "timestamp": minute})
     service.drain("test", budget=1)
     assert service.store.rewrite("click", page_id, read, lambda fields, blob: None) == -1
     assert sorted(r["m"] for r in records_in(db, "click")) == ["one", "two"]
