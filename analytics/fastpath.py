@@ -15,7 +15,7 @@ from typing import Any
 
 from marshmallow import validate
 
-from analytics.schemas import _check_object, event_schema, parse_time_ms
+from analytics.schemas import _check_object, _measure, event_schema, parse_time_ms
 
 _FIELDS = event_schema.fields
 _ALLOWED = frozenset(_FIELDS)
@@ -38,17 +38,10 @@ def _choices(name: str) -> frozenset[str]:
 
 
 _TYPE_LEN = _length("type")
-_ID_LEN = {name: _length(name) for name in ("userId", "anonymousId", "messageId")}
+#: (field, min length, max length) of the optional string ids.
+_IDS = tuple((name, *_length(name)) for name in ("userId", "anonymousId", "messageId"))
 _PRIORITIES = _choices("priority")
 _EMPTY = {name: None for name in _ALLOWED}
-
-
-def _optional_id(raw: dict[str, Any], name: str) -> bool:
-    value = raw.get(name)
-    if value is None:
-        return True
-    low, high = _ID_LEN[name]
-    return type(value) is str and low <= len(value) <= high
 
 
 def load_event(raw: dict[str, Any]) -> dict[str, Any] | None:
@@ -58,9 +51,10 @@ def load_event(raw: dict[str, Any]) -> dict[str, Any] | None:
     event_type = raw.get("type")
     if type(event_type) is not str or not _TYPE_LEN[0] <= len(event_type) <= _TYPE_LEN[1]:
         return None
-    if not (_optional_id(raw, "userId") and _optional_id(raw, "anonymousId")
-            and _optional_id(raw, "messageId")):
-        return None
+    for name, low, high in _IDS:
+        value = raw.get(name)
+        if value is not None and (type(value) is not str or not low <= len(value) <= high):
+            return None
     if not raw.get("userId") and not raw.get("anonymousId"):
         return None
     priority = raw.get("priority")
@@ -74,7 +68,7 @@ def load_event(raw: dict[str, Any]) -> dict[str, Any] | None:
         if type(value) is not dict:
             return None
         try:
-            _check_object(value)
+            _measure(value, 1)  # what _check_object does, one call less
         except Exception:  # noqa: BLE001 - marshmallow's ValidationError: defer to it
             return None
         out[name] = dict(value)

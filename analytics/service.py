@@ -186,20 +186,23 @@ class AnalyticsService:
         return cls(settings, connect(settings), kick=kick)
 
     # -- ingestion -----------------------------------------------------------
-    def _validate(self, index: int, raw: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    def _validate(self, raw: Any) -> tuple[dict[str, Any] | None, str, dict[str, Any]]:
+        """The loaded event and its priority (its own, or its type's), or
+        None and the errors."""
         if not isinstance(raw, dict):
-            return None, {"_schema": ["An event must be a JSON object."]}
+            return None, "", {"_schema": ["An event must be a JSON object."]}
         if len(orjson.dumps(raw)) > self.settings.max_event_bytes:
-            return None, {"_schema": [f"Event larger than {self.settings.max_event_bytes} bytes."]}
+            return None, "", {"_schema": [f"Event larger than {self.settings.max_event_bytes} bytes."]}
         event = load_event(raw)
         if event is None:  # invalid: marshmallow, the schema of record, says why
             try:
                 event = event_schema.load(raw)
             except marshmallow.ValidationError as exc:
-                return None, exc.normalized_messages()
-        if self.registry.get(event["type"]) is None:
-            return None, {"type": ["Unknown event type: register it first (POST /v1/event-types)."]}
-        return event, {}
+                return None, "", exc.normalized_messages()
+        event_type = self.registry.get(event["type"])
+        if event_type is None:
+            return None, "", {"type": ["Unknown event type: register it first (POST /v1/event-types)."]}
+        return event, event["priority"] or event_type.priority, {}
 
     def track(self, event: dict[str, Any], *, sent_at: int | None = None) -> TrackResult:
         """Validate and durably queue one event."""
@@ -228,13 +231,10 @@ class AnalyticsService:
         result = TrackResult()
         lanes: dict[str, list[QueueItem]] = {}
         for index, raw in enumerate(events):
-            event, errors = self._validate(index, raw)
+            event, priority, errors = self._validate(raw)
             if event is None:
                 result.rejected.append({"index": index, "errors": errors})
                 continue
-            event_type = self.registry.get(event["type"])
-            assert event_type is not None
-            priority = event["priority"] or event_type.priority
             message_id, item = self.codec.encode_item(event, priority, received, sent_at)
             lanes.setdefault(keyspace.event_queue(priority), []).append(item)
             result.ids.append(message_id)
@@ -551,12 +551,9 @@ class AnalyticsService:
         """Validate a raw event (or a list of queued records) again."""
         if isinstance(message, list):
             return message
-        event, errors = self._validate(0, message)
+        event, priority, errors = self._validate(message)
         if event is None:
             raise ValidationError("still invalid", errors)
-        event_type = self.registry.get(event["type"])
-        assert event_type is not None
-        priority = event["priority"] or event_type.priority
         return [self.codec.encode(event, priority, int(time.time() * 1000), sent_at)]
 
     @staticmethod

@@ -176,7 +176,21 @@ _objects = st.dictionaries(st.sampled_from(["a", "Email", "zip", "x", "list"]), 
     "properties": _objects, "context": _objects, "traits": _objects, "metadata": _objects}))
 @settings(max_examples=300, deadline=None)
 def test_split_agrees_with_its_plain_definition(event: dict[str, Any]) -> None:
-    policy = phi.PhiPolicy(DEFAULT_PHI_FIELDS)
+    policy = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
     before = copy.deepcopy(event)
-    assert phi.split(event, policy) == _reference_split(event, policy.names)
+    expected = _reference_split(event, policy.names)
+    assert phi.split(event, policy) == expected  # names met for the first time
+    assert phi.split(event, policy) == expected  # every verdict known: the leaf shortcut
     assert event == before  # the input is never modified
+
+
+def test_phi_below_a_dict_subclass_is_found() -> None:
+    class Attributes(dict):  # what a Python caller might pass; JSON never gives one
+        pass
+
+    policy = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
+    for _ in range(2):  # cold, then with every name's verdict known
+        event = {"type": "x", "properties": {"plan": "pro", "who": Attributes(email="a@b.c")}}
+        clear, pairs = phi.split(event, policy)
+        assert pairs == [[["properties", "who", "email"], "a@b.c"]]
+        assert clear["properties"] == {"plan": "pro", "who": {}}

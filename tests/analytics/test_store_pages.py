@@ -274,7 +274,7 @@ def test_the_ingest_encoding_equals_the_record_encoding() -> None:
     from analytics.fastpath import load_event
     from analytics.settings import DEFAULT_PHI_FIELDS
 
-    codec = records.RecordCodec(Vault([Fernet.generate_key().decode()]), phi.PhiPolicy(DEFAULT_PHI_FIELDS),
+    codec = records.RecordCodec(Vault([Fernet.generate_key().decode()]), phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(",")),
                                 3_600_000)
     events = [
         {"type": "click", "userId": "u-1", "messageId": "m-1", "properties": {"email": "a@b.c", "n": 1}},
