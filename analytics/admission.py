@@ -1,13 +1,15 @@
-"""Admitting an ingest request and queueing its events in one Redis round trip.
+"""Admitting an ingest request and queueing what it brings in one Redis
+round trip.
 
 The general path takes two: :meth:`AnalyticsService.authenticate` (key
 lookup and token bucket, :mod:`analytics.ratelimit`), then a ``MULTI`` with
-the queue entries. For a request whose events are already validated and
-encoded (no I/O needed), ``lua/admit_events.lua`` does both: it looks the
-key up, takes a token, checks revocation, the rate and the role in the same
-order as the general path, and only when all pass writes every lane's entry
-and the "processing task queued" flag. A refused request writes nothing but
-its token, as before.
+the queue entries. For a request whose entries are already validated and
+encoded (no I/O needed: events, metric samples, Segment messages and their
+dead letters), ``lua/admit_events.lua`` does both: it looks the key up,
+takes a token, checks revocation, the rate and the role in the same order
+as the general path, and only when all pass writes every entry and the
+"processing task queued" flag. A refused request writes nothing but its
+token, as before.
 
 The script carries a ``#!lua`` shebang: Redis then refuses it as a whole,
 before it runs, when ``maxmemory`` is reached, so a full Redis never leaves
@@ -16,14 +18,18 @@ part of a request queued (and the 503 means nothing was accepted).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from analytics import keyspace
 from analytics.apikeys import GRANTS
 from analytics.ratelimit import RateLimiter, lua_source, retry_after_seconds
+
+#: One entry to add: the stream, and its field/value pairs.
+StreamEntry = tuple[str, dict[Any, Any]]
 
 
 class Verdict(enum.IntEnum):
@@ -44,6 +50,8 @@ class Admission:
     retry_after: int
     #: The flag was set by this request: a processing task must be queued.
     kicked: bool
+    #: The stream ids of the entries added, in order (empty unless queued).
+    ids: tuple[str, ...] = ()
 
 
 def granting_roles(action: str) -> str:
@@ -56,21 +64,24 @@ class Admitter:
         self._client = client
         self._script = client.register_script(
             "#!lua\n" + lua_source("token_bucket.lua", "admit_events.lua"))
-        # ARGV[2..6] never change for an action: encoded once, not per request.
+        # ARGV[2..5] never change for an action: encoded once, not per request.
         fixed = (repr(float(limiter.rate)).encode(), str(limiter.burst).encode(), b"1")
-        self._fixed = {action: (*fixed, granting_roles(action).encode(), str(kick_ttl_ms).encode())
+        self._fixed = {action: (*fixed, granting_roles(action).encode())
                        for grants in GRANTS.values() for action in grants}
+        self._kick_ttl = str(kick_ttl_ms).encode()
 
     def admit(self, digest: str, action: str,
-              entries: Mapping[str, Mapping[str, bytes]]) -> Admission:
+              entries: Iterable[StreamEntry], *,
+              kick: bool = True) -> Admission:
         """Admit the key with SHA-256 ``digest`` for ``action`` and, if it
-        passes, add one entry per lane (``entries``: lane -> field/value
-        pairs, written as given). Redis errors propagate: a write refused
-        for memory means nothing was written."""
+        passes, add ``entries`` (stream, field/value pairs written as given)
+        in order, then set the "processing task queued" flag unless ``kick``
+        is False (nothing for a worker). Redis errors propagate: a write
+        refused for memory means nothing was written."""
         keys = [keyspace.API_KEYS, keyspace.rate_bucket(digest), keyspace.KICK_EVENTS]
-        args: list[str | bytes | int] = [digest, *self._fixed[action]]
-        for lane, fields in entries.items():
-            keys.append(lane)
+        args: list[Any] = [digest, *self._fixed[action], self._kick_ttl if kick else b"0"]
+        for stream, fields in entries:
+            keys.append(stream)
             args.append(len(fields))
             for name, value in fields.items():
                 args += (name, value)
@@ -80,6 +91,6 @@ class Admitter:
             reply = self._client.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:  # a restarted Redis: the wrapper loads it again
             reply = self._script(keys=keys, args=args)
-        verdict, record, wait, kicked = reply
+        verdict, record, wait, kicked, ids = reply
         return Admission(Verdict(verdict), record or None, retry_after_seconds(int(wait)),
-                         bool(kicked))
+                         bool(kicked), tuple(i.decode() for i in ids))

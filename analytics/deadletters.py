@@ -93,10 +93,17 @@ class DeadLetters:
     def add_raw(self, kind: str, message: Any, reason: str, user_hash: str = "",
                 details: dict[str, Any] | None = None) -> None:
         """Set aside raw input that failed validation, sealed whole."""
-        self._redis.xadd(dlq_key(kind), {
+        stream, fields = self.raw_entry(kind, message, reason, user_hash, details)
+        self._redis.xadd(stream, fields)
+
+    def raw_entry(self, kind: str, message: Any, reason: str, user_hash: str = "",
+                  details: dict[str, Any] | None = None) -> tuple[str, dict[Any, Any]]:
+        """The stream and fields of :meth:`add_raw`'s entry, for a caller
+        that writes it with others (no I/O)."""
+        return dlq_key(kind), {
             "reason": reason, "attempts": 0, "ts": round(time.time(), 3),
             "sealed": self._vault.seal(orjson.dumps(message)), "user": user_hash,
-            "details": orjson.dumps(details or {})})
+            "details": orjson.dumps(details or {})}
 
     def length(self, kind: str | None = None) -> int:
         kinds = (kind,) if kind else KINDS

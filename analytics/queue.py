@@ -101,10 +101,6 @@ class EventQueue:
         """Queue ``records`` as one entry (on ``pipe``, executed by the caller)."""
         pipe.xadd(lane, self.fields(records))
 
-    def add_items(self, pipe: redis.client.Pipeline, lane: str, items: list[QueueItem]) -> None:
-        """Queue ``items`` as one entry (on ``pipe``, executed by the caller)."""
-        pipe.xadd(lane, self.item_fields(items))
-
     def length(self) -> int:
         pipe = self._redis.pipeline(transaction=False)
         for lane in self.lanes:

@@ -1,8 +1,10 @@
 """Segment-compatible ingestion: Segment messages become our events.
 
 Existing Segment SDKs post to ``/v1/batch`` (and the single-call paths);
-:class:`SegmentIngest` turns what they send into events of our schema and
-queues them through :meth:`AnalyticsService.track_many`. The mapping:
+:class:`SegmentIngest` turns what they send into events of our schema,
+validates and encodes them (:meth:`AnalyticsService.prepare_events`) and
+queues them, dead letters included, in the round trip that checks the key
+(:meth:`AnalyticsService.admit`). The mapping:
 
 =============  ============================================================
 Segment call   event
@@ -54,6 +56,8 @@ import orjson
 from marshmallow import INCLUDE, Schema, fields, validate
 
 from analytics import keyspace
+from analytics.admission import StreamEntry
+from analytics.apikeys import ApiKey
 from analytics.errors import PayloadTooLarge, ValidationError
 from analytics.registry import TYPE_NAME
 from analytics.schemas import RawList, Timestamp
@@ -145,12 +149,35 @@ class _Mapped:
     sent_at: int | None = None
     reason: str = ""
     errors: dict[str, Any] = field(default_factory=dict)
+    #: Its track name is to be registered as a type first: a write, which
+    #: waits until the key is checked.
+    pending: bool = False
+
+
+@dataclass
+class PreparedSegment:
+    """Segment messages mapped, validated and encoded, not written yet
+    (:meth:`SegmentIngest.prepare`)."""
+
+    messages: list[_Mapped]
+    received: int
+    #: The batch's ``sentAt``, ``context`` and ``integrations``.
+    envelope: tuple[int | None, dict[str, Any] | None, dict[str, Any] | None]
+    result: SegmentResult = field(default_factory=SegmentResult)
+    #: What to write: the queue entries (one per lane), then the dead
+    #: letters. None while a message waits for its type to be registered.
+    entries: list[StreamEntry] | None = None
+    #: ``entries`` holds queue entries (a processing task is wanted).
+    queued: bool = False
 
 
 class SegmentIngest:
     """Maps Segment requests to events and queues them.
 
-    ``service`` is an :class:`analytics.AnalyticsService`.
+    ``service`` is an :class:`analytics.AnalyticsService`. A request is
+    prepared first (:meth:`prepare_batch`, :meth:`prepare_single`: no
+    writes), then written by a caller already admitted (:meth:`write`) or
+    admitted and written in one round trip (:meth:`queue_as`).
     """
 
     def __init__(self, service: Any, policy: str = "register", max_types: int = 200) -> None:
@@ -162,7 +189,15 @@ class SegmentIngest:
 
     # -- requests ------------------------------------------------------------
     def batch(self, body: Any, received_ms: int | None = None) -> SegmentResult:
-        """A ``/v1/batch`` (or ``/v1/import``) body."""
+        """Queue a ``/v1/batch`` (or ``/v1/import``) body."""
+        return self.write(self.prepare_batch(body, received_ms))
+
+    def single(self, call: str, body: Any, received_ms: int | None = None) -> SegmentResult:
+        """Queue a single call (``/v1/track``...): the body is one message."""
+        return self.write(self.prepare_single(call, body, received_ms))
+
+    def prepare_batch(self, body: Any, received_ms: int | None = None) -> PreparedSegment:
+        """Prepare a ``/v1/batch`` (or ``/v1/import``) body."""
         if not isinstance(body, dict):
             raise ValidationError("the body must be a JSON object with a batch")
         try:
@@ -172,12 +207,12 @@ class SegmentIngest:
         limit = self.service.settings.max_batch_events
         if len(envelope["batch"]) > limit:
             raise PayloadTooLarge(f"more than {limit} messages in one batch")
-        return self.ingest(envelope["batch"], sent_at=envelope["sentAt"],
-                           context=envelope["context"], integrations=envelope["integrations"],
-                           received_ms=received_ms)
+        return self.prepare(envelope["batch"], sent_at=envelope["sentAt"],
+                            context=envelope["context"], integrations=envelope["integrations"],
+                            received_ms=received_ms)
 
-    def single(self, call: str, body: Any, received_ms: int | None = None) -> SegmentResult:
-        """A single call (``/v1/track``...): the body is one message.
+    def prepare_single(self, call: str, body: Any, received_ms: int | None = None) -> PreparedSegment:
+        """Prepare a single call: the body is one message.
 
         Too large a message fails the request (Segment answers 400); any
         other problem sends it to the dead-letter store.
@@ -187,7 +222,7 @@ class SegmentIngest:
         if len(orjson.dumps(body)) > self.service.settings.max_event_bytes:
             raise PayloadTooLarge(
                 f"message larger than {self.service.settings.max_event_bytes} bytes")
-        return self.ingest([{**body, "type": call}], received_ms=received_ms)
+        return self.prepare([{**body, "type": call}], received_ms=received_ms)
 
     def remap(self, raw: Any) -> tuple[dict[str, Any], int | None]:
         """Validate and map one raw message again (dead-letter replay): the
@@ -206,32 +241,85 @@ class SegmentIngest:
                integrations: dict[str, Any] | None = None,
                received_ms: int | None = None) -> SegmentResult:
         """Map and queue ``messages``; dead-letter the ones that fail."""
+        return self.write(self.prepare(messages, sent_at=sent_at, context=context,
+                                       integrations=integrations, received_ms=received_ms))
+
+    def prepare(self, messages: Iterable[Any], *, sent_at: int | None = None,
+                context: dict[str, Any] | None = None,
+                integrations: dict[str, Any] | None = None,
+                received_ms: int | None = None) -> PreparedSegment:
+        """Map ``messages`` to events, validate and encode them, and seal the
+        ones that fail as dead letters, writing nothing. (A track name to be
+        registered as a type is left for :meth:`write`: ``entries`` is then
+        None.)"""
         received = received_ms if received_ms is not None else int(time.time() * 1000)
-        result = SegmentResult()
-        mapped = [self._map(i, raw, sent_at, context, integrations, result)
-                  for i, raw in enumerate(messages)]
-        # track_many applies one sentAt to its events: one call per sentAt.
+        prepared = PreparedSegment([], received, (sent_at, context, integrations))
+        prepared.messages = [self._map(i, raw, sent_at, context, integrations, prepared.result,
+                                       register=False)
+                             for i, raw in enumerate(messages)]
+        if not any(item.pending for item in prepared.messages):
+            self._encode(prepared)
+        return prepared
+
+    def write(self, prepared: PreparedSegment) -> SegmentResult:
+        """Write ``prepared`` for a caller already admitted: register the
+        track names it waits for, then queue the events and dead letters
+        (one ``MULTI``)."""
+        if prepared.entries is None:
+            sent_at, context, integrations = prepared.envelope
+            prepared.messages = [
+                self._map(item.index, item.raw, sent_at, context, integrations, prepared.result)
+                if item.pending else item for item in prepared.messages]
+            self._encode(prepared)
+        assert prepared.entries is not None
+        self.service.write(prepared.entries, kick=prepared.queued)
+        return prepared.result
+
+    def queue_as(self, secret: str | None, prepared: PreparedSegment, *, where: str = "",
+                 remote: str | None = None) -> tuple[ApiKey, SegmentResult]:
+        """Authenticate ``secret`` for ingest and write ``prepared``, with the
+        answers of :meth:`AnalyticsService.admit`: one Redis round trip,
+        dead letters included. A track name to register waits for the key:
+        then the general path (key, registration, queue)."""
+        if prepared.entries is None:
+            key = self.service.authenticate(secret, where=where, remote=remote)
+            key.require("ingest")
+            return key, self.write(prepared)
+        key, _ = self.service.admit(secret, prepared.entries, kick=prepared.queued,
+                                    where=where, remote=remote)
+        return key, prepared.result
+
+    def _encode(self, prepared: PreparedSegment) -> None:
+        """Validate and encode the mapped events (prepare_events applies one
+        sentAt to its events: one call per sentAt), all lanes into one entry
+        each, and the dead letters after them."""
         groups: dict[int | None, list[_Mapped]] = {}
-        for item in mapped:
+        for item in prepared.messages:
             if item.event is not None:
                 groups.setdefault(item.sent_at, []).append(item)
+        lanes: dict[str, list[Any]] = {}
         for group_sent_at, items in groups.items():
-            outcome = self.service.track_many([m.event for m in items], sent_at=group_sent_at,
-                                              received_ms=received)
-            result.accepted += outcome.accepted
-            for rejected in outcome.rejected:
+            events = self.service.prepare_events([m.event for m in items], sent_at=group_sent_at,
+                                                 received_ms=prepared.received)
+            prepared.result.accepted += len(events.result.ids)
+            for rejected in events.result.rejected:
                 item = items[rejected["index"]]
                 item.reason, item.errors = "invalid_message", rejected["errors"]
-        for item in mapped:
+            for lane, queue_items in events.lanes.items():
+                lanes.setdefault(lane, []).extend(queue_items)
+        entries = [(lane, self.service.queue.item_fields(queue_items))
+                   for lane, queue_items in lanes.items()]
+        prepared.queued = bool(entries)
+        for item in prepared.messages:
             if item.reason:
-                self._dead_letter(item)
-                result.dead_lettered.append({"index": item.index, "reason": item.reason,
-                                             "errors": item.errors})
-        return result
+                entries.append(self._dead_letter(item))
+                prepared.result.dead_lettered.append({"index": item.index, "reason": item.reason,
+                                                      "errors": item.errors})
+        prepared.entries = entries
 
     def _map(self, index: int, raw: Any, batch_sent_at: int | None,
              batch_context: dict[str, Any] | None, batch_integrations: dict[str, Any] | None,
-             result: SegmentResult) -> _Mapped:
+             result: SegmentResult, register: bool = True) -> _Mapped:
         item = _Mapped(index, raw)
         if not isinstance(raw, dict):
             item.reason, item.errors = "invalid_message", {"_schema": ["A message must be a JSON object."]}
@@ -246,18 +334,24 @@ class SegmentIngest:
             item.reason, item.errors = "invalid_message", _without_values(exc)
             return item
         try:
-            event_type, fallback_name = self._event_type(message, result)
+            found = self._event_type(message, result, register)
         except ValidationError as exc:
             item.reason, item.errors = "unknown_event_type", exc.details
             return item
+        if found is None:
+            item.pending = True
+            return item
+        event_type, fallback_name = found
         item.event = to_event(message, event_type, fallback_name, batch_context,
                               batch_integrations)
         item.sent_at = message["sentAt"] if message["sentAt"] is not None else batch_sent_at
         return item
 
-    def _event_type(self, message: dict[str, Any], result: SegmentResult) -> tuple[str, str | None]:
+    def _event_type(self, message: dict[str, Any], result: SegmentResult,
+                    register: bool = True) -> tuple[str, str | None] | None:
         """The type of the event, and the track name when it is stored as
-        :data:`FALLBACK_TYPE` instead."""
+        :data:`FALLBACK_TYPE` instead; None when the name would have to be
+        registered and ``register`` is False."""
         call = message["type"]
         if call != "track":
             return call, None
@@ -268,10 +362,13 @@ class SegmentIngest:
         if self.policy == "reject":
             raise ValidationError("unknown event type",
                                   {"event": ["Unknown event type (policy: reject)."]})
-        if self.policy == "register" and TYPE_NAME.match(name) and self._claim_type(name):
-            self.service.register_event_type(name, "normal", REGISTERED_DESCRIPTION)
-            result.registered.append(name)
-            return name, None
+        if self.policy == "register" and TYPE_NAME.match(name):
+            if not register:
+                return None
+            if self._claim_type(name):
+                self.service.register_event_type(name, "normal", REGISTERED_DESCRIPTION)
+                result.registered.append(name)
+                return name, None
         return FALLBACK_TYPE, name
 
     def _claim_type(self, name: str) -> bool:
@@ -287,15 +384,16 @@ class SegmentIngest:
             return False
         return True
 
-    def _dead_letter(self, item: _Mapped) -> None:
+    def _dead_letter(self, item: _Mapped) -> StreamEntry:
+        """The dead-letter entry of ``item`` (sealed whole)."""
         user_hash = ""
         if isinstance(item.raw, dict):
             user_id = _identifier(item.raw.get("userId"))
             if isinstance(user_id, str) and user_id:
                 user_hash = self.service.codec.user_hash(user_id)
             item.raw.pop("writeKey", None)  # a secret: never stored, not even sealed
-        self.service.dead_letters.add_raw("segment", item.raw, item.reason, user_hash,
-                                          {"errors": item.errors})
+        return self.service.dead_letters.raw_entry("segment", item.raw, item.reason, user_hash,
+                                                   {"errors": item.errors})
 
 
 def to_event(message: dict[str, Any], event_type: str, fallback_name: str | None = None,

@@ -20,7 +20,7 @@ import orjson
 import redis
 
 from analytics import keyspace
-from analytics.admission import Admitter, Verdict
+from analytics.admission import Admitter, StreamEntry, Verdict
 from analytics.apikeys import ApiKey, ApiKeyStore, parse_record
 from analytics.audit import AuditLog, VerifyResult
 from analytics.auditing import Auditor
@@ -83,6 +83,19 @@ class PreparedEvents:
     result: TrackResult
     #: Queue lane -> the queue items to add to it as one entry.
     lanes: dict[str, list[QueueItem]]
+
+
+@dataclass
+class PreparedMetrics:
+    """Metric samples validated, not queued yet
+    (:meth:`AnalyticsService.prepare_metrics`)."""
+
+    #: Rejections by index (accepted and ids once queued).
+    result: TrackResult
+    #: The valid samples: (index, queue record, series id).
+    valid: list[tuple[int, dict[str, Any], str]] = field(default_factory=list)
+    #: (metric, series id) -> tags of every valid sample.
+    series: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -218,8 +231,7 @@ class AnalyticsService:
         cannot take them (then none was accepted).
         """
         prepared = self.prepare_events(events, sent_at=sent_at, received_ms=received_ms)
-        if prepared.lanes:
-            self._enqueue(prepared.lanes)
+        self.write(self.event_entries(prepared))
         return self._accepted(prepared)
 
     def prepare_events(self, events: Iterable[Any], *, sent_at: int | None = None,
@@ -249,22 +261,37 @@ class AnalyticsService:
     def track_as(self, secret: str | None, prepared: PreparedEvents, *, action: str = "ingest",
                  where: str = "", remote: str | None = None) -> tuple[ApiKey, TrackResult]:
         """Authenticate ``secret`` for ``action`` and queue ``prepared``: one
-        Redis round trip when there is something to queue.
+        Redis round trip when there is something to queue (:meth:`admit`)."""
+        key, _ = self.admit(secret, self.event_entries(prepared), action=action,
+                            where=where, remote=remote)
+        return key, self._accepted(prepared)
+
+    def event_entries(self, prepared: PreparedEvents) -> list[StreamEntry]:
+        """The queue entries of ``prepared``: one per lane."""
+        return [(lane, self.queue.item_fields(items)) for lane, items in prepared.lanes.items()]
+
+    def admit(self, secret: str | None, entries: list[StreamEntry], *, kick: bool = True,
+              action: str = "ingest", where: str = "",
+              remote: str | None = None) -> tuple[ApiKey, tuple[str, ...]]:
+        """Authenticate ``secret`` for ``action`` and add ``entries`` (stream,
+        fields) in one Redis round trip (:mod:`analytics.admission`); with
+        ``kick``, a processing task is asked for. Every ingest path (events,
+        metrics, Segment) admits its requests here.
 
         Same answers as :meth:`authenticate`, :meth:`ApiKey.require` and then
-        :meth:`track_many` in turn, in that order: :class:`AuthenticationError`
+        :meth:`write` in turn, in that order: :class:`AuthenticationError`
         (audited with ``where``), :class:`RateLimited`,
         :class:`PermissionDenied`, :class:`StoreUnavailable` (nothing
-        queued); every call takes a token from the key's rate limit.
+        written); every call takes a token from the key's rate limit.
+        Returns the key and the stream ids of the entries added.
         """
-        if not secret or not prepared.lanes:
-            # Nothing to queue, or no key (refused there): the general path.
+        if not secret or not entries:
+            # Nothing to write, or no key (refused there): the general path.
             key = self.authenticate(secret, where=where, remote=remote)
             key.require(action)
-            return key, self._accepted(prepared)
-        entries = {lane: self.queue.item_fields(items) for lane, items in prepared.lanes.items()}
+            return key, ()
         with unavailable_as_error():
-            admission = self.admitter.admit(hash_api_key(secret), action, entries)
+            admission = self.admitter.admit(hash_api_key(secret), action, entries, kick=kick)
         if admission.record is None or admission.verdict == Verdict.REVOKED:
             if where:
                 self.audit_auth_failure(where, remote, "invalid")
@@ -279,20 +306,26 @@ class AnalyticsService:
         assert admission.verdict == Verdict.QUEUED
         if admission.kicked and self._kick is not None:
             self._kick()
-        return key, self._accepted(prepared)
+        return key, admission.ids
 
-    def _enqueue(self, lanes: dict[str, list[QueueItem]]) -> None:
+    def write(self, entries: list[StreamEntry], *, kick: bool = True) -> tuple[str, ...]:
+        """Add ``entries`` (stream, fields) for a caller already admitted:
+        the second trip of the general path. Returns their stream ids."""
+        if not entries:
+            return ()
         with unavailable_as_error():
-            # MULTI: all lanes or none. When Redis is full (maxmemory), it
+            # MULTI: all entries or none. When Redis is full (maxmemory), it
             # refuses the whole transaction at queue time, so a 503 really
             # means nothing was accepted.
             pipe = self.redis.pipeline(transaction=True)
-            for lane, items in lanes.items():
-                self.queue.add_items(pipe, lane, items)
-            pipe.set(keyspace.KICK_EVENTS, 1, nx=True, px=KICK_TTL_MS)
+            for stream, fields in entries:
+                pipe.xadd(stream, fields)
+            if kick:
+                pipe.set(keyspace.KICK_EVENTS, 1, nx=True, px=KICK_TTL_MS)
             replies = pipe.execute()
-        if replies[-1] and self._kick is not None:
+        if kick and replies[-1] and self._kick is not None:
             self._kick()
+        return tuple(r.decode() for r in replies[:len(entries)])
 
     def stored_count(self) -> int:
         """Events stored now (each messageId counted once; erased and
@@ -540,10 +573,11 @@ class AnalyticsService:
             raw["timestamp"] = ts / 1000
         # A sample queued without a time (by an older writer) is counted when
         # it was set aside, the closest known time to its arrival.
-        result, records = self.prepare_metrics([raw], received_ms=int(item["ts"] * 1000))
+        prepared = self.prepare_metrics([raw], received_ms=int(item["ts"] * 1000))
+        records = self.register_series(prepared)
         if not records:
             log.info("dead letter %s is still invalid (%s)", item["id"],
-                     ", ".join(sorted(result.rejected[0]["errors"])))
+                     ", ".join(sorted(prepared.result.rejected[0]["errors"])))
             return None
         return ReplayPlan(keyspace.METRICS_QUEUE, self.metrics_queue.fields(records))
 
@@ -582,36 +616,17 @@ class AnalyticsService:
         its cardinality limit) are reported by index. Raises
         :class:`StoreUnavailable` when Redis cannot take them.
         """
-        result, records = self.prepare_metrics(samples, received_ms=received_ms)
-        if not records:
-            return result
-        with unavailable_as_error():
-            pipe = self.redis.pipeline(transaction=False)
-            self.metrics_queue.add(pipe, keyspace.METRICS_QUEUE, records)
-            pipe.set(keyspace.KICK_EVENTS, 1, nx=True, px=KICK_TTL_MS)
-            entry_id, kicked = pipe.execute()
-        if kicked and self._kick is not None:
-            self._kick()
-        entry = entry_id.decode()
-        result.ids = [f"{entry}:{k}" for k in range(len(records))]
-        result.accepted = len(records)
-        return result
+        return self._queue_metrics(self.prepare_metrics(samples, received_ms=received_ms))
 
-    def prepare_metrics(self, samples: Iterable[Any], *, received_ms: int | None = None
-                        ) -> tuple[TrackResult, list[dict[str, Any]]]:
-        """Validate samples and register their series under the cardinality
-        limit, without queueing them: the first half of :meth:`track_metrics`,
-        and what a replayed metric dead letter goes through. Returns the
-        rejections by index and the queue records of the valid samples.
-        Raises :class:`StoreUnavailable` when Redis is away.
-        """
+    def prepare_metrics(self, samples: Iterable[Any], *,
+                        received_ms: int | None = None) -> PreparedMetrics:
+        """Validate ``samples`` without queueing them (no I/O): the first
+        half of :meth:`track_metrics`."""
         received = received_ms if received_ms is not None else int(time.time() * 1000)
-        result = TrackResult()
-        valid: list[tuple[int, dict[str, Any], str]] = []
-        series: dict[tuple[str, str], dict[str, str]] = {}
+        prepared = PreparedMetrics(TrackResult())
         for index, raw in enumerate(samples):
             if not isinstance(raw, dict):
-                result.rejected.append(
+                prepared.result.rejected.append(
                     {"index": index, "errors": {"_schema": ["A sample must be a JSON object."]}})
                 continue
             sample = load_sample(raw, self.policy.names)
@@ -619,19 +634,56 @@ class AnalyticsService:
                 try:
                     sample = self._metric_schema.load(raw)
                 except marshmallow.ValidationError as exc:
-                    result.rejected.append({"index": index, "errors": exc.normalized_messages()})
+                    prepared.result.rejected.append(
+                        {"index": index, "errors": exc.normalized_messages()})
                     continue
             tags = dict(sorted(sample["tags"].items()))
             sid = series_id(tags)
-            series[(sample["name"], sid)] = tags
+            prepared.series[(sample["name"], sid)] = tags
             ts = sample["timestamp"] if sample["timestamp"] is not None else received
-            valid.append((index, {"n": sample["name"], "v": sample["value"], "g": tags, "ts": ts}, sid))
-        if not valid:
-            return result, []
+            prepared.valid.append(
+                (index, {"n": sample["name"], "v": sample["value"], "g": tags, "ts": ts}, sid))
+        return prepared
+
+    def track_metrics_as(self, secret: str | None, prepared: PreparedMetrics, *,
+                         action: str = "ingest", where: str = "",
+                         remote: str | None = None) -> tuple[ApiKey, TrackResult]:
+        """Authenticate ``secret`` for ``action`` and queue ``prepared``, with
+        the answers of :meth:`admit`: one Redis round trip when this process
+        knows every series of the samples as registered. A new series must
+        be registered under the cardinality limit first, a write that waits
+        for the key: then the general path (key, registration, queue)."""
+        if prepared.valid and self.metrics.all_known(prepared.series):
+            records = [record for _, record, _ in prepared.valid]
+            entry = (keyspace.METRICS_QUEUE, self.metrics_queue.fields(records))
+            key, ids = self.admit(secret, [entry], action=action, where=where, remote=remote)
+            return key, self._metrics_accepted(prepared.result, records, ids)
+        key = self.authenticate(secret, where=where, remote=remote)
+        key.require(action)
+        return key, self._queue_metrics(prepared)
+
+    def _queue_metrics(self, prepared: PreparedMetrics) -> TrackResult:
+        """Register the series of ``prepared`` and queue its samples (two
+        round trips, one when every series is known)."""
+        records = self.register_series(prepared)
+        if not records:
+            return prepared.result
+        ids = self.write([(keyspace.METRICS_QUEUE, self.metrics_queue.fields(records))])
+        return self._metrics_accepted(prepared.result, records, ids)
+
+    def register_series(self, prepared: PreparedMetrics) -> list[dict[str, Any]]:
+        """Register the series of ``prepared`` under the cardinality limit
+        and return the queue records of the samples whose series fit; the
+        others join ``prepared.result.rejected`` (by index). What a new
+        sample and a replayed metric dead letter both go through. Raises
+        :class:`StoreUnavailable` when Redis is away."""
+        result = prepared.result
+        if not prepared.valid:
+            return []
         with unavailable_as_error():
-            full = self.metrics.register(series)
+            full = self.metrics.register(prepared.series)
         records = []
-        for index, record, sid in valid:
+        for index, record, sid in prepared.valid:
             if (record["n"], sid) in full:
                 result.rejected.append({"index": index, "errors": {"tags": [
                     f"Metric {record['n']!r} has reached its limit of "
@@ -640,7 +692,16 @@ class AnalyticsService:
             else:
                 records.append(record)
         result.rejected.sort(key=lambda r: r["index"])
-        return result, records
+        return records
+
+    @staticmethod
+    def _metrics_accepted(result: TrackResult, records: list[dict[str, Any]],
+                          entry_ids: tuple[str, ...]) -> TrackResult:
+        """``result`` with the samples of ``records`` accepted as one entry."""
+        if records:
+            result.ids = [f"{entry_ids[0]}:{k}" for k in range(len(records))]
+            result.accepted = len(records)
+        return result
 
     def get_metric(self, name: str, query: dict[str, Any], *,
                    now_ms: int | None = None) -> dict[str, Any]:

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 
 import marshmallow
 import orjson
 from flask import Blueprint, Response, g, jsonify, request
 
+from analytics.apikeys import ApiKey
 from analytics.errors import PayloadTooLarge, ValidationError
 from analytics.schemas import event_batch_schema, event_type_schema
 from analytics.service import TrackResult
-from web.auth import authenticate, bearer_token, require
+from web.auth import bearer_token, prepare_after_key, require
 from web.body import json_body
 from web.extensions import get_service
 
 api = Blueprint("api", __name__, url_prefix="/v1")
+
+P = TypeVar("P")
 
 
 def load(schema: marshmallow.Schema, data: Any) -> dict[str, Any]:
@@ -51,37 +54,38 @@ def _answer(result: TrackResult, batch: bool, noun: str) -> Response:
     return Response(orjson.dumps(result.as_dict()), status=202, mimetype="application/json")
 
 
-def accept(schema: marshmallow.Schema, track: Callable[[list[Any], dict[str, Any]], TrackResult],
-           noun: str) -> Response:
+def admit(schema: marshmallow.Schema, noun: str,
+          prepare: Callable[[list[Any], dict[str, Any]], P],
+          track_as: Callable[..., tuple[ApiKey, TrackResult]]) -> Response:
     """The ``202`` of an ingest endpoint taking one item or ``{"batch": [...]}``.
 
-    ``track(items, envelope)`` queues the items (``envelope``: the loaded
-    batch envelope, empty for a single item).
+    ``prepare(items, envelope)`` validates and encodes the items, no I/O
+    (``envelope``: the loaded batch envelope, empty for a single item);
+    ``track_as(secret, prepared, where=, remote=)`` checks the key and queues
+    them in one Redis round trip. Whatever fails in the body is answered
+    only after the key was checked, as ``@require`` does: a bad key's 401
+    (or a 429, 403) comes before the body's 400 or 413.
     """
-    items, envelope = _items(schema, json_body(), noun)
-    return _answer(track(items, envelope), bool(envelope), noun)
+    secret = bearer_token()
+
+    def parse() -> tuple[dict[str, Any], P]:
+        items, envelope = _items(schema, json_body(), noun)
+        return envelope, prepare(items, envelope)
+
+    envelope, prepared = prepare_after_key(secret, "ingest", parse)
+    g.api_key, result = track_as(secret, prepared, where="http", remote=request.remote_addr)
+    return _answer(result, bool(envelope), noun)
 
 
 @api.post("/events")
 def post_events():  # type: ignore[no-untyped-def]
     """The hot path: the events are validated and encoded first (no I/O),
     then one Redis round trip checks the key (role, rate limit) and queues
-    them (:meth:`AnalyticsService.track_as`). Whatever fails in the body is
-    answered only after the key was checked, as ``@require`` does: a bad
-    key's 401 (or a 429, 403) comes before the body's 400 or 413."""
-    secret = bearer_token()
-    if secret is None:
-        authenticate(secret)  # 401, counted and audited
+    them (:meth:`AnalyticsService.track_as`)."""
     service = get_service()
-    try:
-        items, envelope = _items(event_batch_schema, json_body(), "event")
-        prepared = service.prepare_events(items, sent_at=envelope.get("sentAt"))
-    except Exception:
-        authenticate(secret).require("ingest")
-        raise
-    g.api_key, result = service.track_as(secret, prepared, where="http",
-                                         remote=request.remote_addr)
-    return _answer(result, bool(envelope), "event")
+    return admit(event_batch_schema, "event",
+                 lambda items, envelope: service.prepare_events(items, sent_at=envelope.get("sentAt")),
+                 service.track_as)
 
 
 @api.get("/events")

@@ -12,6 +12,7 @@ from analytics.errors import AuthenticationError
 from web.extensions import get_service
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def bearer_token() -> str | None:
@@ -29,6 +30,32 @@ def authenticate(secret: str | None) -> ApiKey:
     return key
 
 
+def read_credentials(credentials: Callable[[], str | None] = bearer_token) -> str | None:
+    """The request's key as ``credentials`` finds it; malformed credentials
+    are an authentication failure too (counted and audited)."""
+    try:
+        return credentials()
+    except AuthenticationError:
+        get_service().audit_auth_failure("http", request.remote_addr, "malformed")
+        raise
+
+
+def prepare_after_key(secret: str | None, action: str, prepare: Callable[[], T]) -> T:
+    """``prepare()`` (parse and validate the body, no I/O) for a view that
+    checks its key afterwards, in the same round trip as its writes
+    (:meth:`AnalyticsService.admit`). The answers keep ``@require``'s order:
+    a missing key is a 401 before anything, and when ``prepare`` fails the
+    key is checked first, so a bad key's 401 (or a 429, 403) comes before
+    the body's 400 or 413."""
+    if secret is None:
+        authenticate(secret)  # 401, counted and audited
+    try:
+        return prepare()
+    except Exception:
+        authenticate(secret).require(action)
+        raise
+
+
 def require(action: str,
             credentials: Callable[[], str | None] = bearer_token) -> Callable[[F], F]:
     """Views decorated with this need a key whose role grants ``action``.
@@ -40,12 +67,7 @@ def require(action: str,
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            try:
-                secret = credentials()
-            except AuthenticationError:  # malformed credentials are a failure too
-                get_service().audit_auth_failure("http", request.remote_addr, "malformed")
-                raise
-            authenticate(secret).require(action)
+            authenticate(read_credentials(credentials)).require(action)
             return view(*args, **kwargs)
 
         return wrapped  # type: ignore[return-value]

@@ -6,7 +6,7 @@ import orjson
 from flask import Blueprint, Response, request
 
 from analytics.metrics.schemas import metric_batch_schema
-from web.api import accept
+from web.api import admit
 from web.auth import require
 from web.extensions import get_service
 
@@ -14,9 +14,13 @@ metrics_api = Blueprint("metrics_api", __name__, url_prefix="/v1")
 
 
 @metrics_api.post("/metrics")
-@require("ingest")
 def post_metrics():  # type: ignore[no-untyped-def]
-    return accept(metric_batch_schema, lambda items, _: get_service().track_metrics(items), "sample")
+    """Like ``POST /v1/events``: the samples are validated first (no I/O),
+    then one Redis round trip checks the key and queues them
+    (:meth:`AnalyticsService.track_metrics_as`)."""
+    service = get_service()
+    return admit(metric_batch_schema, "sample",
+                 lambda items, _: service.prepare_metrics(items), service.track_metrics_as)
 
 
 @metrics_api.get("/metrics/<path:name>")

@@ -20,6 +20,7 @@ import base64
 import binascii
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -31,8 +32,8 @@ from analytics.errors import (
     PayloadTooLarge,
     RateLimited,
 )
-from analytics.segment import SHORT_PATHS, SegmentIngest, SegmentResult
-from web.auth import bearer_token, require
+from analytics.segment import SHORT_PATHS, PreparedSegment, SegmentIngest, SegmentResult
+from web.auth import bearer_token, prepare_after_key, read_credentials
 from web.body import json_body
 from web.errors import error_response
 from web.extensions import get_service
@@ -86,15 +87,26 @@ def _success(result: SegmentResult) -> tuple[Response, int]:
     return jsonify(success=True), 200
 
 
-@require("ingest", credentials=segment_credentials)
+def _admit(prepare: Callable[[SegmentIngest, Any], PreparedSegment]) -> tuple[Response, int]:
+    """Map and encode the messages first (no writes), then check the key and
+    queue them (dead letters included) in one Redis round trip
+    (:meth:`SegmentIngest.queue_as`), in ``@require``'s order of answers."""
+    secret = read_credentials(segment_credentials)
+    segment_ingest = ingest()
+    prepared = prepare_after_key(secret, "ingest",
+                                 lambda: prepare(segment_ingest, segment_body()))
+    g.api_key, result = segment_ingest.queue_as(secret, prepared, where="http",
+                                                remote=request.remote_addr)
+    return _success(result)
+
+
 def post_batch() -> tuple[Response, int]:
-    return _success(ingest().batch(segment_body()))
+    return _admit(SegmentIngest.prepare_batch)
 
 
 def _single_view(call: str) -> Any:
-    @require("ingest", credentials=segment_credentials)
     def view() -> tuple[Response, int]:
-        return _success(ingest().single(call, segment_body()))
+        return _admit(lambda segment_ingest, body: segment_ingest.prepare_single(call, body))
 
     view.__name__ = f"post_{call}"
     return view

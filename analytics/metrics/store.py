@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -143,12 +143,22 @@ class MetricStore:
         return args
 
     # -- ingest --------------------------------------------------------------
-    def register(self, series: Mapping[tuple[str, str], Mapping[str, str]]) -> set[tuple[str, str]]:
-        """Register (metric, series id) -> tags under the cardinality limit;
-        returns those refused because their metric is full."""
+    def _forget_if_stale(self) -> None:
         if time.monotonic() - self._known_since > KNOWN_TTL or len(self._known) > 100_000:
             self._known.clear()
             self._known_since = time.monotonic()
+
+    def all_known(self, series: Iterable[tuple[str, str]]) -> bool:
+        """Whether this process knows every (metric, series id) of ``series``
+        as registered, so that :meth:`register` would have nothing to do
+        (no I/O)."""
+        self._forget_if_stale()
+        return all(s in self._known for s in series)
+
+    def register(self, series: Mapping[tuple[str, str], Mapping[str, str]]) -> set[tuple[str, str]]:
+        """Register (metric, series id) -> tags under the cardinality limit;
+        returns those refused because their metric is full."""
+        self._forget_if_stale()
         by_metric: dict[str, list[tuple[str, Mapping[str, str]]]] = {}
         for (name, sid), tags in series.items():
             if (name, sid) not in self._known:

@@ -1,9 +1,12 @@
-"""``POST /v1/events`` in one Redis round trip (``lua/admit_events.lua``):
-the answers of the two-trip path, in the same order, and nothing queued
-unless the request was admitted."""
+"""``POST /v1/events``, ``POST /v1/metrics`` and the Segment-compatible
+paths in one Redis round trip (``lua/admit_events.lua``): the answers of
+the two-trip path, in the same order, and nothing queued unless the request
+was admitted."""
 from __future__ import annotations
 
+import base64
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +60,9 @@ def private(tmp_path: Path, encryption_keys: str) -> Any:
         server.stop()
 
 
-def test_one_event_costs_one_round_trip(private) -> None:
-    server, app = private
-    client = app.test_client()
-    headers = bearer(app.extensions["analytics"].create_api_key("ingest")[0])
-    assert client.post("/v1/events", json=EVENT, headers=headers).status_code == 202  # warm
+def round_trip(server: RedisServer, send: Callable[[], Any]) -> tuple[Any, list[str], list[str]]:
+    """``send()`` under MONITOR: its answer, the commands the app sent to
+    Redis, and the commands scripts ran."""
     watcher, data = server.client(), server.client()
     data.ping()  # connected before MONITOR starts
     commands: list[dict[str, Any]] = []
@@ -74,16 +75,26 @@ def test_one_event_costs_one_round_trip(private) -> None:
 
         listener = threading.Thread(target=listen)
         listener.start()
-        response = client.post("/v1/events", json=EVENT, headers=headers)
+        response = send()
         data.echo("done")
         listener.join(10)
-    assert response.status_code == 202 and response.json["accepted"] == 1
     sent = [c["command"].split()[0] for c in commands
             if c["db"] == 0 and c["client_type"] != "lua" and "ECHO" not in c["command"]]
-    assert sent == ["EVALSHA"], sent
     inside = [c["command"].split()[0] for c in commands if c["client_type"] == "lua"]
+    return response, sent, inside
+
+
+def test_one_event_costs_one_round_trip(private) -> None:
+    server, app = private
+    client = app.test_client()
+    headers = bearer(app.extensions["analytics"].create_api_key("ingest")[0])
+    assert client.post("/v1/events", json=EVENT, headers=headers).status_code == 202  # warm
+    response, sent, inside = round_trip(server, lambda: client.post("/v1/events", json=EVENT,
+                                                                    headers=headers))
+    assert response.status_code == 202 and response.json["accepted"] == 1
+    assert sent == ["EVALSHA"], sent
     assert "XADD" in inside and "HGET" in inside
-    assert queued(data) == 2
+    assert queued(server.client()) == 2
 
 
 def test_bad_key_wins_over_a_bad_body(client, keys, service, data) -> None:
@@ -182,3 +193,205 @@ def test_a_redis_that_lost_its_scripts_is_given_them_again(client, keys, data) -
     data.script_flush()  # as after a restart: scripts are not persisted
     assert client.post("/v1/events", json=EVENT, headers=keys["ingest"]).status_code == 202
     assert entries_added(data) == 2
+
+
+# -- metrics and Segment: the same admission -----------------------------------
+SAMPLE = {"name": "api.latency", "value": 12.5, "tags": {"route": "/home"}}
+DLQ = "analytics:dlq:segment"
+#: A Segment batch of three messages, one of which cannot be mapped (a dead
+#: letter) and two with different sentAt (two calls of prepare_events).
+SEGMENT_BATCH = {"batch": [
+    {"type": "track", "event": "click", "userId": "u-1", "properties": {"n": 1}},
+    {"type": "track", "userId": "u-2"},  # a track call without an event name
+    {"type": "page", "name": "Home", "anonymousId": "a-1", "sentAt": "2026-01-01T00:00:00Z"},
+]}
+
+
+def metric_entries(data: redis.Redis) -> int:
+    """Metric queue entries ever added."""
+    if not data.exists(keyspace.METRICS_QUEUE):
+        return 0
+    return int(data.xinfo_stream(keyspace.METRICS_QUEUE)["entries-added"])
+
+
+def dead_letters(data: redis.Redis) -> int:
+    return int(data.xinfo_stream(DLQ)["entries-added"]) if data.exists(DLQ) else 0
+
+
+def written(data: redis.Redis) -> tuple[int, int, int]:
+    """Event entries, metric entries and Segment dead letters ever added."""
+    return entries_added(data), metric_entries(data), dead_letters(data)
+
+
+def basic(secret: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{secret}:".encode()).decode()}
+
+
+def test_one_metric_post_costs_one_round_trip(private) -> None:
+    server, app = private
+    client = app.test_client()
+    headers = bearer(app.extensions["analytics"].create_api_key("ingest")[0])
+    # warm: the first sample of a series registers it (key, registration,
+    # queue); the second loads the admission script
+    for _ in range(2):
+        assert client.post("/v1/metrics", json=SAMPLE, headers=headers).status_code == 202
+    batch = {"batch": [SAMPLE, {**SAMPLE, "value": 3}, {"name": "bad name!", "value": 1}]}
+    response, sent, inside = round_trip(server, lambda: client.post("/v1/metrics", json=batch,
+                                                                    headers=headers))
+    assert response.status_code == 202, response.json
+    assert sent == ["EVALSHA"], sent
+    assert "HGET" in inside and inside.count("XADD") == 1
+    body = response.json
+    assert body["accepted"] == 2 and [r["index"] for r in body["rejected"]] == [2]
+    # the ids name the entry the script added, as the pipeline's did
+    data = server.client()
+    last = data.xrevrange(keyspace.METRICS_QUEUE, count=1)[0][0].decode()
+    assert body["ids"] == [f"{last}:0", f"{last}:1"]
+    assert metric_entries(data) == 3
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/batch", SEGMENT_BATCH),
+    ("/v1/track", {"event": "click", "userId": "u-1"}),
+    ("/v1/t", {"userId": "u-1"}),  # dead-lettered only (no event name)
+])
+def test_one_segment_post_costs_one_round_trip(private, path, body) -> None:
+    server, app = private
+    client = app.test_client()
+    headers = basic(app.extensions["analytics"].create_api_key("ingest")[0])
+    assert client.post("/v1/batch", json=SEGMENT_BATCH, headers=headers).status_code == 200  # warm
+    data = server.client()
+    before = written(data)
+    response, sent, inside = round_trip(server, lambda: client.post(path, json=body,
+                                                                    headers=headers))
+    assert response.status_code == 200 and response.json == {"success": True}
+    assert sent == ["EVALSHA"], sent  # dead letters in the same script
+    events, _, letters = written(data)
+    assert "HGET" in inside and inside.count("XADD") == events - before[0] + letters - before[2]
+    expected = {"/v1/batch": (1, 1), "/v1/track": (1, 0), "/v1/t": (0, 1)}[path]
+    assert (events - before[0], letters - before[2]) == expected
+    if path == "/v1/t":
+        # nothing for a worker: the wake-up flag is left alone
+        assert "SET" not in inside
+
+
+def test_segment_keeps_messages_and_dead_letters_of_a_one_trip_batch(client, keys, data,
+                                                                     worker) -> None:
+    from tests.web.test_segment import records
+
+    response = client.post("/v1/batch", json={**SEGMENT_BATCH, "sentAt": "2026-01-01T00:00:01Z"},
+                           headers=keys["ingest"])
+    assert response.status_code == 200
+    assert sorted(r["t"] for r in records(data, 2)) == ["click", "page"]
+    (_, letter), = data.xrange(DLQ)
+    assert letter[b"reason"] == b"invalid_message" and b"event" in letter[b"details"]
+
+
+@pytest.mark.parametrize("path", ["/v1/metrics", "/v1/batch", "/v1/track"])
+def test_bad_key_wins_over_a_bad_body_on_metrics_and_segment(client, keys, service, data,
+                                                             path) -> None:
+    bad = bearer("ak_not-a-key")
+    good = {"/v1/metrics": SAMPLE, "/v1/batch": SEGMENT_BATCH,
+            "/v1/track": {"event": "click", "userId": "u"}}[path]
+    bodies = [{"data": b"{not json", "content_type": "application/json"},
+              {"json": {"batch": "not a list"}}, {"json": good}]
+    if path == "/v1/metrics":
+        bodies += [{"json": {"name": "bad name!", "value": 1}},
+                   {"json": {"batch": [{"value": "x"}]}}]
+    for kwargs in bodies:
+        assert client.post(path, headers=bad, **kwargs).status_code == 401, kwargs
+        # Segment may find the key in the body: a body that is not JSON is a
+        # 400 without a key in the headers, as before
+        no_key = 400 if path != "/v1/metrics" and "data" in kwargs else 401
+        assert client.post(path, **kwargs).status_code == no_key, kwargs
+        assert client.post(path, headers=keys["read"], **kwargs).status_code == 403, kwargs
+    too_large = {"json": {"batch": [good] * 3000}}
+    assert client.post(path, headers=bad, **too_large).status_code == 401
+    assert client.post(path, headers=keys["read"], **too_large).status_code == 403
+    # Segment answers 400 where the others answer 413
+    assert client.post(path, headers=keys["ingest"], **too_large).status_code in (400, 413)
+    assert client.post(path, headers=keys["ingest"], data=b"{not json",
+                       content_type="application/json").status_code == 400
+    assert written(data) == (0, 0, 0)  # not even a dead letter for a refused key
+    assert service.auditor.auth_failures() == 2 * len(bodies) + 1 - (path != "/v1/metrics")
+    assert [(e["reason"], e["where"]) for e in audited_failures(service)] == [("invalid", "http")]
+
+
+def test_a_segment_write_key_in_the_body_is_checked_in_the_same_trip(client, service,
+                                                                    data) -> None:
+    secret, key = service.create_api_key("ingest")
+    body = {**SEGMENT_BATCH, "writeKey": secret}
+    assert client.post("/v1/batch", json=body).status_code == 200
+    service.revoke_api_key(key.id)
+    refused = client.post("/v1/batch", json=body)
+    assert refused.status_code == 401 and refused.json["success"] is False
+    assert written(data) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/metrics", SAMPLE), ("/v1/batch", SEGMENT_BATCH),
+    ("/v1/track", {"event": "click", "userId": "u"})])
+def test_metrics_and_segment_take_a_token_per_request_and_queue_nothing_refused(
+        env, path, body) -> None:
+    from web import create_app
+
+    app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.01",
+                      "ANALYTICS_RATE_BURST": "3"})
+    client = app.test_client()
+    service = app.extensions["analytics"]
+    data = service.redis
+    headers = bearer(service.create_api_key("ingest")[0])
+    # a 400 takes its token like a 202
+    assert client.post(path, data=b"[", headers=headers,
+                       content_type="application/json").status_code == 400
+    ok = 202 if path == "/v1/metrics" else 200
+    assert [client.post(path, json=body, headers=headers).status_code
+            for _ in range(2)] == [ok, ok]
+    after = written(data)
+    refused = client.post(path, json=body, headers=headers)
+    assert refused.status_code == 429 and refused.headers["Retry-After"].isdigit()
+    assert 1 <= int(refused.headers["Retry-After"]) <= 300
+    assert client.post(path, data=b"[", headers=headers,
+                       content_type="application/json").status_code == 429
+    assert written(data) == after
+    reader = bearer(service.create_api_key("read")[0])
+    assert [client.post(path, json=body, headers=reader).status_code
+            for _ in range(4)] == [403, 403, 403, 429]
+    assert written(data) == after
+
+
+def test_metrics_and_segment_when_redis_is_full_are_503_with_nothing_written(private) -> None:
+    server, app = private
+    client = app.test_client()
+    service = app.extensions["analytics"]
+    secret = service.create_api_key("ingest")[0]
+    data = server.client()
+    assert client.post("/v1/metrics", json=SAMPLE, headers=bearer(secret)).status_code == 202
+    assert client.post("/v1/batch", json=SEGMENT_BATCH, headers=bearer(secret)).status_code == 200
+
+    def state() -> dict[bytes, Any]:
+        return {key: data.dump(key) for key in data.keys("analytics:*")
+                if key != keyspace.KICK_EVENTS.encode()}
+
+    before = state()
+    data.config_set("maxmemory", 1)
+    try:
+        for path, body in (("/v1/metrics", {"batch": [SAMPLE] * 3}), ("/v1/batch", SEGMENT_BATCH),
+                           ("/v1/t", {"userId": "u"})):
+            full = client.post(path, json=body, headers=bearer(secret))
+            assert full.status_code == 503, (path, full.json)
+        assert state() == before
+    finally:
+        data.config_set("maxmemory", 0)
+    assert client.post("/v1/metrics", json=SAMPLE, headers=bearer(secret)).status_code == 202
+    assert written(data) == (1, 2, 1)
+
+
+def test_a_new_series_is_registered_after_the_key_is_checked(client, keys, service, data) -> None:
+    new = {"name": "fresh", "value": 1, "tags": {"region": "eu"}}
+    assert client.post("/v1/metrics", json=new, headers=bearer("ak_not-a-key")).status_code == 401
+    assert client.post("/v1/metrics", json=new, headers=keys["read"]).status_code == 403
+    assert not data.exists(keyspace.metric_series("fresh"))
+    accepted = client.post("/v1/metrics", json=new, headers=keys["ingest"])
+    assert accepted.status_code == 202 and accepted.json["accepted"] == 1
+    assert data.hlen(keyspace.metric_series("fresh")) == 1 and metric_entries(data) == 1
