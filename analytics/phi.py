@@ -51,11 +51,6 @@ class PhiPolicy:
         return verdict
 
 
-#: Value types that cannot hold PHI below them (exact types: a subclass of
-#: dict or list, possible from Python callers, takes the general loop).
-_SCALARS = frozenset((str, int, float, bool, type(None)))
-
-
 def _walk(node: Any, path: tuple[str | int, ...], policy: PhiPolicy,
           found: list[list[Any]]) -> Any:
     """Return ``node`` without PHI, appending what was removed to ``found``.
@@ -66,20 +61,6 @@ def _walk(node: Any, path: tuple[str | int, ...], policy: PhiPolicy,
     """
     known = policy.known
     if isinstance(node, dict):
-        if _SCALARS.issuperset(map(type, node.values())):
-            # The common leaf (no containers below): verdicts looked up in C.
-            # Unknown names (None) take the general loop, which learns them.
-            verdicts = set(map(known.get, node))
-            if None not in verdicts:
-                if True not in verdicts:
-                    return node
-                kept = {}
-                for key, value in node.items():
-                    if known[key]:
-                        found.append([[*path, key], value])
-                    else:
-                        kept[key] = value
-                return kept
         clean: dict[str, Any] | None = None
         for key, value in node.items():
             verdict = known.get(key)

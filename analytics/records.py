@@ -342,7 +342,8 @@ class RecordCodec:
         message_id = event.get("messageId")
         stored_message: str | bytes
         if message_id:
-            stored_message = _message_bytes(message_id)
+            # Only a 36-character id can be a canonical UUID (a call less per event).
+            stored_message = _message_bytes(message_id) if len(message_id) == 36 else message_id
         else:
             generated = uuid.uuid4()
             message_id, stored_message = str(generated), generated.bytes

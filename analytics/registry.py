@@ -53,6 +53,7 @@ class EventTypeRegistry:
         self._loaded_at = float("-inf")
 
     def _refresh(self) -> None:
+        """Reload the registered types once ``registry_ttl`` has passed."""
         now = time.monotonic()
         if now - self._loaded_at < self._ttl:
             return
@@ -64,7 +65,9 @@ class EventTypeRegistry:
         self._loaded_at = now
 
     def get(self, name: str) -> EventType | None:
-        self._refresh()
+        # Once per ingested event: the TTL is checked here, a call less.
+        if time.monotonic() - self._loaded_at >= self._ttl:
+            self._refresh()
         return self._cache.get(name)
 
     def all(self) -> list[EventType]:

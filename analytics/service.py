@@ -241,16 +241,17 @@ class AnalyticsService:
         reads Redis only to refresh the cached type registry."""
         received = received_ms if received_ms is not None else int(time.time() * 1000)
         result = TrackResult()
-        lanes: dict[str, list[QueueItem]] = {}
+        by_priority: dict[str, list[QueueItem]] = {}
         for index, raw in enumerate(events):
             event, priority, errors = self._validate(raw)
             if event is None:
                 result.rejected.append({"index": index, "errors": errors})
                 continue
             message_id, item = self.codec.encode_item(event, priority, received, sent_at)
-            lanes.setdefault(keyspace.event_queue(priority), []).append(item)
+            by_priority.setdefault(priority, []).append(item)
             result.ids.append(message_id)
-        return PreparedEvents(result, lanes)
+        return PreparedEvents(result, {keyspace.event_queue(p): items
+                                       for p, items in by_priority.items()})
 
     @staticmethod
     def _accepted(prepared: PreparedEvents) -> TrackResult:
