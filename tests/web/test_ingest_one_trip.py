@@ -157,6 +157,12 @@ def test_the_rate_limit_counts_every_request_and_refuses_before_queueing(env) ->
     assert entries_added(data) == 2
 
 
+def everything_but_the_kick(data: redis.Redis) -> dict[bytes, Any]:
+    """Every key's serialized value, but the kick flag's, which may expire meanwhile."""
+    return {key: data.dump(key) for key in data.keys("analytics:*")
+            if key != keyspace.KICK_EVENTS.encode()}
+
+
 def test_redis_full_is_503_with_nothing_queued(private) -> None:
     server, app = private
     client = app.test_client()
@@ -164,13 +170,7 @@ def test_redis_full_is_503_with_nothing_queued(private) -> None:
     secret = service.create_api_key("ingest")[0]
     data = server.client()
     assert client.post("/v1/events", json=EVENT, headers=bearer(secret)).status_code == 202
-
-    def state() -> dict[bytes, Any]:
-        # every key but the kick flag, which may expire meanwhile
-        return {key: data.dump(key) for key in data.keys("analytics:*")
-                if key != keyspace.KICK_EVENTS.encode()}
-
-    before = state()
+    before = everything_but_the_kick(data)
     data.config_set("maxmemory", 1)  # over the limit: every write is refused
     try:
         # one event, and a batch spanning several priority lanes
@@ -180,7 +180,7 @@ def test_redis_full_is_503_with_nothing_queued(private) -> None:
             assert full.status_code == 503, full.json
             assert full.json["error"]["code"] == "unavailable" and "full" in full.json["error"]["message"]
         # nothing written at all: no entry, no kick flag, not even the token
-        assert state() == before
+        assert everything_but_the_kick(data) == before
         assert not data.exists(keyspace.KICK_EVENTS) or data.pttl(keyspace.KICK_EVENTS) > 0
     finally:
         data.config_set("maxmemory", 0)
@@ -368,19 +368,14 @@ def test_metrics_and_segment_when_redis_is_full_are_503_with_nothing_written(pri
     data = server.client()
     assert client.post("/v1/metrics", json=SAMPLE, headers=bearer(secret)).status_code == 202
     assert client.post("/v1/batch", json=SEGMENT_BATCH, headers=bearer(secret)).status_code == 200
-
-    def state() -> dict[bytes, Any]:
-        return {key: data.dump(key) for key in data.keys("analytics:*")
-                if key != keyspace.KICK_EVENTS.encode()}
-
-    before = state()
+    before = everything_but_the_kick(data)
     data.config_set("maxmemory", 1)
     try:
         for path, body in (("/v1/metrics", {"batch": [SAMPLE] * 3}), ("/v1/batch", SEGMENT_BATCH),
                            ("/v1/t", {"userId": "u"})):
             full = client.post(path, json=body, headers=bearer(secret))
             assert full.status_code == 503, (path, full.json)
-        assert state() == before
+        assert everything_but_the_kick(data) == before
     finally:
         data.config_set("maxmemory", 0)
     assert client.post("/v1/metrics", json=SAMPLE, headers=bearer(secret)).status_code == 202
