@@ -26,7 +26,7 @@ from analytics.audit import AuditLog, VerifyResult
 from analytics.auditing import Auditor
 from analytics.crypto import Vault, hash_api_key
 from analytics.deadletters import KINDS as DLQ_KINDS
-from analytics.deadletters import DeadLetters
+from analytics.deadletters import MALFORMED_ENTRY, DeadLetter, DeadLetters
 from analytics.erasure import Eraser, ErasureReport
 from analytics.errors import AuthenticationError, PermissionDenied, RateLimited, ValidationError
 from analytics.fastpath import load_event
@@ -403,7 +403,7 @@ class AnalyticsService:
                     report += self._process(entries)
                 if samples:
                     report.metric_entries += len(samples)
-                    report.metrics += self.metrics.commit(samples)
+                    report.metrics += self._commit_metrics(samples)
                 if len(entries) == size or len(samples) == size:
                     self.kick()
                 if time.monotonic() - started > budget:
@@ -411,6 +411,18 @@ class AnalyticsService:
                     break
         report.seconds = time.monotonic() - started
         return report
+
+    def _commit_metrics(self, entries: list[Entry]) -> MetricCommitResult:
+        """Commit metric queue entries; one that could not be read at all is
+        set aside whole, sealed (what it holds is unknown), in the same step."""
+        unreadable = {}
+        for entry in entries:
+            if entry.problem:
+                log.warning("metrics queue entry %s is malformed (%s); dead-lettered sealed",
+                            entry.id, entry.problem)
+                unreadable[entry.id] = DeadLetter.of_raw(self.vault, entry.raw, MALFORMED_ENTRY,
+                                                         entry.deliveries)
+        return self.metrics.commit(entries, unreadable=unreadable)
 
     def _await_work(self, seconds: float) -> bool:
         """Block up to ``seconds`` until something is added to a queue.
@@ -443,7 +455,7 @@ class AnalyticsService:
                 if not samples:
                     break
                 report.metric_entries += len(samples)
-                report.metrics += self.metrics.commit(samples)
+                report.metrics += self._commit_metrics(samples)
             if (self.queue.length() > self.queue.pending()
                     or self.metrics_queue.length() > self.metrics_queue.pending()):
                 self.kick()

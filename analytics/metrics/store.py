@@ -99,12 +99,15 @@ class MetricCommitResult:
     skipped_entries: int = 0
     #: Malformed records set aside in the dead-letter store (same step).
     invalid: int = 0
+    #: Entries that could not be read at all, set aside whole (same step).
+    unreadable: int = 0
 
     def __iadd__(self, other: MetricCommitResult) -> MetricCommitResult:
         self.samples += other.samples
         self.entries += other.entries
         self.skipped_entries += other.skipped_entries
         self.invalid += other.invalid
+        self.unreadable += other.unreadable
         return self
 
 
@@ -180,7 +183,8 @@ class MetricStore:
         return refused
 
     # -- processing ----------------------------------------------------------
-    def commit(self, entries: list[Entry], group: str = keyspace.GROUP) -> MetricCommitResult:
+    def commit(self, entries: list[Entry], group: str = keyspace.GROUP,
+               unreadable: Mapping[str, DeadLetter] | None = None) -> MetricCommitResult:
         """Fold ``entries`` into rollups and acknowledge them, atomically.
 
         If some entries were already committed by another worker, the script
@@ -188,20 +192,28 @@ class MetricStore:
         Records that cannot be read as samples are set aside by the same
         script (reason ``invalid_record``), so only the commit that
         acknowledges their entry dead-letters them: once, and never lost.
+        So are entries that could not be read at all: ``unreadable`` holds
+        their dead letters by entry id, sealed by the caller (this store has
+        no keys, and nobody knows what such an entry holds).
         """
+        unreadable = unreadable or {}
         result = MetricCommitResult()
         pending = list(entries)
         while pending:
             bad: list[tuple[Entry, Any]] = []
             args = self._commit_args(pending, group, bad)
-            args += (round(time.time(), 3), len(bad))
-            for entry, record in bad:
-                args += DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries).script_args()
+            whole = [unreadable[e.id] for e in pending if e.id in unreadable]
+            letters = [DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries)
+                       for entry, record in bad] + whole
+            args += (round(time.time(), 3), len(letters))
+            for letter in letters:
+                args += letter.script_args()
             reply = self._commit(keys=[keyspace.METRICS_QUEUE, dlq_key("metrics")], args=args)
             if int(reply[0]) == 1:
                 result.entries += len(pending)
                 result.samples += sum(len(e.records) for e in pending) - len(bad)
                 result.invalid += len(bad)
+                result.unreadable += len(whole)
                 break
             gone = {m.decode() for m in reply[1]}
             result.skipped_entries += len(gone)

@@ -235,6 +235,23 @@ def test_records_are_dead_lettered_in_the_step_that_commits_their_entry(quiet) -
     assert points(query(quiet, "ok", agg="count", **window)) == [[t0, 1]]
 
 
+def test_an_unreadable_metrics_entry_is_set_aside_whole_and_sealed(quiet) -> None:
+    t0 = hour_ago()
+    quiet.data.xadd(keyspace.METRICS_QUEUE, {"e": b'[{"n": "ok", "v": 1, "g": {"email": "a@b.c"'})
+    quiet.track_metrics([{"name": "ok", "value": 2, "timestamp": t0}])
+    report = quiet.drain("tester")
+    assert (report.metric_entries, report.metrics.samples, report.metrics.unreadable) == (2, 1, 1)
+    assert quiet.metrics_queue.pending() == 0 and quiet.metrics_queue.length() == 0
+    [letter] = quiet.dead_letters.entries("metrics")
+    assert letter["reason"] == "malformed_entry" and "sealed" in letter and "record" not in letter
+    assert b"a@b.c" not in b"".join(v for _, f in quiet.data.xrange(dlq_key("metrics"))
+                                    for v in f.values())
+    assert quiet.dead_letters.open_sealed(letter).startswith(b'[{"n": "ok"')
+    # Still unreadable on replay: it stays, and nothing is counted.
+    assert quiet.replay_dead_letters("metrics", actor="test").still_invalid == 1
+    assert points(query(quiet, "ok", agg="count", start=t0, end=t0 + 10, bucket=10)) == [[t0, 1]]
+
+
 def test_metric_dead_letters_are_validated_again_and_replayed_once(quiet) -> None:
     t0 = hour_ago()
     # Queued by an older writer: the commit sets aside what it cannot read.
