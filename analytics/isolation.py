@@ -29,6 +29,7 @@ from analytics.deadletters import (
     PROCESSING_ERROR,
     DeadLetter,
 )
+from analytics.metrics.store import MetricCommitResult, MetricStore
 from analytics.queue import Entry
 from analytics.records import QueueItem, item_record, record_problem
 from analytics.redis_client import TRANSIENT_ERRORS, is_out_of_memory
@@ -144,6 +145,74 @@ class Committer:
             if result is not None:
                 return result, True
         return CommitResult(), False
+
+
+class MetricCommitter:
+    """Commits batches of metric queue entries; one bad entry never blocks
+    its batch.
+
+    An entry that cannot be read at all is set aside whole, sealed (what it
+    holds is unknown), in the commit that acknowledges it. When a batch
+    fails for a reason other than Redis being away or full (a damaged
+    rollup key, say), its entries are committed one by one; one that still
+    fails stays pending for the recovery sweep, and after ``max_attempts``
+    deliveries is set aside whole: its samples as records, replayable once
+    the fault is mended. (Samples are not probed one by one as event records
+    are: an entry's samples are folded together into per-bucket deltas.)
+    """
+
+    def __init__(self, store: MetricStore, vault: Vault, max_attempts: int) -> None:
+        self.store = store
+        self.vault = vault
+        self.max_attempts = max_attempts
+
+    def commit(self, entries: list[Entry]) -> MetricCommitResult:
+        """Commit ``entries``. Raises the Redis error when Redis is away or
+        full (the whole batch waits, pending, for the next delivery)."""
+        dead: dict[str, list[DeadLetter]] = {}
+        for entry in entries:
+            if entry.problem:
+                log.warning("metrics queue entry %s is malformed (%s); dead-lettered sealed",
+                            entry.id, entry.problem)
+                dead[entry.id] = [DeadLetter.of_raw(self.vault, entry.raw, MALFORMED_ENTRY,
+                                                    entry.deliveries)]
+        try:
+            return self.store.commit(entries, dead=dead)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning("a batch of %d metrics queue entries failed (%s); committing them one "
+                        "by one", len(entries), _describe(exc))
+        result = MetricCommitResult()
+        for entry in entries:
+            result += self._commit_entry(entry, dead.get(entry.id, []))
+        return result
+
+    def _try(self, entry: Entry, dead: list[DeadLetter]) -> MetricCommitResult | None:
+        try:
+            return self.store.commit([entry], dead={entry.id: dead} if dead else None)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning("metrics queue entry %s failed (%s)", entry.id, _describe(exc))
+            return None
+
+    def _commit_entry(self, entry: Entry, dead: list[DeadLetter]) -> MetricCommitResult:
+        result = self._try(entry, dead)
+        if result is not None:
+            return result
+        if entry.deliveries >= self.max_attempts:
+            log.error("metrics queue entry %s failed %d times; dead-lettering it whole",
+                      entry.id, entry.deliveries)
+            every = dead + [DeadLetter.of_record(record, PROCESSING_ERROR, entry.deliveries)
+                            for record in entry.records]
+            if not every:
+                every = [DeadLetter.of_raw(self.vault, entry.raw, PROCESSING_ERROR,
+                                           entry.deliveries)]
+            result = self._try(dataclasses.replace(entry, items=[]), every)
+            if result is not None:
+                return result
+        return MetricCommitResult()  # stays pending: the recovery sweep retries it
 
 
 def _describe(exc: BaseException) -> str:

@@ -26,12 +26,12 @@ from analytics.audit import AuditLog, VerifyResult
 from analytics.auditing import Auditor
 from analytics.crypto import Vault, hash_api_key
 from analytics.deadletters import KINDS as DLQ_KINDS
-from analytics.deadletters import MALFORMED_ENTRY, DeadLetter, DeadLetters
+from analytics.deadletters import DeadLetters
 from analytics.erasure import Eraser, ErasureReport
 from analytics.errors import AuthenticationError, PermissionDenied, RateLimited, ValidationError
 from analytics.fastpath import load_event
 from analytics.filters import matcher, parse_filters
-from analytics.isolation import Committer, record_problem
+from analytics.isolation import Committer, MetricCommitter, record_problem
 from analytics.metrics.fastpath import load_sample
 from analytics.metrics.schemas import EVENT_METRIC_PREFIX, MetricSampleSchema, check_name, metric_query_schema
 from analytics.metrics.store import (
@@ -183,6 +183,7 @@ class AnalyticsService:
         self.retention = Cleanup(client, settings)
         self.stats = Stats(client)
         self.committer = Committer(self.store, self.vault, settings.max_attempts)
+        self.metric_committer = MetricCommitter(self.metrics, self.vault, settings.max_attempts)
         self._full = OutageLog("processing")
         #: Per dead-letter kind, how a dead letter is validated again on
         #: replay: its queue lane and entry, or None while still invalid.
@@ -403,7 +404,7 @@ class AnalyticsService:
                     report += self._process(entries)
                 if samples:
                     report.metric_entries += len(samples)
-                    report.metrics += self._commit_metrics(samples)
+                    report.metrics += self.metric_committer.commit(samples)
                 if len(entries) == size or len(samples) == size:
                     self.kick()
                 if time.monotonic() - started > budget:
@@ -411,18 +412,6 @@ class AnalyticsService:
                     break
         report.seconds = time.monotonic() - started
         return report
-
-    def _commit_metrics(self, entries: list[Entry]) -> MetricCommitResult:
-        """Commit metric queue entries; one that could not be read at all is
-        set aside whole, sealed (what it holds is unknown), in the same step."""
-        unreadable = {}
-        for entry in entries:
-            if entry.problem:
-                log.warning("metrics queue entry %s is malformed (%s); dead-lettered sealed",
-                            entry.id, entry.problem)
-                unreadable[entry.id] = DeadLetter.of_raw(self.vault, entry.raw, MALFORMED_ENTRY,
-                                                         entry.deliveries)
-        return self.metrics.commit(entries, unreadable=unreadable)
 
     def _await_work(self, seconds: float) -> bool:
         """Block up to ``seconds`` until something is added to a queue.
@@ -455,7 +444,7 @@ class AnalyticsService:
                 if not samples:
                     break
                 report.metric_entries += len(samples)
-                report.metrics += self._commit_metrics(samples)
+                report.metrics += self.metric_committer.commit(samples)
             if (self.queue.length() > self.queue.pending()
                     or self.metrics_queue.length() > self.metrics_queue.pending()):
                 self.kick()

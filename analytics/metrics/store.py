@@ -99,15 +99,15 @@ class MetricCommitResult:
     skipped_entries: int = 0
     #: Malformed records set aside in the dead-letter store (same step).
     invalid: int = 0
-    #: Entries that could not be read at all, set aside whole (same step).
-    unreadable: int = 0
+    #: Entries set aside whole (unreadable, or failing every delivery).
+    dead_entries: int = 0
 
     def __iadd__(self, other: MetricCommitResult) -> MetricCommitResult:
         self.samples += other.samples
         self.entries += other.entries
         self.skipped_entries += other.skipped_entries
         self.invalid += other.invalid
-        self.unreadable += other.unreadable
+        self.dead_entries += other.dead_entries
         return self
 
 
@@ -184,7 +184,7 @@ class MetricStore:
 
     # -- processing ----------------------------------------------------------
     def commit(self, entries: list[Entry], group: str = keyspace.GROUP,
-               unreadable: Mapping[str, DeadLetter] | None = None) -> MetricCommitResult:
+               dead: Mapping[str, list[DeadLetter]] | None = None) -> MetricCommitResult:
         """Fold ``entries`` into rollups and acknowledge them, atomically.
 
         If some entries were already committed by another worker, the script
@@ -192,17 +192,17 @@ class MetricStore:
         Records that cannot be read as samples are set aside by the same
         script (reason ``invalid_record``), so only the commit that
         acknowledges their entry dead-letters them: once, and never lost.
-        So are entries that could not be read at all: ``unreadable`` holds
-        their dead letters by entry id, sealed by the caller (this store has
-        no keys, and nobody knows what such an entry holds).
+        ``dead`` adds dead letters by entry id, written in the same step:
+        entries set aside whole by the caller
+        (:class:`analytics.isolation.MetricCommitter`), with no records left.
         """
-        unreadable = unreadable or {}
+        dead = dead or {}
         result = MetricCommitResult()
         pending = list(entries)
         while pending:
             bad: list[tuple[Entry, Any]] = []
             args = self._commit_args(pending, group, bad)
-            whole = [unreadable[e.id] for e in pending if e.id in unreadable]
+            whole = [letter for e in pending for letter in dead.get(e.id, ())]
             letters = [DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries)
                        for entry, record in bad] + whole
             args += (round(time.time(), 3), len(letters))
@@ -213,7 +213,7 @@ class MetricStore:
                 result.entries += len(pending)
                 result.samples += sum(len(e.records) for e in pending) - len(bad)
                 result.invalid += len(bad)
-                result.unreadable += len(whole)
+                result.dead_entries += sum(e.id in dead for e in pending)
                 break
             gone = {m.decode() for m in reply[1]}
             result.skipped_entries += len(gone)

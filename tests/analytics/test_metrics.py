@@ -17,6 +17,7 @@ from analytics import keyspace
 from analytics.deadletters import dlq_key
 from analytics.errors import ValidationError
 from analytics.metrics.sketch import Sketch
+from analytics.metrics.store import CHUNK_BUCKETS, series_id
 from tests.support import wait_until
 
 HOUR = 3600
@@ -240,7 +241,7 @@ def test_an_unreadable_metrics_entry_is_set_aside_whole_and_sealed(quiet) -> Non
     quiet.data.xadd(keyspace.METRICS_QUEUE, {"e": b'[{"n": "ok", "v": 1, "g": {"email": "a@b.c"'})
     quiet.track_metrics([{"name": "ok", "value": 2, "timestamp": t0}])
     report = quiet.drain("tester")
-    assert (report.metric_entries, report.metrics.samples, report.metrics.unreadable) == (2, 1, 1)
+    assert (report.metric_entries, report.metrics.samples, report.metrics.dead_entries) == (2, 1, 1)
     assert quiet.metrics_queue.pending() == 0 and quiet.metrics_queue.length() == 0
     [letter] = quiet.dead_letters.entries("metrics")
     assert letter["reason"] == "malformed_entry" and "sealed" in letter and "record" not in letter
@@ -250,6 +251,35 @@ def test_an_unreadable_metrics_entry_is_set_aside_whole_and_sealed(quiet) -> Non
     # Still unreadable on replay: it stays, and nothing is counted.
     assert quiet.replay_dead_letters("metrics", actor="test").still_invalid == 1
     assert points(query(quiet, "ok", agg="count", start=t0, end=t0 + 10, bucket=10)) == [[t0, 1]]
+
+
+def test_a_metrics_entry_that_keeps_failing_does_not_block_its_batch(quiet) -> None:
+    t0 = hour_ago()
+    quiet.track_metrics([{"name": "hurt", "value": 1, "timestamp": t0}])
+    quiet.drain("tester")
+    damaged = keyspace.rollup_chunk("hurt", 10, series_id({}), t0 - t0 % (10 * CHUNK_BUCKETS))
+    assert quiet.data.exists(damaged), "the chunk key named as the store names it"
+    quiet.data.delete(damaged)
+    quiet.data.set(damaged, "not a rollup")  # every commit of a "hurt" sample now fails
+    quiet.track_metrics([{"name": "hurt", "value": 2, "timestamp": t0}])
+    quiet.track_metrics([{"name": "fine", "value": 3, "timestamp": t0}])
+    report = quiet.drain("tester")  # one batch of both entries: it fails, then one by one
+    assert (report.metric_entries, report.metrics.samples) == (2, 1)
+    window = {"start": t0, "end": t0 + 10, "bucket": 10}
+    assert points(query(quiet, "fine", agg="sum", **window)) == [[t0, 3.0]]
+    assert quiet.metrics_queue.pending() == 1 and quiet.dead_letters.length("metrics") == 0
+    # Delivered again until max_attempts: then set aside whole, its sample replayable.
+    for delivery in range(2, quiet.settings.max_attempts + 1):
+        [entry] = quiet.metrics_queue.claim_stale("tester", 0, 10)
+        assert entry.deliveries == delivery
+        quiet.metric_committer.commit([entry])
+    assert quiet.metrics_queue.pending() == 0 and quiet.metrics_queue.length() == 0
+    [letter] = quiet.dead_letters.entries("metrics")
+    assert letter["reason"] == "processing_error" and letter["record"]["n"] == "hurt"
+    quiet.data.delete(damaged)  # mended: the replay counts the sample once
+    assert quiet.replay_dead_letters("metrics", actor="test").replayed == 1
+    quiet.drain("tester")
+    assert points(query(quiet, "hurt", agg="sum", **window)) == [[t0, 2.0]]
 
 
 def test_metric_dead_letters_are_validated_again_and_replayed_once(quiet) -> None:
