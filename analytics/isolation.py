@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 import msgpack
 import redis
@@ -51,6 +53,13 @@ def dead_letter_of(vault: Vault, item: QueueItem, reason: str, attempts: int) ->
         return DeadLetter.of_record(item_record(item), reason, attempts)
     except Exception:  # noqa: BLE001 - whatever is wrong with it, it is set aside sealed
         return DeadLetter.of_raw(vault, msgpack.packb(item), reason, attempts)
+
+
+def malformed(vault: Vault, entry: Entry, noun: str) -> DeadLetter:
+    """The dead letter of an entry that could not be read at all: sealed
+    whole, since nobody knows what it holds."""
+    log.warning("%s %s is malformed (%s); dead-lettered sealed", noun, entry.id, entry.problem)
+    return DeadLetter.of_raw(vault, entry.raw, MALFORMED_ENTRY, entry.deliveries)
 
 
 class Committer:
@@ -88,10 +97,7 @@ class Committer:
         dead: dict[str, list[DeadLetter]] = {}
         for entry in entries:
             if entry.problem:
-                log.warning("queue entry %s is malformed (%s); dead-lettered sealed",
-                            entry.id, entry.problem)
-                dead[entry.id] = [DeadLetter.of_raw(self.vault, entry.raw, MALFORMED_ENTRY,
-                                                    entry.deliveries)]
+                dead[entry.id] = [malformed(self.vault, entry, "queue entry")]
                 clean.append(entry)
                 continue
             # Items are checked by the commit script (a bad one fails it and
@@ -106,13 +112,7 @@ class Committer:
         return clean, dead
 
     def _try(self, entry: Entry, dead: list[DeadLetter]) -> CommitResult | None:
-        try:
-            return self.store.commit([entry], dead={entry.id: dead} if dead else None)
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            log.warning("queue entry %s failed (%s)", entry.id, _describe(exc))
-            return None
+        return _try_commit(self.store.commit, entry, dead, "queue entry")
 
     def _commit_entry(self, entry: Entry, dead: list[DeadLetter]) -> tuple[CommitResult, bool]:
         result = self._try(entry, dead)
@@ -169,13 +169,8 @@ class MetricCommitter:
     def commit(self, entries: list[Entry]) -> MetricCommitResult:
         """Commit ``entries``. Raises the Redis error when Redis is away or
         full (the whole batch waits, pending, for the next delivery)."""
-        dead: dict[str, list[DeadLetter]] = {}
-        for entry in entries:
-            if entry.problem:
-                log.warning("metrics queue entry %s is malformed (%s); dead-lettered sealed",
-                            entry.id, entry.problem)
-                dead[entry.id] = [DeadLetter.of_raw(self.vault, entry.raw, MALFORMED_ENTRY,
-                                                    entry.deliveries)]
+        dead = {entry.id: [malformed(self.vault, entry, "metrics queue entry")]
+                for entry in entries if entry.problem}
         try:
             return self.store.commit(entries, dead=dead)
         except Exception as exc:
@@ -189,13 +184,7 @@ class MetricCommitter:
         return result
 
     def _try(self, entry: Entry, dead: list[DeadLetter]) -> MetricCommitResult | None:
-        try:
-            return self.store.commit([entry], dead={entry.id: dead} if dead else None)
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            log.warning("metrics queue entry %s failed (%s)", entry.id, _describe(exc))
-            return None
+        return _try_commit(self.store.commit, entry, dead, "metrics queue entry")
 
     def _commit_entry(self, entry: Entry, dead: list[DeadLetter]) -> MetricCommitResult:
         result = self._try(entry, dead)
@@ -213,6 +202,22 @@ class MetricCommitter:
             if result is not None:
                 return result
         return MetricCommitResult()  # stays pending: the recovery sweep retries it
+
+
+R = TypeVar("R")
+
+
+def _try_commit(commit: Callable[..., R], entry: Entry, dead: list[DeadLetter],
+                noun: str) -> R | None:
+    """``commit`` one entry with its dead letters, or None (logged) when it
+    fails for a reason of the data; Redis away or full propagates."""
+    try:
+        return commit([entry], dead={entry.id: dead} if dead else None)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        log.warning("%s %s failed (%s)", noun, entry.id, _describe(exc))
+        return None
 
 
 def _describe(exc: BaseException) -> str:
