@@ -62,6 +62,16 @@ def malformed(vault: Vault, entry: Entry, noun: str) -> DeadLetter:
     return DeadLetter.of_raw(vault, entry.raw, MALFORMED_ENTRY, entry.deliveries)
 
 
+def whole(vault: Vault, entry: Entry, dead: list[DeadLetter], noun: str,
+          records: list[DeadLetter]) -> list[DeadLetter]:
+    """The dead letters of an entry that failed every delivery: those it
+    had already, then its records (``records``), or the entry sealed whole
+    when it has none."""
+    log.error("%s %s failed %d times; dead-lettering it whole", noun, entry.id, entry.deliveries)
+    return dead + records or [DeadLetter.of_raw(vault, entry.raw, PROCESSING_ERROR,
+                                                entry.deliveries)]
+
+
 class Committer:
     """Commits batches of queue entries, isolating poison records."""
 
@@ -134,13 +144,9 @@ class Committer:
             if result is not None:
                 return result, True
         if entry.deliveries >= self.max_attempts:
-            log.error("queue entry %s failed %d times; dead-lettering it whole",
-                      entry.id, entry.deliveries)
-            every = dead + [dead_letter_of(self.vault, item, PROCESSING_ERROR, entry.deliveries)
-                            for item in entry.items]
-            if not every:
-                every = [DeadLetter.of_raw(self.vault, entry.raw, PROCESSING_ERROR,
-                                           entry.deliveries)]
+            every = whole(self.vault, entry, dead, "queue entry", [
+                dead_letter_of(self.vault, item, PROCESSING_ERROR, entry.deliveries)
+                for item in entry.items])
             result = self._try(dataclasses.replace(entry, items=[]), every)
             if result is not None:
                 return result, True
@@ -191,13 +197,9 @@ class MetricCommitter:
         if result is not None:
             return result
         if entry.deliveries >= self.max_attempts:
-            log.error("metrics queue entry %s failed %d times; dead-lettering it whole",
-                      entry.id, entry.deliveries)
-            every = dead + [DeadLetter.of_record(record, PROCESSING_ERROR, entry.deliveries)
-                            for record in entry.records]
-            if not every:
-                every = [DeadLetter.of_raw(self.vault, entry.raw, PROCESSING_ERROR,
-                                           entry.deliveries)]
+            every = whole(self.vault, entry, dead, "metrics queue entry", [
+                DeadLetter.of_record(record, PROCESSING_ERROR, entry.deliveries)
+                for record in entry.records])
             result = self._try(dataclasses.replace(entry, items=[]), every)
             if result is not None:
                 return result

@@ -5,8 +5,9 @@ was admitted."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,15 +131,19 @@ def test_a_revoked_key_is_refused_at_once_and_queues_nothing(client, service, da
     assert service.auditor.auth_failures() == 2
 
 
-def test_the_rate_limit_counts_every_request_and_refuses_before_queueing(env) -> None:
+def rate_limited(env: dict[str, str]) -> tuple[Any, Any, redis.Redis, dict[str, str]]:
+    """A test client of an app whose keys get 3 requests, then one per 100 s;
+    its service, data client, and an ingest key's headers."""
     from web import create_app
 
     app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.01",
                       "ANALYTICS_RATE_BURST": "3"})
-    client = app.test_client()
     service = app.extensions["analytics"]
-    data = service.redis
-    headers = bearer(service.create_api_key("ingest")[0])
+    return app.test_client(), service, service.redis, bearer(service.create_api_key("ingest")[0])
+
+
+def test_the_rate_limit_counts_every_request_and_refuses_before_queueing(env) -> None:
+    client, service, data, headers = rate_limited(env)
     # a 400 takes its token like a 202
     assert client.post("/v1/events", json={"type": "click"}, headers=headers).status_code == 400
     assert client.post("/v1/events", json=EVENT, headers=headers).status_code == 202
@@ -157,34 +162,45 @@ def test_the_rate_limit_counts_every_request_and_refuses_before_queueing(env) ->
     assert entries_added(data) == 2
 
 
-def everything_but_the_kick(data: redis.Redis) -> dict[bytes, Any]:
-    """Every key's serialized value, but the kick flag's, which may expire meanwhile."""
-    return {key: data.dump(key) for key in data.keys("analytics:*")
-            if key != keyspace.KICK_EVENTS.encode()}
-
-
-def test_redis_full_is_503_with_nothing_queued(private) -> None:
+def ingest_client(private: Any) -> tuple[Any, dict[str, str], redis.Redis]:
+    """The private app's test client, an ingest key's headers, and a client
+    on its Redis."""
     server, app = private
-    client = app.test_client()
-    service = app.extensions["analytics"]
-    secret = service.create_api_key("ingest")[0]
-    data = server.client()
-    assert client.post("/v1/events", json=EVENT, headers=bearer(secret)).status_code == 202
-    before = everything_but_the_kick(data)
-    data.config_set("maxmemory", 1)  # over the limit: every write is refused
+    headers = bearer(app.extensions["analytics"].create_api_key("ingest")[0])
+    return app.test_client(), headers, server.client()
+
+
+@contextlib.contextmanager
+def nothing_written_while_full(data: redis.Redis) -> Iterator[None]:
+    """Redis over its memory limit inside the block (every write refused);
+    on leaving it, checks that nothing at all was written: no entry, not
+    even a token, no kick flag (whose expiry alone may move)."""
+
+    def everything_but_the_kick() -> dict[bytes, Any]:
+        return {key: data.dump(key) for key in data.keys("analytics:*")
+                if key != keyspace.KICK_EVENTS.encode()}
+
+    before = everything_but_the_kick()
+    data.config_set("maxmemory", 1)
     try:
-        # one event, and a batch spanning several priority lanes
-        mixed = {"batch": [{**EVENT, "priority": p} for p in ("low", "normal", "critical")]}
-        for body in (EVENT, mixed):
-            full = client.post("/v1/events", json=body, headers=bearer(secret))
-            assert full.status_code == 503, full.json
-            assert full.json["error"]["code"] == "unavailable" and "full" in full.json["error"]["message"]
-        # nothing written at all: no entry, no kick flag, not even the token
-        assert everything_but_the_kick(data) == before
+        yield
+        assert everything_but_the_kick() == before
         assert not data.exists(keyspace.KICK_EVENTS) or data.pttl(keyspace.KICK_EVENTS) > 0
     finally:
         data.config_set("maxmemory", 0)
-    assert client.post("/v1/events", json=mixed, headers=bearer(secret)).status_code == 202
+
+
+def test_redis_full_is_503_with_nothing_queued(private) -> None:
+    client, headers, data = ingest_client(private)
+    assert client.post("/v1/events", json=EVENT, headers=headers).status_code == 202
+    # one event, and a batch spanning several priority lanes
+    mixed = {"batch": [{**EVENT, "priority": p} for p in ("low", "normal", "critical")]}
+    with nothing_written_while_full(data):
+        for body in (EVENT, mixed):
+            full = client.post("/v1/events", json=body, headers=headers)
+            assert full.status_code == 503, full.json
+            assert full.json["error"]["code"] == "unavailable" and "full" in full.json["error"]["message"]
+    assert client.post("/v1/events", json=mixed, headers=headers).status_code == 202
     assert queued(data) == 4
 
 
@@ -333,14 +349,7 @@ def test_a_segment_write_key_in_the_body_is_checked_in_the_same_trip(client, ser
     ("/v1/track", {"event": "click", "userId": "u"})])
 def test_metrics_and_segment_take_a_token_per_request_and_queue_nothing_refused(
         env, path, body) -> None:
-    from web import create_app
-
-    app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.01",
-                      "ANALYTICS_RATE_BURST": "3"})
-    client = app.test_client()
-    service = app.extensions["analytics"]
-    data = service.redis
-    headers = bearer(service.create_api_key("ingest")[0])
+    client, service, data, headers = rate_limited(env)
     # a 400 takes its token like a 202
     assert client.post(path, data=b"[", headers=headers,
                        content_type="application/json").status_code == 400
@@ -361,24 +370,15 @@ def test_metrics_and_segment_take_a_token_per_request_and_queue_nothing_refused(
 
 
 def test_metrics_and_segment_when_redis_is_full_are_503_with_nothing_written(private) -> None:
-    server, app = private
-    client = app.test_client()
-    service = app.extensions["analytics"]
-    secret = service.create_api_key("ingest")[0]
-    data = server.client()
-    assert client.post("/v1/metrics", json=SAMPLE, headers=bearer(secret)).status_code == 202
-    assert client.post("/v1/batch", json=SEGMENT_BATCH, headers=bearer(secret)).status_code == 200
-    before = everything_but_the_kick(data)
-    data.config_set("maxmemory", 1)
-    try:
+    client, headers, data = ingest_client(private)
+    assert client.post("/v1/metrics", json=SAMPLE, headers=headers).status_code == 202
+    assert client.post("/v1/batch", json=SEGMENT_BATCH, headers=headers).status_code == 200
+    with nothing_written_while_full(data):
         for path, body in (("/v1/metrics", {"batch": [SAMPLE] * 3}), ("/v1/batch", SEGMENT_BATCH),
                            ("/v1/t", {"userId": "u"})):
-            full = client.post(path, json=body, headers=bearer(secret))
+            full = client.post(path, json=body, headers=headers)
             assert full.status_code == 503, (path, full.json)
-        assert everything_but_the_kick(data) == before
-    finally:
-        data.config_set("maxmemory", 0)
-    assert client.post("/v1/metrics", json=SAMPLE, headers=bearer(secret)).status_code == 202
+    assert client.post("/v1/metrics", json=SAMPLE, headers=headers).status_code == 202
     assert written(data) == (1, 2, 1)
 
 
