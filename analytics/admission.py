@@ -42,6 +42,10 @@ class Verdict(enum.IntEnum):
     FORBIDDEN = 4
 
 
+#: The script's verdict codes, by value: indexing costs less than ``Verdict(n)``.
+_VERDICTS = tuple(sorted(Verdict))
+
+
 @dataclass(frozen=True)
 class Admission:
     verdict: Verdict
@@ -92,5 +96,5 @@ class Admitter:
         except redis.exceptions.NoScriptError:  # a restarted Redis: the wrapper loads it again
             reply = self._script(keys=keys, args=args)
         verdict, record, wait, kicked, ids = reply
-        return Admission(Verdict(verdict), record or None, retry_after_seconds(int(wait)),
+        return Admission(_VERDICTS[verdict], record or None, retry_after_seconds(int(wait)),
                          bool(kicked), tuple(i.decode() for i in ids))

@@ -4,8 +4,9 @@
 """
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
@@ -13,10 +14,23 @@ from flask import Flask
 from analytics.startup import start_process
 
 
+class AnalyticsFlask(Flask):
+    """Flask, with :meth:`ensure_sync` remembered per function.
+
+    Flask asks ``inspect.iscoroutinefunction`` of the view and of every
+    request hook on every request; the answer never changes for a function,
+    and asking costs about as much as a small hook itself.
+    """
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one app per process, kept for its life
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        return super().ensure_sync(func)
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app. ``config`` entries override the environment: any
     setting's variable (``REDIS_URL``, ``ANALYTICS_...``) and Flask keys."""
-    app = Flask(__name__)
+    app = AnalyticsFlask(__name__)
     config = dict(config or {})
     environ = {**os.environ, **{k: str(v) for k, v in config.items() if k.isupper()}}
     # One clear line and no app when the keys are missing (outside dev mode).

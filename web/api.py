@@ -73,7 +73,7 @@ def admit(schema: marshmallow.Schema, noun: str,
         return envelope, prepare(items, envelope)
 
     envelope, prepared = prepare_after_key(secret, "ingest", parse)
-    g.api_key, result = track_as(secret, prepared, where="http", remote=request.remote_addr)
+    _, result = track_as(secret, prepared, where="http", remote=request.remote_addr)
     return _answer(result, bool(envelope), noun)
 
 

@@ -24,10 +24,10 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 
 def json_body() -> Any:
-    limit = current_app.config["ANALYTICS_SETTINGS"].max_body_bytes
-    data = request.get_data(cache=False)
-    if request.headers.get("Content-Encoding", "").lower() == "gzip":
-        data = _gunzip(data, limit)
+    req = request._get_current_object()  # type: ignore[attr-defined]  # one context lookup
+    data = req.get_data(cache=False)
+    if req.headers.get("Content-Encoding", "").lower() == "gzip":
+        data = _gunzip(data, current_app.config["ANALYTICS_SETTINGS"].max_body_bytes)
     if not data:
         raise ValidationError("empty body: send a JSON object")
     try:

@@ -182,14 +182,17 @@ _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
 def _count(response: Response) -> Response:
-    endpoint = request.endpoint or "unknown"
-    key = (request.method, endpoint, response.status_code)
+    # One context-local lookup, not one per attribute read.
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    rule = req.url_rule
+    endpoint = rule.endpoint if rule is not None else "unknown"
+    key = (req.method, endpoint, response.status_code)
     children = _children.get(key)
     if children is None:
         children = _children.setdefault(key, (
             REQUESTS.labels(key[0], endpoint, str(key[2])), REQUEST_SECONDS.labels(endpoint)))
     children[0].inc()
-    started = request.environ.get(STARTED)
+    started = req.environ.get(STARTED)
     if started is not None:
         children[1].observe(time.perf_counter() - started)
     return response
