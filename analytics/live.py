@@ -2,7 +2,8 @@
 
 Workers publish what they just stored: the event commit script publishes
 each batch of records on ``analytics:live:events`` (a msgpack array of
-type, blob, type, blob..., :mod:`analytics.records`; a JSON array of record
+type, blobs, type, blobs..., each blobs the records one page got, one after
+another, :func:`analytics.records.live_records`; a JSON array of record
 dicts is read too), the metric rollups publish updated buckets on
 ``analytics:live:metrics`` (a JSON array of ``{"name", "tags", "bucket",
 "resolution", "count", "sum", "min", "max"}``). Every web process runs one

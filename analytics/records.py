@@ -417,7 +417,9 @@ def open_pairs(plain: bytes) -> list[list[Any]]:
 
 
 def live_records(message: bytes) -> list[dict[str, Any]]:
-    """The records of a live fan-out message: a msgpack array of type, blob,
-    type, blob... (as the commit script publishes it)."""
+    """The records of a live fan-out message: a msgpack array of type,
+    blobs, type, blobs... where each blobs is one or more blobs one after
+    another (as the commit script publishes the records of each page)."""
     flat = msgpack.unpackb(message, raw=True)
-    return [unpack(flat[k].decode(), flat[k + 1]) for k in range(0, len(flat) - 1, 2)]
+    return [unpack_fields(flat[k].decode(), fields)
+            for k in range(0, len(flat) - 1, 2) for fields in iter_blobs(flat[k + 1])]

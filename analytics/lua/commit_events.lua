@@ -62,22 +62,15 @@ local limit, bucket_ms = tonumber(ARGV[11]), tonumber(ARGV[12])
 local entries = tonumber(ARGV[13])
 local FIRST, PER_RECORD = 14, 6
 
+-- The entry headers first (the records are checked in phase 2, before
+-- anything but a dedupe mark is written, and the marks are then taken back).
 local pos = FIRST
 for e = 1, entries do
   local count, dead = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
   if count == nil or dead == nil or not string.match(ARGV[pos], '^%d+') then
     return redis.error_reply('invalid_record: bad entry header ' .. e)
   end
-  pos = pos + 3
-  for r = 1, count do
-    local ts = tonumber(ARGV[pos + 1])
-    if ts == nil or ts ~= math.floor(ts) or ARGV[pos] == '' or ARGV[pos + 3] == ''
-        or not string.match(ARGV[pos + 4], '^%-?%d+$') or ARGV[pos + 5] == '' then
-      return redis.error_reply('invalid_record: entry ' .. e .. ' record ' .. r)
-    end
-    pos = pos + PER_RECORD
-  end
-  pos = pos + 5 * dead
+  pos = pos + 3 + PER_RECORD * count + 5 * dead
 end
 
 -- Erasure tombstones are rare: look them up only when any exist, once per user.
@@ -125,18 +118,22 @@ end
 check_type(countkey, 'string')
 check_type(dlq, 'stream')
 
--- Phase 2: dedupe. SADD both checks and marks (one call per record); the
--- only write that can still fail is an SADD into a damaged shard, and then
--- the marks made so far are taken back before failing: nothing written.
+-- Phase 2: check each record, then dedupe it. SADD both checks and marks
+-- (one call per record); should a record be malformed, or an SADD meet a
+-- damaged shard, the marks made so far are taken back before failing:
+-- nothing written.
 pos = FIRST
 local stored, dups, skipped, buried, dropped = 0, 0, 0, 0, 0
 -- Per record work is kept to table appends: no string building, no table
 -- per record (the script's own Lua work costs more than its commands).
-local fresh, acked, letters = {}, {}, {}
+local acked, letters = {}, {}
 local groups, group_order, mark_keys, mark_members = {}, {}, {}, {}
 local users, user_order = {}, {}
 local per_second, second_types = {}, {}  -- type -> {second -> events}, for the counts
-for _ = 1, entries do
+local function unmark()
+  for m = 1, #mark_keys do redis.call('SREM', mark_keys[m], mark_members[m]) end
+end
+for e = 1, entries do
   local entry, count, dead = ARGV[pos], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
   pos = pos + 3
   local queued_ms = tonumber(string.match(entry, '^(%d+)'))
@@ -144,17 +141,23 @@ for _ = 1, entries do
   -- fail, the entry stays pending and is retried, never half-acknowledged.)
   local live = #redis.call('XPENDING', lane, group, entry, entry, 1) == 1
   if not live then skipped = skipped + 1 end
-  for _ = 1, count do
+  for r = 1, count do
     if live then
       local etype, ts, user = ARGV[pos], tonumber(ARGV[pos + 1]), ARGV[pos + 2]
-      local shard, member, blob = idsprefix .. ARGV[pos + 3], ARGV[pos + 4], ARGV[pos + 5]
+      local blob = ARGV[pos + 5]
+      if ts == nil or ts % 1 ~= 0 or etype == '' or ARGV[pos + 3] == ''
+          or not string.match(ARGV[pos + 4], '^%-?%d+$') or blob == '' then
+        unmark()
+        return redis.error_reply('invalid_record: entry ' .. e .. ' record ' .. r)
+      end
+      local shard, member = idsprefix .. ARGV[pos + 3], ARGV[pos + 4]
       local added = 0
-      if erased_since(user, queued_ms) then
+      if has_erased and erased_since(user, queued_ms) then
         dropped = dropped + 1
       else
         added = redis.pcall('SADD', shard, member)
         if type(added) == 'table' then
-          for m = 1, #mark_keys do redis.call('SREM', mark_keys[m], mark_members[m]) end
+          unmark()
           return added
         end
         if added == 0 then dups = dups + 1 end
@@ -176,7 +179,6 @@ for _ = 1, entries do
         local n = #g.ts + 1
         g.ts[n], g.user[n], g.blob[n] = ts, user, blob
         stored = stored + 1
-        fresh[#fresh + 1], fresh[#fresh + 2] = etype, blob
         local seconds = (ts - ts % 1000) / 1000
         local counts = per_second[etype]
         if not counts then
@@ -226,11 +228,15 @@ local function chunked(cmd, key, args, head)
   end
 end
 
-local scores, score_types, closed = {}, {}, {}
+local scores, score_types, closed, fresh = {}, {}, {}, {}
 local function write_page(g, page, parts, newest, was)
   local pages = processed .. g.etype
+  -- Every string Lua makes is hashed over its whole length: concatenate
+  -- only when there is something to append to ('' .. s copies s too).
+  local data = table.concat(parts)
   local old = was > 0 and redis.call('HGET', pages, page) or ''
-  redis.call('HSET', pages, page, (old or '') .. table.concat(parts))
+  redis.call('HSET', pages, page, old and old ~= '' and old .. data or data)
+  fresh[#fresh + 1], fresh[#fresh + 2] = g.etype, data
   local s = scores[g.etype]
   if not s then
     s = {}
@@ -288,7 +294,8 @@ if #acked > 0 then
   chunked('XDEL', lane, acked)
 end
 if channel ~= '' and stored > 0 then
-  -- msgpack array: type, blob, type, blob...
+  -- msgpack array: type, blobs, type, blobs... (the records each page got,
+  -- one after another: no string per record; page by page, each in order)
   redis.call('PUBLISH', channel, cmsgpack.pack(fresh))
 end
 -- Count the newly stored events per type in every rollup tier: the metric

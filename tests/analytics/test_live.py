@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import msgpack
 import orjson
 import pytest
 
 from analytics.errors import ValidationError
 from analytics.live import LiveClient, LiveHub, parse_client_message
 from analytics.livestats import WsCounters, write_ws_stats, ws_totals
+from analytics.records import live_records, split_page
 
 
 @pytest.mark.parametrize("raw, field", [
@@ -73,6 +75,32 @@ def test_hub_scopes_events_by_user_hash_and_filters_by_type(hub: LiveHub, servic
     assert [m["data"]["properties"]["n"] for m in frames_of(clicks)] == [0, 2]
     assert frames_of(everyone) == []
     assert hub.counters.snapshot()["clients"] == 3
+
+
+def test_a_commit_publishes_the_new_records_of_each_page_as_one_string(service: Any) -> None:
+    pubsub = service.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("analytics:live:events")
+    now = int(time.time())  # one timestamp: one page per type
+    accepted = service.track_many([{"type": etype, "userId": "u-1", "messageId": f"m-{n}", "timestamp": now}
+                        for n, etype in enumerate(["click", "click", "login", "click"])]).accepted
+    assert accepted == 4
+    assert service.process(service.queue.read("c-1", 10)).stored == 4
+    message = None
+    for _ in range(50):
+        got = pubsub.get_message(timeout=0.1)
+        if got is not None:
+            message = got["data"]
+            break
+    pubsub.close()
+    assert message is not None
+    flat = msgpack.unpackb(message, raw=True)
+    assert flat[0::2] == [b"click", b"login"]  # one string per page, not one per record
+    assert [r["m"] for r in live_records(message)] == ["m-0", "m-1", "m-3", "m-2"]
+    # The form published before (one blob per record) is still read.
+    one_by_one = [part for k in range(0, len(flat), 2)
+                  for _, blob in split_page(flat[k + 1]) for part in (flat[k], blob)]
+    assert len(one_by_one) == 8
+    assert live_records(msgpack.packb(one_by_one)) == live_records(message)
 
 
 def test_hub_throttles_metrics_per_series_and_flushes_the_latest(hub: LiveHub) -> None:
