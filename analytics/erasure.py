@@ -106,7 +106,7 @@ class Eraser:
 
     def _erase_in_page(self, user_hash: str, etype: str, page_id: str) -> int:
         def keep(fields: list[Any], blob: bytes) -> bytes | None:
-            return None if records.blob_user(fields) == user_hash else blob
+            return None if records.blob_owner(fields) == user_hash else blob
 
         for _ in range(MAX_RACES):
             page = self._store.page(etype, page_id)

@@ -25,9 +25,12 @@ key                                          type     holds
                                                       shards of 64-bit integers (intsets),
                                                       see :func:`analytics.records.dedupe_key`
 ``analytics:events:count``                   string   stored events (dedupe index size)
-``analytics:events:user:{user_hash}``        zset     ``type:page id`` scored by the user's
+``analytics:events:user:{user_hash}``        zset     ``type:page id`` scored by the owner's
                                                       newest timestamp in that page: one
-                                                      user's events (queries, erasure)
+                                                      owner's events (queries, erasure);
+                                                      the owner is the user hash, else the
+                                                      anonymous hash of an anonymous-only
+                                                      record (:mod:`analytics.records`)
 ``analytics:event-types``                    hash     registered type -> JSON definition
 ``analytics:apikeys``                        hash     SHA-256 of an API key -> JSON record
 ``analytics:apikeys:ids``                    hash     key id -> SHA-256 (list, revoke)
@@ -41,10 +44,12 @@ key                                          type     holds
                                                       ``metrics`` or ``segment``: reason,
                                                       attempts, the record (PHI sealed) or
                                                       the sealed raw message; ``user`` field
-                                                      = user hash, for erasure
+                                                      = owner hash (user, else anonymous),
+                                                      for erasure
                                                       (:mod:`analytics.deadletters`)
-``analytics:erased``                         hash     user hash -> erasure time (ms): queued
-                                                      events of an erased user received
+``analytics:erased``                         hash     owner hash (user, or linked anonymous
+                                                      id) -> erasure time (ms): queued
+                                                      events of an erased owner received
                                                       before that time are dropped at
                                                       commit (:mod:`analytics.erasure`)
 ``analytics:ratelimit:{key hash prefix}``    hash     token bucket of one API key
