@@ -52,6 +52,10 @@ key                                          type     holds
                                                       events of an erased owner received
                                                       before that time are dropped at
                                                       commit (:mod:`analytics.erasure`)
+``analytics:erased:links:{user_hash}``       set      anonymous hashes linked to a user
+                                                      whose erasure is under way; deleted
+                                                      when it completes (an interrupted
+                                                      erasure run again picks them up)
 ``analytics:ratelimit:{key hash prefix}``    hash     token bucket of one API key
 ``analytics:authfail:{remote hash}``         string   auth failures of one remote address
                                                       in the current window (audit
@@ -117,6 +121,7 @@ STATS = "analytics:stats:"
 AUDIT = "analytics:audit"
 DLQ_PREFIX = "analytics:dlq:"
 ERASED = "analytics:erased"
+ERASURE_LINKS = "analytics:erased:links:"
 RATE_BUCKET = "analytics:ratelimit:"
 AUTH_FAILURES_BY_REMOTE = "analytics:authfail:"
 AUTH_FAILURES_TOTAL = "analytics:stats:auth_failures"
@@ -151,6 +156,10 @@ def time_index(event_type: str) -> str:
 
 def user_index(user_hash: str) -> str:
     return EVENTS_USER + user_hash
+
+
+def erasure_links(user_hash: str) -> str:
+    return ERASURE_LINKS + user_hash
 
 
 def open_pages(event_type: str) -> str:
