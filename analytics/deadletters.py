@@ -9,7 +9,9 @@ One stream per kind (``analytics:dlq:events``, ``analytics:dlq:metrics``,
 * ``record``: the record as queued (PHI already sealed), or, for input that
   never became a record, ``sealed``: the whole raw message sealed, since it
   may carry PHI anywhere;
-* ``user``: the user's keyed hash when known (for erasure).
+* ``user``: the owner's keyed hash when known, for erasure: the user hash,
+  else the anonymous hash of an anonymous-only event
+  (:func:`analytics.records.record_owner`).
 
 Moving in and out is exactly-once: records are set aside by the commit
 script in the same step that acknowledges their queue entry
@@ -29,6 +31,7 @@ import orjson
 import redis
 
 from analytics.crypto import Vault
+from analytics.records import record_owner
 
 DLQ_PREFIX = "analytics:dlq:"
 KINDS = ("events", "metrics", "segment")
@@ -64,9 +67,7 @@ class DeadLetter:
 
     @classmethod
     def of_record(cls, record: Any, reason: str, attempts: int) -> DeadLetter:
-        user = record.get("u", "") if isinstance(record, dict) else ""
-        return cls(reason, attempts, "record", orjson.dumps(record),
-                   user if isinstance(user, str) else "")
+        return cls(reason, attempts, "record", orjson.dumps(record), record_owner(record))
 
     @classmethod
     def of_raw(cls, vault: Vault, raw: bytes, reason: str, attempts: int) -> DeadLetter:
@@ -88,7 +89,7 @@ class DeadLetters:
         target = pipe if pipe is not None else self._redis
         target.xadd(dlq_key(kind), {
             "reason": reason, "attempts": attempts, "ts": round(time.time(), 3),
-            "record": orjson.dumps(record), "user": record.get("u", "")})
+            "record": orjson.dumps(record), "user": record_owner(record)})
 
     def add_raw(self, kind: str, message: Any, reason: str, user_hash: str = "",
                 details: dict[str, Any] | None = None) -> None:

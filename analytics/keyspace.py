@@ -25,9 +25,12 @@ key                                          type     holds
                                                       shards of 64-bit integers (intsets),
                                                       see :func:`analytics.records.dedupe_key`
 ``analytics:events:count``                   string   stored events (dedupe index size)
-``analytics:events:user:{user_hash}``        zset     ``type:page id`` scored by the user's
+``analytics:events:user:{user_hash}``        zset     ``type:page id`` scored by the owner's
                                                       newest timestamp in that page: one
-                                                      user's events (queries, erasure)
+                                                      owner's events (queries, erasure);
+                                                      the owner is the user hash, else the
+                                                      anonymous hash of an anonymous-only
+                                                      record (:mod:`analytics.records`)
 ``analytics:event-types``                    hash     registered type -> JSON definition
 ``analytics:apikeys``                        hash     SHA-256 of an API key -> JSON record
 ``analytics:apikeys:ids``                    hash     key id -> SHA-256 (list, revoke)
@@ -41,12 +44,18 @@ key                                          type     holds
                                                       ``metrics`` or ``segment``: reason,
                                                       attempts, the record (PHI sealed) or
                                                       the sealed raw message; ``user`` field
-                                                      = user hash, for erasure
+                                                      = owner hash (user, else anonymous),
+                                                      for erasure
                                                       (:mod:`analytics.deadletters`)
-``analytics:erased``                         hash     user hash -> erasure time (ms): queued
-                                                      events of an erased user received
+``analytics:erased``                         hash     owner hash (user, or linked anonymous
+                                                      id) -> erasure time (ms): queued
+                                                      events of an erased owner received
                                                       before that time are dropped at
                                                       commit (:mod:`analytics.erasure`)
+``analytics:erased:links:{user_hash}``       set      anonymous hashes linked to a user
+                                                      whose erasure is under way; deleted
+                                                      when it completes (an interrupted
+                                                      erasure run again picks them up)
 ``analytics:ratelimit:{key hash prefix}``    hash     token bucket of one API key
 ``analytics:authfail:{remote hash}``         string   auth failures of one remote address
                                                       in the current window (audit
@@ -112,6 +121,7 @@ STATS = "analytics:stats:"
 AUDIT = "analytics:audit"
 DLQ_PREFIX = "analytics:dlq:"
 ERASED = "analytics:erased"
+ERASURE_LINKS = "analytics:erased:links:"
 RATE_BUCKET = "analytics:ratelimit:"
 AUTH_FAILURES_BY_REMOTE = "analytics:authfail:"
 AUTH_FAILURES_TOTAL = "analytics:stats:auth_failures"
@@ -146,6 +156,10 @@ def time_index(event_type: str) -> str:
 
 def user_index(user_hash: str) -> str:
     return EVENTS_USER + user_hash
+
+
+def erasure_links(user_hash: str) -> str:
+    return ERASURE_LINKS + user_hash
 
 
 def open_pages(event_type: str) -> str:

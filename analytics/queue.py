@@ -14,7 +14,7 @@ cost less than one entry per event.
 
 An entry's field ``r`` is a msgpack array of queue items
 (:func:`analytics.records.queue_item`): per record its type, timestamp,
-user hash, dedupe key and stored blob, so the worker hands them to the
+owner hash, dedupe key and stored blob, so the worker hands them to the
 commit script as they are, without decoding a record. (Entries of older
 versions carry ``e``, a JSON array of record dicts; they are still read.)
 """

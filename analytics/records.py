@@ -41,8 +41,18 @@ with): records of one type and minute share most keys and values, so
 their clear parts shrink to a fraction (sealed PHI and hashes do not).
 
 The queue carries, per record, what the commit needs without decoding the
-blob (:func:`queue_item`): ``[type, ts, user hash, dedupe shard, dedupe
+blob (:func:`queue_item`): ``[type, ts, owner, dedupe shard, dedupe
 member, blob]``. The worker passes those through to the commit script.
+
+A record's *owner* is the hash its index membership and erasure go by: its
+user hash, or, when it has no userId (a visitor's events before logging
+in), its anonymous hash; "" when it has neither. The commit script indexes
+the record under ``analytics:events:user:{owner}`` and drops it if the owner
+was erased meanwhile, so anonymous-only records can be found and erased
+(:mod:`analytics.erasure`). Both hashes are the same keyed hash of the id
+string, so a userId index may hold anonymous-only records whose
+anonymousId is the same string: reads by userId filter on the user field
+(:func:`blob_user`), never on the index alone.
 """
 from __future__ import annotations
 
@@ -70,7 +80,8 @@ _PRIORITY_CODE = {p: n for n, p in enumerate(PRIORITIES)}
 _FIELD_NAMES = (*phi.IDENTITY_FIELDS, *phi.NESTED_FIELDS)
 _FIELD_CODES = {name: n for n, name in enumerate(_FIELD_NAMES)}
 
-#: A queue item: type, ts, user hash, dedupe shard, dedupe member, blob.
+#: A queue item: type, ts, owner (user hash, else anonymous hash), dedupe
+#: shard, dedupe member, blob.
 QueueItem = list[Any]
 
 #: Packs blobs and queue items. msgspec's encoder gives the very bytes
@@ -268,6 +279,29 @@ def blob_user(fields: list[Any]) -> str:
     return _hex_text(fields[5] if len(fields) > 5 else None)
 
 
+def blob_anonymous(fields: list[Any]) -> str:
+    """The anonymous hash of a decoded blob ("" when none)."""
+    return _hex_text(fields[6] if len(fields) > 6 else None)
+
+
+def blob_owner(fields: list[Any]) -> str:
+    """The owner of a decoded blob (see the module docstring): its user
+    hash, else its anonymous hash, else ""."""
+    return blob_user(fields) or blob_anonymous(fields)
+
+
+def record_owner(record: Any) -> str:
+    """The owner of a record dict (see the module docstring); "" when it
+    has none or is not a well-formed record."""
+    if not isinstance(record, dict):
+        return ""
+    for key in ("u", "a"):
+        value = record.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
 def blob_id(fields: list[Any]) -> str:
     return _b64_text(fields[0])
 
@@ -306,7 +340,7 @@ def queue_item(record: dict[str, Any]) -> QueueItem:
     """What the queue carries for ``record`` (see the module docstring)."""
     raw = _b64_bytes(record["i"])
     shard, member = _dedupe_key(record["i"], raw)
-    return [record["t"], record["ts"], record.get("u", ""), shard, member, pack(record, raw)]
+    return [record["t"], record["ts"], record_owner(record), shard, member, pack(record, raw)]
 
 
 def item_record(item: QueueItem) -> dict[str, Any]:
@@ -376,7 +410,8 @@ class RecordCodec:
         while fields[-1] is None:
             fields.pop()
         shard, member = _dedupe_member(event_id)
-        return message_id, [event["type"], ts, user.hex() if user else "", shard, member,
+        owner = user or anonymous
+        return message_id, [event["type"], ts, owner.hex() if owner else "", shard, member,
                             packb(fields)]
 
     def decode(self, record: dict[str, Any], reveal_phi: bool) -> dict[str, Any]:

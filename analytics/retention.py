@@ -6,8 +6,9 @@ What expires:
   record is older are deleted whole, with their time index entry; the few
   pages straddling the cutoff (those of its time bucket) are rewritten
   without the expired records. Either way the expired records' messageId
-  dedupe marks go, and the page's user index member for every user left
-  without a record in it (:meth:`analytics.store.EventStore.rewrite`);
+  dedupe marks go, and the page's user index member for every owner (user,
+  or anonymous id of an anonymous-only record) left without a record in it
+  (:meth:`analytics.store.EventStore.rewrite`);
 * rollup chunks past their tier's retention (``ANALYTICS_RETENTION_*_DAYS``):
   each chunk's expiry time is in ``analytics:rollups:expiry``, so finding them
   costs no scan;
@@ -40,7 +41,7 @@ import redis
 from analytics import keyspace
 from analytics.metrics.store import CHUNK_BUCKETS, TIERS
 from analytics.queue import EventQueue
-from analytics.records import record_problem
+from analytics.records import record_owner, record_problem
 from analytics.settings import Settings
 from analytics.store import BUCKET_MS, EventStore, load_script
 
@@ -184,19 +185,21 @@ class Cleanup:
                 continue  # unreadable: removed (it could never be read either)
             if isinstance(record, dict):
                 records[name] = record
-        # A record of a user erased since it was received is not queued again
-        # (queued now, the commit would take it for newer than the erasure).
-        users = sorted({r["u"] for r in records.values() if isinstance(r.get("u"), str) and r["u"]})
-        erased = dict(zip(users, self._redis.hmget(keyspace.ERASED, users), strict=True)) if users else {}
+        # A record whose owner (user, else anonymous id) was erased since it
+        # was received is not queued again (queued now, the commit would take
+        # it for newer than the erasure).
+        owners = {name: record_owner(r) for name, r in records.items()}
+        wanted = sorted(set(owners.values()) - {""})
+        erased = dict(zip(wanted, self._redis.hmget(keyspace.ERASED, wanted), strict=True)) if wanted else {}
         lanes: dict[str, list[dict[str, Any]]] = {}
         pipe = self._redis.pipeline(transaction=True)
         for name, record in records.items():
-            at = erased.get(record.get("u"))
+            at = erased.get(owners[name])
             gone = at is not None and (not isinstance(record.get("rt"), int) or record["rt"] <= int(at))
             if record_problem(record) is None and not gone:
                 lanes.setdefault(keyspace.event_queue(record["p"]), []).append(record)
-            if isinstance(record.get("u"), str) and record["u"]:
-                pipe.zrem(keyspace.user_index(record["u"]), f"{event_type}:{name.decode()}")
+            if owners[name]:
+                pipe.zrem(keyspace.user_index(owners[name]), f"{event_type}:{name.decode()}")
         for lane, queued in lanes.items():
             pipe.xadd(lane, self._queue.fields(queued))
         pipe.hdel(key, *legacy)

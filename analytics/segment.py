@@ -388,9 +388,13 @@ class SegmentIngest:
         """The dead-letter entry of ``item`` (sealed whole)."""
         user_hash = ""
         if isinstance(item.raw, dict):
-            user_id = _identifier(item.raw.get("userId"))
-            if isinstance(user_id, str) and user_id:
-                user_hash = self.service.codec.user_hash(user_id)
+            # Its owner, as a record's (analytics.records): the userId, else
+            # the anonymousId, so that erasure finds it either way.
+            for name in ("userId", "anonymousId"):
+                some_id = _identifier(item.raw.get(name))
+                if isinstance(some_id, str) and some_id:
+                    user_hash = self.service.codec.user_hash(some_id)
+                    break
             item.raw.pop("writeKey", None)  # a secret: never stored, not even sealed
         return self.service.dead_letters.raw_entry("segment", item.raw, item.reason, user_hash,
                                                    {"errors": item.errors})

@@ -78,7 +78,8 @@ class CommitResult:
     stored: int = 0
     duplicates: int = 0
     skipped_entries: int = 0
-    #: records of users erased after they were queued: deleted, not stored
+    #: records whose owner (user, else anonymous id) was erased after they
+    #: were queued: deleted, not stored
     erased: int = 0
     #: records set aside in the dead-letter store in the same step
     dead_lettered: int = 0
@@ -220,25 +221,26 @@ class EventStore:
         """Rewrite one page read as ``old``: each record is replaced by what
         ``keep(fields, blob)`` returns for it (its decoded blob and its
         bytes): the same bytes, new ones, or None to leave it out, with its dedupe mark and, for
-        users left without records in the page, their user index member.
+        owners (:func:`analytics.records.blob_owner`) left without records
+        in the page, their user index member.
         Returns the records left out, or -1 when the page changed since it
         was read (the caller reads it again)."""
         parts: list[bytes] = []
         gone: list[Any] = []
-        users_kept: set[str] = set()
-        users_gone: set[str] = set()
+        owners_kept: set[str] = set()
+        owners_gone: set[str] = set()
         newest = None
         for fields, blob in records.split_page(old):
             new = keep(fields, blob)
-            user = records.blob_user(fields)
+            owner = records.blob_owner(fields)
             if new is None:
                 gone += records.dedupe_key(records.blob_id(fields))
-                if user:
-                    users_gone.add(user)
+                if owner:
+                    owners_gone.add(owner)
                 continue
             parts.append(new)
-            if user:
-                users_kept.add(user)
+            if owner:
+                owners_kept.add(owner)
             newest = fields[3] if newest is None else max(newest, fields[3])
         data = b"".join(parts)
         if data == records.page_data(old):
@@ -249,7 +251,7 @@ class EventStore:
                   keyspace.open_pages(event_type), keyspace.EVENT_COUNT],
             args=[page_id, old, page, newest if newest is not None else 0, page_bucket(page_id),
                   keyspace.EVENTS_USER, f"{event_type}:{page_id}", keyspace.EVENT_IDS,
-                  len(gone) // 2, *gone, *sorted(users_gone - users_kept)]))
+                  len(gone) // 2, *gone, *sorted(owners_gone - owners_kept)]))
 
     # -- reading -------------------------------------------------------------
     def query(self, types: list[str], *, start: int | None = None, end: int | None = None,
@@ -261,7 +263,9 @@ class EventStore:
         """Records newest first, and the cursor of the next page (or None).
 
         ``types`` restricts to those types (all given types are merged by
-        time). ``user_hash`` reads the user's own index instead. At most
+        time). ``user_hash`` reads the user's own index instead, and only
+        records whose user field is that hash (the index also holds
+        anonymous-only records whose anonymousId hashes the same). At most
         ``max_scan`` records are examined per call; a page cut short by that
         still returns a cursor, so a client keeps paging. ``where`` is a
         predicate over the record's clear properties
@@ -326,8 +330,9 @@ class EventStore:
 
     def count(self, types: list[str], *, start: int | None = None, end: int | None = None,
               user_hash: str | None = None) -> int:
-        """Records of ``types`` (of one user) with a timestamp in [start,
-        end]: every page that may hold one is read (an export's size)."""
+        """Records of ``types`` (of one user: by the user field, as
+        :meth:`query`) with a timestamp in [start, end]: every page that may
+        hold one is read (an export's size)."""
         high = None if end is None else end + BUCKET_MS - 1
         refs: Iterator[PageRef]
         if user_hash is not None:

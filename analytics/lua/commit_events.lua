@@ -2,7 +2,7 @@
 --
 -- KEYS[1]  the queue lane (stream) the entries were read from
 -- KEYS[2]  the dead-letter stream of events        (analytics:dlq:events)
--- KEYS[3]  erasure tombstones: user hash -> erased at (ms) (analytics:erased)
+-- KEYS[3]  erasure tombstones: owner hash -> erased at (ms) (analytics:erased)
 -- ARGV[1]  consumer group
 -- ARGV[2]  key prefix of the processed hashes   (analytics:events:processed:)
 -- ARGV[3]  key prefix of the time indexes       (analytics:events:time:)
@@ -18,9 +18,10 @@
 -- ARGV[12] page time bucket, ms
 -- ARGV[13] number of entries E, then per entry: its stream id, its record
 --          count C, its dead-letter count D, then C times: type, timestamp
---          ms, user hash, dedupe shard, dedupe member, blob; then D times:
---          reason, attempts, payload field ("record" or "sealed"), payload,
---          user hash
+--          ms, owner hash (the user hash, else the anonymous hash; see
+--          analytics/records.py), dedupe shard, dedupe member, blob; then D
+--          times: reason, attempts, payload field ("record" or "sealed"),
+--          payload, owner hash
 -- then     (optional, for the events.{type} count metrics) the rollup expiry
 --          index, the live metrics channel or "", the key prefix of the
 --          event metrics (analytics:metrics:events.), the series id of the
@@ -33,7 +34,7 @@
 -- page of its (type, bucket) (the open-page hash: bucket -> page id) while
 -- the page stays under the size limit, else to a new page "bucket.seq".
 -- The time index scores each page by its newest timestamp, each user index
--- scores "type:page" by the user's newest timestamp in it.
+-- scores "type:page" by its owner's newest timestamp in it.
 --
 -- An entry is applied only if it is still in the group's pending list:
 -- when two workers hold the same entry (one was presumed dead and its entry
@@ -42,7 +43,7 @@
 -- the acknowledgement, and only from the commit that acknowledges. Records
 -- are deduplicated by id (a keyed hash of the messageId; shard and member
 -- of the dedupe sets, passed as strings since Lua numbers are doubles) in
--- the same step. A record (or dead letter) of an erased user that was
+-- the same step. A record (or dead letter) of an erased owner that was
 -- queued (entry id = XADD time) before the erasure is dropped, not stored.
 --
 -- Every argument and the type of every key written is checked before the
@@ -51,7 +52,7 @@
 -- fail the script before anything is written. (A full Redis refuses the
 -- first write of a script, never a later one.)
 -- Returns {stored, duplicates, entries skipped because already committed,
--- records dead-lettered, records dropped because their user was erased,
+-- records dead-lettered, records dropped because their owner was erased,
 -- pages closed (full) by this commit: {type, page id, ...}}. The caller
 -- compresses the closed pages (nothing is appended to them any more).
 local lane, dlq, erased, group = KEYS[1], KEYS[2], KEYS[3], ARGV[1]

@@ -15,7 +15,8 @@
 -- ARGV[7]  the page's member in user indexes ("type:page")
 -- ARGV[8]  key prefix of the dedupe shards   (analytics:events:ids:)
 -- ARGV[9]  number N of records left out, then N times: dedupe shard, member;
---          then the user hashes that have no record left in the page
+--          then the owner hashes (user, else anonymous) that have no record
+--          left in the page
 -- Returns N, or -1 when the page changed since it was read (read it again).
 local page = ARGV[1]
 if redis.call('HGET', KEYS[1], page) ~= ARGV[2] then return -1 end

@@ -203,6 +203,29 @@ def test_retention_trims_the_page_that_straddles_the_cutoff(db, store_service) -
     assert service.cleanup(now=now).events == 0
 
 
+def test_retention_keeps_the_index_of_anonymous_visitors_by_page(db, store_service) -> None:
+    # Anonymous-only records are indexed under their anonymous hash: expiring
+    # them takes the page's member out of that index too, and only then.
+    service = store_service
+    service.store.page_bytes = 16_000
+    cutoff_ms = BASE + 30_000
+    now = cutoff_ms / 1000 + service.settings.retention_days * 86400
+    ingest(service, [
+        {"type": "click", "anonymousId": "gone-visitor", "messageId": "v1",
+         "timestamp": format_time_ms(cutoff_ms - 90_000)},
+        {"type": "click", "anonymousId": "kept-visitor", "messageId": "v2",
+         "timestamp": format_time_ms(cutoff_ms - 90_000)},
+        {"type": "click", "anonymousId": "kept-visitor", "messageId": "v3",
+         "timestamp": format_time_ms(cutoff_ms + 1_000)},
+    ])
+    gone, kept = (keyspace.user_index(service.codec.user_hash(v))
+                  for v in ("gone-visitor", "kept-visitor"))
+    assert db.zcard(gone) == 1 and db.zcard(kept) == 2
+    assert service.cleanup(now=now).events == 2
+    assert not db.exists(gone) and db.zcard(kept) == 1
+    assert [r["m"] for r in records_in(db, "click")] == ["v3"]
+
+
 def test_the_queue_carries_packed_items_the_worker_does_not_decode(db, store_service) -> None:
     service = store_service
     event = {"type": "click", "userId": "u1", "timestamp": format_time_ms(BASE),
@@ -295,3 +318,15 @@ def test_the_ingest_encoding_equals_the_record_encoding() -> None:
             assert (opened["userId"], opened["anonymousId"]) == (raw.get("userId"), raw.get("anonymousId"))
             for field in ("properties", "context", "traits", "metadata"):
                 assert opened[field] == raw.get(field, {})
+
+
+def test_a_record_without_user_id_is_queued_under_its_anonymous_hash(db, store_service) -> None:
+    service = store_service
+    service.track_many([{"type": "click", "anonymousId": "visitor-1", "timestamp": format_time_ms(BASE)},
+                        {"type": "click", "userId": "u1", "anonymousId": "visitor-1",
+                         "timestamp": format_time_ms(BASE)}])
+    [entry] = service.queue.read("test", 10)
+    owners = [item[2] for item in entry.items]
+    assert owners == [service.codec.user_hash("visitor-1"), service.codec.user_hash("u1")]
+    # the same from a record dict (older queue entries, dead-letter replays)
+    assert [records.queue_item(r)[2] for r in entry.records] == owners

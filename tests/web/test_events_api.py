@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from analytics import keyspace
 from tests.support import stored_events, wait_until
 
 
@@ -155,6 +156,33 @@ def test_user_scoped_key_sees_only_its_user(client, service) -> None:
     events = client.get("/v1/events", headers=headers).json["events"]
     assert [e["userId"] for e in events] == ["alice"]
     assert client.get("/v1/events?userId=bob", headers=headers).json["events"] == []
+
+
+def test_anonymous_only_events_are_not_read_as_a_user_id_of_the_same_string(
+        client, keys, service, data) -> None:
+    # An anonymous-only event is indexed under its anonymous hash, which is
+    # the hash of a userId of the same string: reads by userId must still
+    # go by the user field. Both in one page, and one anonymous-only event
+    # alone in a page of its own type.
+    same = "visitor-or-user-5e1"
+    service.track_many([{"type": "login", "anonymousId": same, "messageId": "anon-login"},
+                        {"type": "login", "userId": same, "messageId": "user-login"},
+                        {"type": "click", "anonymousId": same, "messageId": "anon-click"}])
+    service.drain("test-consumer")
+    wait_until(lambda: stored_events(data) == 3, 30, 0.05, "the events to be stored")
+    index = data.zrange(keyspace.user_index(service.codec.user_hash(same)), 0, -1)
+    assert any(member.startswith(b"click:") for member in index)  # really indexed there
+
+    mine = client.get(f"/v1/events?userId={same}", headers=keys["read"]).json["events"]
+    assert [e["messageId"] for e in mine] == ["user-login"]
+    assert client.get(f"/v1/events?userId={same}&type=click",
+                      headers=keys["read"]).json["events"] == []
+    assert service.store.count(["click", "login"], user_hash=service.codec.user_hash(same)) == 1
+    secret, _ = service.create_api_key("read", user_id=same)
+    scoped = client.get("/v1/events", headers={"Authorization": f"Bearer {secret}"}).json["events"]
+    assert [e["messageId"] for e in scoped] == ["user-login"]
+    everyone = client.get("/v1/events", headers=keys["read"]).json["events"]
+    assert sorted(e["messageId"] for e in everyone) == ["anon-click", "anon-login", "user-login"]
 
 
 def test_sent_at_corrects_client_clock(client, keys, service) -> None:

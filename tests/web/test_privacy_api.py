@@ -2,6 +2,7 @@
 through the real app, Redis and the session's Celery worker."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -189,6 +190,49 @@ def test_erase_endpoint_removes_every_trace(client, keys, service, data, worker)
     assert USER.encode() not in raw_audit(data)
     # the same messageIds may be sent again (dedupe entries were erased too)
     ingest(client, keys, data, events[:1])
+
+
+def test_erasure_takes_the_anonymous_events_linked_to_the_user(client, keys, service, data,
+                                                                worker) -> None:
+    visitor, stranger = "anon-device-4b1e", "anon-stranger-90c2"
+    before_login = [{"type": "page_view", "anonymousId": visitor, "messageId": f"pre-{i}",
+                     "properties": {"path": f"/p{i}"}} for i in range(3)]
+    ingest(client, keys, data, [
+        *before_login,
+        # logging in links the visitor's anonymous id to the user
+        {"type": "login", "userId": USER, "anonymousId": visitor, "messageId": "link"},
+        {"type": "click", "userId": USER, "messageId": "after"},
+        {"type": "page_view", "userId": OTHER, "anonymousId": "anon-other-1", "messageId": "o-1"},
+        {"type": "page_view", "anonymousId": stranger, "messageId": "s-1"},
+    ])
+    # A Segment message of the visitor that fails validation (no event name),
+    # and one of the stranger: dead-lettered under their anonymous hashes.
+    response = client.post("/v1/batch", headers=keys["ingest"], json={"batch": [
+        {"type": "track", "anonymousId": visitor}, {"type": "track", "anonymousId": stranger}]})
+    assert response.status_code == 200 and data.xlen("analytics:dlq:segment") == 2
+    visitor_hash = service.codec.user_hash(visitor)
+    assert data.exists(keyspace.user_index(visitor_hash))
+
+    response = client.post("/v1/erase", headers=keys["admin"], json={"userId": USER})
+    assert response.status_code == 200, response.json
+    assert response.json["records"] == 2 + 3 and response.json["deadLetters"] == 1
+
+    remaining = client.get("/v1/events", headers=keys["read"]).json["events"]
+    assert sorted(e["messageId"] for e in remaining) == ["o-1", "s-1"]
+    assert sorted(r["m"] for r in records_in(data, "page_view")) == ["o-1", "s-1"]
+    assert records_in(data, "login") == [] and records_in(data, "click") == []
+    assert stored_events(data) == 2 and pages_indexed(data, "page_view")
+    assert not data.exists(keyspace.user_index(visitor_hash))
+    assert not data.exists(keyspace.erasure_links(service.codec.user_hash(USER)))
+    assert data.hexists(keyspace.ERASED, visitor_hash)
+    [(_, letter)] = data.xrange("analytics:dlq:segment")
+    assert letter[b"user"] == service.codec.user_hash(stranger).encode()
+    assert visitor.encode() not in raw_audit(data)
+    # the dedupe marks went too: the visitor's messageIds sent again are new data
+    time.sleep(0.01)  # after the tombstone (ms)
+    ingest(client, keys, data, before_login[:1])
+    again = client.get("/v1/events?type=page_view", headers=keys["read"]).json["events"]
+    assert sorted(e["messageId"] for e in again) == ["o-1", "pre-0", "s-1"]
 
 
 @pytest.mark.parametrize("bad", [{"userId": ""}, {"userId": 7}, {"user": "x"}, []])
