@@ -5,9 +5,12 @@ import contextlib
 import logging
 import time
 from types import TracebackType
+from typing import Any
 
+import hiredis
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.connection import HiredisRespSerializer
 from redis.retry import Retry
 
 from analytics.errors import StoreUnavailable
@@ -27,6 +30,28 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+class CommandPacker(HiredisRespSerializer):
+    """redis-py's hiredis command packer without its Python step per argument.
+
+    redis-py passes every argument through a generator (to turn a
+    ``bytearray`` into ``bytes``) before hiredis packs the command: on the
+    commit of a batch, six arguments per event, about a fifth of the
+    worker's CPU. hiredis packs ``str``, ``bytes``, ``int``, ``float`` and
+    ``memoryview`` itself; anything else (a ``bytearray``, or a value redis-py
+    refuses with ``DataError``), or a command name of several words, takes
+    redis-py's own path. The bytes sent are the same
+    (``tests/analytics/test_redis_client.py``).
+    """
+
+    def pack(self, *args: Any) -> list[bytes]:
+        if type(args[0]) is str and " " not in args[0]:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
+        return super().pack(*args)
+
+
 def connect(settings: Settings, url: str | None = None) -> redis.Redis:
     """A client for ``url`` (default ``REDIS_URL``); ``rediss://`` means TLS.
 
@@ -40,6 +65,7 @@ def connect(settings: Settings, url: str | None = None) -> redis.Redis:
         socket_keepalive=True,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
+        command_packer=CommandPacker(),
     )
 
 
