@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,12 +18,25 @@ class AnalyticsFlask(Flask):
 
     Flask asks ``inspect.iscoroutinefunction`` of the view and of every
     request hook on every request; the answer never changes for a function,
-    and asking costs about as much as a small hook itself.
+    and asking costs about as much as a small hook itself. Kept per app (a
+    cache shared by all apps would keep every app of a test run alive), and
+    bounded, should a caller pass a new function each time.
     """
 
-    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one app per process, kept for its life
+    _SYNC_CACHE_SIZE = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        return super().ensure_sync(func)
+        try:
+            return self._sync[func]
+        except KeyError:
+            sync = super().ensure_sync(func)
+            if len(self._sync) < self._SYNC_CACHE_SIZE:
+                self._sync[func] = sync
+            return sync
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
