@@ -184,8 +184,7 @@ _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 def _count(response: Response) -> Response:
     # One context-local lookup, not one per attribute read.
     req = request._get_current_object()  # type: ignore[attr-defined]
-    rule = req.url_rule
-    endpoint = rule.endpoint if rule is not None else "unknown"
+    endpoint = req.endpoint or "unknown"
     key = (req.method, endpoint, response.status_code)
     children = _children.get(key)
     if children is None:

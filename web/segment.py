@@ -95,8 +95,8 @@ def _admit(prepare: Callable[[SegmentIngest, Any], PreparedSegment]) -> tuple[Re
     segment_ingest = ingest()
     prepared = prepare_after_key(secret, "ingest",
                                  lambda: prepare(segment_ingest, segment_body()))
-    g.api_key, result = segment_ingest.queue_as(secret, prepared, where="http",
-                                                remote=request.remote_addr)
+    _, result = segment_ingest.queue_as(secret, prepared, where="http",
+                                        remote=request.remote_addr)
     return _success(result)
 
 
