@@ -60,10 +60,13 @@ def post_request(worker, req, environ, resp):  # gunicorn's hook signature
 def post_worker_init(worker):
     """On SIGTERM, close this worker's WebSockets with 1001 at once, so
     clients reconnect (to another worker, or the restarted server) instead of
-    hanging until ``graceful_timeout`` runs out."""
+    hanging until ``graceful_timeout`` runs out. Then, the app loaded, its
+    objects are frozen out of the garbage collector's full passes."""
+    from analytics.startup import freeze_startup_heap
     from web.stream import close_streams_on_sigterm
 
     close_streams_on_sigterm()
+    freeze_startup_heap()
 
 
 def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature

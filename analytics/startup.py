@@ -11,6 +11,7 @@ master stops instead of respawning failing workers), Celery's
 """
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Mapping
 
@@ -64,3 +65,19 @@ def start_process(process: str, settings: Settings | None = None, *,
         install(settings.phi_fields)
     check_settings(settings, process)
     return settings
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive now (modules, the app, its clients) out of
+    the garbage collector's sight, once a process has finished starting.
+
+    Measured (README "Performance"): a full collection walks the whole heap,
+    some 70,000 objects once Flask, Celery and numpy are imported, and took
+    20-30 ms. A metric query keeps enough objects alive to trigger one every
+    few queries, so those pauses made its p99. Objects loaded at start live
+    as long as the process: collecting them can only ever waste time. After
+    this, a collection walks what the process allocated since. Called by
+    gunicorn's ``post_worker_init`` and Celery's ``worker_process_init``.
+    """
+    gc.collect()  # start-up garbage is freed, not kept for ever
+    gc.freeze()

@@ -8,7 +8,7 @@ from typing import Any
 from celery import signals
 
 from analytics.logs import add_to_handlers, install
-from analytics.startup import start_process
+from analytics.startup import freeze_startup_heap, start_process
 
 # At import (``celery -A tasks``), before Celery logs anything: records are
 # scrubbed from the first one (the record factory); the PHI field list of
@@ -19,6 +19,12 @@ install()
 @signals.worker_init.connect
 def _check_worker(**_: Any) -> None:
     start_process("worker", own_handler=False)
+
+
+@signals.worker_process_init.connect
+def _freeze_heap(**_: Any) -> None:
+    # Each pool process, once forked: see freeze_startup_heap.
+    freeze_startup_heap()
 
 
 @signals.beat_init.connect
