@@ -169,7 +169,7 @@ class _Connection:
 
     http.client parses every response's headers with the email package:
     about 200 us of CPU per request, taken from the same two cores as the
-    servers measured (it was 20% of a single-event request's total). This
+    servers measured (a fifth of a single-event request's total). This
     sends one pre-built head per request and reads the reply by its
     Content-Length, at a fraction of that; gunicorn answers every request
     of the suite with a Content-Length."""
@@ -180,6 +180,7 @@ class _Connection:
                  *(f"{name}: {value}" for name, value in headers.items())]
         self.head = "\r\n".join(lines) + "\r\nContent-Length: "
         self.sock: socket.socket | None = None
+        self.reader: Any = None
 
     def post(self, body: bytes) -> int:
         """Send ``body``; the response's status. Reconnects when needed."""
