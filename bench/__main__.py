@@ -72,7 +72,8 @@ def bench_e2e(quick: bool) -> dict[str, Any]:
 def bench_ingest(quick: bool) -> dict[str, Any]:
     reps = 1 if quick else 3
     single = 500 if quick else 20_000
-    batches = 20 if quick else 1_000
+    # Enough in smoke mode for the CPU figures to span several 10 ms ticks.
+    batches = 100 if quick else 1_000
     apps = {"ours": "web:create_app()", "bare": "bench.bare:create_app()"}
     runs: dict[tuple[str, str], list[Run]] = {}
     for mode, requests, batch in (("single", single, 1), ("batch100", batches, 100)):
