@@ -54,7 +54,8 @@ def bench_calibration(quick: bool) -> dict[str, Any]:
 
 def bench_e2e(quick: bool) -> dict[str, Any]:
     reps = 1 if quick else 3
-    total = 2_000 if quick else 100_000
+    # In smoke mode too, enough for the worker's CPU to span several 10 ms ticks.
+    total = 10_000 if quick else 100_000
     naive_total = 500 if quick else 10_000
     ours, naive = _pairs(reps, partial(e2e.pipeline_once, total=total),
                          partial(e2e.naive_once, total=naive_total))
@@ -73,7 +74,7 @@ def bench_ingest(quick: bool) -> dict[str, Any]:
     reps = 1 if quick else 3
     single = 500 if quick else 20_000
     # Enough in smoke mode for the CPU figures to span several 10 ms ticks.
-    batches = 100 if quick else 1_000
+    batches = 200 if quick else 1_000
     apps = {"ours": "web:create_app()", "bare": "bench.bare:create_app()"}
     runs: dict[tuple[str, str], list[Run]] = {}
     for mode, requests, batch in (("single", single, 1), ("batch100", batches, 100)):
