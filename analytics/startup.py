@@ -1,4 +1,5 @@
-"""What every process checks before it starts serving.
+"""What every process checks before it starts serving, and how it settles
+its heap once started (:func:`freeze_startup_heap`).
 
 Outside development mode a process without ``ANALYTICS_ENCRYPTION_KEYS``
 refuses to start with one clear line on standard error and exit status 1:
@@ -74,10 +75,12 @@ def freeze_startup_heap() -> None:
     Measured (README "Performance"): a full collection walks the whole heap,
     some 70,000 objects once Flask, Celery and numpy are imported, and took
     20-30 ms. A metric query keeps enough objects alive to trigger one every
-    few queries, so those pauses made its p99. Objects loaded at start live
-    as long as the process: collecting them can only ever waste time. After
-    this, a collection walks what the process allocated since. Called by
-    gunicorn's ``post_worker_init`` and Celery's ``worker_process_init``.
+    few queries, so those pauses made its p99. Nearly everything loaded at
+    start lives as long as the process. The trade-off: a frozen cycle that
+    becomes garbage later is never collected, which for start-up objects
+    costs a little memory at most. After this, a collection walks what the
+    process allocated since. Called by gunicorn's ``post_worker_init`` and
+    Celery's ``worker_process_init``.
     """
     gc.collect()  # start-up garbage is freed, not kept for ever
     gc.freeze()
