@@ -10,13 +10,14 @@ work once per process, so a thread per client costs little besides memory.
 Size it as WEB_CONCURRENCY x WEB_THREADS >= expected clients + request
 concurrency (default 2 x 128).
 
-Known gthread issue, measured (README "Live updates"): all workers accept()
-from one shared listening socket, and the worker that wakes first takes the
-connection; with long-lived connections one worker often ends up holding
-most of them while another idles, and runs out of threads first.
-``reuse_port`` gives each worker its own SO_REUSEPORT listening socket
-(gunicorn 27, as pinned, binds one per worker when it is set), so the kernel spreads new
-connections across the workers by hash instead.
+Known gthread issue: with long-lived connections (keep-alive clients, a
+proxy's pool, WebSockets) one worker often ends up holding most of them
+while another idles; a Python process runs one thread at a time, so that
+halves what two cores serve. The worker class,
+:class:`web.balanced_worker.BalancedThreadWorker`, is gthread taking a new
+connection only while no sibling holds fewer (README "Serving").
+``WEB_REUSE_PORT=1`` gives each worker its own SO_REUSEPORT socket instead
+(the kernel then hashes connections across them; no balancing by count).
 """
 import glob
 import os
@@ -24,15 +25,15 @@ import socket
 import tempfile
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-worker_class = "gthread"
+worker_class = "web.balanced_worker.BalancedThreadWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "128"))
 # gthread stops accepting above this many open connections per worker; a
 # WebSocket beyond ``threads`` is accepted but waits for a free thread (its
 # handshake hangs), so keep WEB_THREADS above the clients a worker holds.
 worker_connections = int(os.environ.get("WEB_CONNECTIONS", "1000"))
-# Each worker binds its own socket: the kernel balances connections.
-reuse_port = os.environ.get("WEB_REUSE_PORT", "1") not in ("0", "false", "no")
+# Off: the workers share one socket and balance by count (see above).
+reuse_port = os.environ.get("WEB_REUSE_PORT", "0") in ("1", "true", "yes")
 timeout = 60
 graceful_timeout = 10
 accesslog = None  # request lines can carry query strings (?token=); we log our own, scrubbed

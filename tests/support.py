@@ -223,3 +223,61 @@ def pages_indexed(client: redis.Redis, event_type: str) -> bool:
 
     pages = {p for p, _ in client.hscan_iter(keyspace.processed(event_type))}
     return pages == set(client.zrange(keyspace.time_index(event_type), 0, -1))
+
+
+def gunicorn_workers(master: int) -> list[int]:
+    """The gunicorn workers of arbiter ``master`` (its child processes)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name, in parentheses, may hold spaces: split after it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited while we looked
+            continue
+        if int(fields[1]) == master:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def connections_held(workers: list[int], port: int) -> dict[int, int]:
+    """How many established connections to local ``port`` each of
+    ``workers`` holds (from /proc: which process owns each socket)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    counts = {}
+    for pid in workers:
+        held = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                held += os.readlink(fd) in inodes
+            except OSError:  # closed while we looked
+                continue
+        counts[pid] = held
+    return counts
+
+
+def keep_alive_connection(port: int) -> socket.socket:
+    """A client connection to gunicorn that has had one answer and stays open."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def wait_for_workers(workers: list[int], port: int, timeout: float = 60.0) -> None:
+    """Until each of gunicorn's ``workers`` has accepted a connection:
+    /healthz answering means that one worker has loaded the app, not all."""
+    seen: set[int] = set()
+
+    def all_seen() -> bool:
+        with keep_alive_connection(port):
+            seen.update(pid for pid, n in connections_held(workers, port).items() if n)
+        return seen == set(workers)
+
+    wait_until(all_seen, timeout, 0.1, "every gunicorn worker to accept")
+    wait_until(lambda: not any(connections_held(workers, port).values()), 10, 0.05,
+               "the probe connections to close")

@@ -14,7 +14,19 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import Process, free_port, pages_indexed, python_env, records_in, stored_events, wait_until
+from tests.support import (
+    Process,
+    connections_held,
+    free_port,
+    gunicorn_workers,
+    keep_alive_connection,
+    pages_indexed,
+    python_env,
+    records_in,
+    stored_events,
+    wait_for_workers,
+    wait_until,
+)
 
 
 def start_gunicorn(env: dict[str, str], log_dir: Path, port: int, workers: int = 2,
@@ -166,5 +178,66 @@ def test_websockets_ended_by_the_server_do_not_stall_the_worker(env, tmp_path) -
         assert time.monotonic() - started < 5
     finally:
         for sock in silent:
+            sock.close()
+        web.stop()
+
+
+def _long_keep_alive(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with idle keep-alive connections kept for 60 s, not
+    gunicorn's 2 s: the tests count connections that sit idle meanwhile."""
+    return {**env, "GUNICORN_CMD_ARGS": "--keep-alive 60"}
+
+
+@pytest.mark.slow
+def test_keep_alive_connections_are_spread_evenly_across_workers(env, tmp_path) -> None:
+    """gthread lets whichever worker wakes first accept: long-lived
+    connections piled up on one process (6/2 on the ingest benchmark) while
+    the other idled. Each worker now takes a connection only while no
+    sibling holds fewer, whether clients arrive one by one or at once."""
+    port = free_port()
+    web = start_gunicorn(_long_keep_alive(env), tmp_path, port, workers=2)
+    socks: list[socket.socket] = []
+    try:
+        workers = gunicorn_workers(web.pid)
+        assert len(workers) == 2
+        wait_for_workers(workers, port)
+        for _ in range(8):
+            socks.append(keep_alive_connection(port))
+        assert sorted(connections_held(workers, port).values()) == [4, 4]
+        burst = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+        socks += burst
+        for sock in burst:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        for sock in burst:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        assert sorted(connections_held(workers, port).values()) == [8, 8]
+    finally:
+        for sock in socks:
+            sock.close()
+        web.stop()
+
+
+@pytest.mark.slow
+def test_a_hung_worker_does_not_hold_up_new_connections(env, tmp_path) -> None:
+    """A stopped worker holding fewer connections must not keep its sibling
+    from accepting for ever: once its main loop has been silent for
+    ``STALE_S`` it no longer counts."""
+    from web.balanced_worker import STALE_S
+
+    port = free_port()
+    web = start_gunicorn(_long_keep_alive(env), tmp_path, port, workers=2)
+    socks: list[socket.socket] = []
+    workers = gunicorn_workers(web.pid)
+    wait_for_workers(workers, port)
+    try:
+        os.kill(workers[0], signal.SIGSTOP)
+        started = time.monotonic()
+        for _ in range(3):  # the running worker takes them all, ahead of the stopped one
+            socks.append(keep_alive_connection(port))
+        assert time.monotonic() - started < STALE_S + 3
+        assert connections_held(workers, port) == {workers[0]: 0, workers[1]: 3}
+    finally:
+        os.kill(workers[0], signal.SIGCONT)
+        for sock in socks:
             sock.close()
         web.stop()
