@@ -18,8 +18,9 @@ free ports, then:
 2. **clients per process** (not in quick mode): one gunicorn worker, 50
    events/s, growing client counts until delivery p99 exceeds 1 s (or the
    largest step), each step a few seconds.
-3. **gthread balance**: two gunicorn workers, 100 connections (a burst, and
-   10 ms apart), with and without ``reuse_port``: clients per worker.
+3. **gthread balance**: two gunicorn workers, both up, 100 connections (a
+   burst, and 10 ms apart), with the balanced worker (the default) and with
+   ``reuse_port`` instead: clients per worker.
 
 Load goes to 127.0.0.1 only; every step is bounded in time. ``run(quick)``
 returns the numbers as a dict.
@@ -46,6 +47,8 @@ from typing import Any
 import orjson
 import redis
 import requests
+
+from tests.support import gunicorn_workers, wait_for_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +119,7 @@ class Stack:
         except redis.RedisError:
             return False
 
-    def web(self, workers: int, threads: int, reuse_port: bool = True) -> tuple[_Proc, int]:
+    def web(self, workers: int, threads: int, reuse_port: bool = False) -> tuple[_Proc, int]:
         port = _free_port()
         env = {**self.env, "WEB_REUSE_PORT": "1" if reuse_port else "0",
                "WEB_CONNECTIONS": str(max(1000, threads + 64))}
@@ -358,11 +361,13 @@ def _ms(value: float | None) -> float | None:
 
 
 def balance(stack: Stack, reuse_port: bool, clients: int = 100, spacing: float = 0.01) -> dict[str, Any]:
-    """Clients per gunicorn worker (2 workers) after ``clients`` connections,
-    ``spacing`` seconds apart (0: a burst, as after a restart)."""
+    """Clients per gunicorn worker (2 workers, both up) after ``clients``
+    connections, ``spacing`` seconds apart (0: a burst)."""
     proc, port = stack.web(workers=2, threads=clients + 16, reuse_port=reuse_port)
     socks = []
     try:
+        # Connections can only be spread across workers that have loaded the app.
+        wait_for_workers(gunicorn_workers(proc.popen.pid), port)
         for _ in range(clients):
             socks.append(_raw_ws(port, stack.read_key))
             time.sleep(spacing)
@@ -371,7 +376,7 @@ def balance(stack: Stack, reuse_port: bool, clients: int = 100, spacing: float =
         for key in stack.redis.scan_iter(match="analytics:stats:ws:*"):
             counts[int(key.decode().rsplit("-", 1)[1])] = int(stack.redis.hget(key, "clients") or 0)
         # A worker that got no connection never started its hub: 0 clients.
-        per_process = [counts.get(pid, 0) for pid in _children(proc.popen.pid)]
+        per_process = [counts.get(pid, 0) for pid in gunicorn_workers(proc.popen.pid)]
         return {"reuse_port": reuse_port, "spacing_s": spacing,
                 "clients_per_worker": sorted(per_process, reverse=True)}
     finally:
@@ -379,12 +384,6 @@ def balance(stack: Stack, reuse_port: bool, clients: int = 100, spacing: float =
             s.close()
         proc.stop()
         stack.procs.remove(proc)
-
-
-def _children(pid: int) -> set[int]:
-    """The gunicorn workers of arbiter ``pid``."""
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False).stdout
-    return {int(x) for x in out.split()}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -396,8 +395,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         stack = Stack(Path(tmp))
         try:
             clients, rate, seconds = (20, 500, 3.0) if quick else (100, 5000, 10.0)
-            # The Procfile's default: two gunicorn workers (reuse_port spreads
-            # the clients; each worker fans out every event to its clients).
+            # The Procfile's default: two gunicorn workers (the balanced worker
+            # spreads the clients; each worker fans out every event to its clients).
             web, port = stack.web(workers=2, threads=clients + 32)
             results["latency"] = latency_at_load(stack, port, clients, rate, seconds)
             # The same clients and rate, publishing straight to the fan-out
