@@ -6,10 +6,10 @@ first accepts. With long-lived connections (keep-alive clients, a proxy's
 pool, WebSockets) one process often ends up holding most of them, and a
 Python process runs one thread at a time: the busy one saturates a core
 while its sibling idles. On the ingest benchmark (8 keep-alive clients, 2
-processes, 2 cores) a 6/2 split cost a third of the throughput, and the CPU
-per request rose too, its threads now queueing for one lock. SO_REUSEPORT
-(one socket per worker, the kernel hashing connections across them) only
-makes the split random: hashes, not counts.
+processes, 2 cores) a 6/2 split cost about a quarter of the throughput, and
+the CPU per request rose too, its threads queueing for one interpreter
+lock. SO_REUSEPORT (one socket per worker, the kernel hashing connections
+across them) only makes the split random: hashes, not counts.
 
 Here each worker publishes its open connections in a small table shared by
 all workers (an anonymous shared mapping the master makes before it forks
@@ -17,10 +17,10 @@ them) and takes a new connection only while it holds no more than every
 live sibling that is accepting. A worker with more stops polling the
 listening socket and looks again every few milliseconds; the least loaded
 one always may accept, so the connection is taken without a wait. A sibling
-that is shutting down, full, or whose main loop has not run for a few
-seconds (hung, or killed) does not count, so the others never wait on it
-for long. Only workers that are up count: a worker still loading the app
-takes nothing yet.
+that is shutting down, full, gone, or whose main loop has not run for a few
+seconds (hung) does not count, so the others never wait on it for long.
+Only workers that are up count: a worker still loading the app takes
+nothing yet.
 
 With ``reuse_port`` each worker has its own socket and a connection the
 kernel hashed to it can only be taken by it: the worker then accepts as
@@ -91,6 +91,7 @@ class BalancedThreadWorker(ThreadWorker):
     """gthread, taking a connection only while no live sibling holds fewer."""
 
     _stepped_aside = False
+    _look_again_at = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -115,19 +116,27 @@ class BalancedThreadWorker(ThreadWorker):
 
     def _least_loaded(self) -> bool:
         """No live, accepting sibling holds fewer connections than this worker."""
-        mine, me, now = self.nr_conns, self._slot, time.monotonic()
-        table = _TABLE
-        for slot in range(SLOTS):
-            base = slot * _FIELDS
-            if (slot != me and table[base] and table[base + 3] and table[base + 1] < mine
-                    and now - table[base + 2] < STALE_S and _alive(int(table[base]))):
+        mine, me, now = self.nr_conns, self._slot * _FIELDS, time.monotonic()
+        table = _TABLE.tolist()  # one copy: cheaper than indexing the view
+        for base in range(0, len(table), _FIELDS):
+            pid, conns, seen, accepting = table[base:base + _FIELDS]
+            if (pid and accepting and conns < mine and base != me
+                    and now - seen < STALE_S and _alive(int(pid))):
                 return False
         return True
 
     def set_accept_enabled(self, enabled: bool) -> None:
-        # The loop asks for accepting whenever this worker has room (and
-        # again on every pass while it has not got it): ask the siblings too.
-        self._stepped_aside = enabled and self._balance and not self._least_loaded()
+        # The loop asks for accepting whenever this worker has room, so on
+        # every pass while it stands aside: ask the siblings, every
+        # RECHECK_S at most (a pass per request event otherwise).
+        if enabled and self._balance:
+            now = time.monotonic()
+            if self._stepped_aside and now < self._look_again_at:
+                return
+            self._stepped_aside = not self._least_loaded()
+            self._look_again_at = now + RECHECK_S
+        else:
+            self._stepped_aside = False
         super().set_accept_enabled(enabled and not self._stepped_aside)
 
     def accept(self, listener: Any) -> None:
@@ -135,6 +144,7 @@ class BalancedThreadWorker(ThreadWorker):
             # A sibling holds fewer: leave the connection to it (it is
             # polling the socket, or will be within RECHECK_S).
             self._stepped_aside = True
+            self._look_again_at = time.monotonic() + RECHECK_S
             super().set_accept_enabled(False)
             return
         super().accept(listener)
