@@ -67,14 +67,14 @@ def _write(slot: int, pid: float, conns: float = 0, seen: float = 0, accepting: 
 
 def claim_slot(pid: int) -> int:
     """A free slot of the table, marked as ``pid``'s (one whose worker died
-    without releasing it counts as free). Only the master claims, one worker
-    at a time, so no lock is needed."""
+    without releasing it counts as free), or -1 when all are taken. Only the
+    master claims, one worker at a time, so no lock is needed."""
     for slot in range(SLOTS):
         owner = int(_TABLE[slot * _FIELDS])
         if owner == 0 or not _alive(owner):
             _write(slot, pid)
             return slot
-    raise RuntimeError(f"more than {SLOTS} web workers: no slot left to balance connections")
+    return -1
 
 
 def release_slot(slot: int) -> None:
@@ -98,19 +98,25 @@ class BalancedThreadWorker(ThreadWorker):
         # In the master, before the fork: held for the master's pid until the
         # worker writes its own.
         self._slot = claim_slot(os.getpid())
+        if self._slot < 0:
+            self.log.warning("more than %d web workers: this one accepts as plain gthread does", SLOTS)
 
     def init_process(self) -> None:
-        _write(self._slot, self.pid)  # gunicorn has set it: the worker's own
-        self._balance = not self.cfg.reuse_port
+        self._balance = self._slot >= 0 and not self.cfg.reuse_port
+        if self._slot >= 0:
+            _write(self._slot, self.pid)  # gunicorn has set it: the worker's own
         super().init_process()
 
     def run(self) -> None:
         try:
             super().run()
         finally:
-            release_slot(self._slot)
+            if self._slot >= 0:
+                release_slot(self._slot)
 
     def _publish(self) -> None:
+        if self._slot < 0:
+            return
         _write(self._slot, self.pid, self.nr_conns, time.monotonic(),
                self.alive and self.nr_conns < self.worker_connections)
 

@@ -34,3 +34,20 @@ def test_a_live_workers_slot_is_not_taken() -> None:
         balanced_worker.release_slot(other)
     finally:
         balanced_worker.release_slot(mine)
+
+
+def test_a_full_table_claims_nothing() -> None:
+    """More workers than slots: the extra ones are told so (-1) and accept
+    as plain gthread does, rather than failing to start."""
+    taken = []
+    try:
+        while (slot := balanced_worker.claim_slot(os.getpid())) >= 0:
+            taken.append(slot)
+        assert len(taken) <= balanced_worker.SLOTS
+        assert balanced_worker.claim_slot(os.getpid()) == -1
+    finally:
+        for slot in taken:
+            balanced_worker.release_slot(slot)
+    freed = balanced_worker.claim_slot(os.getpid())
+    assert freed >= 0
+    balanced_worker.release_slot(freed)
