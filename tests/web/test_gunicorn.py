@@ -227,17 +227,20 @@ def test_a_hung_worker_does_not_hold_up_new_connections(env, tmp_path) -> None:
     port = free_port()
     web = start_gunicorn(_long_keep_alive(env), tmp_path, port, workers=2)
     socks: list[socket.socket] = []
-    workers = gunicorn_workers(web.pid)
-    wait_for_workers(workers, port)
+    stopped: list[int] = []
     try:
+        workers = gunicorn_workers(web.pid)
+        wait_for_workers(workers, port)
         os.kill(workers[0], signal.SIGSTOP)
+        stopped.append(workers[0])
         started = time.monotonic()
         for _ in range(3):  # the running worker takes them all, ahead of the stopped one
             socks.append(keep_alive_connection(port))
         assert time.monotonic() - started < STALE_S + 3
         assert connections_held(workers, port) == {workers[0]: 0, workers[1]: 3}
     finally:
-        os.kill(workers[0], signal.SIGCONT)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
         for sock in socks:
             sock.close()
         web.stop()
