@@ -131,26 +131,29 @@ class BalancedThreadWorker(ThreadWorker):
                 return False
         return True
 
-    def set_accept_enabled(self, enabled: bool) -> None:
-        # The loop asks for accepting whenever this worker has room, so on
-        # every pass while it stands aside: ask the siblings, every
-        # RECHECK_S at most (a pass per request event otherwise).
-        if enabled and self._balance:
-            now = time.monotonic()
-            if self._stepped_aside and now < self._look_again_at:
-                return
+    def _stand_aside(self) -> bool:
+        """Whether a sibling should take the next connection. Asked on every
+        loop pass while this worker stands aside, so looked up every
+        RECHECK_S at most (a pass per request event otherwise)."""
+        now = time.monotonic()
+        if not self._stepped_aside or now >= self._look_again_at:
             self._stepped_aside = not self._least_loaded()
             self._look_again_at = now + RECHECK_S
+        return self._stepped_aside
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # The loop asks for accepting whenever this worker has room: ask the
+        # siblings too.
+        if enabled and self._balance:
+            enabled = not self._stand_aside()
         else:
             self._stepped_aside = False
-        super().set_accept_enabled(enabled and not self._stepped_aside)
+        super().set_accept_enabled(enabled)
 
     def accept(self, listener: Any) -> None:
-        if self._balance and not self._least_loaded():
+        if self._balance and self._stand_aside():
             # A sibling holds fewer: leave the connection to it (it is
             # polling the socket, or will be within RECHECK_S).
-            self._stepped_aside = True
-            self._look_again_at = time.monotonic() + RECHECK_S
             super().set_accept_enabled(False)
             return
         super().accept(listener)
