@@ -26,7 +26,8 @@ import redis
 
 from analytics import keyspace
 from analytics.apikeys import GRANTS
-from analytics.ratelimit import RateLimiter, lua_source, retry_after_seconds
+from analytics.lua_scripts import lua_source
+from analytics.ratelimit import RateLimiter, retry_after_seconds
 
 #: One entry to add: the stream, and its field/value pairs.
 StreamEntry = tuple[str, dict[Any, Any]]

@@ -15,18 +15,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from importlib import resources
 
 import redis
 
 from analytics import keyspace
-
-
-def lua_source(*names: str) -> str:
-    """The Lua files ``names`` of ``analytics/lua``, joined into one script."""
-    lua = resources.files("analytics").joinpath("lua")
-    return "\n".join(lua.joinpath(name).read_text() for name in names)
-
+from analytics.lua_scripts import lua_source
 
 # KEYS: api key hash, bucket. ARGV: key digest, rate (tokens/s), burst, cost.
 # Returns {record or false, allowed (1/0), ms until enough tokens}.

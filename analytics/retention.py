@@ -39,11 +39,12 @@ import orjson
 import redis
 
 from analytics import keyspace
+from analytics.lua_scripts import lua_source
 from analytics.metrics.store import CHUNK_BUCKETS, TIERS
 from analytics.queue import EventQueue
 from analytics.records import record_owner, record_problem
 from analytics.settings import Settings
-from analytics.store import BUCKET_MS, EventStore, load_script
+from analytics.store import BUCKET_MS, EventStore
 
 #: The first layout's dedupe hash (event id -> type), emptied as its records
 #: are queued again.
@@ -91,7 +92,7 @@ class Cleanup:
         self.slice_size = slice_size
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
-        self._drop_series = client.register_script(load_script("drop_series.lua"))
+        self._drop_series = client.register_script(lua_source("drop_series.lua"))
         self._store = EventStore(client)
         self._queue = EventQueue(client)
         #: A series is forgotten once its newest sample is this old.

@@ -32,7 +32,6 @@ import heapq
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, cast
 
 import orjson
@@ -41,6 +40,7 @@ import redis
 from analytics import keyspace, records
 from analytics.deadletters import DeadLetter, dlq_key
 from analytics.errors import ValidationError
+from analytics.lua_scripts import lua_source
 from analytics.queue import Entry
 
 LIVE_EVENTS_CHANNEL = "analytics:live:events"
@@ -67,10 +67,6 @@ return n
 
 #: What the time index and user index give for a page: (score, type, page id).
 PageRef = tuple[int, str, str]
-
-
-def load_script(name: str) -> str:
-    return resources.files("analytics").joinpath("lua", name).read_text()
 
 
 @dataclass
@@ -141,8 +137,8 @@ class EventStore:
     def __init__(self, client: redis.Redis, live_channel: str = LIVE_EVENTS_CHANNEL) -> None:
         self._redis = client
         self._commit = client.register_script(
-            load_script("rollup_lib.lua") + "\n" + load_script("commit_events.lua"))
-        self._rewrite = client.register_script(load_script("rewrite_page.lua"))
+            lua_source("rollup_lib.lua", "commit_events.lua"))
+        self._rewrite = client.register_script(lua_source("rewrite_page.lua"))
         self._compress = client.register_script(_COMPRESS)
         self.live_channel = live_channel
         #: Size limit of a page (tests make it small to get many pages).

@@ -1,6 +1,6 @@
 -- Rollup helpers shared by commit_metrics.lua, commit_events.lua and
 -- register_series.lua (prepended to them when loaded; see
--- analytics.metrics.store.load_with_lib).
+-- analytics.lua_scripts.lua_source).
 --
 -- A rollup bucket is one field (its offset in the chunk, three digits) in two hashes:
 --   chunk key          struct '<ddddd': count, sum, min, max, sum of squares

@@ -33,11 +33,11 @@ import redis
 from analytics import keyspace
 from analytics.deadletters import INVALID_RECORD, DeadLetter, dlq_key
 from analytics.errors import ValidationError
+from analytics.lua_scripts import lua_source
 from analytics.metrics.sketch import GAMMA, NEGATIVE_BASE, ZERO_CODE, bin_code, encode_bins
 from analytics.queue import Entry
 from analytics.redis_client import resp2_twin
 from analytics.settings import Settings
-from analytics.store import load_script
 
 #: Rollup tiers (bucket seconds), finest first.
 TIERS = (10, 60, 3600, 86400)
@@ -59,11 +59,6 @@ def series_id(tags: Mapping[str, str]) -> str:
 
 
 EMPTY_SERIES = series_id({})
-
-
-def load_with_lib(name: str) -> str:
-    """A Lua script with the shared rollup helpers prepended."""
-    return load_script("rollup_lib.lua") + "\n" + load_script(name)
 
 
 def tier_for(bucket: int) -> int:
@@ -128,8 +123,8 @@ class MetricStore:
         # Its HGETALL replies stay flat [field, value, ...] lists: they are
         # sliced into offsets and values, never looked up by field.
         self._bulk.set_response_callback("HGETALL", _flat)
-        self._commit = client.register_script(load_with_lib("commit_metrics.lua"))
-        self._register = client.register_script(load_with_lib("register_series.lua"))
+        self._commit = client.register_script(lua_source("rollup_lib.lua", "commit_metrics.lua"))
+        self._register = client.register_script(lua_source("rollup_lib.lua", "register_series.lua"))
         #: (metric, series id) known to be registered: saves a round trip per
         #: request. Forgotten every KNOWN_TTL seconds, since cleanup may drop
         #: a series (then its next sample is checked against the limit again).
