@@ -55,6 +55,7 @@ from analytics.schemas import event_query_schema, event_schema
 from analytics.settings import Settings
 from analytics.stats import Stats
 from analytics.store import CommitResult, EventStore
+from analytics.tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class PreparedMetrics:
 
 
 @dataclass
-class DrainReport:
+class DrainReport(Tally):
     """What one processing run did."""
 
     entries: int = 0
@@ -110,14 +111,6 @@ class DrainReport:
     #: Metric queue entries and what became of them.
     metric_entries: int = 0
     metrics: MetricCommitResult = field(default_factory=MetricCommitResult)
-
-    def __iadd__(self, other: DrainReport) -> DrainReport:
-        self.entries += other.entries
-        self.committed += other.committed
-        self.failed += other.failed
-        self.metric_entries += other.metric_entries
-        self.metrics += other.metrics
-        return self
 
 
 @dataclass(frozen=True)

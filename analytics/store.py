@@ -42,6 +42,7 @@ from analytics.deadletters import DeadLetter, dlq_key
 from analytics.errors import ValidationError
 from analytics.lua_scripts import lua_source
 from analytics.queue import Entry
+from analytics.tally import Tally
 
 LIVE_EVENTS_CHANNEL = "analytics:live:events"
 
@@ -70,7 +71,7 @@ PageRef = tuple[int, str, str]
 
 
 @dataclass
-class CommitResult:
+class CommitResult(Tally):
     stored: int = 0
     duplicates: int = 0
     skipped_entries: int = 0
@@ -79,14 +80,6 @@ class CommitResult:
     erased: int = 0
     #: records set aside in the dead-letter store in the same step
     dead_lettered: int = 0
-
-    def __iadd__(self, other: CommitResult) -> CommitResult:
-        self.stored += other.stored
-        self.duplicates += other.duplicates
-        self.skipped_entries += other.skipped_entries
-        self.erased += other.erased
-        self.dead_lettered += other.dead_lettered
-        return self
 
 
 def encode_cursor(ts: int, member: str) -> str:

@@ -38,6 +38,7 @@ from analytics.metrics.sketch import GAMMA, NEGATIVE_BASE, ZERO_CODE, bin_code, 
 from analytics.queue import Entry
 from analytics.redis_client import resp2_twin
 from analytics.settings import Settings
+from analytics.tally import Tally
 
 #: Rollup tiers (bucket seconds), finest first.
 TIERS = (10, 60, 3600, 86400)
@@ -87,7 +88,7 @@ def bucket_range(start_ms: int, end_ms: int, bucket: int) -> tuple[int, int]:
 
 
 @dataclass
-class MetricCommitResult:
+class MetricCommitResult(Tally):
     samples: int = 0
     entries: int = 0
     #: Entries another worker had already committed (redeliveries).
@@ -96,14 +97,6 @@ class MetricCommitResult:
     invalid: int = 0
     #: Entries set aside whole (unreadable, or failing every delivery).
     dead_entries: int = 0
-
-    def __iadd__(self, other: MetricCommitResult) -> MetricCommitResult:
-        self.samples += other.samples
-        self.entries += other.entries
-        self.skipped_entries += other.skipped_entries
-        self.invalid += other.invalid
-        self.dead_entries += other.dead_entries
-        return self
 
 
 def _tags_json(tags: Mapping[str, str]) -> bytes:
