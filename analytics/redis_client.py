@@ -18,6 +18,9 @@ from analytics.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Seconds a command may take, and a thread may wait for a free connection.
+_COMMAND_TIMEOUT = 10
+
 #: What XRANGE returns (redis-py's own types are a wide union).
 StreamChunk = list[tuple[bytes, dict[bytes, bytes]]]
 
@@ -57,16 +60,27 @@ def connect(settings: Settings, url: str | None = None) -> redis.Redis:
 
     Short connect timeouts and one quick retry: a request must fail fast
     with 503 when Redis is away rather than hang.
+
+    At most ``redis_max_connections`` connections: a thread that needs one
+    while all are in use waits for one (up to the command timeout) rather
+    than failing. redis-py's default pool raises ``MaxConnectionsError``
+    beyond 100 at once, fewer than a web process's threads (``WEB_THREADS``
+    request threads, one more per WebSocket).
     """
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         url or settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=_COMMAND_TIMEOUT,
         socket_connect_timeout=2,
-        socket_timeout=10,
+        socket_timeout=_COMMAND_TIMEOUT,
         socket_keepalive=True,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
         command_packer=CommandPacker(),
     )
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # as Redis.from_url does: close() closes the pool
+    return client
 
 
 def resp2_twin(client: redis.Redis) -> redis.Redis:
@@ -83,8 +97,9 @@ def resp2_twin(client: redis.Redis) -> redis.Redis:
     # Maintenance notifications (push messages) exist only in RESP3.
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if not k.startswith("maint_notifications")}
     kwargs["protocol"] = 2
-    return redis.Redis(connection_pool=redis.ConnectionPool(
-        connection_class=pool.connection_class, max_connections=pool.max_connections, **kwargs))
+    return redis.Redis(connection_pool=redis.BlockingConnectionPool(
+        connection_class=pool.connection_class, max_connections=pool.max_connections,
+        timeout=_COMMAND_TIMEOUT, **kwargs))
 
 
 def is_out_of_memory(exc: redis.ResponseError) -> bool:

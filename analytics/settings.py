@@ -69,6 +69,9 @@ class Settings:
 
     #: ``REDIS_URL``: data store (``redis://`` or ``rediss://``).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: ``REDIS_MAX_CONNECTIONS``: connections one process keeps to Redis at
+    #: most; a thread needing one while all are busy waits its turn.
+    redis_max_connections: int = 64
     #: ``CELERY_BROKER_URL``: Celery broker; defaults to ``REDIS_URL``.
     broker_url: str = ""
     #: ``ANALYTICS_ENCRYPTION_KEYS``: Fernet-format keys, newest first.
@@ -177,6 +180,7 @@ class Settings:
                     f"got {policy!r}")
             values["segment_unknown_events"] = policy
         for name, field, minimum in (
+            ("REDIS_MAX_CONNECTIONS", "redis_max_connections", 1),
             ("ANALYTICS_SEGMENT_MAX_TYPES", "segment_max_types", 0),
             ("ANALYTICS_RETENTION_DAYS", "retention_days", 1),
             ("ANALYTICS_BATCH_SIZE", "batch_size", 1),

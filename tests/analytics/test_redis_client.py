@@ -1,13 +1,16 @@
 """The Redis client's command packer sends what redis-py's own would."""
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 import redis
 from redis.connection import HiredisRespSerializer
 
+from analytics.errors import ConfigurationError
 from analytics.redis_client import CommandPacker, connect
+from analytics.settings import Settings
 
 
 @pytest.mark.parametrize("args", [
@@ -37,3 +40,33 @@ def test_the_service_client_uses_it(service: Any) -> None:
     client.set("packed", bytearray(b"a b"))
     assert client.get("packed") == b"a b"
     assert connect(service.settings).pipeline().set("p", 1).get("p").execute() == [True, b"1"]
+
+
+def test_threads_beyond_the_pool_wait_for_a_connection_instead_of_failing(service: Any) -> None:
+    """A web process runs WEB_THREADS (128) request threads and one per
+    WebSocket; redis-py 8's default pool refuses a connection beyond 100 at
+    once (``MaxConnectionsError``: a 503, or a stream's audit entry lost).
+    Ours caps the connections and makes the extra threads wait their turn."""
+    client = connect(service.settings)
+    threads = 150
+    start = threading.Barrier(threads)
+    replies: list[Any] = []
+
+    def hold_a_connection() -> None:
+        start.wait()
+        replies.append(client.blpop(["never-pushed"], timeout=0.2))  # its connection for 0.2 s
+
+    workers = [threading.Thread(target=hold_a_connection) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert replies == [None] * threads
+    assert client.connection_pool.max_connections == service.settings.redis_max_connections < threads
+
+
+def test_the_pool_size_is_a_setting(service: Any) -> None:
+    settings = Settings.from_env({"REDIS_URL": service.settings.redis_url, "REDIS_MAX_CONNECTIONS": "8"})
+    assert connect(settings).connection_pool.max_connections == 8
+    with pytest.raises(ConfigurationError):
+        Settings.from_env({"REDIS_MAX_CONNECTIONS": "0"})
