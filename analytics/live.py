@@ -120,6 +120,7 @@ class LiveClient:
         self._cond = threading.Condition()
         self._frames: collections.deque[bytes] = collections.deque()
         self._closing: tuple[int, str] | None = None
+        self._woken = False
         self.closing_since = 0.0
         self.delivered = 0
         # Metric throttle state, touched only by the hub thread.
@@ -165,12 +166,21 @@ class LiveClient:
         self.closing_since = time.monotonic()
         self._cond.notify()
 
-    def take(self, timeout: float) -> tuple[list[bytes], tuple[int, str] | None]:
-        """Wait up to ``timeout`` s for frames; returns them and, when the
-        client must be closed, ``(code, reason)``."""
+    def wake(self) -> None:
+        """Make a waiting :meth:`take` return now: something other than
+        frames needs the connection thread (its client sent a message, or the
+        connection dropped)."""
         with self._cond:
-            if not self._frames and self._closing is None:
+            self._woken = True
+            self._cond.notify()
+
+    def take(self, timeout: float) -> tuple[list[bytes], tuple[int, str] | None]:
+        """Wait up to ``timeout`` s for frames (or :meth:`wake`); returns them
+        and, when the client must be closed, ``(code, reason)``."""
+        with self._cond:
+            if not self._frames and self._closing is None and not self._woken:
                 self._cond.wait(timeout)
+            self._woken = False
             frames = list(self._frames)
             self._frames.clear()
             return frames, self._closing

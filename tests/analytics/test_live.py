@@ -2,6 +2,7 @@
 bounded buffer, scoping and throttling in the hub, the summed figures."""
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -45,6 +46,18 @@ def test_a_full_buffer_closes_the_client_with_1013() -> None:
     assert not client.offer([b"f"])  # 4 waiting > 3
     frames, closing = client.take(0)
     assert frames == [] and closing is not None and closing[0] == 1013 and "too slow" in closing[1]
+
+
+def test_wake_ends_a_wait_without_frames_once() -> None:
+    client = LiveClient("k1", "", max_buffer=3)
+    waker = threading.Timer(0.1, client.wake)
+    waker.start()
+    started = time.monotonic()
+    assert client.take(30) == ([], None)  # woken, not timed out
+    assert time.monotonic() - started < 10
+    started = time.monotonic()
+    assert client.take(0.2) == ([], None)  # the wake was used up: this one waits
+    assert time.monotonic() - started >= 0.2
 
 
 def frames_of(client: LiveClient) -> list[dict[str, Any]]:
