@@ -20,7 +20,7 @@ versions carry ``e``, a JSON array of record dicts; they are still read.)
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -159,49 +159,47 @@ class EventQueue:
 
     def read(self, consumer: str, count: int) -> list[Entry]:
         """Up to ``count`` new entries, from the highest-priority lanes first."""
-        if not self._groups_ready:
-            self.ensure_groups()
-        entries: list[Entry] = []
-        for lane in self.lanes:
-            want = count - len(entries)
-            if want <= 0:
-                break
-            try:
-                reply = self._redis.xreadgroup(self.group, consumer, {lane: ">"}, count=want)
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self.ensure_groups()  # the stream was lost (Redis without AOF)
-                continue
-            for _, items in cast(list[tuple[bytes, StreamChunk]], reply or []):
-                entries.extend(self._decode(lane, eid, fields) for eid, fields in items)
-        return entries
+        def take(lane: str, want: int) -> list[Entry]:
+            reply = self._redis.xreadgroup(self.group, consumer, {lane: ">"}, count=want)
+            return [self._decode(lane, eid, fields)
+                    for _, items in cast(list[tuple[bytes, StreamChunk]], reply or [])
+                    for eid, fields in items]
+
+        return self._from_each_lane(count, take)
 
     def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries whose worker has held them for ``min_idle_ms``."""
-        if not self._groups_ready:
-            self.ensure_groups()
-        entries: list[Entry] = []
-        for lane in self.lanes:
-            want = count - len(entries)
-            if want <= 0:
-                break
-            try:
-                _, items, deleted = self._redis.xautoclaim(
-                    lane, self.group, consumer, min_idle_ms, "0-0", count=want)
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self.ensure_groups()
-                continue
+        def take(lane: str, want: int) -> list[Entry]:
+            _, items, deleted = self._redis.xautoclaim(
+                lane, self.group, consumer, min_idle_ms, "0-0", count=want)
             if deleted:
                 # Entries deleted while pending: drop them from the pending list.
                 self._redis.xack(lane, self.group, *deleted)
             if not items:
-                continue
+                return []
             counts = self._delivery_counts(lane, [eid for eid, _ in items])
-            entries.extend(self._decode(lane, eid, fields, counts.get(eid, 1))
-                           for eid, fields in items if fields is not None)
+            return [self._decode(lane, eid, fields, counts.get(eid, 1))
+                    for eid, fields in items if fields is not None]
+
+        return self._from_each_lane(count, take)
+
+    def _from_each_lane(self, count: int, take: Callable[[str, int], list[Entry]]) -> list[Entry]:
+        """Up to ``count`` entries from ``take(lane, at most)``, lane by lane
+        in priority order. A lane whose group is missing (its stream was lost:
+        a Redis without AOF) has the groups made again and gives nothing."""
+        if not self._groups_ready:
+            self.ensure_groups()
+        entries: list[Entry] = []
+        for lane in self.lanes:
+            want = count - len(entries)
+            if want <= 0:
+                break
+            try:
+                entries.extend(take(lane, want))
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.ensure_groups()
         return entries
 
     def _delivery_counts(self, lane: str, ids: list[bytes]) -> dict[bytes, int]:

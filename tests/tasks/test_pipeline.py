@@ -89,3 +89,18 @@ def test_backlog_drains_highest_priority_first(make_stack) -> None:
     assert len(order) == 220
     last_critical = max(i for i, m in enumerate(order) if m.startswith("crit"))
     assert last_critical < 40, f"critical events were stored late (last at {last_critical})"
+
+
+def test_a_lost_queue_stream_is_made_again_and_read_from(idle) -> None:
+    """Redis without AOF restarted: the lanes and their consumer groups are
+    gone. Reading and claiming make the groups again instead of failing,
+    and what is queued afterwards is read."""
+    service, data = idle
+    service.track_many([{"type": "click", "userId": "u"}])
+    assert service.queue.read("worker", 10)
+    data.delete(*service.queue.lanes)
+    assert service.queue.read("worker", 10) == []
+    assert service.queue.claim_stale("worker", 0, 10) == []
+    service.track_many([{"type": "click", "userId": "u", "priority": "low"}])
+    (entry,) = service.queue.read("worker", 10)
+    assert len(entry.items) == 1
