@@ -57,10 +57,13 @@ def test_threads_beyond_the_pool_wait_for_a_connection_instead_of_failing(servic
         replies.append(client.blpop(["never-pushed"], timeout=0.2))  # its connection for 0.2 s
 
     workers = [threading.Thread(target=hold_a_connection) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(30)
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+    finally:
+        client.close()  # and its pool's connections
     assert replies == [None] * threads
     assert client.connection_pool.max_connections == service.settings.redis_max_connections < threads
 
