@@ -28,6 +28,7 @@ from analytics import keyspace
 from analytics.apikeys import GRANTS
 from analytics.lua_scripts import lua_source
 from analytics.ratelimit import RateLimiter, retry_after_seconds
+from analytics.redis_client import DedicatedConnections
 
 #: One entry to add: the stream, and its field/value pairs.
 StreamEntry = tuple[str, dict[Any, Any]]
@@ -65,8 +66,11 @@ def granting_roles(action: str) -> str:
 
 
 class Admitter:
-    def __init__(self, client: redis.Redis, limiter: RateLimiter, kick_ttl_ms: int) -> None:
-        self._client = client
+    def __init__(self, client: redis.Redis, limiter: RateLimiter, kick_ttl_ms: int,
+                 connections: int) -> None:
+        # The script's one call per request goes out on connections of its
+        # own, past redis-py's per-command path (DedicatedConnections).
+        self._connections = DedicatedConnections(client, connections)
         self._script = client.register_script(
             "#!lua\n" + lua_source("token_bucket.lua", "admit_events.lua"))
         # ARGV[2..5] never change for an action: encoded once, not per request.
@@ -93,7 +97,7 @@ class Admitter:
         try:
             # EVALSHA straight away: redis-py's Script wrapper costs more per
             # call than the rest of this method.
-            reply = self._client.execute_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            reply = self._connections.execute("EVALSHA", self._script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:  # a restarted Redis: the wrapper loads it again
             reply = self._script(keys=keys, args=args)
         verdict, record, wait, kicked, ids = reply

@@ -167,7 +167,8 @@ class AnalyticsService:
         self.auditor = Auditor(client, self.audit, self.vault, self.policy,
                                settings.auth_failure_window)
         self.rate_limiter = RateLimiter(client, settings.rate_limit, settings.rate_burst)
-        self.admitter = Admitter(client, self.rate_limiter, KICK_TTL_MS)
+        self.admitter = Admitter(client, self.rate_limiter, KICK_TTL_MS,
+                                 settings.redis_max_connections)
         self.eraser = Eraser(client, self.api_keys, self.store)
         self.metrics_queue = EventQueue(client, lanes=(keyspace.METRICS_QUEUE,), packed=False)
         self.metrics = MetricStore(client, settings)

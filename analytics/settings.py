@@ -70,7 +70,8 @@ class Settings:
     #: ``REDIS_URL``: data store (``redis://`` or ``rediss://``).
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: ``REDIS_MAX_CONNECTIONS``: connections one process keeps to Redis at
-    #: most; a thread needing one while all are busy waits its turn.
+    #: most; a thread needing one while all are busy waits its turn. Ingest
+    #: admissions have as many again of their own (``DedicatedConnections``).
     redis_max_connections: int = 64
     #: ``CELERY_BROKER_URL``: Celery broker; defaults to ``REDIS_URL``.
     broker_url: str = ""

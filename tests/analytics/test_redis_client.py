@@ -1,6 +1,8 @@
-"""The Redis client's command packer sends what redis-py's own would."""
+"""The Redis client: its command packer sends what redis-py's own would;
+its pool and the dedicated connections of the hot path."""
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -9,7 +11,7 @@ import redis
 from redis.connection import HiredisRespSerializer
 
 from analytics.errors import ConfigurationError
-from analytics.redis_client import CommandPacker, connect
+from analytics.redis_client import CommandPacker, DedicatedConnections, connect
 from analytics.settings import Settings
 
 
@@ -73,3 +75,58 @@ def test_the_pool_size_is_a_setting(service: Any) -> None:
     assert connect(settings).connection_pool.max_connections == 8
     with pytest.raises(ConfigurationError):
         Settings.from_env({"REDIS_MAX_CONNECTIONS": "0"})
+
+
+def test_dedicated_connections_answer_as_the_client_does(service: Any) -> None:
+    dedicated = DedicatedConnections(service.redis, 2)
+    assert dedicated.execute("SET", "dedicated", b"\x00v") == b"OK"  # raw: no reply callbacks
+    assert dedicated.execute("GET", "dedicated") == service.redis.get("dedicated") == b"\x00v"
+    with pytest.raises(redis.ResponseError):
+        dedicated.execute("INCR", "dedicated")  # not an integer: a reply error...
+    assert dedicated.execute("PING") == b"PONG"  # ...and the connection still serves
+
+
+def test_dedicated_connections_are_capped_and_shared_by_waiting(service: Any) -> None:
+    dedicated = DedicatedConnections(service.redis, 2)
+    threads = 6
+    start = threading.Barrier(threads)
+    ids: list[int] = []
+
+    def hold_one() -> None:
+        start.wait()
+        dedicated.execute("BLPOP", "never-pushed", 0.2)  # holds its connection 0.2 s
+        ids.append(dedicated.execute("CLIENT", "ID"))
+
+    workers = [threading.Thread(target=hold_one) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert len(ids) == threads
+    assert len(set(ids)) == 2  # every thread got one of the two connections, in turn
+
+
+def test_a_dedicated_connection_cut_by_the_server_is_made_again(service: Any) -> None:
+    dedicated = DedicatedConnections(service.redis, 1)
+    first = dedicated.execute("CLIENT", "ID")
+    assert service.redis.client_kill_filter(_id=first) == 1
+    assert dedicated.execute("SET", "after-cut", 1) == b"OK"  # the retry reconnects
+    assert dedicated.execute("CLIENT", "ID") != first
+
+
+def test_a_forked_child_makes_its_own_dedicated_connection(service: Any) -> None:
+    dedicated = DedicatedConnections(service.redis, 1)
+    parent = dedicated.execute("CLIENT", "ID")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never the parent's socket
+        try:
+            os.write(write, str(dedicated.execute("CLIENT", "ID")).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = int(os.read(read, 64))
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child != parent
+    assert dedicated.execute("CLIENT", "ID") == parent
