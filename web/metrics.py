@@ -5,25 +5,23 @@ Two sources, so that any gunicorn worker answers the same:
 * figures kept in Redis (queue, processing, workers, WebSocket, memory,
   cleanup) are read at scrape time by :class:`RedisCollector`, whatever
   process answers;
-* figures of the web processes themselves (requests served) are
-  prometheus_client metrics in *multiprocess mode* when
-  ``PROMETHEUS_MULTIPROC_DIR`` is set (``gunicorn.conf.py`` sets it up): each
-  worker writes its samples to files there and the scrape sums them all.
+* figures of the web processes themselves (requests served,
+  :mod:`web.request_metrics`) are prometheus_client metrics in
+  *multiprocess mode* when ``PROMETHEUS_MULTIPROC_DIR`` is set
+  (``gunicorn.conf.py`` sets it up): each worker writes its samples to files
+  there (within a second of a request) and the scrape sums them all.
 """
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
-    Counter,
-    Histogram,
     generate_latest,
     multiprocess,
 )
@@ -37,14 +35,10 @@ from prometheus_client.registry import Collector
 
 from analytics import AnalyticsService
 from analytics.stats import HISTOGRAM_BOUNDS
+from web import request_metrics
 from web.extensions import get_service
 
 metrics = Blueprint("metrics", __name__)
-
-REQUESTS = Counter("analytics_http_requests", "HTTP requests served by the web processes",
-                   ["method", "endpoint", "status"])
-REQUEST_SECONDS = Histogram("analytics_http_request_duration_seconds",
-                            "Time to answer an HTTP request", ["endpoint"])
 
 
 def _gauge(name: str, doc: str, value: float,
@@ -170,42 +164,12 @@ def registry_for(service: AnalyticsService) -> CollectorRegistry:
 
 @metrics.get("/metrics")
 def prometheus_metrics() -> Response:
+    request_metrics.TALLY.flush()  # this process's requests up to now
     output = generate_latest(registry_for(get_service()))
     return Response(output, content_type=CONTENT_TYPE_LATEST)
 
 
-#: Where the WSGI wrapper of :func:`init_app` puts the request's start time.
-STARTED = "analytics.started"
-#: (method, endpoint, status) -> the labelled counter and histogram: a dict
-#: lookup per request instead of two ``labels()`` calls (same cardinality).
-_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-
-def _count(response: Response) -> Response:
-    # One context-local lookup, not one per attribute read.
-    req = request._get_current_object()  # type: ignore[attr-defined]
-    endpoint = req.endpoint or "unknown"
-    key = (req.method, endpoint, response.status_code)
-    children = _children.get(key)
-    if children is None:
-        children = _children.setdefault(key, (
-            REQUESTS.labels(key[0], endpoint, str(key[2])), REQUEST_SECONDS.labels(endpoint)))
-    children[0].inc()
-    started = req.environ.get(STARTED)
-    if started is not None:
-        children[1].observe(time.perf_counter() - started)
-    return response
-
 
 def init_app(app: Flask) -> None:
-    # The start time comes from a WSGI wrapper rather than a before_request
-    # hook: one call less per request, and it also covers the context setup.
-    wsgi_app = app.wsgi_app
-
-    def timed(environ: dict[str, Any], start_response: Any) -> Any:
-        environ[STARTED] = time.perf_counter()
-        return wsgi_app(environ, start_response)
-
-    app.wsgi_app = timed  # type: ignore[method-assign]
-    app.after_request(_count)
+    request_metrics.init_app(app)
     app.register_blueprint(metrics)

@@ -65,6 +65,9 @@ def test_metrics_sum_every_gunicorn_worker(env, tmp_path) -> None:
         pids = set()
         for _ in range(60):
             assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
+        # Each worker hands its request counts over within a second.
+        wait_until(lambda: counter(requests.get(f"{base}/metrics", timeout=10).text,
+                                   "health.healthz") >= 60, 10, 0.2, "every worker's counts")
         for scrapes in range(1, 61):  # whichever worker answers, the count is the total
             if len(pids) >= 2 and scrapes > 12:
                 break
