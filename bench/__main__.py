@@ -103,6 +103,12 @@ def bench_ingest(quick: bool) -> dict[str, Any]:
     return out
 
 
+def bench_instructions(quick: bool) -> dict[str, Any]:
+    from bench import instructions
+
+    return instructions.run(quick)
+
+
 def bench_memory(quick: bool) -> dict[str, Any]:
     return memory.memory_per_event(2_000 if quick else 50_000)
 
@@ -119,7 +125,8 @@ def bench_ws(quick: bool) -> dict[str, Any]:
     return ws_latency.run(quick)
 
 
-SUITE = {"calibration": bench_calibration, "ingest": bench_ingest, "e2e": bench_e2e, "memory": bench_memory,
+SUITE = {"calibration": bench_calibration, "ingest": bench_ingest, "instructions": bench_instructions,
+         "e2e": bench_e2e, "memory": bench_memory,
          "metrics": bench_metrics, "ws": bench_ws}
 
 

@@ -1,11 +1,13 @@
 #!/bin/sh
-# Debian packages the tests need: redis-server, and chromium with its driver
-# for the dashboard's browser test. Installed only when missing.
+# Debian packages the tests need: redis-server, chromium with its driver
+# for the dashboard's browser test, and valgrind for the instruction counts
+# (bench/instructions.py). Installed only when missing.
 set -e
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
+command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
 [ -z "$missing" ] && exit 0
 echo "installing Debian packages:$missing"
 SUDO=""
