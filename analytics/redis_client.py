@@ -93,11 +93,12 @@ class DedicatedConnections:
     script). Through ``Redis.execute_command`` that call costs redis-py 8
     about 140k instructions besides the socket I/O: its pool's bookkeeping
     and observability hooks on taking and returning a connection, a poll of
-    the socket for stray data, the retry wrapper and argument filtering. A
-    bare endpoint's ``LPUSH`` pays the same, so it was a third of what one
-    event per request cost us beyond that endpoint. Here the call takes an
-    idle connection (a ``SimpleQueue`` of permits bounds them: C, no Python
-    lock), sends the packed command and reads the reply: about 35k.
+    the socket for stray data, the retry wrapper and argument filtering.
+    Here the call takes an idle connection (a ``SimpleQueue`` of permits
+    bounds them: C, no Python lock), sends the packed command and reads the
+    reply: about 35k, some 110k fewer per single-event request (the bare
+    endpoint of ``bench/instructions.py`` pays redis-py's whole path for
+    its ``LPUSH``).
 
     Behaviour is the client's: the same connection options (timeouts, TLS,
     protocol, health checks), the same retry (``Retry`` of the client's

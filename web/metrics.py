@@ -169,7 +169,6 @@ def prometheus_metrics() -> Response:
     return Response(output, content_type=CONTENT_TYPE_LATEST)
 
 
-
 def init_app(app: Flask) -> None:
     request_metrics.init_app(app)
     app.register_blueprint(metrics)
