@@ -43,7 +43,7 @@ def _serve(app_name: str, requests: int, warm_up: int) -> None:
             env = {"REDIS_URL": redis.url(0), "CELERY_BROKER_URL": redis.url(1),
                    "ANALYTICS_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
                    "ANALYTICS_DEV": "0", "ANALYTICS_RATE_LIMIT": "1000000",
-                   "ANALYTICS_RATE_BURST": "1000000", "PROMETHEUS_MULTIPROC_DIR": tmp}
+                   "ANALYTICS_RATE_BURST": "1000000"}
             os.environ.update(env)
             module, factory = APPS[app_name].split(":")
             app = getattr(__import__(module, fromlist=[factory]), factory)()
@@ -80,7 +80,11 @@ def count(app_name: str, requests: int, warm_up: int = 200) -> float:
                 "--toggle-collect=functools_reduce", f"--callgrind-out-file={tmp}/out",
                 sys.executable, "-m", "bench.instructions", "--serve", app_name,
                 "--requests", str(requests), "--warm-up", str(warm_up)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # Multiprocess metrics, as under gunicorn. Their directory outlives
+        # the measured process: its metrics thread may still write there
+        # while the process cleans up after itself.
+        os.mkdir(f"{tmp}/prometheus")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PROMETHEUS_MULTIPROC_DIR": f"{tmp}/prometheus"}
         done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
         found = re.search(r"Collected : ([\d,]+)", done.stderr)
         if done.returncode != 0 or not found:
