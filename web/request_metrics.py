@@ -84,6 +84,8 @@ class RequestTally:
         with self._lock:
             if self._flusher_pid == os.getpid():
                 return
+            if self._flusher_pid:  # a forked child: what it inherited is the parent's to flush
+                self._counts, self._durations = {}, {}
             self._flusher_pid = os.getpid()
         threading.Thread(target=self._flush_every_interval, name="request-metrics",
                          daemon=True).start()

@@ -1,6 +1,7 @@
 """Request counts and durations: added up per process, exact in ``/metrics``."""
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -72,3 +73,25 @@ def test_metrics_count_every_request_served_until_the_scrape(client: Any, keys: 
     assert client.post("/v1/events", json=event).status_code == 401
     after = counted()
     assert [a - b for a, b in zip(after, before, strict=True)] == [5, 1, 6]
+
+
+def test_a_forked_child_does_not_flush_what_its_parent_counted() -> None:
+    tally = RequestTally(interval=3600)  # only explicit flushes
+    labels = {"method": "GET", "endpoint": "test.fork", "status": "200"}
+    tally.add("GET", "test.fork", 200, 0.001)  # the parent's, not flushed yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            tally.add("GET", "test.fork", 200, 0.001)
+            tally.flush()
+            os.write(write, str(sample("analytics_http_requests_total", **labels)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = float(os.read(read, 64))
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child == 1  # its own request only
+    tally.flush()
+    assert sample("analytics_http_requests_total", **labels) == 1  # the parent's, once
