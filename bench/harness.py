@@ -36,6 +36,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def service_settings(redis: RedisServer) -> dict[str, str]:
+    """The service's settings in every bench: ``redis``, fresh keys."""
+    return {
+        "REDIS_URL": redis.url(0),
+        "CELERY_BROKER_URL": redis.url(1),
+        "ANALYTICS_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "ANALYTICS_DEV": "0",
+        # One key sends everything here: keep the per-key rate limit on
+        # (its cost is measured) but far above what a bench can send.
+        "ANALYTICS_RATE_LIMIT": "1000000",
+        "ANALYTICS_RATE_BURST": "1000000",
+    }
+
+
 class Stack:
     """Redis + web (gunicorn) + workers, configured like production."""
 
@@ -46,14 +60,7 @@ class Stack:
         self.redis.start()
         self.port = free_port()
         self.env = python_env({
-            "REDIS_URL": self.redis.url(0),
-            "CELERY_BROKER_URL": self.redis.url(1),
-            "ANALYTICS_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-            "ANALYTICS_DEV": "0",
-            # One key sends everything here: keep the per-key rate limit on
-            # (its cost is measured) but far above what a bench can send.
-            "ANALYTICS_RATE_LIMIT": "1000000",
-            "ANALYTICS_RATE_BURST": "1000000",
+            **service_settings(self.redis),
             "PORT": str(self.port),
             "WEB_CONCURRENCY": str(web_workers),
             **(env or {}),

@@ -27,9 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet
-
-from bench.harness import create_key, event_batch, json_bytes
+from bench.harness import create_key, event_batch, json_bytes, service_settings
 from tests.support import ROOT, RedisServer
 
 APPS = {"ours": "web:create_app", "bare": "bench.bare:create_app"}
@@ -40,10 +38,7 @@ def _serve(app_name: str, requests: int, warm_up: int) -> None:
     with tempfile.TemporaryDirectory(prefix="analytics-instr-") as tmp:
         redis = RedisServer(Path(tmp) / "redis").start()
         try:
-            env = {"REDIS_URL": redis.url(0), "CELERY_BROKER_URL": redis.url(1),
-                   "ANALYTICS_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-                   "ANALYTICS_DEV": "0", "ANALYTICS_RATE_LIMIT": "1000000",
-                   "ANALYTICS_RATE_BURST": "1000000"}
+            env = service_settings(redis)
             os.environ.update(env)
             module, factory = APPS[app_name].split(":")
             app = getattr(__import__(module, fromlist=[factory]), factory)()
