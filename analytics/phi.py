@@ -13,7 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from analytics.schemas import MAX_KEY_LENGTH
+
 Path = list[str | int]
+#: PHI found in an event: ``[path, value]`` pairs (:func:`split`).
+Pairs = list[list[Any]]
 
 #: Top-level event fields that are searched for PHI at any depth.
 NESTED_FIELDS = ("properties", "traits", "context", "metadata")
@@ -46,7 +50,9 @@ class PhiPolicy:
         verdict = self.known.get(field)
         if verdict is None:
             verdict = field.lower() in self.names
-            if len(self.known) < KNOWN_NAMES:
+            # Only names an event may use as keys: a cached verdict also
+            # tells the fast validator (analytics.fastpath) the key is valid.
+            if len(self.known) < KNOWN_NAMES and type(field) is str and len(field) <= MAX_KEY_LENGTH:
                 self.known[field] = verdict
         return verdict
 

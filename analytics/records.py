@@ -360,14 +360,17 @@ class RecordCodec:
         return self.vault.pseudonym(user_id)
 
     def encode(self, event: dict[str, Any], priority: str, received_ms: int,
-               sent_at_ms: int | None) -> dict[str, Any]:
-        """A record from an event loaded by :data:`analytics.schemas.event_schema`."""
-        return item_record(self.encode_item(event, priority, received_ms, sent_at_ms)[1])
+               sent_at_ms: int | None, pairs: phi.Pairs | None = None) -> dict[str, Any]:
+        """A record from an event loaded by :data:`analytics.schemas.event_schema`
+        (``pairs``: see :meth:`encode_item`)."""
+        return item_record(self.encode_item(event, priority, received_ms, sent_at_ms, pairs)[1])
 
     def encode_item(self, event: dict[str, Any], priority: str, received_ms: int,
-                    sent_at_ms: int | None) -> tuple[str, QueueItem]:
+                    sent_at_ms: int | None, pairs: phi.Pairs | None = None) -> tuple[str, QueueItem]:
         """The messageId and queue item (:func:`queue_item`) of an event
-        loaded by :data:`analytics.schemas.event_schema`.
+        loaded by :data:`analytics.schemas.event_schema`. With ``pairs``, the
+        event's objects are already without PHI and ``pairs`` is what
+        :func:`phi.split` found (:func:`analytics.fastpath.load_split`).
 
         The ingest hot path: the blob is built from the vault's raw bytes
         directly, never through the text forms of a record dict.
@@ -396,10 +399,12 @@ class RecordCodec:
             corrected = (timestamp, sent_at_ms)
         else:
             ts = timestamp
-        clear, pairs = phi.split(event, self.policy)
+        clear = event
+        if pairs is None:
+            clear, pairs = phi.split(event, self.policy)
         sealed = None
         if pairs:
-            for path, _ in pairs:  # fresh lists from phi.split: changed in place
+            for path, _ in pairs:  # fresh lists (phi.split, load_split): changed in place
                 path[0] = _FIELD_CODES.get(path[0], path[0])
             sealed = vault.seal_raw(packb(pairs))
         fields: list[Any] = [

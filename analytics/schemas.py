@@ -18,6 +18,7 @@ from analytics.keyspace import PRIORITIES
 #: Nesting and size limits for free-form objects (properties, traits, ...).
 MAX_DEPTH = 8
 MAX_KEYS = 256
+MAX_KEY_LENGTH = 128
 ID_LENGTH = validate.Length(min=1, max=256)
 
 
@@ -71,8 +72,8 @@ def _measure(node: dict[str, Any] | list[Any], depth: int) -> int:
     count = len(node)
     if type(node) is dict:
         for key in node:
-            if type(key) is not str or len(key) > 128:
-                raise ValidationError("Keys must be strings of at most 128 characters.")
+            if type(key) is not str or len(key) > MAX_KEY_LENGTH:
+                raise ValidationError(f"Keys must be strings of at most {MAX_KEY_LENGTH} characters.")
         items: Iterable[Any] = node.values()
     else:
         items = node

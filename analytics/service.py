@@ -29,7 +29,7 @@ from analytics.deadletters import KINDS as DLQ_KINDS
 from analytics.deadletters import DeadLetters
 from analytics.erasure import Eraser, ErasureReport
 from analytics.errors import AuthenticationError, PermissionDenied, RateLimited, ValidationError
-from analytics.fastpath import load_event
+from analytics.fastpath import load_split
 from analytics.filters import matcher, parse_filters
 from analytics.isolation import Committer, MetricCommitter, record_problem
 from analytics.metrics.fastpath import load_sample
@@ -43,7 +43,7 @@ from analytics.metrics.store import (
     series_id,
 )
 from analytics.outage import OutageLog
-from analytics.phi import PhiPolicy
+from analytics.phi import Pairs, PhiPolicy
 from analytics.queue import Entry, EventQueue
 from analytics.ratelimit import RateLimiter
 from analytics.records import QueueItem, RecordCodec
@@ -194,23 +194,26 @@ class AnalyticsService:
         return cls(settings, connect(settings), kick=kick)
 
     # -- ingestion -----------------------------------------------------------
-    def _validate(self, raw: Any) -> tuple[dict[str, Any] | None, str, dict[str, Any]]:
-        """The loaded event and its priority (its own, or its type's), or
-        None and the errors."""
+    def _validate(self, raw: Any) -> tuple[dict[str, Any] | None, Pairs | None, str, dict[str, Any]]:
+        """The loaded event, its PHI pairs when already split (else None),
+        and its priority (its own, or its type's); or None and the errors."""
         if not isinstance(raw, dict):
-            return None, "", {"_schema": ["An event must be a JSON object."]}
+            return None, None, "", {"_schema": ["An event must be a JSON object."]}
         if len(orjson.dumps(raw)) > self.settings.max_event_bytes:
-            return None, "", {"_schema": [f"Event larger than {self.settings.max_event_bytes} bytes."]}
-        event = load_event(raw)
-        if event is None:  # invalid: marshmallow, the schema of record, says why
+            return None, None, "", {"_schema": [f"Event larger than {self.settings.max_event_bytes} bytes."]}
+        loaded = load_split(raw, self.policy)
+        pairs: Pairs | None = None
+        if loaded is None:  # invalid (or unusual): marshmallow, the schema of record, decides
             try:
                 event = event_schema.load(raw)
             except marshmallow.ValidationError as exc:
-                return None, "", exc.normalized_messages()
+                return None, None, "", exc.normalized_messages()
+        else:
+            event, pairs = loaded
         event_type = self.registry.get(event["type"])
         if event_type is None:
-            return None, "", {"type": ["Unknown event type: register it first (POST /v1/event-types)."]}
-        return event, event["priority"] or event_type.priority, {}
+            return None, None, "", {"type": ["Unknown event type: register it first (POST /v1/event-types)."]}
+        return event, pairs, event["priority"] or event_type.priority, {}
 
     def track(self, event: dict[str, Any], *, sent_at: int | None = None) -> TrackResult:
         """Validate and durably queue one event."""
@@ -238,11 +241,11 @@ class AnalyticsService:
         result = TrackResult()
         by_priority: dict[str, list[QueueItem]] = {}
         for index, raw in enumerate(events):
-            event, priority, errors = self._validate(raw)
+            event, pairs, priority, errors = self._validate(raw)
             if event is None:
                 result.rejected.append({"index": index, "errors": errors})
                 continue
-            message_id, item = self.codec.encode_item(event, priority, received, sent_at)
+            message_id, item = self.codec.encode_item(event, priority, received, sent_at, pairs)
             by_priority.setdefault(priority, []).append(item)
             result.ids.append(message_id)
         return PreparedEvents(result, {keyspace.event_queue(p): items
@@ -581,10 +584,10 @@ class AnalyticsService:
         """Validate a raw event (or a list of queued records) again."""
         if isinstance(message, list):
             return message
-        event, priority, errors = self._validate(message)
+        event, pairs, priority, errors = self._validate(message)
         if event is None:
             raise ValidationError("still invalid", errors)
-        return [self.codec.encode(event, priority, int(time.time() * 1000), sent_at)]
+        return [self.codec.encode(event, priority, int(time.time() * 1000), sent_at, pairs)]
 
     @staticmethod
     def _check_kind(kind: str) -> None:

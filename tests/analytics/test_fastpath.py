@@ -1,20 +1,30 @@
-"""The hot-path validator must agree with the marshmallow schema of record on
-every input: same accept/reject decision, same loaded value."""
+"""The hot-path validator must agree with the marshmallow schema of record and
+:func:`phi.split` on every input: same accept/reject decision, same loaded
+value, same PHI taken out."""
 from __future__ import annotations
 
+import copy
+from datetime import UTC, datetime
 from typing import Any
 
 import marshmallow
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analytics.fastpath import load_event
+from analytics import phi
+from analytics.fastpath import load_split
 from analytics.schemas import event_schema
+from analytics.settings import DEFAULT_PHI_FIELDS
+
+POLICY = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
                          st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
+#: Names that are PHI under the default policy, near misses, and any text.
+names = st.one_of(st.sampled_from(["email", "Email", "EMAIL", "emails", "phone", "ssn", "plan"]),
+                  st.text(max_size=5))
 json_values = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=5), inner, max_size=4)),
+    st.lists(inner, max_size=4), st.dictionaries(names, inner, max_size=4)),
     max_leaves=12)
 deep = st.recursive(st.integers(), lambda inner: st.dictionaries(st.just("k"), inner,
                                                                   min_size=1, max_size=1),
@@ -40,17 +50,27 @@ field_values = {
 events = st.fixed_dictionaries({}, optional=field_values)
 
 
-def reference(raw: dict[str, Any]) -> dict[str, Any] | None:
+def reference(raw: dict[str, Any]) -> tuple[dict[str, Any], list[list[Any]]] | None:
+    """What marshmallow loads, split by :func:`phi.split` (None: it refuses)."""
     try:
-        return event_schema.load(raw)
+        event = event_schema.load(raw)
     except marshmallow.ValidationError:
         return None
+    clear, pairs = phi.split(event, POLICY)
+    return {**clear, "userId": event["userId"], "anonymousId": event["anonymousId"]}, pairs
+
+
+def fast(raw: dict[str, Any]) -> tuple[dict[str, Any], list[list[Any]]] | None:
+    before = copy.deepcopy(raw)
+    got = load_split(raw, POLICY)
+    assert raw == before  # the input is never modified
+    return got
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events)
 def test_fast_validator_agrees_with_marshmallow(raw: dict[str, Any]) -> None:
-    assert load_event(raw) == reference(raw)
+    assert fast(raw) == reference(raw)
 
 
 @settings(max_examples=500, deadline=None)
@@ -58,11 +78,55 @@ def test_fast_validator_agrees_with_marshmallow(raw: dict[str, Any]) -> None:
                              optional={k: v for k, v in field_values.items()
                                        if k not in ("unexpected", "type", "userId")}))
 def test_agreement_on_mostly_valid_events(raw: dict[str, Any]) -> None:
-    assert load_event(raw) == reference(raw)
+    assert fast(raw) == reference(raw)
+
+
+finite_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+              st.text(max_size=4)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(names, inner, max_size=4)),
+    max_leaves=16)
+objects = st.dictionaries(names, finite_values, max_size=5)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.fixed_dictionaries({"type": st.just("click"), "userId": st.text(min_size=1, max_size=20)},
+                             optional={"anonymousId": st.text(min_size=1, max_size=5),
+                                       "properties": objects, "context": objects,
+                                       "traits": objects, "metadata": objects}))
+def test_agreement_on_valid_events_full_of_phi(raw: dict[str, Any]) -> None:
+    expected = reference(raw)
+    assert expected is not None
+    assert fast(raw) == expected
 
 
 def test_it_accepts_a_typical_event() -> None:
-    raw = {"type": "page_view", "userId": "u-17", "properties": {"path": "/"},
+    raw = {"type": "page_view", "userId": "u-17", "properties": {"path": "/", "email": "a@b.c"},
+           "context": {"app": {"Phone": "555"}, "locale": "en-US"},
            "timestamp": "2026-11-28T10:00:00.123Z"}
-    loaded = load_event(raw)
-    assert loaded is not None and loaded == event_schema.load(raw)
+    loaded = load_split(raw, POLICY)
+    assert loaded is not None and loaded == reference(raw)
+    event, pairs = loaded
+    assert event["properties"] == {"path": "/"} and event["context"] == {"app": {}, "locale": "en-US"}
+    assert pairs == [[["userId"], "u-17"], [["properties", "email"], "a@b.c"],
+                     [["context", "app", "Phone"], "555"]]
+
+
+def test_unusual_shapes_are_left_to_the_schema_of_record() -> None:
+    """A dict subclass or a non-JSON value is not refused: declined (None),
+    so marshmallow loads it and phi.split walks it."""
+
+    class Attributes(dict):
+        pass
+
+    for properties in ({"who": Attributes(email="a@b.c")}, {"when": datetime.now(UTC)}):
+        raw = {"type": "click", "userId": "u", "properties": properties}
+        assert load_split(raw, POLICY) is None
+        assert reference(raw) is not None
+
+
+def test_the_objects_walked_are_the_schemas_free_objects() -> None:
+    from analytics.schemas import _check_object
+
+    objects = {name for name, f in event_schema.fields.items() if _check_object in f.validators}
+    assert objects == set(phi.NESTED_FIELDS)

@@ -4,6 +4,8 @@ hypothesis against a sorted list; dedupe; erasure and retention inside
 shared pages; the compact record form."""
 from __future__ import annotations
 
+import copy
+import itertools
 import time
 import uuid
 from collections.abc import Iterator
@@ -294,7 +296,8 @@ def test_the_ingest_encoding_equals_the_record_encoding() -> None:
 
     from analytics import phi
     from analytics.crypto import Vault
-    from analytics.fastpath import load_event
+    from analytics.fastpath import load_split
+    from analytics.schemas import event_schema
     from analytics.settings import DEFAULT_PHI_FIELDS
 
     codec = records.RecordCodec(Vault([Fernet.generate_key().decode()]), phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(",")),
@@ -306,11 +309,13 @@ def test_the_ingest_encoding_equals_the_record_encoding() -> None:
         {"type": "click", "userId": "u-2", "anonymousId": "a-2", "timestamp": 1_700_000_000,
          "traits": {"list": [1, {"name": "N"}]}, "metadata": {"k": "v"}},
     ]
-    for raw in events:
-        event = load_event(raw)
-        assert event is not None
+    for raw, fast in itertools.product(events, (False, True)):
+        loaded = load_split(raw, codec.policy)
+        assert loaded is not None
         for sent_at in (None, 1_700_000_000_500):
-            message_id, item = codec.encode_item(event, "high", 1_700_000_001_000, sent_at)
+            # Split by load_split (the hot path), or by encode_item.
+            event, pairs = copy.deepcopy(loaded) if fast else (event_schema.load(raw), None)
+            message_id, item = codec.encode_item(event, "high", 1_700_000_001_000, sent_at, pairs)
             record = records.item_record(item)
             assert record["m"] == message_id
             assert records.queue_item(record)[:5] == item[:5]
