@@ -122,6 +122,12 @@ class DedicatedConnections:
         self._idle: list[redis.connection.AbstractConnection] = []
 
     def execute(self, *args: Any) -> Any:
+        """Send the command ``args``; its reply, raw."""
+        return self.execute_packed(None, args)
+
+    def execute_packed(self, packed: bytes | None, args: tuple[Any, ...] = ()) -> Any:
+        """Send ``packed``, a command already in RESP (:func:`resp_bulk`), or
+        else ``args`` packed by the connection; its reply, raw."""
         try:
             self._permits.get(timeout=_COMMAND_TIMEOUT)
         except queue.Empty:
@@ -133,16 +139,32 @@ class DedicatedConnections:
         try:
             if conn.pid != os.getpid():  # a forked child: never the parent's socket
                 conn = self._make()
-            packed = conn.pack_command(*args)
+            command = conn.pack_command(*args) if packed is None else [packed]
 
             def call() -> Any:
-                conn.send_packed_command(packed)
+                conn.send_packed_command(command)
                 return conn.read_response()
 
             return conn.retry.call_with_retry(call, lambda _: conn.disconnect())
         finally:
             self._idle.append(conn)
             self._permits.put(None)
+
+
+def resp_bulk(value: bytes | str | int | float) -> bytes:
+    """One command argument in RESP, encoded as redis-py encodes it (UTF-8
+    text, numbers by ``repr``): for commands packed by hand, whose constant
+    arguments are packed once (``b"*%d\\r\\n" % count`` and the arguments
+    joined make the command)."""
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        data = value.encode()
+    elif type(value) is int or type(value) is float:  # not bool: redis-py refuses it too
+        data = repr(value).encode()
+    else:
+        raise redis.DataError(f"cannot send a {type(value).__name__} to Redis")
+    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
 def resp2_twin(client: redis.Redis) -> redis.Redis:

@@ -2,6 +2,7 @@
 its pool and the dedicated connections of the hot path."""
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 import redis
 from redis.connection import HiredisRespSerializer
 
+from analytics.admission import Verdict
 from analytics.errors import ConfigurationError
 from analytics.redis_client import CommandPacker, DedicatedConnections, connect
 from analytics.settings import Settings
@@ -130,3 +132,26 @@ def test_a_forked_child_makes_its_own_dedicated_connection(service: Any) -> None
     os.close(read)
     assert child != parent
     assert dedicated.execute("CLIENT", "ID") == parent
+
+
+def test_the_admission_command_packed_by_hand_is_what_hiredis_packs(service) -> None:
+    """Admitter.command packs the EVALSHA itself (constant parts once): the
+    bytes must be those of redis-py's packer for the same arguments."""
+    import hiredis
+
+    admitter = service.admitter
+    digest = "d" * 64
+    shapes = [
+        [("analytics:events:queue", {"r": b"\x00packed\r\n"})],
+        [("analytics:events:queue:high", {"r": b"x" * 300}), ("analytics:deadletters", {"e": "é", "n": 3})],
+        [("analytics:metrics:queue", {"e": b"", "f": 1.5})],
+    ]
+    for entries, action, kick in itertools.product(shapes, ("ingest", "admin"), (True, False)):
+        keys, args = admitter.keys_and_args(digest, action, entries, kick)
+        expected = hiredis.pack_command(("EVALSHA", admitter._script.sha, len(keys), *keys, *args))
+        assert admitter.command(digest, action, entries, kick) == expected
+    with pytest.raises(redis.DataError):
+        admitter.command(digest, "ingest", [("s", {"r": None})], True)
+    # And Redis runs it: an unknown key is refused, nothing written.
+    assert admitter.admit(digest, "ingest", shapes[0]).verdict == Verdict.UNKNOWN
+    assert service.redis.xlen("analytics:events:queue") == 0
