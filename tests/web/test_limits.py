@@ -46,6 +46,27 @@ def test_an_event_over_32_kb_is_rejected_alone(client, keys) -> None:
     assert alone.status_code == 400 and error_code(alone) == "validation_error"
 
 
+def test_the_event_size_limit_is_exact(client, keys) -> None:
+    """32768 bytes of JSON pass and one more does not, alone or in a batch
+    (the batch's total is checked first, each event when it is over)."""
+
+    def of_size(size: int) -> dict[str, Any]:
+        event = {"type": "click", "anonymousId": "a", "properties": {"x": ""}}
+        event["properties"]["x"] = "a" * (size - len(orjson.dumps(event)))
+        assert len(orjson.dumps(event)) == size
+        return event
+
+    exact, over = of_size(32_768), of_size(32_769)
+    assert client.post("/v1/events", headers=keys["ingest"], json=exact).status_code == 202
+    assert client.post("/v1/events", headers=keys["ingest"], json=over).status_code == 400
+    response = client.post("/v1/events", headers=keys["ingest"], json={"batch": [exact, over, exact]})
+    assert response.json["accepted"] == 2
+    assert [r["index"] for r in response.json["rejected"]] == [1]
+    small = of_size(1000)
+    response = client.post("/v1/events", headers=keys["ingest"], json={"batch": [small] * 3})
+    assert response.json["accepted"] == 3 and response.json["rejected"] == []
+
+
 def nested(depth: int) -> dict[str, Any]:
     node: dict[str, Any] = {"leaf": 1}
     for _ in range(depth - 1):
