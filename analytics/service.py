@@ -47,7 +47,7 @@ from analytics.phi import Pairs, PhiPolicy
 from analytics.queue import Entry, EventQueue
 from analytics.ratelimit import RateLimiter
 from analytics.records import QueueItem, RecordCodec
-from analytics.redis_client import connect, is_out_of_memory, unavailable_as_error
+from analytics.redis_client import connect, is_out_of_memory, store_error, unavailable_as_error
 from analytics.registry import EventType, EventTypeRegistry
 from analytics.retention import Cleanup, CleanupReport
 from analytics.rotation import RotationReport, Rotator
@@ -289,8 +289,13 @@ class AnalyticsService:
             key = self.authenticate(secret, where=where, remote=remote)
             key.require(action)
             return key, ()
-        with unavailable_as_error():
+        try:  # unavailable_as_error(), without a context manager on the hot path
             admission = self.admitter.admit(hash_api_key(secret), action, entries, kick=kick)
+        except redis.RedisError as exc:
+            error = store_error(exc)
+            if error is None:
+                raise
+            raise error from None
         if admission.record is None or admission.verdict == Verdict.REVOKED:
             if where:
                 self.audit_auth_failure(where, remote, "invalid")
