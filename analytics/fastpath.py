@@ -9,7 +9,9 @@ is exactly what loading and splitting give" or ``None``: "not valid, or not
 a plain JSON shape" (a ``dict`` subclass, an object of another type); the
 caller then runs marshmallow (which says why, or loads it) and
 :func:`phi.split`. ``tests/analytics/test_fastpath.py`` checks the
-equivalence with hypothesis on valid and invalid input alike.
+equivalence with hypothesis on valid and invalid input alike. (One
+difference, for Python callers only: a key that is a ``str`` subclass equal
+to a name seen before passes as that name, where the schema refuses it.)
 
 One pass, not two: checking an object's limits (depth, keys and items, key
 length, finite numbers: ``schemas._measure``) and finding its PHI
