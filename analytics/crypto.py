@@ -66,23 +66,6 @@ def _decode_key(raw: str) -> bytes:
     return key
 
 
-class _KeyedHash:
-    """BLAKE2b in its keyed mode (RFC 7693: a PRF and MAC like HMAC) with the
-    key block absorbed once.
-
-    Each call copies one prepared state: this runs twice for every ingested
-    event, where HMAC-SHA256 (two states, two digests) cost 2.5 times as much.
-    """
-
-    def __init__(self, key: bytes) -> None:
-        self._state = hashlib.blake2b(key=key, digest_size=32)
-
-    def digest(self, message: bytes) -> bytes:
-        state = self._state.copy()
-        state.update(message)
-        return state.digest()
-
-
 class _Nonces:
     """96-bit random AES-GCM nonces, read from the OS 256 at a time.
 
@@ -141,7 +124,11 @@ class Vault:
         self.current_key_id = self._order[0]
         hash_source = _decode_key(hash_key) if hash_key else raw[-1]
         self._hash_key = _derive(hash_source, b"analytics/pseudonym/blake2b/v1")
-        self._hash_mac = _KeyedHash(self._hash_key)
+        # BLAKE2b in its keyed mode (RFC 7693: a PRF and MAC like HMAC), the
+        # key block absorbed once: each hash copies this state. It runs twice
+        # for every ingested event, where HMAC-SHA256 (two states, two
+        # digests) cost 2.5 times as much.
+        self._hash_state = hashlib.blake2b(key=self._hash_key, digest_size=32)
         self._nonces = _Nonces()
         self._audit_key = _derive(hash_source, b"analytics/audit/hmac/v1")
 
@@ -195,7 +182,9 @@ class Vault:
 
     def pseudonym_raw(self, value: str, purpose: str = "user") -> bytes:
         """:meth:`pseudonym` as its 16 bytes."""
-        return self._hash_mac.digest(f"{purpose}\x00{value}".encode())[:16]
+        state = self._hash_state.copy()
+        state.update(f"{purpose}\x00{value}".encode())
+        return state.digest()[:16]
 
     def event_id(self, message_id: str) -> str:
         """The stored id of the event with ``message_id``: 96 bits, URL-safe."""
@@ -203,7 +192,9 @@ class Vault:
 
     def event_id_raw(self, message_id: str) -> bytes:
         """:meth:`event_id` as its 12 bytes."""
-        return self._hash_mac.digest(b"message\x00" + message_id.encode())[:12]
+        state = self._hash_state.copy()
+        state.update(b"message\x00" + message_id.encode())
+        return state.digest()[:12]
 
     def audit_mac(self, data: bytes) -> str:
         """HMAC for chaining audit entries."""
