@@ -120,14 +120,15 @@ class DedicatedConnections:
         for _ in range(size):
             self._permits.put(None)
         self._idle: list[redis.connection.AbstractConnection] = []
+        self._packer = CommandPacker()
 
     def execute(self, *args: Any) -> Any:
         """Send the command ``args``; its reply, raw."""
-        return self.execute_packed(None, args)
+        return self.execute_packed(b"".join(self._packer.pack(*args)))
 
-    def execute_packed(self, packed: bytes | None, args: tuple[Any, ...] = ()) -> Any:
-        """Send ``packed``, a command already in RESP (:func:`resp_bulk`), or
-        else ``args`` packed by the connection; its reply, raw."""
+    def execute_packed(self, packed: bytes) -> Any:
+        """Send ``packed``, a command already in RESP (:func:`resp_bulk`);
+        its reply, raw."""
         try:
             self._permits.get(timeout=_COMMAND_TIMEOUT)
         except queue.Empty:
@@ -139,10 +140,9 @@ class DedicatedConnections:
         try:
             if conn.pid != os.getpid():  # a forked child: never the parent's socket
                 conn = self._make()
-            command = conn.pack_command(*args) if packed is None else [packed]
 
             def call() -> Any:
-                conn.send_packed_command(command)
+                conn.send_packed_command([packed])  # a list: bytes would be sent one int at a time
                 return conn.read_response()
 
             return conn.retry.call_with_retry(call, lambda _: conn.disconnect())
@@ -153,9 +153,9 @@ class DedicatedConnections:
 
 def resp_bulk(value: bytes | str | int | float) -> bytes:
     """One command argument in RESP, encoded as redis-py encodes it (UTF-8
-    text, numbers by ``repr``): for commands packed by hand, whose constant
-    arguments are packed once (``b"*%d\\r\\n" % count`` and the arguments
-    joined make the command)."""
+    text, numbers by ``repr``), for commands packed by hand (constant
+    arguments packed once): ``b"*%d\\r\\n" % count`` followed by the
+    arguments is the command."""
     if isinstance(value, bytes):
         data = value
     elif isinstance(value, str):
