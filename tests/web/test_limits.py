@@ -47,8 +47,8 @@ def test_an_event_over_32_kb_is_rejected_alone(client, keys) -> None:
 
 
 def test_the_event_size_limit_is_exact(client, keys) -> None:
-    """32768 bytes of JSON pass and one more does not, alone or in a batch
-    (the batch's total is checked first, each event when it is over)."""
+    """32768 bytes of JSON (as orjson writes the event) pass and one more
+    does not, alone or in a batch."""
 
     def of_size(size: int) -> dict[str, Any]:
         event = {"type": "click", "anonymousId": "a", "properties": {"x": ""}}
