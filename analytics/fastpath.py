@@ -23,10 +23,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from marshmallow import ValidationError, validate
+from marshmallow import validate
 
 from analytics import phi
-from analytics.schemas import MAX_DEPTH, MAX_KEY_LENGTH, MAX_KEYS, _measure, event_schema, parse_time_ms
+from analytics.schemas import MAX_DEPTH, MAX_KEY_LENGTH, MAX_KEYS, event_schema, parse_time_ms
 
 _FIELDS = event_schema.fields
 _ALLOWED = frozenset(_FIELDS)
@@ -80,21 +80,13 @@ def _split(node: dict[str, Any] | list[Any], depth: int, path: tuple[str | int, 
                     raise _Declined
                 verdict = policy.is_phi(key)
             if type(value) not in _SCALARS:
-                kind = type(value)
-                if kind is dict or kind is list:
-                    if depth >= MAX_DEPTH:
-                        raise _Declined
-                    if verdict:
-                        count += _measure(value, depth + 1)
-                    else:
-                        inner_count, inner = _split(value, depth + 1, (*path, key), policy, found)
-                        count += inner_count
-                        if inner is not value:
-                            if clean is None:
-                                clean = dict(node)
-                            clean[key] = inner
-                elif kind is not float or not math.isfinite(value):
-                    raise _Declined
+                # A PHI value goes whole: walked for its limits only.
+                inner_count, inner = _below(value, depth, (*path, key), policy, [] if verdict else found)
+                count += inner_count
+                if inner is not value and not verdict:
+                    if clean is None:
+                        clean = dict(node)
+                    clean[key] = inner
             if verdict:
                 found.append([[*path, key], value])
                 if clean is None:
@@ -106,21 +98,29 @@ def _split(node: dict[str, Any] | list[Any], depth: int, path: tuple[str | int, 
     items: list[Any] | None = None
     for i, item in enumerate(node):
         if type(item) not in _SCALARS:
-            kind = type(item)
-            if kind is dict or kind is list:
-                if depth >= MAX_DEPTH:
-                    raise _Declined
-                inner_count, inner = _split(item, depth + 1, (*path, i), policy, found)
-                count += inner_count
-                if inner is not item:
-                    if items is None:
-                        items = list(node)
-                    items[i] = inner
-            elif kind is not float or not math.isfinite(item):
-                raise _Declined
+            inner_count, inner = _below(item, depth, (*path, i), policy, found)
+            count += inner_count
+            if inner is not item:
+                if items is None:
+                    items = list(node)
+                items[i] = inner
     if count > MAX_KEYS:
         raise _Declined
     return count, node if items is None else items
+
+
+def _below(value: Any, depth: int, path: tuple[str | int, ...], policy: phi.PhiPolicy,
+           found: list[list[Any]]) -> tuple[int, Any]:
+    """A value of a node at ``depth`` that is not a plain scalar: an object or
+    array one level down (:func:`_split`), or a finite float (0, itself)."""
+    kind = type(value)
+    if kind is dict or kind is list:
+        if depth >= MAX_DEPTH:
+            raise _Declined
+        return _split(value, depth + 1, path, policy, found)
+    if kind is not float or not math.isfinite(value):
+        raise _Declined
+    return 0, value
 
 
 def load_split(raw: dict[str, Any],
@@ -161,7 +161,7 @@ def load_split(raw: dict[str, Any],
             return None
         try:
             out[name] = _split(value, 1, (name,), policy, found)[1]
-        except (_Declined, ValidationError):  # ValidationError: from _measure
+        except _Declined:
             return None
     timestamp = raw.get("timestamp")
     if timestamp is not None:
