@@ -25,6 +25,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def in_forked_child(run: Callable[[], object]) -> str:
+    """``str(run())`` as computed in a forked child of this process (for
+    what must differ after a fork: connections, pending counts)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, str(run()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        return os.read(read, 4096).decode()
+    finally:
+        os.waitpid(pid, 0)
+        os.close(read)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
                message: str = "condition") -> Any:
     deadline = time.monotonic() + timeout

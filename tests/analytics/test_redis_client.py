@@ -3,7 +3,6 @@ its pool and the dedicated connections of the hot path."""
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from typing import Any
 
@@ -15,6 +14,7 @@ from analytics.admission import Verdict
 from analytics.errors import ConfigurationError
 from analytics.redis_client import CommandPacker, DedicatedConnections, connect
 from analytics.settings import Settings
+from tests.support import in_forked_child
 
 
 @pytest.mark.parametrize("args", [
@@ -119,17 +119,7 @@ def test_a_dedicated_connection_cut_by_the_server_is_made_again(service: Any) ->
 def test_a_forked_child_makes_its_own_dedicated_connection(service: Any) -> None:
     dedicated = DedicatedConnections(service.redis, 1)
     parent = dedicated.execute("CLIENT", "ID")
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never the parent's socket
-        try:
-            os.write(write, str(dedicated.execute("CLIENT", "ID")).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    child = int(os.read(read, 64))
-    os.waitpid(pid, 0)
-    os.close(read)
+    child = int(in_forked_child(lambda: dedicated.execute("CLIENT", "ID")))  # never the parent's socket
     assert child != parent
     assert dedicated.execute("CLIENT", "ID") == parent
 

@@ -1,13 +1,12 @@
 """Request counts and durations: added up per process, exact in ``/metrics``."""
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
 from prometheus_client import REGISTRY
 
-from tests.support import wait_until
+from tests.support import in_forked_child, wait_until
 from web.request_metrics import BUCKETS, RequestTally
 
 
@@ -79,19 +78,12 @@ def test_a_forked_child_does_not_flush_what_its_parent_counted() -> None:
     tally = RequestTally(interval=3600)  # only explicit flushes
     labels = {"method": "GET", "endpoint": "test.fork", "status": "200"}
     tally.add("GET", "test.fork", 200, 0.001)  # the parent's, not flushed yet
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            tally.add("GET", "test.fork", 200, 0.001)
-            tally.flush()
-            os.write(write, str(sample("analytics_http_requests_total", **labels)).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    child = float(os.read(read, 64))
-    os.waitpid(pid, 0)
-    os.close(read)
-    assert child == 1  # its own request only
+
+    def in_child() -> float:
+        tally.add("GET", "test.fork", 200, 0.001)
+        tally.flush()
+        return sample("analytics_http_requests_total", **labels)
+
+    assert float(in_forked_child(in_child)) == 1  # its own request only
     tally.flush()
     assert sample("analytics_http_requests_total", **labels) == 1  # the parent's, once
