@@ -80,8 +80,9 @@ class Admitter:
         self._head = resp_bulk("EVALSHA") + resp_bulk(self._script.sha)
         self._api_keys = resp_bulk(keyspace.API_KEYS)
         self._kick_key = resp_bulk(keyspace.KICK_EVENTS)
-        # ARGV[2..5] never change for an action.
-        fixed = (repr(float(limiter.rate)).encode(), str(limiter.burst).encode(), b"1")
+        # ARGV[2..6] never change for an action.
+        fixed = (repr(float(limiter.rate)).encode(), str(limiter.burst).encode(), b"1",
+                 str(limiter.bucket_ttl_ms).encode())
         self._fixed = {action: (*fixed, granting_roles(action).encode())
                        for grants in GRANTS.values() for action in grants}
         self._fixed_packed = {action: b"".join(map(resp_bulk, args)) for action, args in self._fixed.items()}
@@ -128,8 +129,8 @@ class Admitter:
             for name, value in fields.items():
                 tail.append(resp_bulk(name))
                 tail.append(resp_bulk(value))
-        # EVALSHA, sha, numkeys, 3 keys + streams, 6 arguments + the entries'
-        count = 12 + len(streams) + len(tail)
+        # EVALSHA, sha, numkeys, 3 keys + streams, 7 arguments + the entries'
+        count = 13 + len(streams) + len(tail)
         return b"".join((b"*%d\r\n" % count, self._head, resp_bulk(3 + len(streams)),
                          self._api_keys, resp_bulk(keyspace.rate_bucket(digest)), self._kick_key,
                          *streams, resp_bulk(digest), self._fixed_packed[action],

@@ -56,7 +56,9 @@ key                                          type     holds
                                                       whose erasure is under way; deleted
                                                       when it completes (an interrupted
                                                       erasure run again picks them up)
-``analytics:ratelimit:{key hash prefix}``    hash     token bucket of one API key
+``analytics:rate:{key hash prefix}``         string   rate limit of one API key: when its
+                                                      token bucket is full again (us; not
+                                                      in the AOF; expires)
 ``analytics:authfail:{remote hash}``         string   auth failures of one remote address
                                                       in the current window (audit
                                                       throttling; expires)
@@ -122,7 +124,10 @@ AUDIT = "analytics:audit"
 DLQ_PREFIX = "analytics:dlq:"
 ERASED = "analytics:erased"
 ERASURE_LINKS = "analytics:erased:links:"
-RATE_BUCKET = "analytics:ratelimit:"
+#: A string (``lua/token_bucket.lua``). It was a hash under
+#: ``analytics:ratelimit:``: a new name, so that an upgraded process never
+#: reads an old bucket (those expire by themselves).
+RATE_BUCKET = "analytics:rate:"
 AUTH_FAILURES_BY_REMOTE = "analytics:authfail:"
 AUTH_FAILURES_TOTAL = "analytics:stats:auth_failures"
 ROTATION = "analytics:rotation"
@@ -171,7 +176,7 @@ def dedupe_shard(shard: str) -> str:
 
 
 def rate_bucket(key_digest: str) -> str:
-    """The token bucket of the API key whose SHA-256 is ``key_digest``."""
+    """The rate limit of the API key whose SHA-256 is ``key_digest``."""
     return RATE_BUCKET + key_digest[:24]
 def metric_series(name: str) -> str:
     """The series registry of metric ``name`` (contract key)."""

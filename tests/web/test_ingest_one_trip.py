@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from analytics import keyspace
+from analytics.crypto import hash_api_key
 from tests.conftest import service_env
 from tests.support import RedisServer
 
@@ -63,7 +64,7 @@ def private(tmp_path: Path, encryption_keys: str) -> Any:
 
 def round_trip(server: RedisServer, send: Callable[[], Any]) -> tuple[Any, list[str], list[str]]:
     """``send()`` under MONITOR: its answer, the commands the app sent to
-    Redis, and the commands scripts ran."""
+    Redis, and the commands scripts ran with their first key ("SET key")."""
     watcher, data = server.client(), server.client()
     data.ping()  # connected before MONITOR starts
     commands: list[dict[str, Any]] = []
@@ -81,7 +82,7 @@ def round_trip(server: RedisServer, send: Callable[[], Any]) -> tuple[Any, list[
         listener.join(10)
     sent = [c["command"].split()[0] for c in commands
             if c["db"] == 0 and c["client_type"] != "lua" and "ECHO" not in c["command"]]
-    inside = [c["command"].split()[0] for c in commands if c["client_type"] == "lua"]
+    inside = [" ".join(c["command"].split()[:2]) for c in commands if c["client_type"] == "lua"]
     return response, sent, inside
 
 
@@ -94,8 +95,24 @@ def test_one_event_costs_one_round_trip(private) -> None:
                                                                     headers=headers))
     assert response.status_code == 202 and response.json["accepted"] == 1
     assert sent == ["EVALSHA"], sent
-    assert "XADD" in inside and "HGET" in inside
+    assert f"XADD {keyspace.event_queue('normal')}" in inside
+    assert f"HGET {keyspace.API_KEYS}" in inside
     assert queued(server.client()) == 2
+
+
+def test_the_rate_limit_stays_out_of_the_aof(private) -> None:
+    """The bucket is soft state: Redis has it, its AOF does not (nor do
+    replicas), while the events it admitted are there."""
+    server, app = private
+    client = app.test_client()
+    secret = app.extensions["analytics"].create_api_key("ingest")[0]
+    for _ in range(3):
+        assert client.post("/v1/events", json=EVENT, headers=bearer(secret)).status_code == 202
+    bucket = keyspace.rate_bucket(hash_api_key(secret))
+    assert server.client().exists(bucket)
+    aof = b"".join(path.read_bytes() for path in (server.dir / "appendonlydir").iterdir())
+    assert aof.count(keyspace.event_queue("normal").encode()) == 3
+    assert keyspace.RATE_BUCKET.encode() not in aof
 
 
 def test_bad_key_wins_over_a_bad_body(client, keys, service, data) -> None:
@@ -256,7 +273,8 @@ def test_one_metric_post_costs_one_round_trip(private) -> None:
                                                                     headers=headers))
     assert response.status_code == 202, response.json
     assert sent == ["EVALSHA"], sent
-    assert "HGET" in inside and inside.count("XADD") == 1
+    assert f"HGET {keyspace.API_KEYS}" in inside
+    assert inside.count(f"XADD {keyspace.METRICS_QUEUE}") == 1
     body = response.json
     assert body["accepted"] == 2 and [r["index"] for r in body["rejected"]] == [2]
     # the ids name the entry the script added, as the pipeline's did
@@ -283,12 +301,13 @@ def test_one_segment_post_costs_one_round_trip(private, path, body) -> None:
     assert response.status_code == 200 and response.json == {"success": True}
     assert sent == ["EVALSHA"], sent  # dead letters in the same script
     events, _, letters = written(data)
-    assert "HGET" in inside and inside.count("XADD") == events - before[0] + letters - before[2]
+    assert f"HGET {keyspace.API_KEYS}" in inside
+    assert [c.split()[0] for c in inside].count("XADD") == events - before[0] + letters - before[2]
     expected = {"/v1/batch": (1, 1), "/v1/track": (1, 0), "/v1/t": (0, 1)}[path]
     assert (events - before[0], letters - before[2]) == expected
     if path == "/v1/t":
         # nothing for a worker: the wake-up flag is left alone
-        assert "SET" not in inside
+        assert f"SET {keyspace.KICK_EVENTS}" not in inside
 
 
 def test_segment_keeps_messages_and_dead_letters_of_a_one_trip_batch(client, keys, data,
