@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -246,4 +247,33 @@ def test_a_hung_worker_does_not_hold_up_new_connections(env, tmp_path) -> None:
             os.kill(pid, signal.SIGCONT)
         for sock in socks:
             sock.close()
+        web.stop()
+
+
+def test_bodies_are_read_and_capped_as_gunicorn_passes_them(env, tmp_path) -> None:
+    """gunicorn ends a body's stream itself: one with a Content-Length is
+    read in one go (``web.body``), a chunked one through werkzeug's limit.
+    Either way the limit answers the same JSON 413, and the connection
+    goes on serving."""
+    from web import create_app
+
+    limited = {**env, "ANALYTICS_MAX_BODY_BYTES": "4096"}
+    secret, _ = create_app(limited).extensions["analytics"].create_api_key("ingest")
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    port = free_port()
+    web = start_gunicorn(limited, tmp_path, port, workers=1)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/events"
+        small = json.dumps({"type": "click", "userId": "u-1", "properties": {"note": "x" * 100}})
+        large = json.dumps({"type": "click", "userId": "u-1", "properties": {"note": "x" * 5000}})
+        session = requests.Session()
+        for body in (small, iter([small[:10].encode(), small[10:].encode()])):  # length, chunked
+            answer = session.post(url, data=body, headers=headers)
+            assert answer.status_code == 202 and answer.json()["accepted"] == 1, answer.text
+        for body in (large, iter([large[:10].encode(), large[10:].encode()])):
+            answer = session.post(url, data=body, headers=headers)
+            assert answer.status_code == 413, answer.text
+            assert answer.json()["error"]["code"] == "payload_too_large"
+        assert session.post(url, data=small, headers=headers).status_code == 202
+    finally:
         web.stop()
