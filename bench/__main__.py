@@ -3,10 +3,12 @@ table of medians (min-max) and ratios against the baselines measured in the
 same run, and write the results as JSON to bench/results/latest.json.
 
 Throughput on shared cores swings with the neighbours, so each side and its
-baseline run in alternating pairs (``*_pairs``: median (min-max) of the
-per-pair ratios); every run also reports the CPU time of each server process
-per event or request (``*_cpu_us_per_*``), which moves much less; and
-``calibration`` relates this machine to the one the issue's targets were set on."""
+baseline take turns: ingest in rounds against both servers kept up
+(:mod:`bench.ingest`), end to end in alternating pairs of runs (``*_pairs``:
+median (min-max) of the per-round or per-pair ratios); every run also
+reports the CPU time of each server process per event or request
+(``*_cpu_us_per_*``), which moves much less; and ``calibration`` relates
+this machine to the one the issue's targets were set on."""
 from __future__ import annotations
 
 import argparse
@@ -71,16 +73,16 @@ def bench_e2e(quick: bool) -> dict[str, Any]:
 
 
 def bench_ingest(quick: bool) -> dict[str, Any]:
-    reps = 1 if quick else 3
-    single = 500 if quick else 20_000
+    # Rounds of about 2 s per side here (1 s for the bare batches).
+    rounds = 1 if quick else 8
+    single = 500 if quick else 5_000
     # Enough in smoke mode for the CPU figures to span several 10 ms ticks.
     batches = 200 if quick else 1_000
-    apps = {"ours": "web:create_app()", "bare": "bench.bare:create_app()"}
+    apps = ingest.APPS
     runs: dict[tuple[str, str], list[Run]] = {}
     for mode, requests, batch in (("single", single, 1), ("batch100", batches, 100)):
-        ours = partial(ingest.ingest_once, app=apps["ours"], requests=requests, batch=batch)
-        bare = partial(ingest.ingest_once, app=apps["bare"], requests=requests, batch=batch)
-        runs["ours", mode], runs["bare", mode] = _pairs(reps, ours, bare)
+        by_app = ingest.ingest_rounds(rounds, requests, batch)
+        runs["ours", mode], runs["bare", mode] = by_app["ours"], by_app["bare"]
     out: dict[str, Any] = {}
     for label in apps:
         one, hundred = runs[label, "single"], runs[label, "batch100"]

@@ -224,6 +224,7 @@ def _sender(port: int, path: str, headers: dict[str, str], bodies: list[bytes],
     conn = _Connection(port, path, headers)
     latencies: list[float] = []
     errors = 0
+    first = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
     for body in bodies:
         if time.monotonic() > deadline:
             break
@@ -237,15 +238,17 @@ def _sender(port: int, path: str, headers: dict[str, str], bodies: list[bytes],
             continue
         latencies.append(time.perf_counter() - started)
     conn.close()
-    out.put((latencies, errors))
+    out.put((latencies, errors, first, time.perf_counter()))
 
 
 def post_load(port: int, path: str, headers: dict[str, str], bodies: list[bytes],
               connections: int = 4, max_seconds: float = 60.0) -> dict[str, Any]:
     """POST ``bodies`` over ``connections`` keep-alive connections, each in its
-    own process. Returns request count, seconds, latencies (s), errors, and
-    the senders' CPU seconds (``cpu_seconds``: they are our children, reaped
-    by the joins below)."""
+    own process. Returns request count, seconds, latencies (s), errors, the
+    senders' CPU seconds (``cpu_seconds``: they are our children, reaped by
+    the joins below), and ``busy_seconds``: from the first sender's first
+    request to the last answer, without the senders' start (which counts
+    for short loads)."""
     ctx = mp.get_context("fork")
     own = os.times()
     out = ctx.Queue()
@@ -261,9 +264,10 @@ def post_load(port: int, path: str, headers: dict[str, str], bodies: list[bytes]
     for p in procs:
         p.join(10)
     done = os.times()
-    latencies = [lat for lats, _ in results for lat in lats]
+    latencies = [lat for lats, *_ in results for lat in lats]
     return {"requests": len(latencies), "seconds": elapsed, "latencies": latencies,
-            "errors": sum(e for _, e in results),
+            "errors": sum(e for _, e, *_ in results),
+            "busy_seconds": max(r[3] for r in results) - min(r[2] for r in results),
             "cpu_seconds": (done.children_user - own.children_user
                             + done.children_system - own.children_system)}
 
