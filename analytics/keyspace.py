@@ -178,6 +178,8 @@ def dedupe_shard(shard: str) -> str:
 def rate_bucket(key_digest: str) -> str:
     """The rate limit of the API key whose SHA-256 is ``key_digest``."""
     return RATE_BUCKET + key_digest[:24]
+
+
 def metric_series(name: str) -> str:
     """The series registry of metric ``name`` (contract key)."""
     return METRICS + name

@@ -1,4 +1,4 @@
--- A per-key rate limit (analytics:ratelimit:{key hash prefix}), on Redis's
+-- A per-key rate limit (analytics:rate:{key hash prefix}), on Redis's
 -- clock so that every web process agrees. Included by the scripts that take
 -- a token (ratelimit.py, admission.py).
 --
