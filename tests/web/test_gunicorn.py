@@ -251,10 +251,10 @@ def test_a_hung_worker_does_not_hold_up_new_connections(env, tmp_path) -> None:
 
 
 def test_bodies_are_read_and_capped_as_gunicorn_passes_them(env, tmp_path) -> None:
-    """gunicorn ends a body's stream itself: one with a Content-Length is
-    read in one go (``web.body``), a chunked one through werkzeug's limit.
-    Either way the limit answers the same JSON 413, and the connection
-    goes on serving."""
+    """gunicorn ends a body's stream itself: ``web.body`` reads one with a
+    Content-Length in one go, a chunked one up to the limit. Either way the
+    limit answers the same JSON 413 (werkzeug used to cut a chunked body at
+    the limit: a 400), and the connection goes on serving."""
     from web import create_app
 
     limited = {**env, "ANALYTICS_MAX_BODY_BYTES": "4096"}
