@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import calibration, e2e, ingest, memory
-from bench.harness import cpu_count, median_range
+from bench.harness import APPS, cpu_count, median_range
 
 RESULTS = Path(__file__).resolve().parent / "results"
 Run = dict[str, Any]
@@ -78,13 +78,12 @@ def bench_ingest(quick: bool) -> dict[str, Any]:
     single = 500 if quick else 5_000
     # Enough in smoke mode for the CPU figures to span several 10 ms ticks.
     batches = 200 if quick else 1_000
-    apps = ingest.APPS
     runs: dict[tuple[str, str], list[Run]] = {}
     for mode, requests, batch in (("single", single, 1), ("batch100", batches, 100)):
         by_app = ingest.ingest_rounds(rounds, requests, batch)
         runs["ours", mode], runs["bare", mode] = by_app["ours"], by_app["bare"]
     out: dict[str, Any] = {}
-    for label in apps:
+    for label in APPS:
         one, hundred = runs[label, "single"], runs[label, "batch100"]
         out[f"{label}_single_req_per_s"] = median_range([r["requests_per_s"] for r in one])
         out[f"{label}_single_p50_ms"] = median_range([r["p50_ms"] for r in one])

@@ -24,6 +24,10 @@ from tests.support import Process, RedisServer, free_port, python_env, wait_unti
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: The apps compared per request: ours, and the bare Flask parse+LPUSH endpoint.
+APPS = {"ours": "web:create_app()", "bare": "bench.bare:create_app()"}
+
+
 def median_range(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 

@@ -14,9 +14,18 @@ import contextlib
 from typing import Any
 
 from analytics import keyspace
-from bench.harness import bearer, cpu_us_per, create_key, event_batch, json_bytes, percentile, post_load, stack
+from bench.harness import (
+    APPS,
+    bearer,
+    cpu_us_per,
+    create_key,
+    event_batch,
+    json_bytes,
+    percentile,
+    post_load,
+    stack,
+)
 
-APPS = {"ours": "web:create_app()", "bare": "bench.bare:create_app()"}
 #: What each app writes, emptied after every round (no worker drains it).
 WRITTEN = {"ours": keyspace.EVENT_QUEUES, "bare": ("bare:events",)}
 
