@@ -73,12 +73,15 @@ class Stack:
         self.worker_concurrency = worker_concurrency
         self.processes: list[Process] = []
 
-    def start_web(self, app: str = "web:create_app()") -> None:
-        argv = [sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
+    def start_web(self, app: str = "web:create_app()", *, wrapper: tuple[str, ...] = (),
+                  timeout: float = 30.0) -> Process:
+        """gunicorn serving ``app``, run under ``wrapper`` (say, valgrind)."""
+        argv = [*wrapper, sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
                 "--bind", f"127.0.0.1:{self.port}", app]
         proc = Process("web", argv, self.env, self.dir).start()
         self.processes.append(proc)
-        wait_until(lambda: _get(self.port, "/healthz") == 200, 30, 0.1, "gunicorn to answer")
+        wait_until(lambda: _get(self.port, "/healthz") == 200, timeout, 0.1, "gunicorn to answer")
+        return proc
 
     def start_worker(self, app: str = "tasks", extra: list[str] | None = None) -> Process:
         argv = [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO",

@@ -23,27 +23,14 @@ minute per app.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any, cast
 
-from bench.harness import (
-    APPS,
-    _get,
-    bearer,
-    create_key,
-    event_batch,
-    json_bytes,
-    post_load,
-    service_settings,
-)
-from tests.support import ROOT, RedisServer, free_port, gunicorn_workers, python_env, wait_until
+from bench.harness import APPS, bearer, create_key, event_batch, json_bytes, post_load, stack
+from tests.support import gunicorn_workers, wait_until
 
 
 def _total(dump: Path) -> int | None:
@@ -57,46 +44,25 @@ def _total(dump: Path) -> int | None:
 def count(app_name: str, requests: int, warm_up: int = 200) -> float:
     """Instructions per request of ``app_name`` (``ours`` or ``bare``) in its
     gunicorn worker."""
-    with tempfile.TemporaryDirectory(prefix="analytics-callgrind-") as tmp:
-        redis = RedisServer(Path(tmp) / "redis").start()
-        server = None
-        try:
-            settings = service_settings(redis)
-            port = free_port()
-            os.mkdir(f"{tmp}/prometheus")
-            env = python_env({**settings, "PROMETHEUS_MULTIPROC_DIR": f"{tmp}/prometheus"})
-            # --trace-children: only then does callgrind_control find the
-            # worker gunicorn forks.
-            argv = ["valgrind", "--tool=callgrind", "--trace-children=yes",
-                    f"--callgrind-out-file={tmp}/callgrind.%p",
-                    sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
-                    "--workers", "1", "--bind", f"127.0.0.1:{port}", APPS[app_name]]
-            with open(f"{tmp}/gunicorn.log", "wb") as log:
-                server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=log,
-                                          start_new_session=True)
-            wait_until(lambda: _get(port, "/healthz") == 200, 600, 1.0, "gunicorn under callgrind")
-            (worker,) = gunicorn_workers(server.pid)
-            headers = (bearer(create_key(settings, "ingest")) if app_name == "ours"
-                       else {"Content-Type": "application/json"})
-            bodies = [json_bytes(e) for e in event_batch(warm_up + requests, "one")]
-            post_load(port, "/v1/events", headers, bodies[:warm_up], 2, 900)
-            subprocess.run(["callgrind_control", "--zero", str(worker)], check=True, capture_output=True)
-            load = post_load(port, "/v1/events", headers, bodies[warm_up:], 2, 1800)
-            subprocess.run(["callgrind_control", "--dump", str(worker)], check=True, capture_output=True)
-            if load["errors"] or load["requests"] != requests:
-                raise RuntimeError(f"{app_name}: {load['errors']} errors in {load['requests']} requests")
-            dump = Path(f"{tmp}/callgrind.{worker}.1")
-            wait_until(lambda: _total(dump) is not None, 60, 0.5, "callgrind's dump")
-            return cast(int, _total(dump)) / requests
-        finally:
-            if server is not None:
-                os.killpg(server.pid, signal.SIGTERM)
-                try:
-                    server.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(server.pid, signal.SIGKILL)
-                    server.wait()
-            redis.stop()
+    with stack(web_workers=1) as s:
+        # --trace-children: only then does callgrind_control find the
+        # worker gunicorn forks.
+        valgrind = ("valgrind", "--tool=callgrind", "--trace-children=yes",
+                    f"--callgrind-out-file={s.dir}/callgrind.%p")
+        web = s.start_web(APPS[app_name], wrapper=valgrind, timeout=600)
+        (worker,) = gunicorn_workers(web.pid)
+        headers = (bearer(create_key(s.env, "ingest")) if app_name == "ours"
+                   else {"Content-Type": "application/json"})
+        bodies = [json_bytes(e) for e in event_batch(warm_up + requests, "one")]
+        post_load(s.port, "/v1/events", headers, bodies[:warm_up], 2, 900)
+        subprocess.run(["callgrind_control", "--zero", str(worker)], check=True, capture_output=True)
+        load = post_load(s.port, "/v1/events", headers, bodies[warm_up:], 2, 1800)
+        subprocess.run(["callgrind_control", "--dump", str(worker)], check=True, capture_output=True)
+        if load["errors"] or load["requests"] != requests:
+            raise RuntimeError(f"{app_name}: {load['errors']} errors in {load['requests']} requests")
+        dump = s.dir / f"callgrind.{worker}.1"
+        wait_until(lambda: _total(dump) is not None, 60, 0.5, "callgrind's dump")
+        return cast(int, _total(dump)) / requests
 
 
 def run(quick: bool = False) -> dict[str, Any]:
