@@ -1,8 +1,9 @@
-"""README.rst is tested: its examples run against a live gunicorn, the test
-Redis and the session's Celery worker.
+"""README.rst and docs/*.rst are tested: their examples run against a live
+gunicorn, the test Redis and the test run's Celery worker.
 
-Every literal block of the README is preceded by a ``.. readme-test: KIND``
-comment (invisible when rendered):
+Every literal block of these pages (``::`` paragraphs and ``code-block``
+directives) is preceded by a ``.. readme-test: KIND`` comment (invisible
+when rendered, by GitHub and by Sphinx alike):
 
 ``shell``       run by bash (``set -euo pipefail``), ``localhost:8000``
                 pointed at the test server, ``analytics`` running this
@@ -17,11 +18,16 @@ comment (invisible when rendered):
                 tested elsewhere (``analytics run``: test_devserver.py)
 ``none``        not a command (a diagram, sample output)
 
-An unmarked block that looks like a command fails :func:`test_every_block_is_marked`,
-so a new example cannot go untested by accident.
+The pages are read in a fixed order: README.rst first, then docs/*.rst by
+name; the examples run in that order. An unmarked block that looks like a
+command fails :func:`test_every_block_is_marked`, so a new example cannot go
+untested by accident, and :data:`EXPECTED_EXAMPLES` keeps examples from
+disappearing when the pages are rewritten.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import re
 import shlex
@@ -30,7 +36,6 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -38,28 +43,84 @@ from click.testing import CliRunner
 from tests.support import ROOT, Process, python_env, wait_until
 
 README = ROOT / "README.rst"
+DOCS = ROOT / "docs"
 KINDS = {"shell", "python", "synopsis", "procfile", "background", "ci", "none"}
+#: Languages a ``code-block`` of each runnable kind may declare.
+LANGUAGES = {"shell": {"bash", "sh", "shell", "console"}, "python": {"python", "python3", "py"}}
 #: First words that make an unmarked block look like a command.
 COMMAND_WORDS = {"analytics", "curl", "make", "celery", "gunicorn", "honcho", "redis-cli",
                  "python", "python3", "pip", "KEY=$(analytics", "import", "from", "export",
                  "docker", "flower", "wget", "sh", "bash"}
 MARKER = re.compile(r"^\s*\.\. readme-test:\s*(\S+)\s*$")
+#: ``.. name:: argument`` (a directive).
+DIRECTIVE = re.compile(r"^(\s*)\.\.\s+([\w-]+)::(.*)$")
+CODE_DIRECTIVES = {"code-block", "code", "sourcecode"}
+#: Snippets that must stay in a run (shell or python) example somewhere:
+#: every example the pages have, wherever it moves.
+EXPECTED_EXAMPLES = [
+    "analytics keys create --role admin",        # quick start
+    "POST localhost:8000/v1/events",             # sending events, a batch
+    "/v1/event-types",                           # registering a type
+    "properties.button=buy",                     # property filters
+    "--data-urlencode \"properties.amount=gte:10\"",
+    "requests.Session()",                        # from Python, following the cursor
+    "segment.track(",                            # the Segment SDK
+    "rudder.track(",                             # the RudderStack SDK
+    "localhost:8000/v1/track",                   # the Segment HTTP API
+    "groupBy=route",                             # metrics
+    "events.page_view?agg=count",                # event counts
+    "analytics export --type page_view",         # export and import
+    "analytics import -",
+    "analytics audit verify",                    # the audit log
+    "localhost:8000/v1/audit",
+    "localhost:8000/v1/erase",                   # erasure
+    "analytics erase --user",
+    "redis-cli -u \"$REDIS_URL\" ping",          # troubleshooting
+    "localhost:8000/readyz",
+    "celery -A tasks inspect ping",
+    "XLEN analytics:events:queue",
+]
 
 
 @dataclass
 class Block:
+    path: str
     line: int
     kind: str | None
     text: str
+    language: str = ""
 
     def __str__(self) -> str:
-        return f"README.rst line {self.line} ({self.kind or 'unmarked'})"
+        return f"{self.path} line {self.line} ({self.kind or 'unmarked'})"
 
 
-def blocks(text: str | None = None) -> list[Block]:
-    """The literal blocks of the README (``::`` and ``code-block``), with
-    the marker that precedes each."""
-    lines = (text if text is not None else README.read_text()).splitlines()
+def documents() -> list[Path]:
+    """The tested pages, in the order their examples run."""
+    return [README, *sorted(DOCS.glob("*.rst"))]
+
+
+def _body(lines: list[str], start: int, indent: int) -> tuple[list[tuple[int, str]], int]:
+    """The lines from ``start`` indented deeper than ``indent`` (blank lines
+    included), with their indexes, without leading and trailing blank lines;
+    and the index after them."""
+    j = start
+    body: list[tuple[int, str]] = []
+    while j < len(lines) and (not lines[j].strip() or
+                              len(lines[j]) - len(lines[j].lstrip()) > indent):
+        body.append((j, lines[j]))
+        j += 1
+    while body and not body[-1][1].strip():
+        body.pop()
+    while body and not body[0][1].strip():
+        body.pop(0)
+    return body, j
+
+
+def blocks(text: str | None = None, path: str = "README.rst") -> list[Block]:
+    """The literal blocks of one page (``::`` and ``code-block``), with the
+    marker that precedes each. Other directives' contents are read as text,
+    so a literal block inside, say, a ``note`` is found too."""
+    lines = (text if text is not None else (ROOT / path).read_text()).splitlines()
     found: list[Block] = []
     marker: str | None = None
     i = 0
@@ -70,19 +131,23 @@ def blocks(text: str | None = None) -> list[Block]:
             marker = match.group(1)
             i += 1
             continue
+        directive = DIRECTIVE.match(line)
+        if directive and directive.group(2) not in CODE_DIRECTIVES:
+            i += 1  # toctree, note, warning...: not literal; go on inside
+            continue
         stripped = line.rstrip()
-        if stripped.endswith("::") and not stripped.lstrip().startswith(".. readme-test"):
+        if directive or stripped.endswith("::"):
             indent = len(line) - len(line.lstrip())
-            j = i + 1
-            body: list[str] = []
-            while j < len(lines) and (not lines[j].strip() or
-                                      len(lines[j]) - len(lines[j].lstrip()) > indent):
-                body.append(lines[j])
-                j += 1
-            while body and not body[-1].strip():
-                body.pop()
-            if any(b.strip() for b in body):
-                found.append(Block(i + 2, marker, textwrap.dedent("\n".join(body)).strip("\n")))
+            body, j = _body(lines, i + 1, indent)
+            language = directive.group(3).strip() if directive else ""
+            if directive:  # skip the directive's options (``:caption: ...``)
+                while body and body[0][1].strip().startswith(":"):
+                    body.pop(0)
+                while body and not body[0][1].strip():
+                    body.pop(0)
+            if body:
+                text = textwrap.dedent("\n".join(b for _, b in body)).strip("\n")
+                found.append(Block(path, body[0][0] + 1, marker, text, language))
                 marker = None
             i = j
             continue
@@ -90,8 +155,12 @@ def blocks(text: str | None = None) -> list[Block]:
     return found
 
 
+def all_blocks() -> list[Block]:
+    return [block for page in documents() for block in blocks(path=str(page.relative_to(ROOT)))]
+
+
 def of_kind(kind: str) -> list[Block]:
-    return [b for b in blocks() if b.kind == kind]
+    return [b for b in all_blocks() if b.kind == kind]
 
 
 def looks_like_a_command(block: Block) -> bool:
@@ -102,24 +171,66 @@ def looks_like_a_command(block: Block) -> bool:
     return False
 
 
+def cli_target() -> tuple[str, str]:
+    """(module, function) of the ``analytics`` console script: the entry
+    point setup.cfg declares, else where the CLI has lived."""
+    candidates = []
+    declared = re.search(r"^\s*analytics\s*=\s*([\w.]+):(\w+)\s*$",
+                         (ROOT / "setup.cfg").read_text(), re.MULTILINE)
+    if declared:
+        candidates.append((declared.group(1), declared.group(2)))
+    candidates += [("cli.main", "main"), ("analytics.cli", "main")]
+    for module, function in candidates:
+        try:
+            if importlib.util.find_spec(module) is not None:
+                return module, function
+        except ModuleNotFoundError:
+            continue
+    raise AssertionError(f"none of {candidates} is importable: where is the analytics CLI?")
+
+
 def test_the_parser_finds_marked_and_unmarked_blocks() -> None:
-    sample = "Intro::\n\n    curl x\n\n.. readme-test: none\n\n::\n\n    a diagram\n\ntext\n"
+    sample = ("Intro::\n\n    curl x\n\n.. readme-test: none\n\n::\n\n    a diagram\n\ntext\n\n"
+              ".. readme-test: shell\n\n.. code-block:: bash\n   :caption: a caption\n\n"
+              "   analytics stats\n\n.. note::\n\n   Inside a note::\n\n       make test\n\n"
+              ".. toctree::\n   :maxdepth: 2\n\n   api\n")
     found = blocks(sample)
-    assert [(b.kind, b.text) for b in found] == [(None, "curl x"), ("none", "a diagram")]
+    assert [(b.kind, b.text, b.language) for b in found] == [
+        (None, "curl x", ""), ("none", "a diagram", ""), ("shell", "analytics stats", "bash"),
+        (None, "make test", "")]
     assert looks_like_a_command(found[0]) and not looks_like_a_command(found[1])
+    assert [b.line for b in found] == [3, 9, 18, 24]  # each block's first line
 
 
 def test_every_block_is_marked() -> None:
-    found = blocks()
-    assert len(found) >= 10
+    found = all_blocks()
+    assert len(found) >= 20
+    pages = {b.path for b in found}
+    for page in ("README.rst", "docs/api.rst", "docs/operations.rst", "docs/security.rst"):
+        assert page in pages, f"no literal block found in {page}"
     unknown = [str(b) for b in found if b.kind is not None and b.kind not in KINDS]
     assert not unknown, f"unknown readme-test kinds: {unknown}"
     untested = [str(b) for b in found if b.kind is None and looks_like_a_command(b)]
     assert not untested, (
-        f"commands in README.rst without a `.. readme-test: KIND` marker: {untested} "
+        f"commands without a `.. readme-test: KIND` marker: {untested} "
         "(see tests/test_readme.py)")
     for kind in ("shell", "python", "synopsis", "procfile", "ci"):
         assert of_kind(kind), f"no {kind} block: is the marker syntax still right?"
+    # The README itself shows the two commands and a quick start that runs.
+    readme = blocks()
+    assert any(b.kind == "ci" for b in readme) and any(b.kind == "shell" for b in readme)
+
+
+def test_code_blocks_declare_the_language_of_their_kind() -> None:
+    wrong = [f"{b}: {b.language}" for b in all_blocks()
+             if b.language and b.kind in LANGUAGES and b.language not in LANGUAGES[b.kind]]
+    assert not wrong, f"code-block language does not match the readme-test kind: {wrong}"
+
+
+def test_no_example_went_missing() -> None:
+    run = "\n".join(b.text for b in all_blocks() if b.kind in ("shell", "python"))
+    missing = [snippet for snippet in EXPECTED_EXAMPLES if snippet not in run]
+    assert not missing, f"examples no longer shown (and run) on any page: {missing}"
 
 
 def test_procfile_block_is_the_procfile() -> None:
@@ -130,18 +241,25 @@ def test_procfile_block_is_the_procfile() -> None:
 def test_ci_blocks_are_the_makefile_targets_ci_runs() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert "exec make test" in (ROOT / ".ci" / "run").read_text()
+    commands = set()
     for block in of_kind("ci"):
         for line in block.text.splitlines():
             command = line.split("#")[0].split()
             assert command[:1] == ["make"] and command[1] in ("run", "test", "bench"), line
             assert re.search(rf"^{command[1]}:", makefile, re.MULTILINE), line
+            commands.add(command[1])
+    assert {"run", "test"} <= commands
     # `make run` is `analytics run` after the install `make test` also does.
     assert re.search(r"^run: .*\n\t\$\(BIN\)/analytics run$", makefile, re.MULTILINE)
 
 
-@pytest.mark.parametrize("line", of_kind("synopsis")[0].text.splitlines() if of_kind("synopsis") else [])
+SYNOPSIS = [line for block in of_kind("synopsis") for line in block.text.splitlines()]
+
+
+@pytest.mark.parametrize("line", SYNOPSIS)
 def test_synopsis_commands_exist_with_their_options(line: str) -> None:
-    from analytics.cli import main
+    module, function = cli_target()
+    main = getattr(importlib.import_module(module), function)
 
     words = line.split()
     assert words[0] == "analytics"
@@ -158,17 +276,20 @@ def test_synopsis_commands_exist_with_their_options(line: str) -> None:
 
 # -- running the examples ---------------------------------------------------------------
 @pytest.fixture
-def example_env(env: dict[str, str], web_server: str, service: Any, tmp_path: Path) -> dict[str, str]:
+def example_env(env: dict[str, str], web_server: str, keys: dict[str, dict[str, str]],
+                tmp_path: Path) -> dict[str, str]:
     """Environment of the examples: the test stack, `analytics` from this checkout."""
+    module, function = cli_target()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "analytics"
-    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m analytics.cli \"$@\"\n")
+    program = f"import sys; from {module} import {function} as main; sys.exit(main(prog_name='analytics'))"
+    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(program)} \"$@\"\n")
     shim.chmod(0o755)
     environ = python_env(env)
     environ["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent),
                                        environ.get("PATH", "")])
-    environ["KEY"] = service.create_api_key("admin", name="readme")[0]
+    environ["KEY"] = keys["admin"]["Authorization"].removeprefix("Bearer ")
     return environ
 
 
@@ -185,27 +306,28 @@ def run_block(block: Block, argv: list[str], environ: dict[str, str], cwd: Path)
 
 
 def test_examples_run(example_env, web_server, worker, tmp_path, client, keys) -> None:
-    """Every shell and python example, in README order, then what they sent is there."""
-    ran = 0
-    for block in blocks():
+    """Every shell and python example, page by page in order, then what they sent is there."""
+    ran: dict[str, int] = {}
+    for block in all_blocks():
         text = localize(block.text, web_server)
         if block.kind == "shell":
             run_block(block, ["bash", "-c", "set -euo pipefail\n" + text], example_env, tmp_path)
         elif block.kind == "python":
-            script = tmp_path / f"example_{block.line}.py"
+            script = tmp_path / f"example_{Path(block.path).stem}_{block.line}.py"
             script.write_text(text + "\n")
             run_block(block, [sys.executable, str(script)], example_env, tmp_path)
         else:
             continue
-        ran += 1
-    assert ran >= 8
+        ran[block.path] = ran.get(block.path, 0) + 1
+    assert sum(ran.values()) >= 14, ran
+    assert ran.get("README.rst", 0) >= 2, ran  # the quick start
 
     def count(query: str) -> int:
         return len(client.get(f"/v1/events?{query}", headers=keys["read"]).json["events"])
 
     # curl's Segment track (42), the Segment SDK's (42) and RudderStack's (7).
     wait_until(lambda: count("type=Order+Completed") == 3, 30,
-               message="the README's Segment calls to be stored")
+               message="the examples' Segment calls to be stored")
     assert count("type=Order+Completed&properties.amount=gte:10") == 2
     assert count("type=page_view&userId=u-17") >= 1 and count("type=click&properties.button=buy") == 1
     assert count("type=identify") == 1 and count("type=page") == 1
