@@ -1,0 +1,240 @@
+"""Streaming anomaly detector: one point at a time, a few hundred bytes of state per series.
+
+Why this design (scored on the Numenta Anomaly Benchmark, see ``bench/anomaly.py``):
+
+* Three simple models give each point a *surprise* ``s = -log10(p)``, ``p`` a two-sided Gaussian
+  tail probability: the value against a slow global mean/variance (spikes), a short EWMA of the
+  value against the same (sustained level shifts), and the value against a time-of-day profile
+  (a broken daily pattern: a missing peak, a flat day).
+* Gaussian tails are badly calibrated on real metrics (heavy tails, recurring spikes), so a
+  surprise only counts as *novel* when it exceeds what that model produced in all but a few
+  (``rare_blocks``) of the last ``blocks`` blocks of ``block_len`` points. Counting blocks rather
+  than points makes a burst count once, and recurring spikes stop alerting once they are usual.
+* The score is ``1 - reference / surprise`` (0 when not novel), the best of the three models.
+  After an alert the score is damped for ``damp_points`` points: NAB (and an on-call person)
+  rewards the first alert of an event and penalizes repeats.
+
+The state is a fixed-size record: float64 scalars, float32 time-of-day profile, block maxima
+quantized to one byte on a log scale. The in-memory state *is* the serialized state (arrays are
+float32 / uint8 already), so ``from_bytes(to_bytes())`` continues with identical scores.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_THRESHOLD", "Detector", "DetectorConfig", "Score", "score_series"]
+
+#: The one alert threshold the service ships: alert when ``Score.score >= DEFAULT_THRESHOLD``.
+DEFAULT_THRESHOLD = 0.45
+
+_DAY = 86400.0
+_SQRT2 = math.sqrt(2.0)
+_LN10 = math.log(10.0)
+_Q_SCALE = 8.0  # block maxima stored as ceil(8 * log2(1 + s)) in a byte: steps of 9%, up to 4e9
+_S_MAX = 2.0 ** (255 / _Q_SCALE) - 1.0  # surprises are capped here, so a capped one is never novel
+_MODELS = 3  # global value, short-term level, time-of-day profile
+_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The detector's single configuration (the same for every series: no per-series tuning)."""
+
+    global_span: float = 1000.0  # points in the slow global mean/variance
+    level_span: float = 6.0  # points in the short-term level (sustained shifts)
+    bins: int = 48  # time-of-day profile bins (30 minutes each)
+    bin_min_visits: int = 3  # a bin's profile is used once it has seen this many points
+    bin_alpha_min: float = 0.05  # slowest adaptation of a bin's mean/variance
+    block_len: int = 32  # points per block of the novelty reference
+    blocks: int = 64  # blocks remembered (2048 points)
+    rare_blocks: int = 5  # a surprise is novel when exceeded in at most this many blocks
+    min_surprise: float = 3.0  # p < 1e-3 before anything can be novel
+    damp_points: int = 30  # points damped after an alert
+    damp_factor: float = 0.5  # score multiplier while damped (a much stronger event still alerts)
+    threshold: float = DEFAULT_THRESHOLD  # alert threshold (starts the damping)
+
+
+@dataclass(frozen=True)
+class Score:
+    """One point's result: anomaly score in [0, 1] and the expected value with a ~95% band."""
+
+    score: float
+    expected: float
+    lower: float
+    upper: float
+
+    @property
+    def alert(self) -> bool:
+        return self.score >= DEFAULT_THRESHOLD
+
+
+def _surprise(z: float) -> float:
+    """-log10 of the two-sided normal tail of z, stable far into the tail."""
+    if z < 5.0:
+        return -math.log10(max(math.erfc(z / _SQRT2), 1e-300))
+    x = z / _SQRT2
+    return min(_S_MAX, (x * x + math.log(x * math.sqrt(math.pi))) / _LN10)
+
+
+def _quantize(s: float) -> int:
+    """Surprise to a byte on a log scale, rounded up (a reference is never understated)."""
+    return min(255, math.ceil(_Q_SCALE * math.log2(1.0 + s)))
+
+
+def _dequantize(q: int) -> float:
+    return 2.0 ** (q / _Q_SCALE) - 1.0
+
+
+# version, points seen, damped points left, points in the current block, next block slot; mean, var, level
+_SCALARS = struct.Struct("<BIHHHddd")
+
+
+class Detector:
+    """Streaming detector for one series; ``update`` each point in time order."""
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = c = config or DetectorConfig()
+        self._n = 0
+        self._damp = 0
+        self._pos = 0  # points in the current block
+        self._blk = 0  # next block slot to overwrite
+        self._mean = 0.0
+        self._var = 0.0
+        self._level = 0.0
+        self._pmean = array("f", bytes(4 * c.bins))
+        self._pvar = array("f", bytes(4 * c.bins))
+        self._pcount = array("H", bytes(2 * c.bins))
+        self._cur = array("B", bytes(_MODELS))  # current block's max per model
+        self._hist = array("B", bytes(_MODELS * c.blocks))  # finished blocks' maxima
+        self._top: list[tuple[int, int]] = []  # per model: k-th and (k+1)-th largest block maxima
+        self._rank_blocks()
+
+    # ------------------------------------------------------------------ scoring
+    def update(self, timestamp: float, value: float) -> Score:
+        """Score ``value`` at ``timestamp`` (seconds) with the state before it, then learn it."""
+        c = self.config
+        if not math.isfinite(value):
+            exp, half = self._expected(timestamp)
+            return Score(0.0, exp, exp - half, exp + half)
+        b = int((timestamp % _DAY) * c.bins / _DAY) % c.bins
+        n = self._n
+        score = 0.0
+        if n > 0:
+            eps2 = (1e-3 * (abs(self._mean) + math.sqrt(self._var))) ** 2 + 1e-12
+            alpha_l = 1.0 / c.level_span
+            level = self._level + alpha_l * (value - self._level) if n > 1 else value
+            s_global = _surprise(abs(value - self._mean) / math.sqrt(self._var + eps2))
+            level_var = self._var * alpha_l / (2.0 - alpha_l) + eps2
+            s_level = _surprise(abs(level - self._mean) / math.sqrt(level_var))
+            s_prof = 0.0
+            if self._pcount[b] >= c.bin_min_visits:
+                s_prof = _surprise(abs(value - self._pmean[b]) / math.sqrt(self._pvar[b] + eps2))
+            warm = n >= (c.rare_blocks + 1) * c.block_len
+            for k, s in enumerate((s_global, s_level, s_prof)):
+                if warm and s > c.min_surprise:
+                    ref = max(_dequantize(self._reference(k)), c.min_surprise)
+                    if s > ref:
+                        score = max(score, 1.0 - ref / s)
+                q = _quantize(s)
+                if q > self._cur[k]:
+                    self._cur[k] = q
+            self._level = level
+        else:
+            self._level = value
+        self._learn(value, b)
+        if self._damp > 0:
+            self._damp -= 1
+            score *= c.damp_factor
+        elif score >= c.threshold:
+            self._damp = c.damp_points
+        exp, half = self._expected(timestamp)
+        return Score(min(max(score, 0.0), 1.0), exp, exp - half, exp + half)
+
+    def _reference(self, k: int) -> int:
+        """The (rare_blocks + 1)-th largest of model k's block maxima, current block included."""
+        top, nxt = self._top[k]
+        cur = self._cur[k]
+        return top if cur >= top else max(cur, nxt)
+
+    def _rank_blocks(self) -> None:
+        """Cache the order statistics of the finished blocks (they change once per block)."""
+        c = self.config
+        self._top = []
+        for k in range(_MODELS):
+            row = sorted(self._hist[k * c.blocks:(k + 1) * c.blocks], reverse=True)
+            row.append(0)
+            self._top.append((row[c.rare_blocks - 1] if c.rare_blocks > 0 else 255, row[c.rare_blocks]))
+
+    def _learn(self, value: float, b: int) -> None:
+        c = self.config
+        n = self._n
+        a = max(1.0 / (n + 1), 1.0 / c.global_span)
+        d = value - self._mean
+        self._mean += a * d
+        self._var = (1.0 - a) * (self._var + a * d * d)
+        cnt = min(self._pcount[b] + 1, 65535)
+        self._pcount[b] = cnt
+        ab = max(1.0 / cnt, c.bin_alpha_min)
+        d = value - self._pmean[b]
+        self._pmean[b] += ab * d
+        self._pvar[b] = (1.0 - ab) * (self._pvar[b] + ab * d * d)
+        self._n = n + 1
+        if n > 0:
+            self._pos += 1
+            if self._pos == c.block_len:
+                for k in range(_MODELS):
+                    self._hist[k * c.blocks + self._blk] = self._cur[k]
+                    self._cur[k] = 0
+                self._blk = (self._blk + 1) % c.blocks
+                self._pos = 0
+                self._rank_blocks()
+
+    def _expected(self, timestamp: float) -> tuple[float, float]:
+        """Expected value and half-width of its ~95% band: the time-of-day profile when it is
+        known and tighter than the global spread, else the global mean."""
+        c = self.config
+        b = int((timestamp % _DAY) * c.bins / _DAY) % c.bins
+        if self._pcount[b] >= c.bin_min_visits and self._pvar[b] < self._var:
+            return float(self._pmean[b]), 1.96 * math.sqrt(self._pvar[b])
+        return self._mean, 1.96 * math.sqrt(self._var)
+
+    # ------------------------------------------------------------------ state
+    def to_bytes(self) -> bytes:
+        """The whole state, fixed size for a given config (the config itself is not stored)."""
+        head = _SCALARS.pack(_VERSION, self._n, self._damp, self._pos, self._blk,
+                             self._mean, self._var, self._level)
+        return b"".join((head, self._pmean.tobytes(), self._pvar.tobytes(), self._pcount.tobytes(),
+                         self._cur.tobytes(), self._hist.tobytes()))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, config: DetectorConfig | None = None) -> Detector:
+        """Rebuild a detector saved by ``to_bytes`` (with the same config)."""
+        det = cls(config)
+        c = det.config
+        (version, det._n, det._damp, det._pos, det._blk, det._mean, det._var,
+         det._level) = _SCALARS.unpack_from(data, 0)
+        if version != _VERSION:
+            raise ValueError(f"unknown detector state version {version}")
+        off = _SCALARS.size
+        for arr, size in ((det._pmean, 4 * c.bins), (det._pvar, 4 * c.bins), (det._pcount, 2 * c.bins),
+                          (det._cur, _MODELS), (det._hist, _MODELS * c.blocks)):
+            chunk = data[off:off + size]
+            if len(chunk) != size:
+                raise ValueError("truncated detector state")
+            arr[:] = array(arr.typecode, chunk)
+            off += size
+        if off != len(data):
+            raise ValueError("detector state has trailing bytes")
+        det._rank_blocks()
+        return det
+
+
+def score_series(timestamps: Sequence[float] | Iterable[float], values: Iterable[float],
+                 config: DetectorConfig | None = None) -> list[float]:
+    """Scores of a whole series, point by point (what the offline command writes)."""
+    det = Detector(config)
+    return [det.update(float(t), float(v)).score for t, v in zip(timestamps, values, strict=True)]
