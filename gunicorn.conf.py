@@ -70,7 +70,7 @@ def post_worker_init(worker):
     freeze_startup_heap()
 
 
-def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
+def on_starting(server):
     """In the master, before any worker: without encryption keys (outside
     dev mode) stop with one clear line instead of respawning failing workers."""
     from analytics.startup import start_process

@@ -1,7 +1,7 @@
 """The Redis key layout, in one place.
 
 Every key lives under ``analytics:``. Keys never contain PHI: user ids appear
-only as keyed hashes (see :mod:`analytics.crypto`).
+only as keyed hashes (see :mod:`analytics.privacy.crypto`).
 
 ===========================================  =======  =====================================
 key                                          type     holds
@@ -15,7 +15,7 @@ key                                          type     holds
                                                       (msgpack blobs, PHI sealed) of one type
                                                       whose timestamps fall in one minute,
                                                       one after another, up to 16 KB
-                                                      (:mod:`analytics.store`)
+                                                      (:mod:`analytics.events.store`)
 ``analytics:events:time:{type}``             zset     page id scored by the newest timestamp
                                                       (ms) in the page
 ``analytics:events:pages:{type}``            hash     minute (epoch ms / 60000) -> its open
@@ -23,22 +23,22 @@ key                                          type     holds
                                                       to); ``#``: the last page sequence
 ``analytics:events:ids:{shard}``             set      the messageId dedupe index: 65,536
                                                       shards of 64-bit integers (intsets),
-                                                      see :func:`analytics.records.dedupe_key`
+                                                      see :func:`analytics.events.records.dedupe_key`
 ``analytics:events:count``                   string   stored events (dedupe index size)
 ``analytics:events:user:{user_hash}``        zset     ``type:page id`` scored by the owner's
                                                       newest timestamp in that page: one
                                                       owner's events (queries, erasure);
                                                       the owner is the user hash, else the
                                                       anonymous hash of an anonymous-only
-                                                      record (:mod:`analytics.records`)
+                                                      record (:mod:`analytics.events.records`)
 ``analytics:event-types``                    hash     registered type -> JSON definition
 ``analytics:apikeys``                        hash     SHA-256 of an API key -> JSON record
 ``analytics:apikeys:ids``                    hash     key id -> SHA-256 (list, revoke)
 ``analytics:kick:events``                    string   set while a processing task is queued
 ``analytics:stats:*``                        various  monitoring figures (table in
-                                                      :mod:`analytics.stats`)
+                                                      :mod:`analytics.ops.stats`)
 ``analytics:audit``                          stream   the audit log, HMAC-chained
-                                                      (:mod:`analytics.audit`)
+                                                      (:mod:`analytics.privacy.audit`)
 ``analytics:audit:head``                     string   mac of the last audit entry
 ``analytics:dlq:{kind}``                     stream   dead letters, ``kind`` = ``events``,
                                                       ``metrics`` or ``segment``: reason,
@@ -46,12 +46,12 @@ key                                          type     holds
                                                       the sealed raw message; ``user`` field
                                                       = owner hash (user, else anonymous),
                                                       for erasure
-                                                      (:mod:`analytics.deadletters`)
+                                                      (:mod:`analytics.pipeline.deadletters`)
 ``analytics:erased``                         hash     owner hash (user, or linked anonymous
                                                       id) -> erasure time (ms): queued
                                                       events of an erased owner received
                                                       before that time are dropped at
-                                                      commit (:mod:`analytics.erasure`)
+                                                      commit (:mod:`analytics.privacy.erasure`)
 ``analytics:erased:links:{user_hash}``       set      anonymous hashes linked to a user
                                                       whose erasure is under way; deleted
                                                       when it completes (an interrupted

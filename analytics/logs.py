@@ -28,7 +28,7 @@ import sys
 import threading
 from collections.abc import Iterable
 
-from analytics.phi import IDENTITY_FIELDS
+from analytics.privacy.phi import IDENTITY_FIELDS
 from analytics.settings import DEFAULT_PHI_FIELDS
 
 REDACTED = "[redacted]"

@@ -114,7 +114,7 @@ class Settings:
     registry_ttl: float = 1.0
     #: ``ANALYTICS_SEGMENT_UNKNOWN_EVENTS``: what Segment ``track`` calls with a
     #: name the registry does not know become: ``register``, ``custom`` or
-    #: ``reject`` (see :mod:`analytics.segment`).
+    #: ``reject`` (see :mod:`analytics.events.segment`).
     segment_unknown_events: str = "register"
     #: ``ANALYTICS_SEGMENT_MAX_TYPES``: cap of types the ``register`` policy adds.
     segment_max_types: int = 200

@@ -37,7 +37,7 @@ def check_settings(settings: Settings, process: str) -> None:
         if settings.encryption_keys:
             # Builds the vault once: a malformed key is reported here, in one
             # line, rather than as a traceback at the first request.
-            from analytics.crypto import Vault
+            from analytics.privacy.crypto import Vault
 
             Vault(settings.encryption_keys, settings.hash_key)
     except ConfigurationError as exc:

@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 
 from bench.harness import event_batch
-from tests.support import RedisServer
+from testkit import RedisServer
 
 #: The issue's reference costs, in CPU microseconds per call.
 QUOTED_SCHEMA_LOAD_US = 21.0
@@ -42,7 +42,7 @@ def cpu_us_per_call(fn: Callable[[], Any], calls: int, reps: int = 3) -> float:
 
 
 def schema_load_us(calls: int) -> float:
-    from analytics.schemas import event_schema
+    from analytics.events.schemas import event_schema
 
     event = event_batch(1, "calibration")[0]
     return cpu_us_per_call(lambda: event_schema.load(event), calls)

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from bench.harness import bearer, cpu_us_per, create_key, event_batch, json_bytes, post_load, stack
-from tests.support import stored_events, wait_until
+from testkit import stored_events, wait_until
 
 
 def _bodies(total: int, batch: int, tag: str) -> list[bytes]:

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from cryptography.fernet import Fernet
 
-from tests.support import Process, RedisServer, free_port, python_env, wait_until
+from testkit import Process, RedisServer, free_port, python_env, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -295,10 +295,10 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def create_key(env: dict[str, str], role: str = "admin") -> str:
-    from analytics import AnalyticsService, Settings
+    from analytics import Analytics, Settings
 
-    service = AnalyticsService.create(Settings.from_env(env))
-    return service.create_api_key(role)[0]
+    service = Analytics.create(Settings.from_env(env))
+    return service.access.create(role)[0]
 
 
 def json_bytes(value: Any) -> bytes:

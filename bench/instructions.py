@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from bench.harness import APPS, bearer, create_key, event_batch, json_bytes, post_load, stack
-from tests.support import gunicorn_workers, wait_until
+from testkit import gunicorn_workers, wait_until
 
 
 def _total(dump: Path) -> int | None:

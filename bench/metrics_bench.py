@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from bench import harness
-from tests.support import wait_until
+from testkit import wait_until
 
 
 def _drained(service: Any) -> bool:
@@ -112,13 +112,13 @@ def _memory(data: Any) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark; ``quick`` uses smaller volumes (a smoke run)."""
-    from analytics import AnalyticsService, Settings
+    from analytics import Analytics, Settings
 
     with harness.stack(web_workers=2, worker_concurrency=2) as s:
         s.start_web()
         s.start_worker()
         headers = harness.bearer(harness.create_key(s.env))
-        service = AnalyticsService.create(Settings.from_env(s.env))
+        service = Analytics.create(Settings.from_env(s.env))
         now = int(time.time())
         results: dict[str, Any] = {"quick": quick}
         results["ingest"] = _post_all(s, headers, _throughput_samples(20_000 if quick else 200_000, now),

@@ -13,7 +13,7 @@ import redis
 from celery import Celery
 from flask import Flask, request
 
-from analytics.schemas import event_schema
+from analytics.events.schemas import event_schema
 
 celery = Celery("naive", broker=os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1"))
 celery.conf.update(task_ignore_result=True, worker_prefetch_multiplier=4)

@@ -48,7 +48,7 @@ import orjson
 import redis
 import requests
 
-from tests.support import gunicorn_workers, wait_for_workers
+from testkit import gunicorn_workers, wait_for_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,12 +105,12 @@ class Stack:
                         "--concurrency", "2", "--without-mingle", "--without-gossip"],
                        self.env, tmp / "worker.log")
         self.procs.append(worker)
-        from analytics.service import AnalyticsService
+        from analytics import Analytics
         from analytics.settings import Settings
 
-        service = AnalyticsService.create(Settings.from_env(self.env))
-        self.read_key = service.create_api_key("read", name="bench")[0]
-        self.ingest_key = service.create_api_key("ingest", name="bench")[0]
+        service = Analytics.create(Settings.from_env(self.env))
+        self.read_key = service.access.create("read", name="bench")[0]
+        self.ingest_key = service.access.create("ingest", name="bench")[0]
         _wait(lambda: b"ready." in (tmp / "worker.log").read_bytes(), 60, "the Celery worker")
 
     def _redis_up(self) -> bool:
@@ -302,10 +302,10 @@ def _publish(stack: Stack, rate: int, seconds: float, batch: int = 64) -> dict[s
     """Fan-out only: PUBLISH batches of records on ``analytics:live:events``
     as the worker's commit does, ``rate`` records/s, skipping HTTP and the
     queue."""
-    from analytics.service import AnalyticsService
+    from analytics import Analytics
     from analytics.settings import Settings
 
-    service = AnalyticsService.create(Settings.from_env(stack.env))
+    service = Analytics.create(Settings.from_env(stack.env))
     template = [service.codec.encode({"type": "api_call", "userId": f"u-{i}", "properties": {"t0": 0.0}},
                                      "normal", int(time.time() * 1000), None) for i in range(batch)]
     sent = 0

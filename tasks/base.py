@@ -1,6 +1,6 @@
 """One decorator for every task, so the defaults are fixed in one place
 (a misspelled option such as ``ignore_results`` would silently do nothing),
-and the per-process :class:`AnalyticsService`."""
+and the per-process :class:`Analytics`."""
 from __future__ import annotations
 
 import functools
@@ -8,11 +8,11 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from celery import shared_task
+from celery import current_app, shared_task
 
-from analytics import AnalyticsService
+from analytics import Analytics
 from analytics.redis_client import TRANSIENT_ERRORS, wait_until_reachable
-from tasks.celery_app import PROCESS_EVENTS
+from tasks.celery_app import wakeup
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,15 +32,9 @@ def task(name: str) -> Callable[[F], Any]:
     )
 
 
-def _send_process_task() -> None:
-    from tasks.celery_app import app
-
-    app.send_task(PROCESS_EVENTS)
-
-
 @functools.cache
-def service() -> AnalyticsService:
-    """The service of this worker process (built on first use)."""
-    svc = AnalyticsService.create(kick=_send_process_task)
-    wait_until_reachable(svc.redis, "worker")
-    return svc
+def analytics() -> Analytics:
+    """The services of this worker process (built on first use)."""
+    app = Analytics.create(kick=wakeup(current_app))
+    wait_until_reachable(app.redis, "worker")
+    return app

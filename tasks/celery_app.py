@@ -1,20 +1,26 @@
-"""The Celery application, built from the same settings as the web app."""
+"""How the Celery app is built: one function from settings, used by the
+worker entry (:mod:`tasks.celery`), the web app (:func:`web.celery.celery_init_app`)
+and the command line. Importing this module builds nothing."""
 from __future__ import annotations
 
+import logging
 import ssl
+from collections.abc import Callable
 
 from celery import Celery
 
 from analytics.settings import Settings
 
-#: Stable task names: the web app sends them by name, without importing us.
+log = logging.getLogger(__name__)
+
+#: Stable task names: the web and the command line send them by name.
 PROCESS_EVENTS = "analytics.process_events"
 RECOVER = "analytics.recover"
 CLEANUP = "analytics.cleanup"
 
 
-def create_celery_app(settings: Settings | None = None) -> Celery:
-    settings = settings or Settings.from_env()
+def create_celery_app(settings: Settings) -> Celery:
+    """The Celery app for ``settings``: the broker, ``celeryconfig`` and beat's schedule."""
     app = Celery("analytics", broker=settings.broker_url, include=["tasks.pipeline", "tasks.maintenance"])
     app.config_from_object("celeryconfig")
     app.conf.broker_url = settings.broker_url
@@ -29,8 +35,18 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     return app
 
 
-app = create_celery_app()
+def wakeup(celery: Celery) -> Callable[[], None]:
+    """The ``kick`` callable the core calls to ask for a processing task.
 
+    The work it announces is already durable in the queue; if the broker
+    cannot take the wake-up, beat's recovery sweep starts processing
+    instead. So it never fails its caller (a request, an import).
+    """
 
-# Start hooks (keys check, log scrubbing) of `celery -A tasks worker|beat`.
-from tasks import signals as _signals  # noqa: E402,F401
+    def kick() -> None:
+        try:
+            celery.send_task(PROCESS_EVENTS, retry=False)
+        except Exception as exc:  # noqa: BLE001 - any broker failure is non-fatal here
+            log.warning("could not queue a processing task (%s); the recovery sweep will", type(exc).__name__)
+
+    return kick

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tasks.base import service, task
+from tasks.base import analytics, task
 from tasks.celery_app import CLEANUP
 
 log = logging.getLogger(__name__)
@@ -13,4 +13,4 @@ log = logging.getLogger(__name__)
 @task(CLEANUP)
 def cleanup() -> dict[str, Any]:
     """Beat: remove expired events and rollup buckets, in bounded slices."""
-    return service().cleanup().as_dict()
+    return analytics().ops.cleanup().as_dict()

@@ -18,7 +18,7 @@ from celery.signals import (
 )
 
 from analytics.redis_client import TRANSIENT_ERRORS
-from analytics.service import consumer_name
+from tasks.base import analytics
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,9 @@ CANCEL_NOTICE = "worker_cancel_long_running_tasks_on_connection_loss"
 
 
 def _beat_forever(stop: threading.Event) -> None:
-    from tasks.base import service
-
-    name = consumer_name()
     while not stop.is_set():
         try:
-            svc = service()
-            svc.stats.heartbeat(name, svc.stats.processed)
+            analytics().processor.heartbeat()
         except TRANSIENT_ERRORS:
             pass  # Redis is away: the outage is reported once, elsewhere
         except Exception as exc:  # noqa: BLE001 - a heartbeat must never kill its worker

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tasks.base import service, task
+from tasks.base import analytics, task
 from tasks.celery_app import PROCESS_EVENTS, RECOVER
 
 log = logging.getLogger(__name__)
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 @task(PROCESS_EVENTS)
 def process_events() -> dict[str, Any]:
     """Drain the event queue for a few seconds (queued on ingest)."""
-    report = service().drain()
+    report = analytics().processor.drain()
     return {"entries": report.entries, "stored": report.committed.stored,
             "metric_samples": report.metrics.samples}
 
@@ -22,7 +22,7 @@ def process_events() -> dict[str, Any]:
 @task(RECOVER)
 def recover() -> dict[str, Any]:
     """Beat: take over work of dead workers; wake processing if needed."""
-    report = service().recover()
+    report = analytics().processor.recover()
     if report.entries:
         log.warning("recovered %d queue entries left by stopped workers", report.entries)
     return {"entries": report.entries, "stored": report.committed.stored}

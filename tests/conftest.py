@@ -14,7 +14,7 @@ import pytest
 import redis
 from cryptography.fernet import Fernet
 
-from tests.support import ARTIFACTS, Process, RedisServer, celery_beat, python_env, start_worker
+from testkit import ARTIFACTS, Process, RedisServer, celery_beat, python_env, start_worker
 
 
 @pytest.fixture(scope="session")
@@ -102,14 +102,14 @@ def service(app: Any) -> Any:
 @pytest.fixture
 def keys(service: Any) -> dict[str, str]:
     """One key per role, as ``Authorization`` headers."""
-    return {role: {"Authorization": f"Bearer {service.create_api_key(role)[0]}"}
+    return {role: {"Authorization": f"Bearer {service.access.create(role)[0]}"}
             for role in ("ingest", "read", "admin")}
 
 
 @pytest.fixture
 def make_stack(tmp_path: Path, encryption_keys: str) -> Iterator[Any]:
     """Factory of private stacks (Redis + workers + beat), closed after the test."""
-    from tests.support import Stack
+    from testkit import Stack
 
     stacks: list[Stack] = []
 
@@ -130,7 +130,7 @@ def web_server(env: dict[str, str], tmp_root: Path) -> Iterator[str]:
     its base URL."""
     import sys
 
-    from tests.support import free_port, wait_until
+    from testkit import free_port, wait_until
 
     logs = tmp_root / "session-logs"
     logs.mkdir(exist_ok=True)

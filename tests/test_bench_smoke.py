@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.support import ROOT, python_env
+from testkit import ROOT, python_env
 
 
 @pytest.mark.slow

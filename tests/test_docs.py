@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from testkit import ROOT
 
 README = ROOT / "README.rst"
 DOCS = ROOT / "docs"

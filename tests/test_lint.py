@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.support import ROOT
+from testkit import ROOT
 
 
 def test_ruff_is_clean() -> None:

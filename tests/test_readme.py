@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.support import ROOT, Process, python_env, wait_until
+from testkit import ROOT, Process, python_env, wait_until
 
 README = ROOT / "README.rst"
 DOCS = ROOT / "docs"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support import Process, free_port, python_env, wait_until
+from testkit import Process, free_port, python_env, wait_until
 
 
 class WebServer:

@@ -11,6 +11,14 @@ from typing import Any
 from flask import Flask
 
 from analytics.startup import start_process
+from web import dashboard, errors, extensions, prometheus, stream
+from web.api import api
+from web.health import health
+from web.metrics_api import metrics_api
+from web.openapi import openapi
+from web.ops import ops
+from web.privacy import privacy
+from web.segment import segment
 
 
 class AnalyticsFlask(Flask):
@@ -54,17 +62,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(config)
     app.config["ANALYTICS_SETTINGS"] = settings
 
-    from web import dashboard, errors, extensions, stream
-    from web import metrics as prometheus
-    from web.api import api
-    from web.health import health
-    from web.metrics_api import metrics_api
-    from web.openapi import openapi
-    from web.ops import ops
-    from web.privacy import privacy
-    from web.segment import segment
-
-    extensions.init_app(app, settings)
+    extensions.init_app(app)
     errors.init_app(app)
     app.register_blueprint(health)
     app.register_blueprint(api)

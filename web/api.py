@@ -1,5 +1,5 @@
 """``/v1`` JSON API: events and the event-type registry. Views only parse,
-authorize and shape; the work is in :class:`analytics.AnalyticsService`."""
+authorize and shape; the work is in :class:`analytics.Analytics`."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,15 +8,15 @@ from typing import Any, TypeVar
 
 import marshmallow
 import orjson
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from analytics.apikeys import ApiKey
 from analytics.errors import PayloadTooLarge, ValidationError
-from analytics.schemas import event_batch_schema, event_type_schema
-from analytics.service import TrackResult
+from analytics.events.schemas import event_batch_schema, event_type_schema
+from analytics.events.service import TrackResult
+from analytics.privacy.apikeys import ApiKey
 from web.auth import bearer_token, prepare_after_key, require
 from web.body import json_body
-from web.extensions import get_service
+from web.extensions import get_analytics
 
 api = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -35,7 +35,7 @@ def _items(schema: marshmallow.Schema, body: Any, noun: str) -> tuple[list[Any],
     the loaded batch envelope (empty for a single item)."""
     if isinstance(body, dict) and "batch" in body:
         envelope = load(schema, body)
-        limit = get_service().settings.max_batch_events
+        limit = current_app.config["ANALYTICS_SETTINGS"].max_batch_events
         if len(envelope["batch"]) > limit:
             raise PayloadTooLarge(f"more than {limit} {noun}s in one batch")
         return envelope["batch"], envelope
@@ -81,11 +81,11 @@ def admit(schema: marshmallow.Schema, noun: str,
 def post_events():  # type: ignore[no-untyped-def]
     """The hot path: the events are validated and encoded first (no I/O),
     then one Redis round trip checks the key (role, rate limit) and queues
-    them (:meth:`AnalyticsService.track_as`)."""
-    service = get_service()
+    them (:meth:`EventService.track_as`)."""
+    events = get_analytics().events
     return admit(event_batch_schema, "event",
-                 lambda items, envelope: service.prepare_events(items, sent_at=envelope.get("sentAt")),
-                 service.track_as)
+                 lambda items, envelope: events.prepare(items, sent_at=envelope.get("sentAt")),
+                 events.track_as)
 
 
 @api.get("/events")
@@ -95,9 +95,9 @@ def get_events():  # type: ignore[no-untyped-def]
     query: dict[str, Any] = request.args.to_dict()
     # Property filters may repeat (properties.amount=gte:10&properties.amount=lt:20).
     query.update({k: request.args.getlist(k) for k in query if k.startswith("properties.")})
-    service = get_service()
-    events, cursor = service.get_events(query, reveal_phi=True, scope_user_hash=key.user_hash)
-    service.audit_read(key.id, query, len(events), request.remote_addr,
+    service = get_analytics()
+    events, cursor = service.events.get_events(query, reveal_phi=True, scope_user_hash=key.user_hash)
+    service.privacy.audit_read(key.id, query, len(events), request.remote_addr,
                        scoped=bool(key.user_hash))
     return jsonify(events=events, next=cursor)
 
@@ -105,7 +105,7 @@ def get_events():  # type: ignore[no-untyped-def]
 @api.get("/event-types")
 @require("read")
 def list_event_types():  # type: ignore[no-untyped-def]
-    types = [asdict(t) for t in get_service().event_types()]
+    types = [asdict(t) for t in get_analytics().events.event_types()]
     return jsonify(eventTypes=types)
 
 
@@ -113,6 +113,6 @@ def list_event_types():  # type: ignore[no-untyped-def]
 @require("admin")
 def register_event_type():  # type: ignore[no-untyped-def]
     data = load(event_type_schema, json_body())
-    event_type = get_service().register_event_type(
+    event_type = get_analytics().events.register_event_type(
         data["name"], data["priority"], data["description"])
     return jsonify(asdict(event_type)), 201

@@ -7,9 +7,9 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
-from analytics.apikeys import ApiKey
 from analytics.errors import AuthenticationError
-from web.extensions import get_service
+from analytics.privacy.apikeys import ApiKey
+from web.extensions import get_analytics
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -25,7 +25,7 @@ def bearer_token() -> str | None:
 
 def authenticate(secret: str | None) -> ApiKey:
     """The request's key (rate limit taken); failures are counted and audited."""
-    key = get_service().authenticate(secret, where="http", remote=request.remote_addr)
+    key = get_analytics().access.authenticate(secret, where="http", remote=request.remote_addr)
     g.api_key = key
     return key
 
@@ -36,14 +36,14 @@ def read_credentials(credentials: Callable[[], str | None] = bearer_token) -> st
     try:
         return credentials()
     except AuthenticationError:
-        get_service().audit_auth_failure("http", request.remote_addr, "malformed")
+        get_analytics().access.audit_failure("http", request.remote_addr, "malformed")
         raise
 
 
 def prepare_after_key(secret: str | None, action: str, prepare: Callable[[], T]) -> T:
     """``prepare()`` (parse and validate the body, no I/O) for a view that
     checks its key afterwards, in the same round trip as its writes
-    (:meth:`AnalyticsService.admit`). The answers keep ``@require``'s order:
+    (:meth:`Intake.admit`). The answers keep ``@require``'s order:
     a missing key is a 401 before anything, and when ``prepare`` fails the
     key is checked first, so a bad key's 401 (or a 429, 403) comes before
     the body's 400 or 413."""

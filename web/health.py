@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from web.errors import error_response, outage
-from web.extensions import get_service
+from web.extensions import get_analytics
 
 health = Blueprint("health", __name__)
 
@@ -16,7 +16,7 @@ def healthz():  # type: ignore[no-untyped-def]
 
 @health.get("/readyz")
 def readyz():  # type: ignore[no-untyped-def]
-    if get_service().ping():
+    if get_analytics().ops.ping():
         outage(current_app).came_back()
         return jsonify(status="ready")
     outage(current_app).went_down("ping failed")

@@ -1,7 +1,7 @@
 """``GET /v1/openapi.json``: the OpenAPI document of the HTTP API.
 
 Built with apispec and its marshmallow plugin from the schemas the API
-really validates with (:mod:`analytics.schemas`), so the document cannot
+really validates with (:mod:`analytics.events.schemas`), so the document cannot
 drift from the validation. Response bodies, which no schema loads, are
 described by the small schemas below. The document is built once per app.
 """
@@ -15,7 +15,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, fields
 
-from analytics import schemas
+from analytics.events import schemas
 from analytics.metrics import schemas as metric_schemas
 
 openapi = Blueprint("openapi", __name__, url_prefix="/v1")

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
 
-from analytics.ops_schemas import dead_letter_query_schema, dead_letter_replay_schema
+from analytics.ops.schemas import dead_letter_query_schema, dead_letter_replay_schema
 from web.api import load
 from web.auth import require
 from web.body import json_body
-from web.extensions import get_service
+from web.extensions import get_analytics
 
 ops = Blueprint("ops", __name__, url_prefix="/v1")
 
@@ -19,14 +19,14 @@ ops = Blueprint("ops", __name__, url_prefix="/v1")
 @ops.get("/stats")
 @require("read")
 def stats():  # type: ignore[no-untyped-def]
-    return jsonify(get_service().stats_snapshot())
+    return jsonify(get_analytics().ops.stats_snapshot())
 
 
 @ops.get("/dlq")
 @require("admin")
 def dead_letters():  # type: ignore[no-untyped-def]
     params = load(dead_letter_query_schema, request.args.to_dict())
-    items = get_service().dead_letter_list(params["kind"], params["start"], params["limit"])
+    items = get_analytics().ops.dead_letter_list(params["kind"], params["start"], params["limit"])
     return jsonify(deadLetters=items, kind=params["kind"])
 
 
@@ -34,6 +34,6 @@ def dead_letters():  # type: ignore[no-untyped-def]
 @require("admin")
 def replay():  # type: ignore[no-untyped-def]
     data = load(dead_letter_replay_schema, json_body())
-    report = get_service().replay_dead_letters(
+    report = get_analytics().ops.replay_dead_letters(
         data["kind"], ids=data["ids"], limit=data["limit"], actor=g.api_key.id)
     return jsonify(report.as_dict())

@@ -9,11 +9,11 @@ from typing import Any
 
 from flask import Blueprint, g, jsonify, request
 
-from analytics.schemas import audit_query_schema, erase_schema
+from analytics.events.schemas import audit_query_schema, erase_schema
 from web.api import load
 from web.auth import require
 from web.body import json_body
-from web.extensions import get_service
+from web.extensions import get_analytics
 
 privacy = Blueprint("privacy", __name__, url_prefix="/v1")
 
@@ -22,11 +22,9 @@ privacy = Blueprint("privacy", __name__, url_prefix="/v1")
 @require("admin")
 def audit_entries() -> Any:
     params = load(audit_query_schema, request.args.to_dict())
-    service = get_service()
-    entries, cursor = service.auditor.page(params["cursor"], params["limit"])
-    # Reading the audit log is itself audited (after the page was taken, so
-    # a page never contains its own read).
-    service.auditor.record("audit.read", g.api_key.id, request.remote_addr, count=len(entries))
+    # Reading the audit log is itself audited.
+    entries, cursor = get_analytics().privacy.audit_entries(params["cursor"], params["limit"],
+                                                           actor=g.api_key.id, remote=request.remote_addr)
     return jsonify(entries=entries, next=cursor)
 
 
@@ -34,5 +32,5 @@ def audit_entries() -> Any:
 @require("admin")
 def erase_user() -> Any:
     data = load(erase_schema, json_body())
-    report = get_service().erase_user(data["userId"], g.api_key.id, request.remote_addr)
+    report = get_analytics().privacy.erase_user(data["userId"], g.api_key.id, request.remote_addr)
     return jsonify(report.as_dict())

@@ -3,7 +3,7 @@
 ``POST /v1/batch`` (also ``/v1/import``, ``/v1/b``), ``/v1/track``,
 ``/v1/identify``, ``/v1/page``, ``/v1/screen``, ``/v1/group``, ``/v1/alias``
 and the one-letter forms ``/v1/t``, ``/v1/i``, ``/v1/p``, ``/v1/s``,
-``/v1/g``, ``/v1/a``. The mapping lives in :mod:`analytics.segment`; this
+``/v1/g``, ``/v1/a``. The mapping lives in :mod:`analytics.events.segment`; this
 module reads requests and answers as Segment does:
 
 * ``200 {"success": true}`` once the valid messages are durably queued,
@@ -32,11 +32,11 @@ from analytics.errors import (
     PayloadTooLarge,
     RateLimited,
 )
-from analytics.segment import SHORT_PATHS, PreparedSegment, SegmentIngest, SegmentResult
+from analytics.events.segment import SHORT_PATHS, PreparedSegment, SegmentIngest, SegmentResult
 from web.auth import bearer_token, prepare_after_key, read_credentials
 from web.body import json_body
 from web.errors import error_response
-from web.extensions import get_service
+from web.extensions import get_analytics
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,7 @@ def segment_credentials() -> str | None:
 
 
 def ingest() -> SegmentIngest:
-    service = get_service()
-    settings = service.settings
-    return SegmentIngest(service, settings.segment_unknown_events, settings.segment_max_types)
+    return get_analytics().segment
 
 
 def _success(result: SegmentResult) -> tuple[Response, int]:
@@ -139,7 +137,7 @@ def _segment_error(exc: AnalyticsError) -> Response:
 
 
 def _too_large(exc: RequestEntityTooLarge) -> Response:
-    limit = get_service().settings.max_body_bytes
+    limit = current_app.config["ANALYTICS_SETTINGS"].max_body_bytes
     return _segment_error(PayloadTooLarge(f"request body larger than {limit} bytes"))
 
 

@@ -1,6 +1,6 @@
 """``WS /v1/stream``: live events and metric updates (flask-sock).
 
-The fan-out itself is :class:`analytics.live.LiveHub` (one per process,
+The fan-out itself is :class:`analytics.live.hub.LiveHub` (one per process,
 started on the first connection). This module authenticates, runs one
 connection's loop and writes its frames.
 
@@ -39,17 +39,17 @@ from flask import Flask, current_app, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from analytics.apikeys import ApiKey
 from analytics.errors import (
     AuthenticationError,
     PermissionDenied,
     StoreUnavailable,
     ValidationError,
 )
-from analytics.live import CLOSE_GOING_AWAY, LiveClient, LiveHub, parse_client_message
-from analytics.service import consumer_name
+from analytics.live.hub import CLOSE_GOING_AWAY, LiveClient, LiveHub, parse_client_message
+from analytics.privacy.apikeys import ApiKey
+from analytics.processing.service import consumer_name
 from web.auth import bearer_token
-from web.extensions import get_service
+from web.extensions import get_analytics
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +123,17 @@ def get_hub() -> LiveHub:
 
 def _authenticate(hub: LiveHub) -> ApiKey | None:
     token = request.args.get("token") or bearer_token()
-    service = get_service()
+    service = get_analytics()
     try:
         # ``where`` makes authenticate() count and audit a bad or missing key.
-        key = service.authenticate(token, where="websocket", remote=request.remote_addr)
+        key = service.access.authenticate(token, where="websocket", remote=request.remote_addr)
     except AuthenticationError:
         hub.counters.add(auth_failures=1)
         return None
     try:
         key.require("read")
     except PermissionDenied:
-        service.audit_auth_failure("websocket", request.remote_addr, "forbidden")
+        service.access.audit_failure("websocket", request.remote_addr, "forbidden")
         hub.counters.add(auth_failures=1)
         return None
     return key
@@ -187,7 +187,7 @@ class Connection:
     """One client's loop (see the module docs)."""
 
     def __init__(self, ws: Any, hub: LiveHub, key: ApiKey) -> None:
-        settings = get_service().settings
+        settings = get_analytics().settings
         ws.sock = _SerializedWrites(ws.sock)
         self.ws = ws
         self.hub = hub
@@ -207,10 +207,10 @@ class Connection:
         self.client.delivered += len(frames)
 
     def run(self) -> None:
-        service = get_service()
+        service = get_analytics()
         try:
             # The stream reveals PHI: no audit entry, no stream.
-            service.audit.record("stream.open", self.key.id, scope="user" if self.key.user_hash else "all")
+            service.privacy.record("stream.open", self.key.id, scope="user" if self.key.user_hash else "all")
         except redis.RedisError:
             self.hub.counters.add(errors=1)
             self.ws.close(CLOSE_UNAVAILABLE, "data store unavailable; retry later")
@@ -247,8 +247,8 @@ class Connection:
         finally:
             self.hub.unregister(self.client)
             try:
-                service.audit.record("stream.close", self.key.id, delivered=self.client.delivered,
-                                     reason=reason)
+                service.privacy.record("stream.close", self.key.id, delivered=self.client.delivered,
+                                       reason=reason)
             except Exception as exc:  # noqa: BLE001 - the stream is over either way
                 log.warning("could not audit a stream's end (%s)", type(exc).__name__)
 

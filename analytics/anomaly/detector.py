@@ -48,10 +48,12 @@ class DetectorConfig:
     level_span: float = 6.0  # points in the short-term level (sustained shifts)
     bins: int = 48  # time-of-day profile bins (30 minutes each)
     bin_min_visits: int = 3  # a bin's profile is used once it has seen this many points
+    bin_prior: float = 3.0  # a young bin's variance is shrunk toward the global one (as if seen this often)
     bin_alpha_min: float = 0.05  # slowest adaptation of a bin's mean/variance
     block_len: int = 32  # points per block of the novelty reference
     blocks: int = 64  # blocks remembered (2048 points)
     rare_blocks: int = 5  # a surprise is novel when exceeded in at most this many blocks
+    warm_blocks: int = 6  # blocks seen before anything can be novel (a learning period of 192 points)
     min_surprise: float = 3.0  # p < 1e-3 before anything can be novel
     damp_points: int = 30  # points damped after an alert
     damp_factor: float = 0.5  # score multiplier while damped (a much stronger event still alerts)
@@ -132,8 +134,10 @@ class Detector:
             s_level = _surprise(abs(level - self._mean) / math.sqrt(level_var))
             s_prof = 0.0
             if self._pcount[b] >= c.bin_min_visits:
-                s_prof = _surprise(abs(value - self._pmean[b]) / math.sqrt(self._pvar[b] + eps2))
-            warm = n >= (c.rare_blocks + 1) * c.block_len
+                cnt = self._pcount[b]
+                pvar = (cnt * self._pvar[b] + c.bin_prior * self._var) / (cnt + c.bin_prior)
+                s_prof = _surprise(abs(value - self._pmean[b]) / math.sqrt(pvar + eps2))
+            warm = n >= c.warm_blocks * c.block_len
             for k, s in enumerate((s_global, s_level, s_prof)):
                 if warm and s > c.min_surprise:
                     ref = max(_dequantize(self._reference(k)), c.min_surprise)
@@ -164,10 +168,11 @@ class Detector:
         """Cache the order statistics of the finished blocks (they change once per block)."""
         c = self.config
         self._top = []
+        rare = c.rare_blocks
         for k in range(_MODELS):
             row = sorted(self._hist[k * c.blocks:(k + 1) * c.blocks], reverse=True)
             row.append(0)
-            self._top.append((row[c.rare_blocks - 1] if c.rare_blocks > 0 else 255, row[c.rare_blocks]))
+            self._top.append((row[rare - 1] if rare > 0 else 255, row[rare]))
 
     def _learn(self, value: float, b: int) -> None:
         c = self.config

@@ -11,7 +11,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from analytics.schemas import RawList, Timestamp
+from analytics.events.schemas import RawList, Timestamp
 
 #: Metric names: no ``:`` (it separates key parts) and a bounded length.
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$")

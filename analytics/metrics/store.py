@@ -31,11 +31,11 @@ import orjson
 import redis
 
 from analytics import keyspace
-from analytics.deadletters import INVALID_RECORD, DeadLetter, dlq_key
 from analytics.errors import ValidationError
 from analytics.lua_scripts import lua_source
 from analytics.metrics.sketch import GAMMA, NEGATIVE_BASE, ZERO_CODE, bin_code, encode_bins
-from analytics.queue import Entry
+from analytics.pipeline.deadletters import INVALID_RECORD, DeadLetter, dlq_key
+from analytics.pipeline.queue import Entry
 from analytics.redis_client import resp2_twin
 from analytics.settings import Settings
 from analytics.tally import Tally
@@ -182,7 +182,7 @@ class MetricStore:
         acknowledges their entry dead-letters them: once, and never lost.
         ``dead`` adds dead letters by entry id, written in the same step:
         entries set aside whole by the caller
-        (:class:`analytics.isolation.MetricCommitter`), with no records left.
+        (:class:`analytics.events.commit.MetricCommitter`), with no records left.
         """
         dead = dead or {}
         result = MetricCommitResult()

@@ -11,9 +11,9 @@ import marshmallow
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analytics import phi
-from analytics.fastpath import load_split
-from analytics.schemas import event_schema
+from analytics.events.fastpath import load_split
+from analytics.events.schemas import event_schema
+from analytics.privacy import phi
 from analytics.settings import DEFAULT_PHI_FIELDS
 
 POLICY = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
@@ -126,7 +126,7 @@ def test_unusual_shapes_are_left_to_the_schema_of_record() -> None:
 
 
 def test_the_objects_walked_are_the_schemas_free_objects() -> None:
-    from analytics.schemas import _check_object
+    from analytics.events.schemas import _check_object
 
     objects = {name for name, f in event_schema.fields.items() if _check_object in f.validators}
     assert objects == set(phi.NESTED_FIELDS)

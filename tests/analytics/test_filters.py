@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from analytics.errors import ValidationError
-from analytics.filters import matcher, parse_filters
-from analytics.phi import PhiPolicy
+from analytics.events.filters import matcher, parse_filters
+from analytics.privacy.phi import PhiPolicy
 from analytics.settings import DEFAULT_PHI_FIELDS
 
 POLICY = PhiPolicy(DEFAULT_PHI_FIELDS.split(","))

@@ -5,10 +5,10 @@ import orjson
 import pytest
 
 from analytics import keyspace
-from analytics.deadletters import dlq_key
 from analytics.errors import ValidationError
-from analytics.isolation import record_problem
-from tests.support import records_in, stored_events
+from analytics.events.commit import record_problem
+from analytics.pipeline.deadletters import dlq_key
+from testkit import records_in, stored_events
 
 
 @pytest.fixture
@@ -41,11 +41,11 @@ def test_an_invalid_record_is_dead_lettered_and_its_batch_stored(idle) -> None:
     bad = {**good[0], "i": "other-id", "m": "bad-1", "ts": "not-a-time"}
     data.xadd(keyspace.EVENT_QUEUE, {"e": orjson.dumps([good[0], bad, good[1]])})
     data.xadd(keyspace.EVENT_QUEUE, {"e": orjson.dumps([good[2]])})
-    report = service.drain("c1")
+    report = service.processor.drain("c1")
     assert report.committed.stored == 3 and report.committed.dead_lettered == 1
     assert stored_events(data) == 3
     assert service.queue.pending() == 0 and service.queue.length() == 0
-    [letter] = service.dead_letter_list("events")
+    [letter] = service.ops.dead_letter_list("events")
     assert letter["reason"] == "invalid_record" and letter["attempts"] == 1
     assert letter["event"]["messageId"] == "bad-1" and letter["sealed"] is False
 
@@ -53,48 +53,48 @@ def test_an_invalid_record_is_dead_lettered_and_its_batch_stored(idle) -> None:
 def test_a_malformed_entry_is_dead_lettered_sealed_without_blocking_others(idle) -> None:
     service, data = idle
     data.xadd(keyspace.EVENT_QUEUE, {"e": b"{not json"})
-    service.track({"type": "click", "userId": "u1"})
-    report = service.drain("c1")
+    service.events.track({"type": "click", "userId": "u1"})
+    report = service.processor.drain("c1")
     assert report.committed.stored == 1 and report.committed.dead_lettered == 1
-    [letter] = service.dead_letter_list("events")
+    [letter] = service.ops.dead_letter_list("events")
     assert letter["reason"] == "malformed_entry" and letter["sealed"] is True
     raw = service.dead_letters.entries("events")[0]
     assert service.dead_letters.open_sealed(raw) == b"{not json"
     # Replay validates it again: still invalid, so it stays.
-    replay = service.replay_dead_letters("events", actor="test")
+    replay = service.ops.replay_dead_letters("events", actor="test")
     assert (replay.replayed, replay.still_invalid) == (0, 1)
     assert service.dead_letters.length("events") == 1
 
 
 def test_a_record_that_makes_the_commit_fail_is_isolated_then_replayed(idle) -> None:
     service, data = idle
-    service.register_event_type("fragile")
+    service.events.register_event_type("fragile")
     # A record of type "fragile" now makes the commit script fail (WRONGTYPE).
     data.set(keyspace.processed("fragile"), "not a hash")
     batch = [{"type": "click", "userId": "u1", "messageId": "a"},
              {"type": "fragile", "userId": "u1", "messageId": "poison"},
              {"type": "click", "userId": "u2", "messageId": "b"}]
-    service.track_many(batch)
-    service.track({"type": "login", "userId": "u3", "messageId": "c"})  # another entry
-    report = service.drain("c1")
+    service.events.track_many(batch)
+    service.events.track({"type": "login", "userId": "u3", "messageId": "c"})  # another entry
+    report = service.processor.drain("c1")
     assert report.committed.dead_lettered == 1 and report.failed == 0
     assert stored_events(data) == 3
     assert len(records_in(data, "click")) == 2 and len(records_in(data, "login")) == 1
     assert service.queue.pending() == 0
-    [letter] = service.dead_letter_list("events")
+    [letter] = service.ops.dead_letter_list("events")
     assert letter["reason"] == "processing_error"
     assert letter["event"]["type"] == "fragile" and letter["event"]["messageId"] == "poison"
-    figures = service.stats_snapshot()
+    figures = service.ops.stats_snapshot()
     assert figures["queue"]["last_minute"]["dead"] == 1
     assert figures["queue"]["dead_letters"]["events"] == 1
 
     # Fixed: the replay stores it (it keeps its id), exactly once.
     data.delete(keyspace.processed("fragile"))
-    first = service.replay_dead_letters("events", actor="key-1")
+    first = service.ops.replay_dead_letters("events", actor="key-1")
     assert first.replayed == 1 and service.dead_letters.length("events") == 0
-    again = service.replay_dead_letters("events", ids=[letter["id"]], actor="key-1")
+    again = service.ops.replay_dead_letters("events", ids=[letter["id"]], actor="key-1")
     assert (again.replayed, again.already_gone) == (0, 1)
-    service.drain("c1")
+    service.processor.drain("c1")
     assert len(records_in(data, "fragile")) == 1 and stored_events(data) == 4
     audits = [e for e in service.audit.entries() if e["action"] == "dlq.replay"]
     assert [a["count"] for a in audits] == [1, 0] and audits[0]["actor"] == "key-1"
@@ -102,12 +102,12 @@ def test_a_record_that_makes_the_commit_fail_is_isolated_then_replayed(idle) -> 
 
 def test_replaying_a_record_already_stored_does_not_store_it_twice(idle) -> None:
     service, data = idle
-    service.track({"type": "click", "userId": "u1", "messageId": "once"})
+    service.events.track({"type": "click", "userId": "u1", "messageId": "once"})
     [entry] = service.queue.read("c1", 10)
-    service.process([entry])
+    service.processor.process([entry])
     service.dead_letters.add_record("events", entry.records[0], "processing_error", 5)
-    assert service.replay_dead_letters("events").replayed == 1
-    service.drain("c1")
+    assert service.ops.replay_dead_letters("events").replayed == 1
+    service.processor.drain("c1")
     assert len(records_in(data, "click")) == 1 and stored_events(data) == 1
 
 
@@ -130,11 +130,11 @@ def test_segment_messages_are_mapped_and_validated_again_on_replay(make_stack) -
     service.dead_letters.add_raw("segment", message, "unknown_event_type")
     stored = b"".join(v for _, f in data.xrange(dlq_key("segment")) for v in f.values())
     assert b"a@b.example" not in stored and b"u-9" not in stored
-    assert service.replay_dead_letters("segment").still_invalid == 1  # policy: reject
-    service.register_event_type("Checkout")
-    assert service.replay_dead_letters("segment").replayed == 1
-    service.drain("c1")
-    [event], _ = service.get_events({"type": "Checkout"})
+    assert service.ops.replay_dead_letters("segment").still_invalid == 1  # policy: reject
+    service.events.register_event_type("Checkout")
+    assert service.ops.replay_dead_letters("segment").replayed == 1
+    service.processor.drain("c1")
+    [event], _ = service.events.get_events({"type": "Checkout"})
     assert event["properties"] == {"email": "a@b.example", "total": 12}
     assert event["userId"] == "u-9" and service.dead_letters.length("segment") == 0
 
@@ -142,7 +142,7 @@ def test_segment_messages_are_mapped_and_validated_again_on_replay(make_stack) -
 def test_unknown_kinds_are_refused(idle) -> None:
     service, _ = idle
     with pytest.raises(ValidationError):
-        service.replay_dead_letters("nope")
+        service.ops.replay_dead_letters("nope")
 
 
 def test_records_of_a_user_erased_meanwhile_are_not_dead_lettered_either(idle) -> None:
@@ -151,7 +151,7 @@ def test_records_of_a_user_erased_meanwhile_are_not_dead_lettered_either(idle) -
     bad = {**good, "i": "other-id", "m": "bad-1", "ts": "not-a-time"}
     data.xadd(keyspace.EVENT_QUEUE, {"e": orjson.dumps([good, bad])})
     entries = service.queue.read("c1", 10)  # a worker holds them...
-    service.erase_user("gone", actor="test")  # ...while the user is erased
-    result = service.process(entries)
+    service.privacy.erase_user("gone", actor="test")  # ...while the user is erased
+    result = service.processor.process(entries)
     assert (result.stored, result.dead_lettered, result.erased) == (0, 0, 2)
     assert service.dead_letters.length() == 0 and service.queue.pending() == 0

@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from analytics.errors import ValidationError
-from analytics.live import LiveClient, LiveHub, parse_client_message
-from analytics.livestats import WsCounters, write_ws_stats, ws_totals
-from analytics.records import live_records, split_page
+from analytics.events.records import live_records, split_page
+from analytics.live.hub import LiveClient, LiveHub, parse_client_message
+from analytics.live.stats import WsCounters, write_ws_stats, ws_totals
 
 
 @pytest.mark.parametrize("raw, field", [
@@ -94,10 +94,10 @@ def test_a_commit_publishes_the_new_records_of_each_page_as_one_string(service: 
     pubsub = service.redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("analytics:live:events")
     now = int(time.time())  # one timestamp: one page per type
-    accepted = service.track_many([{"type": etype, "userId": "u-1", "messageId": f"m-{n}", "timestamp": now}
+    accepted = service.events.track_many([{"type": etype, "userId": "u-1", "messageId": f"m-{n}", "timestamp": now}
                         for n, etype in enumerate(["click", "click", "login", "click"])]).accepted
     assert accepted == 4
-    service.process(service.queue.read("c-1", 10))  # unless the test session's worker was first
+    service.processor.process(service.queue.read("c-1", 10))  # unless the test session's worker was first
     message = None
     for _ in range(100):
         got = pubsub.get_message(timeout=0.1)

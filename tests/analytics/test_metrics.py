@@ -14,11 +14,11 @@ import pytest
 import redis
 
 from analytics import keyspace
-from analytics.deadletters import dlq_key
 from analytics.errors import ValidationError
 from analytics.metrics.sketch import Sketch
 from analytics.metrics.store import CHUNK_BUCKETS, series_id
-from tests.support import wait_until
+from analytics.pipeline.deadletters import dlq_key
+from testkit import wait_until
 
 HOUR = 3600
 
@@ -38,7 +38,7 @@ def hour_ago() -> int:
 
 
 def query(service: Any, name: str, **params: Any) -> dict[str, Any]:
-    return service.get_metric(name, {k: str(v) for k, v in params.items()})
+    return service.metrics.get_metric(name, {k: str(v) for k, v in params.items()})
 
 
 def points(result: dict[str, Any], index: int = 0) -> list[Any]:
@@ -59,8 +59,8 @@ def test_percentiles_within_one_percent_and_other_aggregates_exact(quiet) -> Non
         samples.append({"name": "api.latency", "value": rng.lognormvariate(4, 1.1),
                         "tags": {"route": route, "env": "prod"}, "timestamp": t0 + (i % 1800)})
     for part in range(0, len(samples), 1000):  # several queue entries and batches
-        assert quiet.track_metrics(samples[part:part + 1000]).accepted == 1000
-    quiet.drain("tester")
+        assert quiet.metrics.track_metrics(samples[part:part + 1000]).accepted == 1000
+    quiet.processor.drain("tester")
     values = [s["value"] for s in samples]
     window = {"start": t0, "end": t0 + HOUR, "bucket": HOUR}
     for agg, truth in (("count", len(values)), ("sum", math.fsum(values)), ("min", min(values)),
@@ -93,8 +93,8 @@ def test_quantiles_equal_the_sketch_of_the_merged_samples(quiet) -> None:
                 "tags": {"shard": f"s{i % 3}"}, "timestamp": t0 + rng.randrange(0, 300)}
                for i in range(1500)]
     for part in range(0, 1500, 300):  # five commits: buckets are merged in Redis
-        quiet.track_metrics(samples[part:part + 300])
-        quiet.drain("tester")
+        quiet.metrics.track_metrics(samples[part:part + 300])
+        quiet.processor.drain("tester")
     for agg, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
         got = points(query(quiet, "delta", agg=agg, start=t0, end=t0 + 300, bucket=60,
                            tags="shard:s1"))
@@ -115,8 +115,8 @@ def test_quantiles_across_chunks_groups_gaps_and_partial_ranges(quiet) -> None:
                 "tags": {"shard": f"s{i % 2}"}, "timestamp": t0 + rng.randrange(0, 3000)}
                for i in range(3000)]
     samples = [s for s in samples if not 1500 <= s["timestamp"] - t0 < 1620]  # a gap
-    quiet.track_metrics(samples)
-    quiet.drain("tester")
+    quiet.metrics.track_metrics(samples)
+    quiet.processor.drain("tester")
     start, end = t0 + 610, t0 + 2890
     for agg, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
         result = query(quiet, "spread", agg=agg, start=start, end=end, bucket=30, groupBy="shard")
@@ -137,10 +137,10 @@ def test_quantiles_across_chunks_groups_gaps_and_partial_ranges(quiet) -> None:
 
 def test_points_are_aligned_and_empty_buckets_are_null(quiet) -> None:
     t0 = hour_ago()
-    quiet.track_metrics([{"name": "jobs", "value": 2, "timestamp": t0 + 65},
+    quiet.metrics.track_metrics([{"name": "jobs", "value": 2, "timestamp": t0 + 65},
                          {"name": "jobs", "value": 3, "timestamp": t0 + 70},
                          {"name": "jobs", "value": 7, "timestamp": t0 + 250}])
-    quiet.drain("tester")
+    quiet.processor.drain("tester")
     got = points(query(quiet, "jobs", agg="sum", start=t0 + 30, end=t0 + 300, bucket=60))
     assert got == [[t0, None], [t0 + 60, 5.0], [t0 + 120, None], [t0 + 180, None], [t0 + 240, 7.0]]
     # A 30 s bucket is served from the 10 s tier, still aligned.
@@ -157,8 +157,8 @@ def test_tag_filter_and_group_by(quiet) -> None:
     batch.append({"name": "hits", "value": 1, "tags": {"env": "prod"}, "timestamp": t0 + 5})
     batch.append({"name": "hits", "value": 1, "tags": {"route": "/home", "env": "prod"},
                   "timestamp": t0 + 125})
-    assert quiet.track_metrics(batch).accepted == 12
-    quiet.drain("tester")
+    assert quiet.metrics.track_metrics(batch).accepted == 12
+    quiet.processor.drain("tester")
     window = {"agg": "count", "start": t0, "end": t0 + 60, "bucket": 60}
 
     def counts(**params: Any) -> dict[str, Any]:
@@ -186,17 +186,17 @@ def test_tag_filter_and_group_by(quiet) -> None:
 def test_a_redelivered_batch_is_never_counted_twice(quiet) -> None:
     t0 = hour_ago()
     for i in range(3):
-        quiet.track_metrics([{"name": "q", "value": 10 + i, "timestamp": t0}] * 4)
+        quiet.metrics.track_metrics([{"name": "q", "value": 10 + i, "timestamp": t0}] * 4)
     entries = quiet.metrics_queue.read("worker-a", 10)
     assert len(entries) == 3
-    first = quiet.metrics.commit(entries)
-    again = quiet.metrics.commit(entries)  # a second worker holding the same entries
+    first = quiet.metric_store.commit(entries)
+    again = quiet.metric_store.commit(entries)  # a second worker holding the same entries
     assert (first.samples, first.skipped_entries) == (12, 0)
     assert (again.samples, again.skipped_entries) == (0, 3)
     # A batch mixing a committed entry with a new one: only the new one counts.
-    quiet.track_metrics([{"name": "q", "value": 100, "timestamp": t0}])
+    quiet.metrics.track_metrics([{"name": "q", "value": 100, "timestamp": t0}])
     fresh = quiet.metrics_queue.read("worker-a", 10)
-    mixed = quiet.metrics.commit([entries[0], *fresh])
+    mixed = quiet.metric_store.commit([entries[0], *fresh])
     assert (mixed.samples, mixed.skipped_entries) == (1, 1)
     window = {"start": t0, "end": t0 + 10, "bucket": 10}
     assert points(query(quiet, "q", agg="count", **window)) == [[t0, 13]]
@@ -208,7 +208,7 @@ def test_malformed_queue_records_are_dead_lettered_not_retried(quiet) -> None:
     t0 = hour_ago()
     quiet.data.xadd(keyspace.METRICS_QUEUE, {"e": orjson.dumps([
         {"n": "ok", "v": 2, "g": {}, "ts": t0 * 1000}, {"n": "ok", "v": "x"}, "junk"])})
-    report = quiet.drain("tester")
+    report = quiet.processor.drain("tester")
     assert (report.metrics.samples, report.metrics.invalid) == (1, 2)
     assert quiet.dead_letters.length("metrics") == 2
     assert quiet.metrics_queue.pending() == 0 and quiet.metrics_queue.length() == 0
@@ -222,14 +222,14 @@ def test_records_are_dead_lettered_in_the_step_that_commits_their_entry(quiet) -
     quiet.data.set(dlq_key("metrics"), "not a stream")  # the dead letters cannot be written...
     held = quiet.metrics_queue.read("worker-a", 10)
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        quiet.metrics.commit(held)
+        quiet.metric_store.commit(held)
     # ...so nothing is: no sample counted, the entry still pending.
     window = {"start": t0, "end": t0 + 10, "bucket": 10}
     assert query(quiet, "ok", agg="count", **window)["series"] == []
     assert quiet.metrics_queue.pending() == 1
     quiet.data.delete(dlq_key("metrics"))
-    first = quiet.metrics.commit(held)
-    again = quiet.metrics.commit(held)  # a second worker holding the same entry
+    first = quiet.metric_store.commit(held)
+    again = quiet.metric_store.commit(held)  # a second worker holding the same entry
     assert (first.samples, first.invalid, again.invalid, again.skipped_entries) == (1, 2, 0, 1)
     assert [item["record"] for item in quiet.dead_letters.entries("metrics")] == [
         {"n": "ok", "v": "x"}, "junk"]
@@ -239,8 +239,8 @@ def test_records_are_dead_lettered_in_the_step_that_commits_their_entry(quiet) -
 def test_an_unreadable_metrics_entry_is_set_aside_whole_and_sealed(quiet) -> None:
     t0 = hour_ago()
     quiet.data.xadd(keyspace.METRICS_QUEUE, {"e": b'[{"n": "ok", "v": 1, "g": {"email": "a@b.c"'})
-    quiet.track_metrics([{"name": "ok", "value": 2, "timestamp": t0}])
-    report = quiet.drain("tester")
+    quiet.metrics.track_metrics([{"name": "ok", "value": 2, "timestamp": t0}])
+    report = quiet.processor.drain("tester")
     assert (report.metric_entries, report.metrics.samples, report.metrics.dead_entries) == (2, 1, 1)
     assert quiet.metrics_queue.pending() == 0 and quiet.metrics_queue.length() == 0
     [letter] = quiet.dead_letters.entries("metrics")
@@ -249,21 +249,21 @@ def test_an_unreadable_metrics_entry_is_set_aside_whole_and_sealed(quiet) -> Non
                                     for v in f.values())
     assert quiet.dead_letters.open_sealed(letter).startswith(b'[{"n": "ok"')
     # Still unreadable on replay: it stays, and nothing is counted.
-    assert quiet.replay_dead_letters("metrics", actor="test").still_invalid == 1
+    assert quiet.ops.replay_dead_letters("metrics", actor="test").still_invalid == 1
     assert points(query(quiet, "ok", agg="count", start=t0, end=t0 + 10, bucket=10)) == [[t0, 1]]
 
 
 def test_a_metrics_entry_that_keeps_failing_does_not_block_its_batch(quiet) -> None:
     t0 = hour_ago()
-    quiet.track_metrics([{"name": "hurt", "value": 1, "timestamp": t0}])
-    quiet.drain("tester")
+    quiet.metrics.track_metrics([{"name": "hurt", "value": 1, "timestamp": t0}])
+    quiet.processor.drain("tester")
     damaged = keyspace.rollup_chunk("hurt", 10, series_id({}), t0 - t0 % (10 * CHUNK_BUCKETS))
     assert quiet.data.exists(damaged), "the chunk key named as the store names it"
     quiet.data.delete(damaged)
     quiet.data.set(damaged, "not a rollup")  # every commit of a "hurt" sample now fails
-    quiet.track_metrics([{"name": "hurt", "value": 2, "timestamp": t0}])
-    quiet.track_metrics([{"name": "fine", "value": 3, "timestamp": t0}])
-    report = quiet.drain("tester")  # one batch of both entries: it fails, then one by one
+    quiet.metrics.track_metrics([{"name": "hurt", "value": 2, "timestamp": t0}])
+    quiet.metrics.track_metrics([{"name": "fine", "value": 3, "timestamp": t0}])
+    report = quiet.processor.drain("tester")  # one batch of both entries: it fails, then one by one
     assert (report.metric_entries, report.metrics.samples) == (2, 1)
     window = {"start": t0, "end": t0 + 10, "bucket": 10}
     assert points(query(quiet, "fine", agg="sum", **window)) == [[t0, 3.0]]
@@ -277,8 +277,8 @@ def test_a_metrics_entry_that_keeps_failing_does_not_block_its_batch(quiet) -> N
     [letter] = quiet.dead_letters.entries("metrics")
     assert letter["reason"] == "processing_error" and letter["record"]["n"] == "hurt"
     quiet.data.delete(damaged)  # mended: the replay counts the sample once
-    assert quiet.replay_dead_letters("metrics", actor="test").replayed == 1
-    quiet.drain("tester")
+    assert quiet.ops.replay_dead_letters("metrics", actor="test").replayed == 1
+    quiet.processor.drain("tester")
     assert points(query(quiet, "hurt", agg="sum", **window)) == [[t0, 2.0]]
 
 
@@ -290,29 +290,29 @@ def test_metric_dead_letters_are_validated_again_and_replayed_once(quiet) -> Non
         {"n": "untagged", "v": 3, "ts": t0 * 1000},
         {"n": "untimed", "v": 4, "g": {"env": "prod"}},
         {"n": "ok", "v": "x", "g": {}, "ts": t0 * 1000}])})
-    report = quiet.drain("tester")
+    report = quiet.processor.drain("tester")
     assert (report.metrics.samples, report.metrics.invalid) == (1, 3)
-    listing = quiet.dead_letter_list("metrics")
+    listing = quiet.ops.dead_letter_list("metrics")
     assert [item["metric"]["name"] for item in listing] == ["untagged", "untimed", "ok"]
     set_aside = int(quiet.dead_letters.entries("metrics")[1]["ts"])
 
     # Validated again like new input: the two that now read as samples are
     # queued once; the one whose value is no number stays.
-    first = quiet.replay_dead_letters("metrics", actor="test")
+    first = quiet.ops.replay_dead_letters("metrics", actor="test")
     assert (first.replayed, first.still_invalid) == (2, 1)
     assert first.ids == [item["id"] for item in listing[:2]]
     assert quiet.dead_letters.length("metrics") == 1
-    again = quiet.replay_dead_letters("metrics", ids=first.ids, actor="test")
+    again = quiet.ops.replay_dead_letters("metrics", ids=first.ids, actor="test")
     assert (again.replayed, again.already_gone) == (0, 2)
     for _ in range(2):  # a later replay finds only the invalid one: nothing counts twice
-        quiet.drain("tester")
+        quiet.processor.drain("tester")
         assert points(query(quiet, "untagged", agg="sum", start=t0, end=t0 + 10, bucket=10)) == [
             [t0, 3.0]]
         # A sample queued without a time counts when it was set aside.
         window = {"start": set_aside - 60, "end": set_aside + 60, "bucket": 60}
         assert sum(v or 0 for _, v in points(query(quiet, "untimed", agg="count", **window))) == 1
         assert points(query(quiet, "ok", agg="count", start=t0, end=t0 + 10, bucket=10)) == [[t0, 1]]
-        assert quiet.replay_dead_letters("metrics").still_invalid == 1
+        assert quiet.ops.replay_dead_letters("metrics").still_invalid == 1
     assert quiet.metrics_queue.pending() == 0 and quiet.metrics_queue.length() == 0
     assert [a["count"] for a in quiet.audit.entries() if a["action"] == "dlq.replay"] == [2, 0, 0, 0]
 
@@ -320,44 +320,44 @@ def test_metric_dead_letters_are_validated_again_and_replayed_once(quiet) -> Non
 def test_metric_dead_letters_still_breaking_current_rules_stay(quiet) -> None:
     t0 = hour_ago()
     limit = quiet.settings.max_series_per_metric
-    quiet.track_metrics([{"name": "per.ref", "value": 1, "tags": {"ref": f"r{i}"}} for i in range(limit)])
+    quiet.metrics.track_metrics([{"name": "per.ref", "value": 1, "tags": {"ref": f"r{i}"}} for i in range(limit)])
     queued = quiet.metrics_queue.length()
     # A tag key that names a PHI field, and one series more than the limit.
     for tags, name in (({"email": "a@b.example"}, "visits"), ({"ref": "one-more"}, "per.ref")):
         quiet.dead_letters.add_record("metrics", {"n": name, "v": 1, "g": tags, "ts": t0 * 1000},
                                       "invalid_record", 1)
-    report = quiet.replay_dead_letters("metrics")
+    report = quiet.ops.replay_dead_letters("metrics")
     assert (report.replayed, report.still_invalid) == (0, 2)
     assert quiet.dead_letters.length("metrics") == 2 and quiet.metrics_queue.length() == queued
     assert quiet.data.hlen(keyspace.metric_series("per.ref")) == limit
     assert not quiet.data.exists(keyspace.metric_series("visits"))
-    listing = quiet.dead_letter_list("metrics")
+    listing = quiet.ops.dead_letter_list("metrics")
     assert [item["metric"]["name"] for item in listing] == ["visits", "per.ref"]
     assert b"a@b.example" not in orjson.dumps(listing)
 
 
 def test_entries_of_a_presumed_dead_worker_count_once(quiet) -> None:
     t0 = hour_ago()
-    quiet.track_metrics([{"name": "slow", "value": 1, "timestamp": t0}] * 5)
+    quiet.metrics.track_metrics([{"name": "slow", "value": 1, "timestamp": t0}] * 5)
     held = quiet.metrics_queue.read("stalled-worker", 10)
     time.sleep(quiet.settings.claim_idle_seconds + 0.2)
-    report = quiet.recover("rescuer")
+    report = quiet.processor.recover("rescuer")
     assert report.metrics.samples == 5
-    assert quiet.metrics.commit(held).skipped_entries == 1  # the stalled worker wakes up
+    assert quiet.metric_store.commit(held).skipped_entries == 1  # the stalled worker wakes up
     assert points(query(quiet, "slow", agg="count", start=t0, end=t0 + 10, bucket=10)) == [[t0, 5]]
 
 
 def test_cardinality_limit_is_a_clear_per_sample_error(quiet) -> None:
     limit = quiet.settings.max_series_per_metric
     batch = [{"name": "per.user", "value": 1, "tags": {"user_ref": f"r{i}"}} for i in range(limit + 2)]
-    result = quiet.track_metrics(batch)
+    result = quiet.metrics.track_metrics(batch)
     assert result.accepted == limit
     assert [r["index"] for r in result.rejected] == [limit, limit + 1]
     message = result.rejected[0]["errors"]["tags"][0]
     assert "limit" in message and "not ids" in message
     # Existing series still take samples; other metrics are not affected.
-    assert quiet.track_metric("per.user", 2, {"user_ref": "r0"}).accepted == 1
-    assert quiet.track_metric("other", 2, {"user_ref": "r99"}).accepted == 1
+    assert quiet.metrics.track_metric("per.user", 2, {"user_ref": "r0"}).accepted == 1
+    assert quiet.metrics.track_metric("other", 2, {"user_ref": "r99"}).accepted == 1
     assert quiet.data.hlen(keyspace.metric_series("per.user")) == limit
 
 
@@ -365,9 +365,9 @@ def test_event_counts_are_a_metric(quiet) -> None:
     t0 = hour_ago()
     events = [{"type": "page_view", "userId": "u1", "timestamp": t0 + i, "messageId": f"m{i}"}
               for i in range(25)]
-    quiet.track_many(events)
-    quiet.track_many(events[:5])  # retried messageIds are stored, and counted, once
-    quiet.drain("tester")
+    quiet.events.track_many(events)
+    quiet.events.track_many(events[:5])  # retried messageIds are stored, and counted, once
+    quiet.processor.drain("tester")
     got = points(query(quiet, "events.page_view", agg="count", start=t0, end=t0 + 60, bucket=10))
     assert got == [[t0, 10], [t0 + 10, 10], [t0 + 20, 5], [t0 + 30, None], [t0 + 40, None],
                    [t0 + 50, None]]
@@ -395,13 +395,13 @@ def test_live_fan_out_of_updated_buckets(quiet) -> None:
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    quiet.track_metrics([{"name": "temp", "value": v, "tags": {"room": "a"}, "timestamp": t0 + 3}
+    quiet.metrics.track_metrics([{"name": "temp", "value": v, "tags": {"room": "a"}, "timestamp": t0 + 3}
                          for v in (2.5, 4.0)])
-    quiet.drain("tester")
-    quiet.track_metric("temp", -1.0, {"room": "a"}, t0 + 7)
-    quiet.drain("tester")
-    quiet.track_many([{"type": "login", "userId": "u", "timestamp": t0 + 12}])
-    quiet.drain("tester")
+    quiet.processor.drain("tester")
+    quiet.metrics.track_metric("temp", -1.0, {"room": "a"}, t0 + 7)
+    quiet.processor.drain("tester")
+    quiet.events.track_many([{"type": "login", "userId": "u", "timestamp": t0 + 12}])
+    quiet.processor.drain("tester")
     listener.join(10)
     first, second, events = messages
     assert first == [{"name": "temp", "tags": {"room": "a"}, "bucket": t0, "resolution": 10,
@@ -423,5 +423,5 @@ def test_live_fan_out_of_updated_buckets(quiet) -> None:
 ])
 def test_bad_queries_are_validation_errors(quiet, params, field) -> None:
     with pytest.raises(ValidationError) as caught:
-        quiet.get_metric("api.latency", params)
+        quiet.metrics.get_metric("api.latency", params)
     assert field in caught.value.details

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analytics import phi
-from analytics.crypto import DecryptionError, Vault, generate_key
-from analytics.records import RecordCodec
+from analytics.events.records import RecordCodec
+from analytics.privacy import phi
+from analytics.privacy.crypto import DecryptionError, Vault, generate_key
 from analytics.settings import DEFAULT_PHI_FIELDS, Settings
 
 POLICY = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))

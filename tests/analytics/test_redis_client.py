@@ -10,11 +10,11 @@ import pytest
 import redis
 from redis.connection import HiredisRespSerializer
 
-from analytics.admission import Verdict
 from analytics.errors import ConfigurationError
+from analytics.pipeline.admission import Verdict
 from analytics.redis_client import CommandPacker, DedicatedConnections, connect
 from analytics.settings import Settings
-from tests.support import in_forked_child
+from testkit import in_forked_child
 
 
 @pytest.mark.parametrize("args", [

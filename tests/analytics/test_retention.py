@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from analytics import keyspace
-from tests.support import pages_indexed, records_in, stored_events
+from testkit import pages_indexed, records_in, stored_events
 
 DAY = 86_400
 
@@ -29,13 +29,13 @@ def rollup_keys(data: Any, resolution: int) -> list[bytes]:
 
 def seed(service: Any, now: int) -> None:
     old, fresh = (now - 40 * DAY) // 60 * 60, now - 60
-    service.track_many([{"type": "click", "userId": "u1", "timestamp": old, "messageId": f"old{i}"}
+    service.events.track_many([{"type": "click", "userId": "u1", "timestamp": old, "messageId": f"old{i}"}
                         for i in range(7)])
-    service.track_many([{"type": "click", "userId": "u1", "timestamp": fresh, "messageId": f"new{i}"}
+    service.events.track_many([{"type": "click", "userId": "u1", "timestamp": fresh, "messageId": f"new{i}"}
                         for i in range(2)])
-    service.track_metrics([{"name": "m", "value": 1, "timestamp": old},
+    service.metrics.track_metrics([{"name": "m", "value": 1, "timestamp": old},
                            {"name": "m", "value": 2, "timestamp": fresh}])
-    service.drain("tester")
+    service.processor.drain("tester")
 
 
 def test_cleanup_removes_what_expired_and_keeps_the_rest(quiet) -> None:
@@ -45,13 +45,13 @@ def test_cleanup_removes_what_expired_and_keeps_the_rest(quiet) -> None:
     user_key = keyspace.user_index(quiet.codec.user_hash("u1"))
     assert data.zcard(user_key) == 2  # two pages: the old minute's, the fresh one's
 
-    report = quiet.cleanup(now=now)
+    report = quiet.ops.cleanup(now=now)
     assert report.events == 7 and report.complete and not report.skipped
     assert len(records_in(data, "click")) == 2
     assert data.zcard(keyspace.time_index("click")) == 1 and pages_indexed(data, "click")
     assert stored_events(data) == 2
     assert data.zcard(user_key) == 1
-    events, _ = quiet.get_events({"type": "click"})
+    events, _ = quiet.events.get_events({"type": "click"})
     assert sorted(e["messageId"] for e in events) == ["new0", "new1"]
     # 40-day-old rollups: gone from the 10 s and 1 min tiers (1 and 7 days),
     # kept in the 1 h and 1 day tiers (90 and 730 days); fresh ones all kept.
@@ -59,7 +59,7 @@ def test_cleanup_removes_what_expired_and_keeps_the_rest(quiet) -> None:
     assert len(rollup_keys(data, 10)) == len(rollup_keys(data, 60)) == 2  # the fresh ones
     assert len(rollup_keys(data, 3600)) in (2, 4)  # old and fresh (maybe one chunk)
     def series(start: int, bucket: int) -> list[Any]:
-        return quiet.get_metric("m", {"start": str(start), "end": str(start + bucket),
+        return quiet.metrics.get_metric("m", {"start": str(start), "end": str(start + bucket),
                                       "bucket": str(bucket), "agg": "sum"})["series"][0]["points"]
 
     old_hour = (now - 40 * DAY) // 3600 * 3600
@@ -69,13 +69,13 @@ def test_cleanup_removes_what_expired_and_keeps_the_rest(quiet) -> None:
     fresh_minute = (now - 60) // 60 * 60
     assert series(fresh_minute, 60) == [[fresh_minute, 2.0]]
 
-    status = quiet.cleanup_status()
+    status = quiet.ops.cleanup_status()
     assert status["removed"] == {"events": 7, "rollup_chunks": 4, "rollup_buckets": 4, "series": 0}
     assert status["runs"] == 1 and status["complete"] is True
     assert abs(status["last_run"] - time.time()) < 60 and status["duration"] >= 0
 
     # Far in the future (an injected clock), everything has expired.
-    later = quiet.cleanup(now=now + 1000 * DAY)
+    later = quiet.ops.cleanup(now=now + 1000 * DAY)
     assert later.events == 2
     assert data.zcard(keyspace.ROLLUP_EXPIRY) == 0
     assert not [k for k in data.scan_iter(match="analytics:metrics:*:r*")]
@@ -86,20 +86,20 @@ def test_cleanup_removes_what_expired_and_keeps_the_rest(quiet) -> None:
 def test_series_whose_rollups_all_expired_are_forgotten(quiet) -> None:
     now = int(time.time())
     data = quiet.data
-    quiet.track_metrics([{"name": "api", "value": 1, "tags": {"route": "/a", "env": "prod"},
+    quiet.metrics.track_metrics([{"name": "api", "value": 1, "tags": {"route": "/a", "env": "prod"},
                           "timestamp": now - 900 * DAY},
                          {"name": "api", "value": 1, "tags": {"route": "/b", "env": "prod"},
                           "timestamp": now - 60}])
-    quiet.drain("tester")
+    quiet.processor.drain("tester")
     assert data.hlen(keyspace.metric_series("api")) == 2
-    report = quiet.cleanup(now=now)
+    report = quiet.ops.cleanup(now=now)
     assert report.series == 1
     [(sid, tags)] = data.hgetall(keyspace.metric_series("api")).items()
     assert orjson.loads(tags) == {"env": "prod", "route": "/b"}
     index = data.hgetall(keyspace.metric_tags("api"))
     assert index == {b"env:prod": sid, b"route:/b": sid}
     assert data.zrange(keyspace.metric_seen("api"), 0, -1) == [sid]
-    groups = quiet.get_metric("api", {"groupBy": "route", "agg": "count"})["series"]
+    groups = quiet.metrics.get_metric("api", {"groupBy": "route", "agg": "count"})["series"]
     assert [g["tags"] for g in groups] == [{"route": "/b"}]
 
 
@@ -107,12 +107,12 @@ def test_cleanup_works_in_bounded_slices_and_resumes(quiet) -> None:
     now = int(time.time())
     seed(quiet, now)
     quiet.retention.slice_size = 2
-    cut_short = quiet.cleanup(now=now, budget=0)  # as if killed before the first slice
+    cut_short = quiet.ops.cleanup(now=now, budget=0)  # as if killed before the first slice
     assert not cut_short.complete and cut_short.events == 0
-    assert quiet.cleanup_status()["complete"] is False
-    report = quiet.cleanup(now=now)
+    assert quiet.ops.cleanup_status()["complete"] is False
+    report = quiet.ops.cleanup(now=now)
     assert report.complete and report.events == 7 and report.rollup_chunks == 4
-    assert quiet.cleanup(now=now).events == 0  # a second run finds nothing left
+    assert quiet.ops.cleanup(now=now).events == 0  # a second run finds nothing left
 
 
 def test_runs_at_the_same_time_do_the_work_once(quiet) -> None:
@@ -120,14 +120,14 @@ def test_runs_at_the_same_time_do_the_work_once(quiet) -> None:
     seed(quiet, now)
     data = quiet.data
     data.set(keyspace.CLEANUP_LOCK, "someone-else", px=5000)
-    held = quiet.cleanup(now=now)
+    held = quiet.ops.cleanup(now=now)
     assert held.skipped and held.events == 0
     assert len(records_in(data, "click")) == 9
     assert data.get(keyspace.CLEANUP_LOCK) == b"someone-else"  # not released by a non-owner
     data.delete(keyspace.CLEANUP_LOCK)
 
     reports: list[Any] = []
-    threads = [threading.Thread(target=lambda: reports.append(quiet.cleanup(now=now)))
+    threads = [threading.Thread(target=lambda: reports.append(quiet.ops.cleanup(now=now)))
                for _ in range(4)]
     for thread in threads:
         thread.start()
@@ -155,12 +155,12 @@ def test_records_of_the_first_layout_are_queued_again_into_pages(quiet) -> None:
         data.zadd(keyspace.user_index(record["u"]), {f"click:{record['i']}": record["ts"]})
         data.hset("analytics:events:ids", record["i"], "click")
     data.hset(keyspace.ERASED, quiet.codec.user_hash("erased"), (now - 10) * 1000)
-    assert quiet.get_events({"type": "click"}) == ([], None)
+    assert quiet.events.get_events({"type": "click"}) == ([], None)
 
-    report = quiet.cleanup(now=now)
+    report = quiet.ops.cleanup(now=now)
     assert report.legacy_requeued == 2 and report.complete
-    quiet.drain("tester")
-    events, _ = quiet.get_events({"type": "click"})
+    quiet.processor.drain("tester")
+    events, _ = quiet.events.get_events({"type": "click"})
     assert [e["messageId"] for e in events] == ["legacy-1", "legacy-0"]
     assert events[0]["properties"] == {"n": 1} and events[0]["userId"] == "keep"
     assert not data.exists("analytics:events:ids") and stored_events(data) == 2

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
-from analytics import AnalyticsService, Settings, keyspace
-from analytics.cli import main as cli
+from analytics import Analytics, Settings, keyspace
+from analytics.privacy.rotation import Rotator
 from analytics.redis_client import connect
-from analytics.rotation import Rotator
-from tests.support import records_in
+from cli.main import main as cli
+from testkit import records_in
 
 OLD = Fernet.generate_key().decode()
 NEW = Fernet.generate_key().decode()
@@ -30,10 +30,10 @@ def db(redis_server) -> Iterator[Any]:
     client.flushdb()
 
 
-def make_service(redis_server, keys: str) -> AnalyticsService:
+def make_service(redis_server, keys: str) -> Analytics:
     settings = Settings.from_env({"REDIS_URL": redis_server.url(3),
                                   "ANALYTICS_ENCRYPTION_KEYS": keys})
-    return AnalyticsService(settings, connect(settings))
+    return Analytics(settings, connect(settings))
 
 
 def stored(db: Any) -> list[dict[str, Any]]:
@@ -50,10 +50,10 @@ def key_ids(db: Any, vault: Any) -> set[bytes]:
     return ids
 
 
-def fill(service: AnalyticsService, n: int) -> None:
-    service.track_many([{"type": "click" if i % 2 else "login", "userId": f"{USER}-{i % 7}",
+def fill(service: Analytics, n: int) -> None:
+    service.events.track_many([{"type": "click" if i % 2 else "login", "userId": f"{USER}-{i % 7}",
                          "properties": {"email": f"p{i}@example.org"}} for i in range(n)])
-    service.drain("test", budget=10)
+    service.processor.drain("test", budget=10)
     for i in range(5):
         service.dead_letters.add_raw("events", {"userId": USER, "i": i}, "invalid_message",
                                      service.codec.user_hash(USER))
@@ -62,7 +62,7 @@ def fill(service: AnalyticsService, n: int) -> None:
 def test_rotation_re_encrypts_everything_and_keeps_hashes(redis_server, db) -> None:
     old = make_service(redis_server, OLD)
     fill(old, 300)
-    before, _ = old.get_events({"userId": f"{USER}-3", "limit": 1000})
+    before, _ = old.events.get_events({"userId": f"{USER}-3", "limit": 1000})
     rotated = make_service(redis_server, f"{NEW},{OLD}")
     assert key_ids(db, rotated.vault) == {old.vault.current_key_id}
 
@@ -77,12 +77,12 @@ def test_rotation_re_encrypts_everything_and_keeps_hashes(redis_server, db) -> N
 
     # The new key alone opens everything, and user-id queries still work
     # (hashes come from the oldest key / ANALYTICS_HASH_KEY, not the newest).
-    after, _ = rotated.get_events({"userId": f"{USER}-3", "limit": 1000})
+    after, _ = rotated.events.get_events({"userId": f"{USER}-3", "limit": 1000})
     assert after == before and len(after) > 10
     assert rotated.codec.user_hash(USER) == old.codec.user_hash(USER)
     assert db.xlen("analytics:dlq:events") == 5
     # a second run has nothing left to do
-    again = rotated.rotate_encryption()
+    again = rotated.privacy.rotate_encryption()
     assert again.rotated == 0 and again.current == 305
 
 
@@ -96,10 +96,10 @@ def test_rotation_resumes_and_does_not_clobber_concurrent_changes(redis_server, 
 
     # Meanwhile: a user's records are erased (their pages rewritten) and a
     # login is stored under the new key (appended to a page).
-    erased = old.erase_user(f"{USER}-0", "test").records
+    erased = old.privacy.erase_user(f"{USER}-0", "test").records
     assert erased == 15
-    new.track({"type": "login", "userId": f"{USER}-1", "properties": {"email": "late@example.org"}})
-    new.drain("test", budget=1)
+    new.events.track({"type": "login", "userId": f"{USER}-1", "properties": {"email": "late@example.org"}})
+    new.processor.drain("test", budget=1)
     logins_left = 50 - len([i for i in range(0, 100, 2) if i % 7 == 0])
     second = Rotator(new.redis, new.vault, slice_size=10).run()
     # resumed: "click" is not walked again; the logins left and 5 dead letters
@@ -114,13 +114,13 @@ def test_compare_and_set_leaves_a_value_changed_since_it_was_read(redis_server, 
     service = make_service(redis_server, OLD)
     rotator = Rotator(service.redis, service.vault)
     minute = time.time() // 60 * 60  # one time for both: a page holds one minute
-    service.track({"type": "click", "userId": "u1", "messageId": "one", "timestamp": minute})
-    service.drain("test", budget=1)
+    service.events.track({"type": "click", "userId": "u1", "messageId": "one", "timestamp": minute})
+    service.processor.drain("test", budget=1)
     [page_id] = [p.decode() for p in db.hkeys(keyspace.processed("click"))]
     read = service.store.page("click", page_id)
     assert read is not None
-    service.track({"type": "click", "userId": "u2", "messageId": "two", "timestamp": minute})
-    service.drain("test", budget=1)
+    service.events.track({"type": "click", "userId": "u2", "messageId": "two", "timestamp": minute})
+    service.processor.drain("test", budget=1)
     assert service.store.rewrite("click", page_id, read, lambda fields, blob: None) == -1
     assert sorted(r["m"] for r in records_in(db, "click")) == ["one", "two"]
     entry = db.xadd("analytics:dlq:events", {"sealed": "x", "ts": "1"})

@@ -9,9 +9,7 @@ from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analytics import phi
-from analytics.crypto import DecryptionError, Vault
-from analytics.schemas import (
+from analytics.events.schemas import (
     MAX_DEPTH,
     MAX_KEYS,
     audit_query_schema,
@@ -19,6 +17,8 @@ from analytics.schemas import (
     event_query_schema,
     event_schema,
 )
+from analytics.privacy import phi
+from analytics.privacy.crypto import DecryptionError, Vault
 from analytics.settings import DEFAULT_PHI_FIELDS
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

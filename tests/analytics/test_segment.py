@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from analytics.segment import segment_message_schema, to_event
+from analytics.events.segment import segment_message_schema, to_event
 
 
 def load(message: dict) -> dict:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.support import ROOT, free_port, python_env
+from testkit import ROOT, free_port, python_env
 
 MESSAGE = "ANALYTICS_ENCRYPTION_KEYS is not set: refusing to start"
 
@@ -41,7 +41,7 @@ def test_dev_mode_starts_with_a_loud_warning(env, caplog) -> None:
 
 
 @pytest.mark.parametrize("process, argv", [
-    ("cli", [sys.executable, "-m", "analytics.cli", "keys", "list"]),
+    ("cli", [sys.executable, "-m", "cli.main", "keys", "list"]),
     ("web", [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "web:create_app()"]),
     ("worker", [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--concurrency", "1",
                 "--without-mingle", "--without-gossip"]),
@@ -83,7 +83,7 @@ print("frozen", gc.get_freeze_count())
     # gunicorn's hook, once the worker has loaded the app
     "import runpy; runpy.run_path('gunicorn.conf.py')['post_worker_init'](None)",
     # Celery's signal in each pool process
-    "import tasks; from celery import signals; signals.worker_process_init.send(sender=None)",
+    "import tasks.celery; from celery import signals; signals.worker_process_init.send(sender=None)",
 ])
 def test_processes_freeze_their_startup_heap(start: str) -> None:
     """Web and worker processes take what they loaded at start out of the

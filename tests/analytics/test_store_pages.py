@@ -16,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analytics import AnalyticsService, Settings, keyspace, records
+from analytics import Analytics, Settings, keyspace
+from analytics.events import records
+from analytics.events.schemas import format_time_ms
+from analytics.events.store import BUCKET_MS
 from analytics.redis_client import connect
-from analytics.schemas import format_time_ms
-from analytics.store import BUCKET_MS
-from tests.support import records_in, stored_events
+from testkit import records_in, stored_events
 
 DB = 4  # the session worker does not look at it
 #: A minute, an hour ago: timestamps of the generated events start there.
@@ -36,20 +37,20 @@ def db(redis_server) -> Iterator[Any]:
 
 
 @pytest.fixture
-def store_service(redis_server, encryption_keys) -> AnalyticsService:
+def store_service(redis_server, encryption_keys) -> Analytics:
     settings = Settings.from_env({"REDIS_URL": redis_server.url(DB),
                                   "ANALYTICS_ENCRYPTION_KEYS": encryption_keys})
-    service = AnalyticsService(settings, connect(settings))
+    service = Analytics(settings, connect(settings))
     service.store.page_bytes = 600  # a few records per page: many pages per minute
     return service
 
 
-def ingest(service: AnalyticsService, events: list[dict[str, Any]]) -> None:
-    assert not service.track_many(events).rejected
-    service.drain("test", budget=0)
+def ingest(service: Analytics, events: list[dict[str, Any]]) -> None:
+    assert not service.events.track_many(events).rejected
+    service.processor.drain("test", budget=0)
 
 
-def page_through(service: AnalyticsService, types: list[str], limit: int, max_scan: int,
+def page_through(service: Analytics, types: list[str], limit: int, max_scan: int,
                  **query: Any) -> list[str]:
     ids: list[str] = []
     cursor = None
@@ -117,11 +118,11 @@ def test_the_api_pages_events_of_several_types_and_decodes_them(db, store_servic
     ingest(service, [{"type": "click" if i % 2 else "login", "userId": f"u{i % 3}",
                       "messageId": f"api-{i}", "timestamp": format_time_ms(BASE + i * 997),
                       "properties": {"i": i, "email": "x@example.org"}} for i in range(40)])
-    events, cursor = service.get_events({"limit": 15})
+    events, cursor = service.events.get_events({"limit": 15})
     assert [e["messageId"] for e in events] == [f"api-{i}" for i in range(39, 24, -1)]
     assert events[0]["userId"] == "u0" and events[0]["properties"] == {"i": 39, "email": "x@example.org"}
     assert events[0]["timestamp"] == format_time_ms(BASE + 39 * 997)
-    rest, last = service.get_events({"limit": 100, "cursor": cursor})
+    rest, last = service.events.get_events({"limit": 100, "cursor": cursor})
     assert [e["messageId"] for e in rest] == [f"api-{i}" for i in range(24, -1, -1)] and last is None
     pages = db.hvals(keyspace.processed("click"))
     assert len(pages) > 1  # really several pages; the full ones compressed
@@ -138,7 +139,7 @@ def test_erasure_and_rotation_keep_full_pages_compressed(db, store_service) -> N
     compressed = [p for p, page in db.hgetall(keyspace.processed("click")).items()
                   if records.is_compressed(page)]
     assert compressed
-    assert service.erase_user("u0", "test").records == 15
+    assert service.privacy.erase_user("u0", "test").records == 15
     pages = db.hgetall(keyspace.processed("click"))
     assert all(records.is_compressed(pages[p]) for p in compressed if p in pages)
     assert sorted(r["m"] for r in records_in(db, "click")) == sorted(f"z{i}" for i in range(1, 30, 2))
@@ -147,9 +148,9 @@ def test_erasure_and_rotation_keep_full_pages_compressed(db, store_service) -> N
 def test_a_message_id_is_stored_once_in_integer_set_shards(db, store_service) -> None:
     service = store_service
     event = {"type": "click", "userId": "u1", "messageId": "same", "timestamp": format_time_ms(BASE)}
-    service.track_many([event, event])
-    service.track(event)
-    report = service.drain("test", budget=0)
+    service.events.track_many([event, event])
+    service.events.track(event)
+    report = service.processor.drain("test", budget=0)
     assert (report.committed.stored, report.committed.duplicates) == (1, 2)
     ingest(service, [event])
     assert stored_events(db) == 1 and len(records_in(db, "click")) == 1
@@ -165,14 +166,14 @@ def test_erasure_rewrites_shared_pages_and_keeps_other_users(db, store_service) 
                       "messageId": f"e{i}", "timestamp": format_time_ms(BASE + i),
                       "properties": {"email": "x@example.org"}} for i in range(12)])
     assert db.hlen(keyspace.processed("click")) == 1
-    report = service.erase_user("gone", "test")
+    report = service.privacy.erase_user("gone", "test")
     assert report.records == 4 and stored_events(db) == 8
     left = records_in(db, "click")
     assert sorted(r["m"] for r in left) == sorted(f"e{i}" for i in range(12) if i % 3)
     assert not db.exists(keyspace.user_index(service.codec.user_hash("gone")))
-    events, _ = service.get_events({"userId": "stays", "limit": 100})
+    events, _ = service.events.get_events({"userId": "stays", "limit": 100})
     assert len(events) == 8
-    assert service.get_events({"userId": "gone", "limit": 100}) == ([], None)
+    assert service.events.get_events({"userId": "gone", "limit": 100}) == ([], None)
     # the dedupe marks went too: the same messageIds sent again are new events
     time.sleep(0.01)  # after the tombstone
     ingest(service, [{"type": "click", "userId": "gone", "messageId": "e0",
@@ -193,7 +194,7 @@ def test_retention_trims_the_page_that_straddles_the_cutoff(db, store_service) -
         {"type": "click", "userId": "old", "messageId": "o3", "timestamp": format_time_ms(cutoff_ms - 90_000)},
     ])
     assert db.hlen(keyspace.processed("click")) == 2
-    report = service.cleanup(now=now)
+    report = service.ops.cleanup(now=now)
     assert report.events == 3 and stored_events(db) == 2
     assert sorted(r["m"] for r in records_in(db, "click")) == ["n1", "n2"]
     assert db.zcard(keyspace.time_index("click")) == db.hlen(keyspace.processed("click")) == 1
@@ -202,7 +203,7 @@ def test_retention_trims_the_page_that_straddles_the_cutoff(db, store_service) -
     for message_id, kept in (("o1", False), ("o2", False), ("n1", True)):
         shard, member = records.dedupe_key(service.vault.event_id(message_id))
         assert bool(db.sismember(keyspace.dedupe_shard(shard), member)) is kept
-    assert service.cleanup(now=now).events == 0
+    assert service.ops.cleanup(now=now).events == 0
 
 
 def test_retention_keeps_the_index_of_anonymous_visitors_by_page(db, store_service) -> None:
@@ -223,7 +224,7 @@ def test_retention_keeps_the_index_of_anonymous_visitors_by_page(db, store_servi
     gone, kept = (keyspace.user_index(service.codec.user_hash(v))
                   for v in ("gone-visitor", "kept-visitor"))
     assert db.zcard(gone) == 1 and db.zcard(kept) == 2
-    assert service.cleanup(now=now).events == 2
+    assert service.ops.cleanup(now=now).events == 2
     assert not db.exists(gone) and db.zcard(kept) == 1
     assert [r["m"] for r in records_in(db, "click")] == ["v3"]
 
@@ -232,7 +233,7 @@ def test_the_queue_carries_packed_items_the_worker_does_not_decode(db, store_ser
     service = store_service
     event = {"type": "click", "userId": "u1", "timestamp": format_time_ms(BASE),
              "properties": {"plan": "pro", "email": "a@example.org"}}
-    service.track(event)
+    service.events.track(event)
     [entry] = service.queue.read("test", 10)
     [item] = entry.items
     etype, ts, user, shard, member, blob = item
@@ -294,10 +295,10 @@ def test_the_ingest_encoding_equals_the_record_encoding() -> None:
     record dict, other paths) give the same item and the same record."""
     from cryptography.fernet import Fernet
 
-    from analytics import phi
-    from analytics.crypto import Vault
-    from analytics.fastpath import load_split
-    from analytics.schemas import event_schema
+    from analytics.events.fastpath import load_split
+    from analytics.events.schemas import event_schema
+    from analytics.privacy import phi
+    from analytics.privacy.crypto import Vault
     from analytics.settings import DEFAULT_PHI_FIELDS
 
     codec = records.RecordCodec(Vault([Fernet.generate_key().decode()]), phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(",")),
@@ -327,7 +328,7 @@ def test_the_ingest_encoding_equals_the_record_encoding() -> None:
 
 def test_a_record_without_user_id_is_queued_under_its_anonymous_hash(db, store_service) -> None:
     service = store_service
-    service.track_many([{"type": "click", "anonymousId": "visitor-1", "timestamp": format_time_ms(BASE)},
+    service.events.track_many([{"type": "click", "anonymousId": "visitor-1", "timestamp": format_time_ms(BASE)},
                         {"type": "click", "userId": "u1", "anonymousId": "visitor-1",
                          "timestamp": format_time_ms(BASE)}])
     [entry] = service.queue.read("test", 10)

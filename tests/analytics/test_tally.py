@@ -1,6 +1,6 @@
+from analytics.events.store import CommitResult
 from analytics.metrics.store import MetricCommitResult
-from analytics.service import DrainReport
-from analytics.store import CommitResult
+from analytics.processing.service import DrainReport
 
 
 def test_reports_add_up_field_by_field_nested_ones_in_place():

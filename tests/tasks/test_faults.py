@@ -16,9 +16,9 @@ import msgpack
 import pytest
 
 from analytics import keyspace
-from analytics.deadletters import KINDS, dlq_key
+from analytics.pipeline.deadletters import KINDS, dlq_key
 from tests.conftest import service_env
-from tests.support import RedisServer, pages_indexed, records_in, stored_events, wait_until
+from testkit import RedisServer, pages_indexed, records_in, stored_events, wait_until
 
 
 def send_events(client: Any, headers: dict[str, str], prefix: str, total: int,
@@ -52,7 +52,7 @@ def send_metric_samples(client: Any, headers: dict[str, str], t0: int, total: in
 def assert_samples_counted_once(service: Any, t0: int, expected: int) -> None:
     params = {"start": str(t0), "end": str(t0 + 3600), "agg": "count"}
     for bucket in ("3600", "60", "10"):  # every rollup tier counted each sample once
-        series = service.get_metric("load", {**params, "bucket": bucket})["series"]
+        series = service.metrics.get_metric("load", {**params, "bucket": bucket})["series"]
         assert sum(v for s in series for _, v in s["points"] if v) == expected, bucket
 
 
@@ -75,7 +75,7 @@ def test_worker_sigkill_repeatedly_during_a_stream_of_20000_events_and_samples(m
     worker = stack.worker(concurrency=2)
     app = stack.app()
     service = app.extensions["analytics"]
-    secret, _ = service.create_api_key("ingest")
+    secret, _ = service.access.create("ingest")
     headers = {"Authorization": f"Bearer {secret}"}
     accepted: list[int] = []
     sampled: list[int] = []
@@ -124,7 +124,7 @@ def test_redis_restart_answers_503_logs_one_line_and_loses_nothing(make_stack, c
     app = stack.app()
     service = app.extensions["analytics"]
     client = app.test_client()
-    secret, _ = service.create_api_key("admin")
+    secret, _ = service.access.create("admin")
     headers = {"Authorization": f"Bearer {secret}"}
 
     def batch(tag: str) -> dict:
@@ -154,7 +154,7 @@ def test_redis_restart_answers_503_logs_one_line_and_loses_nothing(make_stack, c
                "events accepted before and after the outage to be stored")
     # Worker and beat reconnected by themselves (the worker keeps heartbeating).
     wait_until(lambda: any(w["status"] == "alive" and w["seconds_since_seen"] < 5
-                           for w in service.stats_snapshot()["workers"]), 30, 0.5,
+                           for w in service.ops.stats_snapshot()["workers"]), 30, 0.5,
                "a worker heartbeat after the outage")
 
     web = [r for r in caplog.records if r.name == "analytics.outage"]
@@ -175,7 +175,7 @@ def test_redis_full_answers_503_and_keeps_everything_accepted(tmp_path, encrypti
         app = create_app({**service_env(server, encryption_keys), "TESTING": True})
         client = app.test_client()
         service = app.extensions["analytics"]
-        secret, _ = service.create_api_key("ingest")
+        secret, _ = service.access.create("ingest")
         headers = {"Authorization": f"Bearer {secret}"}
         service.queue.ensure_groups()  # as a running worker has
         accepted, n = 0, 0
@@ -199,7 +199,7 @@ def test_redis_full_answers_503_and_keeps_everything_accepted(tmp_path, encrypti
         assert data.info("memory")["maxmemory_policy"] == "noeviction"
         assert client.get("/readyz").status_code == 200
         # A worker meanwhile waits (one log line), it neither fails nor drops anything.
-        service.drain("w1", budget=1)
+        service.processor.drain("w1", budget=1)
         assert service.queue.length() == accepted // 50  # one entry per batch, none lost
     finally:
         server.stop()

@@ -6,7 +6,7 @@ import sys
 import pytest
 import requests
 
-from tests.support import Process, free_port, python_env, wait_until
+from testkit import Process, free_port, python_env, wait_until
 
 
 @pytest.mark.slow
@@ -15,7 +15,7 @@ def test_flower_with_basic_auth_shows_workers_and_tasks(make_stack, tmp_path) ->
     stack.worker()
     app = stack.app()
     client = app.test_client()
-    secret, _ = app.extensions["analytics"].create_api_key("ingest")
+    secret, _ = app.extensions["analytics"].access.create("ingest")
     port = free_port()
     flower_env = python_env({**stack.env, "FLOWER_BASIC_AUTH": "ops:s3cret-pass",
                              "FLOWER_PORT": str(port)})

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from analytics.records import live_records
-from tests.support import stored_events, wait_until
+from analytics.events.records import live_records
+from testkit import stored_events, wait_until
 
 
 def queued(service: Any) -> int:
@@ -25,10 +25,10 @@ def idle(make_stack) -> tuple[Any, Any]:
 
 def test_commit_of_a_redelivered_entry_is_a_no_op(idle) -> None:
     service, data = idle
-    service.track_many([{"type": "click", "userId": "u", "messageId": f"m{i}"} for i in range(5)])
+    service.events.track_many([{"type": "click", "userId": "u", "messageId": f"m{i}"} for i in range(5)])
     entries = service.queue.read("consumer-a", 10)
-    first = service.process(entries)
-    again = service.process(entries)  # a second worker committing the same entries
+    first = service.processor.process(entries)
+    again = service.processor.process(entries)  # a second worker committing the same entries
     assert (first.stored, again.stored, again.skipped_entries) == (5, 0, 1)
     assert stored_events(data) == 5 and service.queue.pending() == 0
 
@@ -38,11 +38,11 @@ def test_drain_lingers_for_work_that_arrives_while_it_waits(idle) -> None:
     import time
 
     service, data = idle
-    service.track({"type": "click", "userId": "u", "messageId": "first"})
-    later = threading.Timer(0.1, lambda: service.track({"type": "click", "userId": "u", "messageId": "later"}))
+    service.events.track({"type": "click", "userId": "u", "messageId": "first"})
+    later = threading.Timer(0.1, lambda: service.events.track({"type": "click", "userId": "u", "messageId": "later"}))
     later.start()
     started = time.monotonic()
-    report = service.drain("lingerer", budget=5)
+    report = service.processor.drain("lingerer", budget=5)
     later.join()
     # One drain stored both: it waited (about 0.2 s in tests) instead of ending
     # when the queue first ran dry, and it still ended well before its budget.
@@ -53,11 +53,11 @@ def test_drain_lingers_for_work_that_arrives_while_it_waits(idle) -> None:
 
 def test_stale_entries_are_claimed_from_dead_consumers(idle) -> None:
     service, _ = idle
-    service.track_many([{"type": "click", "userId": "u"} for _ in range(3)])
+    service.events.track_many([{"type": "click", "userId": "u"} for _ in range(3)])
     assert service.queue.read("dead-consumer", 10)  # read, never committed
-    assert service.recover("rescuer").entries == 0  # not idle long enough yet
+    assert service.processor.recover("rescuer").entries == 0  # not idle long enough yet
     time.sleep(service.settings.claim_idle_seconds + 0.2)
-    report = service.recover("rescuer")
+    report = service.processor.recover("rescuer")
     assert report.entries == 1 and report.committed.stored == 3
     assert service.queue.pending() == 0
 
@@ -67,9 +67,9 @@ def test_backlog_drains_highest_priority_first(make_stack) -> None:
     stack = make_stack(ANALYTICS_BATCH_SIZE="10")
     service = stack.app().extensions["analytics"]
     for i in range(200):
-        service.track({"type": "click", "userId": "u", "priority": "low", "messageId": f"low-{i}"})
+        service.events.track({"type": "click", "userId": "u", "priority": "low", "messageId": f"low-{i}"})
     for i in range(20):
-        service.track({"type": "click", "userId": "u", "priority": "critical", "messageId": f"crit-{i}"})
+        service.events.track({"type": "click", "userId": "u", "priority": "critical", "messageId": f"crit-{i}"})
     order: list[str] = []
     pubsub = stack.redis.client().pubsub()
     pubsub.subscribe("analytics:live:events")
@@ -96,11 +96,11 @@ def test_a_lost_queue_stream_is_made_again_and_read_from(idle) -> None:
     gone. Reading and claiming make the groups again instead of failing,
     and what is queued afterwards is read."""
     service, data = idle
-    service.track_many([{"type": "click", "userId": "u"}])
+    service.events.track_many([{"type": "click", "userId": "u"}])
     assert service.queue.read("worker", 10)
     data.delete(*service.queue.lanes)
     assert service.queue.read("worker", 10) == []
     assert service.queue.claim_stale("worker", 0, 10) == []
-    service.track_many([{"type": "click", "userId": "u", "priority": "low"}])
+    service.events.track_many([{"type": "click", "userId": "u", "priority": "low"}])
     (entry,) = service.queue.read("worker", 10)
     assert len(entry.items) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 import redis
 
 from analytics.errors import AnalyticsError, ValidationError
-from analytics.isolation import is_transient
+from analytics.events.commit import is_transient
 from analytics.redis_client import TRANSIENT_ERRORS, store_error
 from tasks.pipeline import process_events, recover
 

@@ -8,7 +8,7 @@ import pytest
 
 from analytics import keyspace
 from tasks.celery_app import CLEANUP, create_celery_app
-from tests.support import wait_until
+from testkit import wait_until
 
 
 def test_cleanup_is_scheduled_and_runs_on_the_worker(app, data, worker) -> None:
@@ -27,7 +27,7 @@ def test_worker_sigkill_mid_batch_never_double_counts_a_rollup(make_stack) -> No
     app = stack.app()
     service = app.extensions["analytics"]
     client = app.test_client()
-    secret, _ = service.create_api_key("admin")
+    secret, _ = service.access.create("admin")
     headers = {"Authorization": f"Bearer {secret}"}
     t0 = int(time.time()) // 3600 * 3600 - 3600
     total = 0
@@ -55,8 +55,8 @@ def test_worker_sigkill_mid_batch_never_double_counts_a_rollup(make_stack) -> No
     params = {"start": str(t0), "end": str(t0 + 3600), "bucket": "3600"}
     for bucket in ("3600", "60", "10"):  # every tier counted each sample once
         params["bucket"] = bucket
-        counts = service.get_metric("load", {**params, "agg": "count"})["series"][0]["points"]
+        counts = service.metrics.get_metric("load", {**params, "agg": "count"})["series"][0]["points"]
         assert sum(v for _, v in counts if v) == total == 24_000, bucket
-    summed = service.get_metric("load", {**params, "bucket": "3600", "agg": "sum"})
+    summed = service.metrics.get_metric("load", {**params, "bucket": "3600", "agg": "sum"})
     [[_, total_sum]] = summed["series"][0]["points"]
     assert total_sum == expected_sum

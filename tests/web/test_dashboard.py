@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import ARTIFACTS
+from testkit import ARTIFACTS
 from tests.webservers import WebServer, chromium_args
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -66,8 +66,8 @@ def drawn_pixels(page: Any, selector: str) -> int:
 
 
 def test_dashboard_shows_live_events_and_charts_and_survives_a_restart(web, page, service) -> None:
-    read_key, _ = service.create_api_key("read")
-    ingest_key, _ = service.create_api_key("ingest")
+    read_key, _ = service.access.create("read")
+    ingest_key, _ = service.access.create("ingest")
     page.goto(web.url + "/")
     assert page.title().startswith("Analytics")
     page.fill("#key", read_key)

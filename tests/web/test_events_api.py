@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from analytics import keyspace
-from tests.support import stored_events, wait_until
+from testkit import stored_events, wait_until
 
 
 def stored_count(data: Any) -> int:
@@ -84,7 +84,7 @@ def test_roles_and_missing_keys(client, keys) -> None:
 
 
 def test_revoked_key_is_refused_at_once(client, service) -> None:
-    secret, key = service.create_api_key("ingest")
+    secret, key = service.access.create("ingest")
     headers = {"Authorization": f"Bearer {secret}"}
     assert client.post("/v1/events", json={"type": "click", "userId": "u"}, headers=headers).status_code == 202
     service.api_keys.revoke(key.id)
@@ -122,8 +122,8 @@ def test_query_filters_order_and_cursor(client, keys, service, data) -> None:
     batch = [{"type": "api_call", "userId": f"user-{i % 2}", "messageId": f"m{i}",
               "priority": "high" if i % 3 == 0 else "normal",
               "timestamp": f"2026-11-28T10:00:{i:02d}Z"} for i in range(30)]
-    assert service.track_many(batch).accepted == 30
-    service.drain("test-consumer")
+    assert service.events.track_many(batch).accepted == 30
+    service.processor.drain("test-consumer")
     # The session worker may hold part of the batch: wait until it is stored.
     wait_until(lambda: stored_events(data) == 30, 30, 0.05, "the batch to be stored")
     got: list[str] = []
@@ -149,9 +149,9 @@ def test_query_filters_order_and_cursor(client, keys, service, data) -> None:
 
 
 def test_user_scoped_key_sees_only_its_user(client, service) -> None:
-    service.track_many([{"type": "login", "userId": "alice"}, {"type": "login", "userId": "bob"}])
-    service.drain("test-consumer")
-    secret, _ = service.create_api_key("read", user_id="alice")
+    service.events.track_many([{"type": "login", "userId": "alice"}, {"type": "login", "userId": "bob"}])
+    service.processor.drain("test-consumer")
+    secret, _ = service.access.create("read", user_id="alice")
     headers = {"Authorization": f"Bearer {secret}"}
     events = client.get("/v1/events", headers=headers).json["events"]
     assert [e["userId"] for e in events] == ["alice"]
@@ -165,10 +165,10 @@ def test_anonymous_only_events_are_not_read_as_a_user_id_of_the_same_string(
     # go by the user field. Both in one page, and one anonymous-only event
     # alone in a page of its own type.
     same = "visitor-or-user-5e1"
-    service.track_many([{"type": "login", "anonymousId": same, "messageId": "anon-login"},
+    service.events.track_many([{"type": "login", "anonymousId": same, "messageId": "anon-login"},
                         {"type": "login", "userId": same, "messageId": "user-login"},
                         {"type": "click", "anonymousId": same, "messageId": "anon-click"}])
-    service.drain("test-consumer")
+    service.processor.drain("test-consumer")
     wait_until(lambda: stored_events(data) == 3, 30, 0.05, "the events to be stored")
     index = data.zrange(keyspace.user_index(service.codec.user_hash(same)), 0, -1)
     assert any(member.startswith(b"click:") for member in index)  # really indexed there
@@ -178,7 +178,7 @@ def test_anonymous_only_events_are_not_read_as_a_user_id_of_the_same_string(
     assert client.get(f"/v1/events?userId={same}&type=click",
                       headers=keys["read"]).json["events"] == []
     assert service.store.count(["click", "login"], user_hash=service.codec.user_hash(same)) == 1
-    secret, _ = service.create_api_key("read", user_id=same)
+    secret, _ = service.access.create("read", user_id=same)
     scoped = client.get("/v1/events", headers={"Authorization": f"Bearer {secret}"}).json["events"]
     assert [e["messageId"] for e in scoped] == ["user-login"]
     everyone = client.get("/v1/events", headers=keys["read"]).json["events"]
@@ -186,7 +186,7 @@ def test_anonymous_only_events_are_not_read_as_a_user_id_of_the_same_string(
 
 
 def test_sent_at_corrects_client_clock(client, keys, service) -> None:
-    from analytics.schemas import format_time_ms, parse_time_ms
+    from analytics.events.schemas import format_time_ms, parse_time_ms
 
     # The client's clock runs one hour fast; it sent the event 10 s after it happened.
     client_now = int(time.time() * 1000) + 3_600_000
@@ -194,7 +194,7 @@ def test_sent_at_corrects_client_clock(client, keys, service) -> None:
     response = client.post("/v1/events", headers=keys["ingest"], json={
         "sentAt": sent_at, "batch": [{"type": "click", "userId": "u", "timestamp": happened}]})
     assert response.status_code == 202
-    service.drain("test-consumer")
+    service.processor.drain("test-consumer")
     [event] = client.get("/v1/events", headers=keys["read"]).json["events"]
     assert event["originalTimestamp"] == happened and event["sentAt"] == sent_at
     lag = parse_time_ms(event["receivedAt"]) - parse_time_ms(event["timestamp"])

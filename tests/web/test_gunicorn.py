@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import (
+from testkit import (
     Process,
     connections_held,
     free_port,
@@ -91,7 +91,7 @@ def test_web_process_sigkilled_mid_request_while_client_retries_stores_no_duplic
     stack.beat()
     stack.worker()
     service = stack.app().extensions["analytics"]
-    secret, _ = service.create_api_key("ingest")
+    secret, _ = service.access.create("ingest")
     headers = {"Authorization": f"Bearer {secret}"}
     port = free_port()
     web = start_gunicorn(stack.env, tmp_path, port, workers=2)
@@ -258,7 +258,7 @@ def test_bodies_are_read_and_capped_as_gunicorn_passes_them(env, tmp_path) -> No
     from web import create_app
 
     limited = {**env, "ANALYTICS_MAX_BODY_BYTES": "4096"}
-    secret, _ = create_app(limited).extensions["analytics"].create_api_key("ingest")
+    secret, _ = create_app(limited).extensions["analytics"].access.create("ingest")
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
     port = free_port()
     web = start_gunicorn(limited, tmp_path, port, workers=1)

@@ -16,9 +16,9 @@ import pytest
 import redis
 
 from analytics import keyspace
-from analytics.crypto import hash_api_key
+from analytics.privacy.crypto import hash_api_key
 from tests.conftest import service_env
-from tests.support import RedisServer
+from testkit import RedisServer
 
 EVENT = {"type": "click", "userId": "u-1", "properties": {"email": "a@example.org", "n": 1}}
 
@@ -89,7 +89,7 @@ def round_trip(server: RedisServer, send: Callable[[], Any]) -> tuple[Any, list[
 def test_one_event_costs_one_round_trip(private) -> None:
     server, app = private
     client = app.test_client()
-    headers = bearer(app.extensions["analytics"].create_api_key("ingest")[0])
+    headers = bearer(app.extensions["analytics"].access.create("ingest")[0])
     assert client.post("/v1/events", json=EVENT, headers=headers).status_code == 202  # warm
     response, sent, inside = round_trip(server, lambda: client.post("/v1/events", json=EVENT,
                                                                     headers=headers))
@@ -105,7 +105,7 @@ def test_the_rate_limit_stays_out_of_the_aof(private) -> None:
     replicas), while the events it admitted are there."""
     server, app = private
     client = app.test_client()
-    secret = app.extensions["analytics"].create_api_key("ingest")[0]
+    secret = app.extensions["analytics"].access.create("ingest")[0]
     for _ in range(3):
         assert client.post("/v1/events", json=EVENT, headers=bearer(secret)).status_code == 202
     bucket = keyspace.rate_bucket(hash_api_key(secret))
@@ -137,9 +137,9 @@ def test_bad_key_wins_over_a_bad_body(client, keys, service, data) -> None:
 
 
 def test_a_revoked_key_is_refused_at_once_and_queues_nothing(client, service, data) -> None:
-    secret, key = service.create_api_key("ingest")
+    secret, key = service.access.create("ingest")
     assert client.post("/v1/events", json=EVENT, headers=bearer(secret)).status_code == 202
-    service.revoke_api_key(key.id)
+    service.access.revoke(key.id)
     refused = client.post("/v1/events", json=EVENT, headers=bearer(secret))
     assert refused.status_code == 401 and refused.json["error"]["code"] == "unauthorized"
     batch = client.post("/v1/events", json={"batch": [EVENT, EVENT]}, headers=bearer(secret))
@@ -156,7 +156,7 @@ def rate_limited(env: dict[str, str]) -> tuple[Any, Any, redis.Redis, dict[str, 
     app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.01",
                       "ANALYTICS_RATE_BURST": "3"})
     service = app.extensions["analytics"]
-    return app.test_client(), service, service.redis, bearer(service.create_api_key("ingest")[0])
+    return app.test_client(), service, service.redis, bearer(service.access.create("ingest")[0])
 
 
 def test_the_rate_limit_counts_every_request_and_refuses_before_queueing(env) -> None:
@@ -173,7 +173,7 @@ def test_the_rate_limit_counts_every_request_and_refuses_before_queueing(env) ->
                        content_type="application/json").status_code == 429
     assert entries_added(data) == 2
     # a key of the wrong role takes a token too, and queues nothing
-    reader = bearer(service.create_api_key("read")[0])
+    reader = bearer(service.access.create("read")[0])
     assert [client.post("/v1/events", json=EVENT, headers=reader).status_code
             for _ in range(4)] == [403, 403, 403, 429]
     assert entries_added(data) == 2
@@ -183,7 +183,7 @@ def ingest_client(private: Any) -> tuple[Any, dict[str, str], redis.Redis]:
     """The private app's test client, an ingest key's headers, and a client
     on its Redis."""
     server, app = private
-    headers = bearer(app.extensions["analytics"].create_api_key("ingest")[0])
+    headers = bearer(app.extensions["analytics"].access.create("ingest")[0])
     return app.test_client(), headers, server.client()
 
 
@@ -263,7 +263,7 @@ def basic(secret: str) -> dict[str, str]:
 def test_one_metric_post_costs_one_round_trip(private) -> None:
     server, app = private
     client = app.test_client()
-    headers = bearer(app.extensions["analytics"].create_api_key("ingest")[0])
+    headers = bearer(app.extensions["analytics"].access.create("ingest")[0])
     # warm: the first sample of a series registers it (key, registration,
     # queue); the second loads the admission script
     for _ in range(2):
@@ -292,7 +292,7 @@ def test_one_metric_post_costs_one_round_trip(private) -> None:
 def test_one_segment_post_costs_one_round_trip(private, path, body) -> None:
     server, app = private
     client = app.test_client()
-    headers = basic(app.extensions["analytics"].create_api_key("ingest")[0])
+    headers = basic(app.extensions["analytics"].access.create("ingest")[0])
     assert client.post("/v1/batch", json=SEGMENT_BATCH, headers=headers).status_code == 200  # warm
     data = server.client()
     before = written(data)
@@ -354,10 +354,10 @@ def test_bad_key_wins_over_a_bad_body_on_metrics_and_segment(client, keys, servi
 
 def test_a_segment_write_key_in_the_body_is_checked_in_the_same_trip(client, service,
                                                                     data) -> None:
-    secret, key = service.create_api_key("ingest")
+    secret, key = service.access.create("ingest")
     body = {**SEGMENT_BATCH, "writeKey": secret}
     assert client.post("/v1/batch", json=body).status_code == 200
-    service.revoke_api_key(key.id)
+    service.access.revoke(key.id)
     refused = client.post("/v1/batch", json=body)
     assert refused.status_code == 401 and refused.json["success"] is False
     assert written(data) == (1, 0, 1)
@@ -382,7 +382,7 @@ def test_metrics_and_segment_take_a_token_per_request_and_queue_nothing_refused(
     assert client.post(path, data=b"[", headers=headers,
                        content_type="application/json").status_code == 429
     assert written(data) == after
-    reader = bearer(service.create_api_key("read")[0])
+    reader = bearer(service.access.create("read")[0])
     assert [client.post(path, json=body, headers=reader).status_code
             for _ in range(4)] == [403, 403, 403, 429]
     assert written(data) == after

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from analytics.schemas import MAX_DEPTH, MAX_KEYS
-from tests.support import wait_until
+from analytics.events.schemas import MAX_DEPTH, MAX_KEYS
+from testkit import wait_until
 
 
 def error_code(response: Any) -> str:
@@ -97,8 +97,8 @@ def test_rate_limit_answers_429_with_retry_after(env) -> None:
                       "ANALYTICS_RATE_BURST": "3"})
     client = app.test_client()
     service = app.extensions["analytics"]
-    limited = {"Authorization": f"Bearer {service.create_api_key('read')[0]}"}
-    other = {"Authorization": f"Bearer {service.create_api_key('read')[0]}"}
+    limited = {"Authorization": f"Bearer {service.access.create('read')[0]}"}
+    other = {"Authorization": f"Bearer {service.access.create('read')[0]}"}
     statuses = [client.get("/v1/event-types", headers=limited).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
     refused = client.get("/v1/event-types", headers=limited)
@@ -119,7 +119,7 @@ def test_retry_after_is_capped_at_300_seconds(env) -> None:
     app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.001",
                       "ANALYTICS_RATE_BURST": "1"})
     client = app.test_client()
-    headers = {"Authorization": f"Bearer {app.extensions['analytics'].create_api_key('read')[0]}"}
+    headers = {"Authorization": f"Bearer {app.extensions['analytics'].access.create('read')[0]}"}
     assert client.get("/v1/event-types", headers=headers).status_code == 200
     refused = client.get("/v1/event-types", headers=headers)
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "300"

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support import wait_until
+from testkit import wait_until
 
 
 def now_s() -> int:

@@ -12,7 +12,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.support import ARTIFACTS
+from testkit import ARTIFACTS
 
 PLANTED = {"userId": "patient-fuzz-4e1d0c", "email": "fuzz.4e1d0c@example.org",
            "ssn": "219-09-9999"}

@@ -7,10 +7,10 @@ import orjson
 from click.testing import CliRunner
 
 from analytics import keyspace
-from analytics.cli import main
-from analytics.records import dedupe_key
-from analytics.stats import CLEANUP, WS
-from tests.support import records_in, stored_events, wait_until
+from analytics.events.records import dedupe_key
+from analytics.ops.stats import CLEANUP, WS
+from cli.main import main
+from testkit import records_in, stored_events, wait_until
 
 
 def ingest(client, keys, n: int, prefix: str = "m") -> None:
@@ -81,7 +81,7 @@ def test_prometheus_metrics_need_no_key_and_carry_the_same_figures(worker, clien
 
 
 def test_dead_letters_are_listed_and_replayed_by_admins_only(worker, client, keys, service, data) -> None:
-    service.register_event_type("fragile")
+    service.events.register_event_type("fragile")
     data.set(keyspace.processed("fragile"), "not a hash")  # makes its records fail
     response = client.post("/v1/events", headers=keys["ingest"], json={"batch": [
         {"type": "fragile", "userId": "u1", "messageId": "p1", "properties": {"email": "x@y.example"}},
@@ -108,7 +108,7 @@ def test_dead_letters_are_listed_and_replayed_by_admins_only(worker, client, key
 
 
 def test_cli_stats_and_dlq(worker, env, service, data) -> None:
-    service.track({"type": "click", "userId": "u1"})
+    service.events.track({"type": "click", "userId": "u1"})
     record = service.codec.encode({"type": "click", "userId": "u2", "messageId": "cli-1",
                                    "timestamp": None}, "normal", 1_700_000_000_000, None)
     service.dead_letters.add_record("events", record, "invalid_record", 3)
@@ -165,7 +165,7 @@ def test_metric_dead_letters_are_replayed_into_the_rollups_once(worker, client, 
     assert (last.json["replayed"], last.json["stillInvalid"]) == (0, 1)
     wait_until(lambda: service.metrics_queue.length() == 0, 30, 0.1, "an empty metrics queue")
     assert sum_at(client, keys, "dlq.latency", t0) == 6.0
-    assert [item["id"] for item in service.dead_letter_list("metrics")] == [listing[1]["id"]]
+    assert [item["id"] for item in service.ops.dead_letter_list("metrics")] == [listing[1]["id"]]
 
 
 def test_cli_replays_metric_dead_letters(worker, env, client, keys, service) -> None:

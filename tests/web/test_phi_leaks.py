@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support import stored_events, wait_until
+from testkit import stored_events, wait_until
 
 TAG = uuid.uuid4().hex[:10]
 PHI = {

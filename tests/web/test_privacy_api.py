@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from analytics import keyspace
-from analytics.cli import main as cli
-from tests.support import pages_indexed, records_in, stored_events, wait_until
+from cli.main import main as cli
+from testkit import pages_indexed, records_in, stored_events, wait_until
 
 USER = "patient-audit-7f3c9a"
 OTHER = "patient-other-19d2"
@@ -42,7 +42,7 @@ def test_reads_are_audited_with_hashed_user_ids_and_sealed_address(
         client, keys, service, data, worker) -> None:
     ingest(client, keys, data, [{"type": "click", "userId": USER, "properties": {"n": i}}
                                 for i in range(3)])
-    secret, key = service.create_api_key("read", name="auditor-test")
+    secret, key = service.access.create("read", name="auditor-test")
     response = client.get(f"/v1/events?type=click&userId={USER}&limit=10", headers=bearer(secret),
                           environ_base={"REMOTE_ADDR": "10.1.2.3"})
     assert response.status_code == 200 and len(response.json["events"]) == 3
@@ -66,7 +66,7 @@ def test_auth_failures_are_all_counted_but_audited_once_per_window(client, servi
     assert [(e["remote"], e["reason"], e["where"]) for e in entries] == [
         ("127.0.0.1", "invalid", "http"), ("10.9.9.9", "missing", "http")]
     # the WebSocket (and any other) face reports through the same helper
-    service.audit_auth_failure("websocket", "10.9.9.10")
+    service.access.audit_failure("websocket", "10.9.9.10")
     assert audit(service, "auth.failure")[-1]["where"] == "websocket"
 
 
@@ -165,7 +165,7 @@ def test_erase_endpoint_removes_every_trace(client, keys, service, data, worker)
     service.dead_letters.add_raw("segment", {"userId": USER}, "invalid_message", user_hash)
     service.dead_letters.add_raw("events", {"userId": OTHER}, "invalid_message",
                                  service.codec.user_hash(OTHER))
-    scoped_secret, scoped = service.create_api_key("read", user_id=USER)
+    scoped_secret, scoped = service.access.create("read", user_id=USER)
 
     assert client.post("/v1/erase", headers=keys["read"], json={"userId": USER}).status_code == 403
     assert client.post("/v1/erase", headers=keys["admin"], json={}).status_code == 400

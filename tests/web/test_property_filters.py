@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from tests.support import stored_events as count_stored
-from tests.support import wait_until
+from testkit import stored_events as count_stored
+from testkit import wait_until
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def stored_events(service, data, worker) -> None:
         for i, (plan, amount, trial) in enumerate([
             ("pro", 5, False), ("pro", 15, True), ("free", 25, False), ("free", 35, True),
             ("team", 45, False)])]
-    assert service.track_many(events).accepted == 5
+    assert service.events.track_many(events).accepted == 5
     wait_until(lambda: count_stored(data) == 5, 15, message="5 stored events")
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 
-from tests.support import in_forked_child, wait_until
+from testkit import in_forked_child, wait_until
 from web.request_metrics import BUCKETS, RequestTally
 
 

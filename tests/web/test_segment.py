@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from analytics.segment import SEGMENT_TYPES
-from tests.support import records_in, stored_events, wait_until
+from analytics.events.segment import SEGMENT_TYPES
+from testkit import records_in, stored_events, wait_until
 
 DLQ = "analytics:dlq:segment"
 
@@ -185,7 +185,7 @@ def test_unknown_track_names_follow_the_policy(env, data, worker, policy) -> Non
     app = create_app({**env, "TESTING": True, "ANALYTICS_SEGMENT_UNKNOWN_EVENTS": policy,
                       "ANALYTICS_SEGMENT_MAX_TYPES": "2"})
     service = app.extensions["analytics"]
-    headers = {"Authorization": f"Bearer {service.create_api_key('ingest')[0]}"}
+    headers = {"Authorization": f"Bearer {service.access.create('ingest')[0]}"}
     names = ["Plan Chosen", "Cart Viewed", "Third One", "Bad (name)"]
     body = {"batch": [{"type": "track", "event": n, "userId": "u"} for n in names]}
     assert post(app.test_client(), "/v1/batch", body, headers).status_code == 200
@@ -209,7 +209,7 @@ def test_service_unavailable_is_503_so_sdks_retry(make_stack) -> None:
     stack = make_stack()
     app = stack.app()
     service = app.extensions["analytics"]
-    headers = {"Authorization": f"Bearer {service.create_api_key('ingest')[0]}"}
+    headers = {"Authorization": f"Bearer {service.access.create('ingest')[0]}"}
     stack.redis.stop()
     response = post(app.test_client(), "/v1/batch",
                     {"batch": [{"type": "track", "event": "click", "userId": "u"}]}, headers)

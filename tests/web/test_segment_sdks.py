@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import stored_events, wait_until
+from testkit import stored_events, wait_until
 
 
 def events(url: str, headers: dict[str, str], **query: str) -> list[dict[str, Any]]:

@@ -17,8 +17,8 @@ import pytest
 import requests
 import websocket
 
-from analytics.livestats import ws_totals
-from tests.support import wait_until
+from analytics.live.stats import ws_totals
+from testkit import wait_until
 from tests.webservers import WebServer
 
 
@@ -112,7 +112,7 @@ def post(web: WebServer, key: str, *events: dict[str, Any]) -> None:
 
 
 def test_missing_or_bad_key_closes_1008_within_a_second(server, service, data) -> None:
-    ingest_key, _ = service.create_api_key("ingest")
+    ingest_key, _ = service.access.create("ingest")
     for key, header in ((None, False), ("not-a-key", False), ("not-a-key", True), (ingest_key, False)):
         started = time.monotonic()
         ws = connect(server, key, header=header)
@@ -132,8 +132,8 @@ def test_missing_or_bad_key_closes_1008_within_a_second(server, service, data) -
 
 
 def test_events_reach_clients_and_subscriptions_narrow_them(server, service) -> None:
-    read_key, _ = service.create_api_key("read")
-    ingest_key, _ = service.create_api_key("ingest")
+    read_key, _ = service.access.create("read")
+    ingest_key, _ = service.access.create("ingest")
     everything = connect(server, read_key, header=True)
     clicks = connect(server, read_key)
     assert subscribe(clicks, events=["click"]) == {"events": ["click"], "metrics": []}
@@ -160,10 +160,10 @@ def test_events_reach_clients_and_subscriptions_narrow_them(server, service) -> 
 
 
 def test_user_scoped_key_receives_only_its_users_events(server, service) -> None:
-    ingest_key, _ = service.create_api_key("ingest")
-    scoped_key, scoped = service.create_api_key("read", user_id="patient-1")
+    ingest_key, _ = service.access.create("ingest")
+    scoped_key, scoped = service.access.create("read", user_id="patient-1")
     assert scoped.user_hash and "patient-1" not in scoped.user_hash
-    all_key, _ = service.create_api_key("read")
+    all_key, _ = service.access.create("read")
     mine = connect(server, scoped_key)
     everyone = connect(server, all_key)
     subscribe(mine, events=["*"], metrics=["*"])
@@ -187,8 +187,8 @@ def test_user_scoped_key_receives_only_its_users_events(server, service) -> None
 
 def test_a_client_on_one_web_process_receives_events_ingested_through_another(servers, service) -> None:
     a, b = servers
-    read_key, _ = service.create_api_key("read")
-    ingest_key, _ = service.create_api_key("ingest")
+    read_key, _ = service.access.create("read")
+    ingest_key, _ = service.access.create("ingest")
     on_b = connect(b, read_key)
     on_a = connect(a, read_key)
     subscribe(on_b, events=["form_submit"])
@@ -207,7 +207,7 @@ def metric(count: int, bucket: int = 1_700_000_000, name: str = "api.latency") -
 
 
 def test_metric_updates_are_throttled_per_series_and_the_last_state_arrives(server, service) -> None:
-    read_key, _ = service.create_api_key("read")
+    read_key, _ = service.access.create("read")
     ws = connect(server, read_key)
     subscribe(ws, metrics=["api.latency"])
     got: list[tuple[float, dict[str, Any]]] = []
@@ -240,7 +240,7 @@ def test_metric_updates_are_throttled_per_series_and_the_last_state_arrives(serv
 
 def test_a_slow_client_is_dropped_without_slowing_the_others(tight_server, service, data) -> None:
     web = tight_server(ANALYTICS_WS_BUFFER="20")
-    read_key, _ = service.create_api_key("read")
+    read_key, _ = service.access.create("read")
     # The slow client never reads, with a tiny receive window.
     slow = connect(web, read_key, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
     fast = connect(web, read_key)
@@ -273,7 +273,7 @@ def test_a_slow_client_is_dropped_without_slowing_the_others(tight_server, servi
 
 def test_idle_clients_are_logged_off_and_active_ones_stay(tight_server, service) -> None:
     web = tight_server(ANALYTICS_WS_IDLE_SECONDS="1.5")
-    read_key, _ = service.create_api_key("read")
+    read_key, _ = service.access.create("read")
     idle = connect(web, read_key)
     active = connect(web, read_key)
     started = time.monotonic()
@@ -291,7 +291,7 @@ def test_idle_clients_are_logged_off_and_active_ones_stay(tight_server, service)
 
 def test_a_restarting_web_process_closes_streams_with_1001(tight_server, service) -> None:
     web = tight_server()
-    read_key, _ = service.create_api_key("read")
+    read_key, _ = service.access.create("read")
     ws = connect(web, read_key)
     subscribe(ws, events=["*"])
     started = time.monotonic()
@@ -308,7 +308,7 @@ def test_streams_survive_a_redis_restart(make_stack, tmp_path) -> None:
     try:
         app = stack.app()
         service = app.extensions["analytics"]
-        read_key, _ = service.create_api_key("read")
+        read_key, _ = service.access.create("read")
         ws = connect(web, read_key)
         subscribe(ws, events=["custom"])
 
@@ -333,7 +333,7 @@ def test_streams_survive_a_redis_restart(make_stack, tmp_path) -> None:
 
 def test_pings_drop_a_peer_that_stopped_answering(tight_server, service, data) -> None:
     web = tight_server(ANALYTICS_WS_PING_SECONDS="0.5")
-    read_key, _ = service.create_api_key("read")
+    read_key, _ = service.access.create("read")
     dead = connect(web, read_key)  # never reads, so never answers a ping
     alive = connect(web, read_key)
     alive.settimeout(0.2)

@@ -1,0 +1,261 @@
+"""Key rotation: re-encrypt every stored sealed value under the newest key.
+
+What is re-encrypted:
+
+* stored records (``analytics:events:processed:*``), walked with ``HSCAN``
+  in slices of ``slice_size`` pages; each page is rewritten with its
+  records re-sealed, compare-and-set (a page a commit appended to since it
+  was read is read again, up to a few times);
+* dead letters (``analytics:dlq:*``), walked with ``XRANGE``. A stream entry
+  cannot be changed in place, so a re-encrypted dead letter is appended
+  again (same fields, the original ``ts``) and the old entry deleted, in
+  one script: its stream id changes, nothing else.
+
+Not re-encrypted: the queue streams. Their entries live for seconds (a
+worker stores and deletes them), so they drain by themselves; keep the old
+key configured until the rotation is done and the queue has drained.
+
+Safe while the service runs: each slice is written by a Lua script that
+replaces a value only if it is still exactly the value that was read
+(compare-and-set), so a record erased or rewritten meanwhile is left alone.
+
+Resumable: after each slice the position (HSCAN cursor or last stream id)
+is saved in ``analytics:rotation`` with the id of the target key; a new run
+with the same newest key continues from there, a run for another key starts
+over. ``HSCAN`` guarantees every field present for the whole walk is seen,
+so stopping and resuming loses nothing.
+
+User-id hashes and the audit chain do not depend on the encryption keys'
+order (they use ``ANALYTICS_HASH_KEY`` or the oldest key), so they stay
+valid across rotations.
+"""
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+import redis
+
+from analytics import keyspace
+from analytics.events.records import packb
+from analytics.events.store import EventStore
+from analytics.privacy.crypto import DecryptionError, Vault
+from analytics.redis_client import StreamChunk
+
+#: Attempts at rewriting a page that commits keep appending to.
+PAGE_ATTEMPTS = 5
+
+# KEYS[1]: stream. ARGV: entry id, field name, expected value, then the new
+# entry's fields as name, value pairs. Re-appends the entry only if it still
+# exists with the expected value.
+_CAS_STREAM = """
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #found == 0 then return 0 end
+local fields = found[1][2]
+for i = 1, #fields, 2 do
+  if fields[i] == ARGV[2] then
+    if fields[i + 1] ~= ARGV[3] then return 0 end
+    local new = {}
+    for j = 4, #ARGV do new[#new + 1] = ARGV[j] end
+    redis.call('XADD', KEYS[1], '*', unpack(new))
+    redis.call('XDEL', KEYS[1], ARGV[1])
+    return 1
+  end
+end
+return 0
+"""
+
+DONE = "done"
+
+# redis-py's annotations cover its async client too; these are what the
+# synchronous client (decode_responses off) returns.
+
+
+@dataclass
+class RotationReport:
+    examined: int = 0
+    rotated: int = 0
+    current: int = 0
+    #: values that no configured key opens (left as they are)
+    unreadable: int = 0
+    #: values changed by someone else between read and write (left alone;
+    #: a new write is sealed under the newest key anyway)
+    raced: int = 0
+    resumed: bool = False
+    seconds: float = 0.0
+
+
+class Rotator:
+    def __init__(self, client: redis.Redis, vault: Vault, slice_size: int = 200) -> None:
+        self._redis = client
+        self._vault = vault
+        self.slice_size = slice_size
+        self._cas_stream = client.register_script(_CAS_STREAM)
+        self._store = EventStore(client)
+        self.key_id = vault.current_key_id.hex()
+
+    # -- what there is -------------------------------------------------------
+    def targets(self) -> list[tuple[str, str]]:
+        """(kind, key) of every place holding sealed values, in a fixed order."""
+        hashes = sorted(k.decode() for k in self._redis.scan_iter(
+            match=keyspace.EVENTS_PROCESSED + "*", count=200, _type="hash"))
+        streams = sorted(k.decode() for k in self._redis.scan_iter(
+            match=keyspace.DLQ_PREFIX + "*", count=200, _type="stream"))
+        return [("hash", k) for k in hashes] + [("stream", k) for k in streams]
+
+    def total(self) -> int:
+        """Records and dead letters to examine (for a progress bar)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for kind, key in self.targets():
+            if kind == "stream":
+                pipe.xlen(key)
+        return self._store.stored_count() + sum(pipe.execute())
+
+    def _state(self) -> dict[str, str]:
+        raw = cast(dict[bytes, bytes], self._redis.hgetall(keyspace.ROTATION))
+        state = {k.decode(): v.decode() for k, v in raw.items()}
+        if state.get("key") != self.key_id:
+            self._redis.delete(keyspace.ROTATION)
+            self._redis.hset(keyspace.ROTATION, mapping={"key": self.key_id,
+                                                         "started": time.time()})
+            return {}
+        return state
+
+    def _save(self, target: str, position: str) -> None:
+        self._redis.hset(keyspace.ROTATION, target, position)
+
+    # -- sealing -------------------------------------------------------------
+    def _reseal(self, token: str, report: RotationReport) -> str | None:
+        """``token`` under the newest key, or None when it already is (or
+        cannot be opened)."""
+        try:
+            if self._vault.key_id_of(token) == self._vault.current_key_id:
+                report.current += 1
+                return None
+            return self._vault.seal(self._vault.open(token))
+        except (DecryptionError, ValueError):
+            report.unreadable += 1
+            return None
+
+    def _reseal_record(self, raw: bytes, report: RotationReport) -> bytes | None:
+        record = orjson.loads(raw)
+        sealed = record.get("s") if isinstance(record, dict) else None
+        if not sealed:
+            report.current += 1
+            return None
+        new = self._reseal(sealed, report)
+        if new is None:
+            return None
+        record["s"] = new
+        return orjson.dumps(record)
+
+    # -- walking -------------------------------------------------------------
+    def _rotate_page(self, event_type: str, page_id: str, page: bytes | None,
+                     report: RotationReport) -> int:
+        """Re-seal the records of one page; returns the records examined."""
+        for _ in range(PAGE_ATTEMPTS):
+            if page is None:
+                return 0
+            attempt = RotationReport()
+
+            def keep(fields: list[Any], blob: bytes, attempt: RotationReport = attempt) -> bytes:
+                attempt.examined += 1
+                sealed = fields[11] if len(fields) > 11 else None
+                if not isinstance(sealed, bytes):
+                    attempt.current += 1
+                    return blob
+                new = self._reseal(base64.urlsafe_b64encode(sealed).decode(), attempt)
+                if new is None:
+                    return blob
+                attempt.rotated += 1
+                return packb([*fields[:11], base64.urlsafe_b64decode(new), *fields[12:]])
+
+            if self._store.rewrite(event_type, page_id, page, keep) >= 0:
+                report.examined += attempt.examined
+                report.rotated += attempt.rotated
+                report.current += attempt.current
+                report.unreadable += attempt.unreadable
+                return attempt.examined
+            page = self._store.page(event_type, page_id)
+        report.raced += 1  # left as it is: the next run does it
+        return 0
+
+    def _rotate_hash(self, key: str, cursor: int, report: RotationReport,
+                     progress: Callable[[int], None]) -> None:
+        event_type = key[len(keyspace.EVENTS_PROCESSED):]
+        while True:
+            cursor, items = cast(tuple[int, dict[bytes, bytes]],
+                                 self._redis.hscan(key, cursor, count=self.slice_size))
+            examined = sum(self._rotate_page(event_type, name.decode(), page, report)
+                           for name, page in items.items())
+            progress(examined)
+            self._save(key, DONE if cursor == 0 else str(cursor))
+            if cursor == 0:
+                return
+
+    def _rotate_stream(self, key: str, after: str, report: RotationReport,
+                       progress: Callable[[int], None]) -> None:
+        # Re-appended entries land at the end and are met again, already
+        # current: the walk ends because they are skipped.
+        start = f"({after}" if after else "-"
+        while True:
+            chunk = cast(StreamChunk, self._redis.xrange(key, start, "+", count=self.slice_size))
+            for entry_id, fields in chunk:
+                decoded = {k.decode(): v for k, v in fields.items()}
+                if "sealed" in decoded:
+                    name, old = "sealed", decoded["sealed"]
+                    new_value = self._reseal(old.decode(), report)
+                    new = new_value.encode() if new_value else None
+                elif "record" in decoded:
+                    name, old = "record", decoded["record"]
+                    new = self._reseal_record(old, report)
+                else:
+                    report.current += 1
+                    continue
+                if new is None:
+                    continue
+                decoded[name] = new
+                flat: list[Any] = []
+                for k, v in decoded.items():
+                    flat += (k, v)
+                if self._cas_stream(keys=[key], args=[entry_id, name, old, *flat]):
+                    report.rotated += 1
+                else:
+                    report.raced += 1
+            report.examined += len(chunk)
+            progress(len(chunk))
+            if chunk:
+                start = "(" + chunk[-1][0].decode()
+                self._save(key, chunk[-1][0].decode())
+            if len(chunk) < self.slice_size:
+                self._save(key, DONE)
+                return
+
+    def run(self, progress: Callable[[int], None] = lambda n: None,
+            stop_after: int | None = None) -> RotationReport:
+        """Re-encrypt everything not yet under the newest key.
+
+        ``stop_after`` stops after that many targets (tests of resuming).
+        """
+        started = time.monotonic()
+        report = RotationReport()
+        state = self._state()
+        report.resumed = any(k not in ("key", "started") for k in state)
+        for n, (kind, key) in enumerate(self.targets()):
+            if stop_after is not None and n >= stop_after:
+                report.seconds = time.monotonic() - started
+                return report
+            position = state.get(key, "")
+            if position == DONE:
+                continue
+            if kind == "hash":
+                self._rotate_hash(key, int(position or 0), report, progress)
+            else:
+                self._rotate_stream(key, position, report, progress)
+        self._redis.delete(keyspace.ROTATION)
+        report.seconds = time.monotonic() - started
+        return report

@@ -1,0 +1,240 @@
+"""The ``analytics`` command line.
+
+Exit codes: 0 success, 1 a failure the message explains, 2 bad usage.
+Secrets print alone on the last line of standard output, so scripts can take
+them with ``tail -n 1``.
+"""
+from __future__ import annotations
+
+import datetime
+import sys
+from typing import Any
+
+import click
+import orjson
+import redis
+from dotenv import load_dotenv
+
+from analytics.errors import AnalyticsError
+from analytics.events.transfer import describe_errors
+from analytics.logs import configure_logging
+from analytics.ops.statsview import render_table
+from analytics.privacy.crypto import generate_key
+from cli.devserver import run_dev
+from cli.services import analytics
+from cli.transfer import export_events, import_events
+
+
+class _Group(click.Group):
+    """Turns domain errors into one clear line and exit code 1."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except AnalyticsError as exc:
+            click.echo(f"error: {exc.message}{_details(exc.details)}", err=True)
+            sys.exit(1)
+        except redis.RedisError as exc:
+            click.echo(f"error: Redis at REDIS_URL failed ({type(exc).__name__}): is it running?",
+                       err=True)
+            sys.exit(1)
+
+
+def _details(details: dict[str, Any]) -> str:
+    """Field-level details on the same line (they name fields, never values)."""
+    text = describe_errors({k: v for k, v in details.items() if isinstance(v, (list, dict))})
+    return f" ({text})" if text else ""
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Real-time analytics service: manage keys, data and the local stack.
+
+    Settings come from the environment (and a .env file): REDIS_URL,
+    ANALYTICS_ENCRYPTION_KEYS, ... (see README.rst).
+    """
+    load_dotenv(override=False)
+    configure_logging()
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys (stored only as hashes)."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice(["ingest", "read", "admin"]), required=True,
+              help="ingest: write events and metrics; read: query and stream; admin: everything.")
+@click.option("--user", "user_id", default=None,
+              help="Scope a read key to one user's data (USER_ID as sent in events).")
+@click.option("--name", default="", help="A label to recognise the key by.")
+def keys_create(role: str, user_id: str | None, name: str) -> None:
+    """Create a key. The key itself is printed once, alone on the last line."""
+    secret, key = analytics().access.create(role, user_id=user_id, name=name, actor="cli")
+    click.echo(f"created key id {key.id} (role {key.role}{', user-scoped' if key.user_hash else ''})")
+    click.echo(secret)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys: id, role, scope, name, created, revoked."""
+    rows = analytics().access.list()
+    click.echo(f"{'ID':<14}{'ROLE':<8}{'SCOPED':<8}{'CREATED':<22}{'REVOKED':<22}NAME")
+    for k in rows:
+        created = datetime.datetime.fromtimestamp(k.created, datetime.UTC)
+        revoked = (datetime.datetime.fromtimestamp(k.revoked, datetime.UTC)
+                   .strftime("%Y-%m-%d %H:%M:%S") if k.revoked else "-")
+        click.echo(f"{k.id:<14}{k.role:<8}{'yes' if k.user_hash else 'no':<8}"
+                   f"{created:%Y-%m-%d %H:%M:%S}   {revoked:<22}{k.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke the key with KEY_ID (from `keys list`); effective at once."""
+    key = analytics().access.revoke(key_id, actor="cli")
+    click.echo(f"revoked key id {key.id}")
+
+
+@keys.command("generate-encryption-key")
+def keys_generate_encryption_key() -> None:
+    """Print a new key for ANALYTICS_ENCRYPTION_KEYS (put it first to rotate)."""
+    click.echo(generate_key())
+
+
+@keys.command("rotate-encryption")
+@click.option("--slice", "slice_size", default=200, show_default=True, type=click.IntRange(1, 10_000),
+              help="Values re-encrypted per step (bounded work per Redis call).")
+def keys_rotate_encryption(slice_size: int) -> None:
+    """Re-encrypt stored data under the newest key (first in
+    ANALYTICS_ENCRYPTION_KEYS). Safe while the service runs; resumable: run it
+    again after an interruption and it continues where it stopped. Keep the
+    old keys configured until it has finished and the queue has drained."""
+    privacy = analytics().privacy
+    total = privacy.rotation_total()
+    with click.progressbar(length=max(total, 1), label="re-encrypting", file=sys.stderr,
+                           show_pos=True) as bar:
+        report = privacy.rotate_encryption(bar.update, slice_size=slice_size)
+    click.echo(f"{'resumed; ' if report.resumed else ''}examined {report.examined}, "
+               f"re-encrypted {report.rotated}, already current {report.current}, "
+               f"changed meanwhile {report.raced}, unreadable {report.unreadable} "
+               f"in {report.seconds:.1f} s")
+    if report.unreadable:
+        click.echo("error: some values open with no configured key (see README: key rotation)",
+                   err=True)
+        sys.exit(1)
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit log."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the HMAC chain of the audit log; exit 1 and say where it breaks."""
+    result = analytics().privacy.verify_audit()
+    if result.ok:
+        click.echo(f"audit log intact: {result.checked} entries verified")
+        return
+    where = f"entry #{result.checked + 1} (id {result.broken_at})" if result.broken_at \
+        else f"after entry #{result.checked} (the end)"
+    click.echo(f"audit log BROKEN at {where}: {result.reason}; "
+               f"{result.checked} entries before it verified", err=True)
+    sys.exit(1)
+
+
+@audit.command("list")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--after", default=None, help="Entry id to continue after.")
+def audit_list(limit: int, after: str | None) -> None:
+    """Print audit entries (oldest first) as JSON lines."""
+    entries, _ = analytics().privacy.audit_entries(after, limit)
+    for entry in entries:
+        click.echo(orjson.dumps(entry).decode())
+
+
+@main.command()
+@click.option("--user", "user_id", required=True, help="The USER_ID as sent in events.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def erase(user_id: str, yes: bool) -> None:
+    """Remove every trace of a user: stored events, indexes, dead letters,
+    queued events; revoke keys scoped to the user. Rollups stay (anonymous).
+    Audited with the user's keyed hash, never the id."""
+    if not yes:
+        click.confirm("Erase every trace of this user? This cannot be undone", abort=True)
+    report = analytics().privacy.erase_user(user_id, actor="cli")
+    click.echo(f"erased {report.records} events and {report.deadLetters} dead letters, "
+               f"revoked {len(report.keysRevoked)} keys (user hash {report.userHash})")
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: what could not be processed, and replaying it."""
+
+
+@dlq.command("list")
+@click.option("--kind", type=click.Choice(["events", "metrics", "segment"]), default="events",
+              show_default=True, help="Which dead-letter store.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--start", default="-", help="First id to show (from a previous listing).")
+def dlq_list(kind: str, limit: int, start: str) -> None:
+    """List dead letters, oldest first: id, reason, attempts, time, event or metric."""
+    items = analytics().ops.dead_letter_list(kind, start, limit)
+    click.echo(f"{'ID':<22}{'REASON':<18}{'ATTEMPTS':>8}  {'SET ASIDE (UTC)':<21}WHAT")
+    for item in items:
+        when = datetime.datetime.fromtimestamp(item["ts"], datetime.UTC)
+        event, metric = item.get("event"), item.get("metric")
+        what = (f"{event['type']} messageId={event['messageId']}" if event
+                else f"metric {metric['name'] or '(invalid name)'}" if metric
+                else "sealed message" if item["sealed"] else "-")
+        click.echo(f"{item['id']:<22}{item['reason']:<18}{item['attempts']:>8}  "
+                   f"{when:%Y-%m-%d %H:%M:%S}  {what}")
+    click.echo(f"{len(items)} dead letter(s) shown")
+
+
+@dlq.command("replay")
+@click.option("--kind", type=click.Choice(["events", "metrics", "segment"]), default="events",
+              show_default=True, help="Which dead-letter store.")
+@click.option("--id", "ids", multiple=True, help="Replay this dead letter (repeatable).")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of KIND.")
+@click.option("--limit", type=click.IntRange(1), default=100_000, show_default=True,
+              help="With --all, at most this many (oldest first).")
+def dlq_replay(kind: str, ids: tuple[str, ...], replay_all: bool, limit: int) -> None:
+    """Queue dead letters again (idempotent: an event already stored is not
+    stored twice, a dead letter is queued once). Sealed messages and metric
+    samples are validated again; still-invalid ones stay."""
+    if not ids and not replay_all:
+        raise click.UsageError("give --id ID (repeatable) or --all")
+    report = analytics().ops.replay_dead_letters(kind, ids=list(ids) or None, limit=limit, actor="cli")
+    click.echo(f"replayed {report.replayed}, still invalid {report.still_invalid}, "
+               f"already gone {report.already_gone}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON (as /v1/stats).")
+def stats(as_json: bool) -> None:
+    """Monitoring figures: queue, processing, workers, WebSocket, memory, cleanup."""
+    figures = analytics().ops.stats_snapshot()
+    if as_json:
+        click.echo(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render_table(figures))
+
+
+@main.command()
+@click.option("--port", default=None, type=int, help="Web port (default $PORT or 8000).")
+@click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+def run(port: int | None, no_flower: bool) -> None:
+    """Run everything on this machine for development: Redis (started
+    locally when REDIS_URL answers nowhere), web, worker, beat and Flower."""
+    sys.exit(run_dev(port=port, flower=not no_flower))
+
+
+# Bulk data commands live in their own module; they register on the group here.
+main.add_command(export_events)
+main.add_command(import_events)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

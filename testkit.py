@@ -1,0 +1,303 @@
+"""Real processes for the tests and the benchmarks: a private redis-server,
+Celery workers, web servers. Every process is started here and stopped by
+pid. Both ``tests/`` and ``bench/`` import it; neither imports the other."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def in_forked_child(run: Callable[[], object]) -> str:
+    """``str(run())`` as computed in a forked child of this process (for
+    what must differ after a fork: connections, pending counts)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, str(run()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        return os.read(read, 4096).decode()
+    finally:
+        os.waitpid(pid, 0)
+        os.close(read)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+class Process:
+    """A subprocess in its own process group, its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 30.0, after: int = 0) -> None:
+        regex = re.compile(pattern)
+
+        def seen() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
+            return bool(regex.search(self.log()[after:]))
+
+        wait_until(seen, timeout, 0.1, f"{self.name} to log {pattern!r}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (a Celery worker and its children)."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.proc.wait(5)
+        # Children of a killed group leader may linger: sweep the group.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc = None
+
+
+class RedisServer:
+    """A private redis-server on a free port, AOF on (fsync always, unless
+    ``appendfsync`` says otherwise)."""
+
+    def __init__(self, data_dir: Path, maxmemory: str | None = None,
+                 appendfsync: str = "always") -> None:
+        self.port = free_port()
+        self.dir = data_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", appendfsync,
+                "--save", "", "--maxmemory-policy", "noeviction"]
+        if maxmemory:
+            argv += ["--maxmemory", maxmemory]
+        self.process = Process(f"redis-{self.port}", argv, dict(os.environ), self.dir)
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis.from_url(self.url(db))
+
+    def start(self) -> RedisServer:
+        self.process.start()
+
+        def up() -> bool:
+            try:
+                return bool(self.client().ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(up, 10, 0.05, "redis-server to answer")
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def python_env(base: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **base}
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def celery_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2) -> Process:
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO",
+            "--concurrency", str(concurrency), "--without-mingle", "--without-gossip",
+            "--hostname", f"{name}@%h"]
+    return Process(name, argv, env, log_dir)
+
+
+def celery_beat(name: str, env: dict[str, str], log_dir: Path) -> Process:
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO",
+            "--schedule", str(log_dir / f"{name}-schedule")]
+    return Process(name, argv, env, log_dir)
+
+
+def start_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2) -> Process:
+    worker = celery_worker(name, env, log_dir, concurrency).start()
+    worker.wait_for_log(r"ready\.", timeout=60)
+    return worker
+
+
+class Stack:
+    """A private Redis, Celery worker(s) and beat, for tests that break things."""
+
+    def __init__(self, root: Path, keys: str, **env: str) -> None:
+        from tests.conftest import service_env
+
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(root / "redis").start()
+        self.env = service_env(self.redis, keys, **env)
+        self.processes: list[Process] = []
+        self._n = 0
+
+    def worker(self, concurrency: int = 2, wait: bool = True) -> Process:
+        self._n += 1
+        proc = celery_worker(f"worker{self._n}", python_env(self.env), self.root, concurrency).start()
+        self.processes.append(proc)
+        if wait:
+            proc.wait_for_log(r"ready\.", timeout=60)
+        return proc
+
+    def beat(self) -> Process:
+        proc = celery_beat("beat", python_env(self.env), self.root).start()
+        self.processes.append(proc)
+        return proc
+
+    def app(self) -> Any:
+        from web import create_app
+
+        return create_app({**self.env, "TESTING": True})
+
+    def close(self) -> None:
+        for proc in self.processes:
+            proc.stop()
+        self.redis.stop()
+        ARTIFACTS.mkdir(exist_ok=True)
+        for log in self.root.glob("*.log"):
+            (ARTIFACTS / f"{self.root.name}-{log.name}").write_bytes(log.read_bytes())
+
+
+def stored_events(client: redis.Redis) -> int:
+    """Events in the store now (its counter, ``analytics:events:count``):
+    what the tests wait for after ingesting."""
+    return int(client.get("analytics:events:count") or 0)
+
+
+def records_in(client: redis.Redis, event_type: str) -> list[dict[str, Any]]:
+    """The stored records of ``event_type``, read page by page."""
+    from analytics import keyspace
+    from analytics.events import records
+
+    return [records.unpack_fields(event_type, fields)
+            for _, page in client.hscan_iter(keyspace.processed(event_type))
+            for fields in records.iter_blobs(page)]
+
+
+def pages_indexed(client: redis.Redis, event_type: str) -> bool:
+    """Every page of ``event_type`` is in its time index, and only those."""
+    from analytics import keyspace
+
+    pages = {p for p, _ in client.hscan_iter(keyspace.processed(event_type))}
+    return pages == set(client.zrange(keyspace.time_index(event_type), 0, -1))
+
+
+def gunicorn_workers(master: int) -> list[int]:
+    """The gunicorn workers of arbiter ``master`` (its child processes)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name, in parentheses, may hold spaces: split after it.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited while we looked
+            continue
+        if int(fields[1]) == master:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def connections_held(workers: list[int], port: int) -> dict[int, int]:
+    """How many established connections to local ``port`` each of
+    ``workers`` holds (from /proc: which process owns each socket)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    counts = {}
+    for pid in workers:
+        held = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                held += os.readlink(fd) in inodes
+            except OSError:  # closed while we looked
+                continue
+        counts[pid] = held
+    return counts
+
+
+def keep_alive_connection(port: int) -> socket.socket:
+    """A client connection to gunicorn that has had one answer and stays open."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def wait_for_workers(workers: list[int], port: int, timeout: float = 60.0) -> None:
+    """Until each of gunicorn's ``workers`` has accepted a connection:
+    /healthz answering means that one worker has loaded the app, not all."""
+    seen: set[int] = set()
+
+    def all_seen() -> bool:
+        with keep_alive_connection(port):
+            seen.update(pid for pid, n in connections_held(workers, port).items() if n)
+        return seen == set(workers)
+
+    wait_until(all_seen, timeout, 0.1, "every gunicorn worker to accept")
+    wait_until(lambda: not any(connections_held(workers, port).values()), 10, 0.05,
+               "the probe connections to close")
