@@ -25,5 +25,6 @@ bench: $(BIN)/analytics
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(BIN)/analytics
-	$(BIN)/ruff check analytics tasks web tests bench
-	$(BIN)/mypy analytics
+	$(BIN)/ruff check analytics tasks web cli tests bench testkit.py
+	$(BIN)/ruff format --check analytics tasks web cli tests bench testkit.py
+	$(BIN)/mypy analytics tasks web cli

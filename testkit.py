@@ -16,6 +16,10 @@ from typing import Any
 
 import redis
 
+from analytics import keyspace
+from analytics.events import records
+from web import create_app
+
 ROOT = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -155,6 +159,23 @@ class RedisServer:
         self.process.stop()
 
 
+def service_env(server: RedisServer, keys: str, **extra: str) -> dict[str, str]:
+    """The environment of every process under test."""
+    env = {
+        "REDIS_URL": server.url(0),
+        "CELERY_BROKER_URL": server.url(1),
+        "ANALYTICS_ENCRYPTION_KEYS": keys,
+        "ANALYTICS_DEV": "0",
+        "ANALYTICS_CLAIM_IDLE_SECONDS": "2",
+        "ANALYTICS_RECOVERY_INTERVAL": "1",
+        "ANALYTICS_DRAIN_SECONDS": "2",
+        "ANALYTICS_DRAIN_LINGER_SECONDS": "0.2",
+        "ANALYTICS_REGISTRY_TTL": "0.2",
+    }
+    env.update(extra)
+    return env
+
+
 def python_env(base: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **base}
     env["PYTHONPATH"] = str(ROOT)
@@ -185,7 +206,6 @@ class Stack:
     """A private Redis, Celery worker(s) and beat, for tests that break things."""
 
     def __init__(self, root: Path, keys: str, **env: str) -> None:
-        from tests.conftest import service_env
 
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
@@ -208,7 +228,6 @@ class Stack:
         return proc
 
     def app(self) -> Any:
-        from web import create_app
 
         return create_app({**self.env, "TESTING": True})
 
@@ -229,8 +248,6 @@ def stored_events(client: redis.Redis) -> int:
 
 def records_in(client: redis.Redis, event_type: str) -> list[dict[str, Any]]:
     """The stored records of ``event_type``, read page by page."""
-    from analytics import keyspace
-    from analytics.events import records
 
     return [records.unpack_fields(event_type, fields)
             for _, page in client.hscan_iter(keyspace.processed(event_type))
@@ -239,7 +256,6 @@ def records_in(client: redis.Redis, event_type: str) -> list[dict[str, Any]]:
 
 def pages_indexed(client: redis.Redis, event_type: str) -> bool:
     """Every page of ``event_type`` is in its time index, and only those."""
-    from analytics import keyspace
 
     pages = {p for p, _ in client.hscan_iter(keyspace.processed(event_type))}
     return pages == set(client.zrange(keyspace.time_index(event_type), 0, -1))

@@ -17,6 +17,8 @@ import logging
 from collections.abc import Mapping
 
 from analytics.errors import ConfigurationError
+from analytics.logs import configure_logging, install
+from analytics.privacy.crypto import Vault
 from analytics.settings import Settings
 
 log = logging.getLogger("analytics.startup")
@@ -37,8 +39,6 @@ def check_settings(settings: Settings, process: str) -> None:
         if settings.encryption_keys:
             # Builds the vault once: a malformed key is reported here, in one
             # line, rather than as a traceback at the first request.
-            from analytics.privacy.crypto import Vault
-
             Vault(settings.encryption_keys, settings.hash_key)
     except ConfigurationError as exc:
         raise SystemExit(f"analytics {process}: {exc.message}") from None
@@ -54,7 +54,6 @@ def start_process(process: str, settings: Settings | None = None, *,
     ``own_handler=False`` for processes whose framework brings its log
     handlers (Celery): only the filter is installed.
     """
-    from analytics.logs import configure_logging, install
 
     try:
         settings = settings or Settings.from_env(environ)

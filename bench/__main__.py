@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import calibration, e2e, ingest, memory
+from bench import calibration, e2e, ingest, instructions, memory, metrics_bench, ws_latency
 from bench.harness import APPS, cpu_count, median_range
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -105,7 +105,6 @@ def bench_ingest(quick: bool) -> dict[str, Any]:
 
 
 def bench_instructions(quick: bool) -> dict[str, Any]:
-    from bench import instructions
 
     return instructions.run(quick)
 
@@ -115,13 +114,11 @@ def bench_memory(quick: bool) -> dict[str, Any]:
 
 
 def bench_metrics(quick: bool) -> dict[str, Any]:
-    from bench import metrics_bench
 
     return metrics_bench.run(quick)
 
 
 def bench_ws(quick: bool) -> dict[str, Any]:
-    from bench import ws_latency
 
     return ws_latency.run(quick)
 

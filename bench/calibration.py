@@ -18,6 +18,7 @@ from typing import Any
 
 from celery import Celery
 
+from analytics.events.schemas import event_schema
 from bench.harness import event_batch
 from testkit import RedisServer
 
@@ -42,7 +43,6 @@ def cpu_us_per_call(fn: Callable[[], Any], calls: int, reps: int = 3) -> float:
 
 
 def schema_load_us(calls: int) -> float:
-    from analytics.events.schemas import event_schema
 
     event = event_batch(1, "calibration")[0]
     return cpu_us_per_call(lambda: event_schema.load(event), calls)

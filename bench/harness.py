@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from cryptography.fernet import Fernet
 
+from analytics import Analytics, Settings
 from testkit import Process, RedisServer, free_port, python_env, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,7 +296,6 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def create_key(env: dict[str, str], role: str = "admin") -> str:
-    from analytics import Analytics, Settings
 
     service = Analytics.create(Settings.from_env(env))
     return service.access.create(role)[0]

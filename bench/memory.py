@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 from cryptography.fernet import Fernet
 
+from analytics import Analytics, Settings
 from bench.harness import event_batch
 from testkit import RedisServer
 
 
 def memory_per_event(total: int = 50_000) -> dict[str, Any]:
-    from analytics import Analytics, Settings
 
     with tempfile.TemporaryDirectory(prefix="analytics-bench-") as tmp:
         server = RedisServer(Path(tmp) / "redis").start()

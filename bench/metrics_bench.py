@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from analytics import Analytics, Settings
 from bench import harness
 from testkit import wait_until
 
@@ -112,7 +113,6 @@ def _memory(data: Any) -> dict[str, Any]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark; ``quick`` uses smaller volumes (a smoke run)."""
-    from analytics import Analytics, Settings
 
     with harness.stack(web_workers=2, worker_concurrency=2) as s:
         s.start_web()

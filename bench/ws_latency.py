@@ -48,6 +48,8 @@ import orjson
 import redis
 import requests
 
+from analytics import Analytics
+from analytics.settings import Settings
 from testkit import gunicorn_workers, wait_for_workers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,8 +107,6 @@ class Stack:
                         "--concurrency", "2", "--without-mingle", "--without-gossip"],
                        self.env, tmp / "worker.log")
         self.procs.append(worker)
-        from analytics import Analytics
-        from analytics.settings import Settings
 
         service = Analytics.create(Settings.from_env(self.env))
         self.read_key = service.access.create("read", name="bench")[0]
@@ -302,8 +302,6 @@ def _publish(stack: Stack, rate: int, seconds: float, batch: int = 64) -> dict[s
     """Fan-out only: PUBLISH batches of records on ``analytics:live:events``
     as the worker's commit does, ``rate`` records/s, skipping HTTP and the
     queue."""
-    from analytics import Analytics
-    from analytics.settings import Settings
 
     service = Analytics.create(Settings.from_env(stack.env))
     template = [service.codec.encode({"type": "api_call", "userId": f"u-{i}", "properties": {"t0": 0.0}},

@@ -28,7 +28,7 @@ from cli.transfer import export_events, import_events
 class _Group(click.Group):
     """Turns domain errors into one clear line and exit code 1."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except AnalyticsError as exc:

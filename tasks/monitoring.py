@@ -11,11 +11,14 @@ import logging
 import threading
 import time
 
+from celery.beat import SchedulingError
+from celery.exceptions import Reject
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     worker_process_init,
 )
+from kombu.exceptions import OperationalError
 
 from analytics.redis_client import TRANSIENT_ERRORS
 from tasks.base import analytics
@@ -93,9 +96,6 @@ def _is_connection_error(exc: BaseException) -> bool:
     Only the exception itself (and the one beat or a retry wraps) counts: an unrelated
     error raised while handling a connection failure keeps its traceback.
     """
-    from celery.beat import SchedulingError
-    from celery.exceptions import Reject
-    from kombu.exceptions import OperationalError
 
     kinds = (*TRANSIENT_ERRORS, OperationalError, ConnectionError, OSError)
     if isinstance(exc, Reject):  # a retry that could not reach the broker

@@ -6,15 +6,29 @@ the Celery broker, left alone so the session's worker keeps its queues.
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import requests
 from cryptography.fernet import Fernet
 
-from testkit import ARTIFACTS, Process, RedisServer, celery_beat, python_env, start_worker
+from testkit import (
+    ARTIFACTS,
+    Process,
+    RedisServer,
+    Stack,
+    celery_beat,
+    free_port,
+    python_env,
+    service_env,
+    start_worker,
+    wait_until,
+)
+from web import create_app
 
 
 @pytest.fixture(scope="session")
@@ -33,23 +47,6 @@ def redis_server(tmp_root: Path) -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def encryption_keys() -> str:
     return ",".join([Fernet.generate_key().decode(), Fernet.generate_key().decode()])
-
-
-def service_env(server: RedisServer, keys: str, **extra: str) -> dict[str, str]:
-    """The environment of every process under test."""
-    env = {
-        "REDIS_URL": server.url(0),
-        "CELERY_BROKER_URL": server.url(1),
-        "ANALYTICS_ENCRYPTION_KEYS": keys,
-        "ANALYTICS_DEV": "0",
-        "ANALYTICS_CLAIM_IDLE_SECONDS": "2",
-        "ANALYTICS_RECOVERY_INTERVAL": "1",
-        "ANALYTICS_DRAIN_SECONDS": "2",
-        "ANALYTICS_DRAIN_LINGER_SECONDS": "0.2",
-        "ANALYTICS_REGISTRY_TTL": "0.2",
-    }
-    env.update(extra)
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +81,6 @@ def data(redis_server: RedisServer) -> redis.Redis:
 
 @pytest.fixture
 def app(env: dict[str, str]) -> Any:
-    from web import create_app
 
     return create_app({**env, "TESTING": True})
 
@@ -109,8 +105,6 @@ def keys(service: Any) -> dict[str, str]:
 @pytest.fixture
 def make_stack(tmp_path: Path, encryption_keys: str) -> Iterator[Any]:
     """Factory of private stacks (Redis + workers + beat), closed after the test."""
-    from testkit import Stack
-
     stacks: list[Stack] = []
 
     def make(**env: str) -> Stack:
@@ -128,9 +122,7 @@ def web_server(env: dict[str, str], tmp_root: Path) -> Iterator[str]:
     """The web process as the Procfile runs it (gunicorn), on 127.0.0.1 and
     a free port, for clients that need a real server (SDKs, curl). Yields
     its base URL."""
-    import sys
 
-    from testkit import free_port, wait_until
 
     logs = tmp_root / "session-logs"
     logs.mkdir(exist_ok=True)
@@ -141,7 +133,6 @@ def web_server(env: dict[str, str], tmp_root: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
-        import requests
 
         if proc.proc is not None and proc.proc.poll() is not None:
             raise AssertionError(f"gunicorn exited:\n{proc.log()[-3000:]}")

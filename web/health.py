@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
+from flask.typing import ResponseReturnValue
 
 from web.errors import error_response, outage
 from web.extensions import get_analytics
@@ -10,12 +11,12 @@ health = Blueprint("health", __name__)
 
 
 @health.get("/healthz")
-def healthz():  # type: ignore[no-untyped-def]
+def healthz() -> ResponseReturnValue:
     return jsonify(status="ok")
 
 
 @health.get("/readyz")
-def readyz():  # type: ignore[no-untyped-def]
+def readyz() -> ResponseReturnValue:
     if get_analytics().ops.ping():
         outage(current_app).came_back()
         return jsonify(status="ready")

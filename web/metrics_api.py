@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 from flask import Blueprint, Response, request
+from flask.typing import ResponseReturnValue
 
 from analytics.metrics.schemas import metric_batch_schema
 from web.api import admit
@@ -14,7 +15,7 @@ metrics_api = Blueprint("metrics_api", __name__, url_prefix="/v1")
 
 
 @metrics_api.post("/metrics")
-def post_metrics():  # type: ignore[no-untyped-def]
+def post_metrics() -> ResponseReturnValue:
     """Like ``POST /v1/events``: the samples are validated first (no I/O),
     then one Redis round trip checks the key and queues them
     (:meth:`MetricService.track_as`)."""
@@ -24,7 +25,7 @@ def post_metrics():  # type: ignore[no-untyped-def]
 
 @metrics_api.get("/metrics/<path:name>")
 @require("read")
-def get_metric(name: str):  # type: ignore[no-untyped-def]
+def get_metric(name: str) -> ResponseReturnValue:
     # orjson: a day of 1-minute points is thousands of numbers, and the
     # stdlib encoder behind jsonify costs more than the query itself.
     body = get_analytics().metrics.get_metric(name, request.args.to_dict())

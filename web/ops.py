@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
+from flask.typing import ResponseReturnValue
 
 from analytics.ops.schemas import dead_letter_query_schema, dead_letter_replay_schema
 from web.api import load
@@ -18,13 +19,13 @@ ops = Blueprint("ops", __name__, url_prefix="/v1")
 
 @ops.get("/stats")
 @require("read")
-def stats():  # type: ignore[no-untyped-def]
+def stats() -> ResponseReturnValue:
     return jsonify(get_analytics().ops.stats_snapshot())
 
 
 @ops.get("/dlq")
 @require("admin")
-def dead_letters():  # type: ignore[no-untyped-def]
+def dead_letters() -> ResponseReturnValue:
     params = load(dead_letter_query_schema, request.args.to_dict())
     items = get_analytics().ops.dead_letter_list(params["kind"], params["start"], params["limit"])
     return jsonify(deadLetters=items, kind=params["kind"])
@@ -32,7 +33,7 @@ def dead_letters():  # type: ignore[no-untyped-def]
 
 @ops.post("/dlq/replay")
 @require("admin")
-def replay():  # type: ignore[no-untyped-def]
+def replay() -> ResponseReturnValue:
     data = load(dead_letter_replay_schema, json_body())
     report = get_analytics().ops.replay_dead_letters(
         data["kind"], ids=data["ids"], limit=data["limit"], actor=g.api_key.id)

@@ -112,7 +112,7 @@ def _single_view(call: str) -> Any:
 
 # Rules serve "/v1/batch/" and "//v1/batch" in place: a redirect would make an
 # SDK drop the batch (requests does not re-post on every redirect status).
-_RULE = {"methods": ["POST"], "strict_slashes": False, "merge_slashes": False}
+_RULE: dict[str, Any] = {"methods": ["POST"], "strict_slashes": False, "merge_slashes": False}
 for _path in BATCH_PATHS:
     segment.add_url_rule(f"/{_path}", f"batch_{_path}", post_batch, **_RULE)
 for _short, _call in SHORT_PATHS.items():

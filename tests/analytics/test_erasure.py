@@ -14,6 +14,7 @@ import redis
 
 from analytics import Analytics, Settings, keyspace
 from analytics.errors import AnalyticsError
+from analytics.events import records
 from analytics.events.schemas import format_time_ms
 from analytics.redis_client import connect
 
@@ -117,7 +118,6 @@ def test_a_linked_anonymous_id_takes_only_its_anonymous_only_events(quiet_servic
 
 
 def pages_of(service: Analytics, user_id: str) -> set[str]:
-    from analytics.events import records
 
     user = service.codec.user_hash(user_id)
     return {page_id.decode() for page_id, page in

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import os
+import threading
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from analytics.errors import ConfigurationError
 from analytics.events.records import RecordCodec
 from analytics.privacy import phi
 from analytics.privacy.crypto import DecryptionError, Vault, generate_key
@@ -73,7 +77,6 @@ def test_clock_skew_correction_is_capped_and_keeps_raw_times() -> None:
 
 
 def test_settings_coerce_and_refuse_bad_values() -> None:
-    from analytics.errors import ConfigurationError
 
     settings = Settings.from_env({"ANALYTICS_RETENTION_DAYS": "7", "REDIS_URL": "redis://h:1/2"})
     assert settings.retention_days == 7 and settings.broker_url == "redis://h:1/2"
@@ -84,8 +87,6 @@ def test_settings_coerce_and_refuse_bad_values() -> None:
 
 
 def test_keyed_hashes_are_plain_keyed_blake2b() -> None:
-    import base64
-    import hashlib
 
     vault = Vault([generate_key()])
     key = vault._hash_key
@@ -99,13 +100,11 @@ def test_keyed_hashes_are_plain_keyed_blake2b() -> None:
 
 
 def _nonce(token: str) -> bytes:
-    import base64
 
     return base64.urlsafe_b64decode(token)[5:17]  # version, key id, nonce, ...
 
 
 def test_nonces_are_never_repeated_across_threads_and_forks() -> None:
-    import threading
 
     vault = Vault([generate_key()])
     seen: list[bytes] = []

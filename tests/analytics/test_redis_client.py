@@ -6,6 +6,7 @@ import itertools
 import threading
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 from redis.connection import HiredisRespSerializer
@@ -127,7 +128,6 @@ def test_a_forked_child_makes_its_own_dedicated_connection(service: Any) -> None
 def test_the_admission_command_packed_by_hand_is_what_hiredis_packs(service) -> None:
     """Admitter.command packs the EVALSHA itself (constant parts once): the
     bytes must be those of redis-py's packer for the same arguments."""
-    import hiredis
 
     admitter = service.admitter
     digest = "d" * 64

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from marshmallow import ValidationError
 
 from analytics.events.segment import segment_message_schema, to_event
 
@@ -68,7 +69,6 @@ def test_write_key_and_receive_times_are_not_kept() -> None:
     ({"type": "identify", "userId": "u", "sentAt": "yesterday"}, "sentAt"),
 ])
 def test_invalid_messages_name_the_field(message: dict, field: str) -> None:
-    from marshmallow import ValidationError
 
     with pytest.raises(ValidationError) as info:
         load(message)

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from testkit import ROOT, free_port, python_env
+from web import create_app
 
 MESSAGE = "ANALYTICS_ENCRYPTION_KEYS is not set: refusing to start"
 
@@ -21,7 +22,6 @@ def no_keys(env: dict[str, str]) -> dict[str, str]:
 
 
 def test_create_app_exits_with_one_line(env) -> None:
-    from web import create_app
 
     config = {k: v for k, v in env.items() if k != "ANALYTICS_ENCRYPTION_KEYS"}
     with pytest.raises(SystemExit) as exc:
@@ -31,7 +31,6 @@ def test_create_app_exits_with_one_line(env) -> None:
 
 
 def test_dev_mode_starts_with_a_loud_warning(env, caplog) -> None:
-    from web import create_app
 
     with caplog.at_level(logging.WARNING):
         app = create_app({**env, "ANALYTICS_ENCRYPTION_KEYS": "", "ANALYTICS_DEV": "1",

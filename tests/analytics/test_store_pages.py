@@ -11,16 +11,22 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import orjson
 import pytest
+from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analytics import Analytics, Settings, keyspace
 from analytics.events import records
-from analytics.events.schemas import format_time_ms
+from analytics.events.fastpath import load_split
+from analytics.events.schemas import event_schema, format_time_ms
 from analytics.events.store import BUCKET_MS
+from analytics.privacy import phi
+from analytics.privacy.crypto import Vault
 from analytics.redis_client import connect
+from analytics.settings import DEFAULT_PHI_FIELDS
 from testkit import records_in, stored_events
 
 DB = 4  # the session worker does not look at it
@@ -285,7 +291,6 @@ def test_a_record_packs_and_unpacks_to_itself(record, skew) -> None:
 def test_blobs_are_packed_to_the_bytes_msgpack_gives(value) -> None:
     """records.packb (msgspec, for speed) gives msgpack's own bytes for every
     shape a record, a PHI pair list or a queue item has."""
-    import msgpack
 
     assert records.packb(value) == msgpack.packb(value)
 
@@ -293,13 +298,7 @@ def test_blobs_are_packed_to_the_bytes_msgpack_gives(value) -> None:
 def test_the_ingest_encoding_equals_the_record_encoding() -> None:
     """encode_item (raw bytes, the hot path) and queue_item(encode(...)) (the
     record dict, other paths) give the same item and the same record."""
-    from cryptography.fernet import Fernet
 
-    from analytics.events.fastpath import load_split
-    from analytics.events.schemas import event_schema
-    from analytics.privacy import phi
-    from analytics.privacy.crypto import Vault
-    from analytics.settings import DEFAULT_PHI_FIELDS
 
     codec = records.RecordCodec(Vault([Fernet.generate_key().decode()]), phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(",")),
                                 3_600_000)

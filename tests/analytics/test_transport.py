@@ -8,6 +8,7 @@ import redis
 
 from analytics import Settings
 from analytics.redis_client import connect
+from tasks.celery_app import create_celery_app
 
 
 def test_rediss_data_store_uses_a_verifying_ssl_connection() -> None:
@@ -20,7 +21,6 @@ def test_rediss_data_store_uses_a_verifying_ssl_connection() -> None:
 
 
 def test_rediss_broker_uses_a_verifying_ssl_connection() -> None:
-    from tasks.celery_app import create_celery_app
 
     settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0",
                                   "CELERY_BROKER_URL": "rediss://broker.internal:6380/1"})
@@ -37,7 +37,6 @@ def test_rediss_broker_uses_a_verifying_ssl_connection() -> None:
 
 
 def test_an_explicit_cert_option_in_the_broker_url_is_kept() -> None:
-    from tasks.celery_app import create_celery_app
 
     settings = Settings.from_env({"CELERY_BROKER_URL":
                                   "rediss://broker.internal:6380/1?ssl_cert_reqs=optional"})

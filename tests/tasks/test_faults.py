@@ -17,8 +17,8 @@ import pytest
 
 from analytics import keyspace
 from analytics.pipeline.deadletters import KINDS, dlq_key
-from tests.conftest import service_env
-from testkit import RedisServer, pages_indexed, records_in, stored_events, wait_until
+from testkit import RedisServer, pages_indexed, records_in, service_env, stored_events, wait_until
+from web import create_app
 
 
 def send_events(client: Any, headers: dict[str, str], prefix: str, total: int,
@@ -168,7 +168,6 @@ def test_redis_restart_answers_503_logs_one_line_and_loses_nothing(make_stack, c
 
 @pytest.mark.slow
 def test_redis_full_answers_503_and_keeps_everything_accepted(tmp_path, encryption_keys) -> None:
-    from web import create_app
 
     server = RedisServer(tmp_path / "redis", maxmemory="6mb").start()
     try:

@@ -34,8 +34,6 @@ def test_commit_of_a_redelivered_entry_is_a_no_op(idle) -> None:
 
 
 def test_drain_lingers_for_work_that_arrives_while_it_waits(idle) -> None:
-    import threading
-    import time
 
     service, data = idle
     service.events.track({"type": "click", "userId": "u", "messageId": "first"})

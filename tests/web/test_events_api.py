@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from analytics import keyspace
+from analytics.events.schemas import format_time_ms, parse_time_ms
 from testkit import stored_events, wait_until
 
 
@@ -186,7 +187,6 @@ def test_anonymous_only_events_are_not_read_as_a_user_id_of_the_same_string(
 
 
 def test_sent_at_corrects_client_clock(client, keys, service) -> None:
-    from analytics.events.schemas import format_time_ms, parse_time_ms
 
     # The client's clock runs one hour fast; it sent the event 10 s after it happened.
     client_now = int(time.time() * 1000) + 3_600_000

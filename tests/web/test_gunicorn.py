@@ -28,6 +28,8 @@ from testkit import (
     wait_for_workers,
     wait_until,
 )
+from web import create_app
+from web.balanced_worker import STALE_S
 
 
 def start_gunicorn(env: dict[str, str], log_dir: Path, port: int, workers: int = 2,
@@ -226,7 +228,6 @@ def test_a_hung_worker_does_not_hold_up_new_connections(env, tmp_path) -> None:
     """A stopped worker holding fewer connections must not keep its sibling
     from accepting for ever: once its main loop has been silent for
     ``STALE_S`` it no longer counts."""
-    from web.balanced_worker import STALE_S
 
     port = free_port()
     web = start_gunicorn(_long_keep_alive(env), tmp_path, port, workers=2)
@@ -255,7 +256,6 @@ def test_bodies_are_read_and_capped_as_gunicorn_passes_them(env, tmp_path) -> No
     Content-Length in one go, a chunked one up to the limit. Either way the
     limit answers the same JSON 413 (werkzeug used to cut a chunked body at
     the limit: a 400), and the connection goes on serving."""
-    from web import create_app
 
     limited = {**env, "ANALYTICS_MAX_BODY_BYTES": "4096"}
     secret, _ = create_app(limited).extensions["analytics"].access.create("ingest")

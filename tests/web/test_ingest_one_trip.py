@@ -17,8 +17,9 @@ import redis
 
 from analytics import keyspace
 from analytics.privacy.crypto import hash_api_key
-from tests.conftest import service_env
-from testkit import RedisServer
+from testkit import RedisServer, service_env
+from tests.web.test_segment import records
+from web import create_app
 
 EVENT = {"type": "click", "userId": "u-1", "properties": {"email": "a@example.org", "n": 1}}
 
@@ -52,7 +53,6 @@ def audited_failures(service: Any) -> list[dict[str, Any]]:
 def private(tmp_path: Path, encryption_keys: str) -> Any:
     """An app on a Redis of its own: nothing else talks to it (MONITOR,
     maxmemory)."""
-    from web import create_app
 
     server = RedisServer(tmp_path / "redis").start()
     env = service_env(server, encryption_keys, ANALYTICS_REGISTRY_TTL="600")
@@ -151,7 +151,6 @@ def test_a_revoked_key_is_refused_at_once_and_queues_nothing(client, service, da
 def rate_limited(env: dict[str, str]) -> tuple[Any, Any, redis.Redis, dict[str, str]]:
     """A test client of an app whose keys get 3 requests, then one per 100 s;
     its service, data client, and an ingest key's headers."""
-    from web import create_app
 
     app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.01",
                       "ANALYTICS_RATE_BURST": "3"})
@@ -312,7 +311,6 @@ def test_one_segment_post_costs_one_round_trip(private, path, body) -> None:
 
 def test_segment_keeps_messages_and_dead_letters_of_a_one_trip_batch(client, keys, data,
                                                                      worker) -> None:
-    from tests.web.test_segment import records
 
     response = client.post("/v1/batch", json={**SEGMENT_BATCH, "sentAt": "2026-01-01T00:00:01Z"},
                            headers=keys["ingest"])

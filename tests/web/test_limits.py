@@ -9,6 +9,7 @@ import pytest
 
 from analytics.events.schemas import MAX_DEPTH, MAX_KEYS
 from testkit import wait_until
+from web import create_app
 
 
 def error_code(response: Any) -> str:
@@ -91,7 +92,6 @@ def test_properties_depth_and_key_count(client, keys, properties, ok) -> None:
 
 
 def test_rate_limit_answers_429_with_retry_after(env) -> None:
-    from web import create_app
 
     app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.5",
                       "ANALYTICS_RATE_BURST": "3"})
@@ -114,7 +114,6 @@ def test_rate_limit_answers_429_with_retry_after(env) -> None:
 
 
 def test_retry_after_is_capped_at_300_seconds(env) -> None:
-    from web import create_app
 
     app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.001",
                       "ANALYTICS_RATE_BURST": "1"})

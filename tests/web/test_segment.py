@@ -8,9 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
+from segment.analytics.request import parse_retry_after
 
+from analytics.errors import RateLimited
 from analytics.events.segment import SEGMENT_TYPES
 from testkit import records_in, stored_events, wait_until
+from web import create_app
+from web.segment import _segment_error
 
 DLQ = "analytics:dlq:segment"
 
@@ -180,7 +184,6 @@ def test_sent_at_corrects_clock_skew_and_message_ids_dedupe(client, keys, data, 
 
 @pytest.mark.parametrize("policy", ["register", "custom", "reject"])
 def test_unknown_track_names_follow_the_policy(env, data, worker, policy) -> None:
-    from web import create_app
 
     app = create_app({**env, "TESTING": True, "ANALYTICS_SEGMENT_UNKNOWN_EVENTS": policy,
                       "ANALYTICS_SEGMENT_MAX_TYPES": "2"})
@@ -221,10 +224,7 @@ def test_rate_limited_answers_carry_an_integer_retry_after_the_sdk_honours(
         app, retry_after, header) -> None:
     """Whatever limiter raises RateLimited on these paths, the Segment answer
     is a 429 whose Retry-After the Python SDK accepts (an integer <= 300)."""
-    from segment.analytics.request import parse_retry_after
 
-    from analytics.errors import RateLimited
-    from web.segment import _segment_error
 
     with app.test_request_context("/v1/batch", method="POST"):
         response = _segment_error(RateLimited("too many requests", retry_after))

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import requests
+from segment.analytics import Client
+from segment.analytics.request import APIError
 
 from testkit import stored_events, wait_until
 
@@ -88,8 +90,6 @@ def test_python_sdk(web_server, worker, keys, data, use_gzip, module, event_name
 
 
 def test_sdk_reports_a_bad_write_key(web_server, caplog) -> None:
-    from segment.analytics import Client
-    from segment.analytics.request import APIError
 
     client = Client("ak_not_a_key", host=web_server, sync_mode=True, max_retries=0)
     with caplog.at_level(logging.CRITICAL, logger="segment"), pytest.raises(APIError) as info:

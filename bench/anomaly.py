@@ -1,0 +1,90 @@
+"""``python -m bench.anomaly [--no-nab] [--jobs N]``: what the anomaly detector costs and scores.
+
+Prints the detector's CPU cost per point (µs, best of a few runs over a synthetic series), the
+size of one series' state in bytes and, where the NAB kit is on the machine (``NAB_KIT`` or
+``/work/shared/nab``), the final lines of NAB's runner at the shipped threshold and of the
+forecast evaluation. Standalone: the package under test and the standard library only.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from analytics.anomaly import DEFAULT_THRESHOLD, Detector
+
+ROOT = Path(__file__).resolve().parents[1]
+KITS = [os.environ.get("NAB_KIT", ""), "/work/shared/nab", str(ROOT.parent / "shared" / "nab")]
+
+
+def synthetic(n: int, seed: int = 1) -> list[tuple[float, float]]:
+    """A 5-minute series with a daily cycle, noise and a few spikes."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        t = 1_396_310_400.0 + 300.0 * i
+        v = 50 + 10 * math.sin(2 * math.pi * (t % 86400) / 86400) + rng.gauss(0, 1)
+        out.append((t, v + (15.0 if i % 2000 == 1999 else 0.0)))
+    return out
+
+
+def cost_per_point(n: int = 20_000, repeats: int = 3) -> float:
+    """Best-of-``repeats`` CPU seconds per update, in µs (the least disturbed by neighbours)."""
+    data = synthetic(n)
+    best = math.inf
+    for _ in range(repeats):
+        det = Detector()
+        start = time.process_time()
+        for t, v in data:
+            det.update(t, v)
+        best = min(best, time.process_time() - start)
+    return 1e6 * best / n
+
+
+def state_size(n: int = 20_000) -> int:
+    det = Detector()
+    for t, v in synthetic(n):
+        det.update(t, v)
+    return len(det.to_bytes())
+
+
+def last_lines(args: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(prefixes)]
+    if done.returncode != 0:
+        lines.append(f"(exit {done.returncode}) {done.stderr.strip()[-500:]}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.anomaly", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--no-nab", action="store_true", help="skip the NAB runs")
+    ap.add_argument("--jobs", type=int, default=1, help="files the NAB runner scores in parallel")
+    a = ap.parse_args(argv)
+    print(f"detector cost per point: {cost_per_point():.1f} us (CPU, best of 3 over 20000 points)")
+    print(f"detector state size: {state_size()} bytes per series")
+    kit = next((Path(k) for k in KITS if k and (Path(k) / "run_detector.py").is_file()), None)
+    if a.no_nab or kit is None:
+        print("NAB: skipped" + ("" if a.no_nab else " (no NAB kit on this machine)"))
+        return 0
+    py = shlex.quote(sys.executable)
+    cd = f"cd {shlex.quote(str(ROOT))} && "
+    score = cd + f"{py} -m analytics.anomaly score --input {{in}} --output {{out}}"
+    fc = cd + f"{py} -m analytics.anomaly forecast --input {{in}} --horizon {{h}} --output {{out}}"
+    for line in last_lines([sys.executable, str(kit / "run_detector.py"), "--cmd", score, "--threshold",
+                            str(DEFAULT_THRESHOLD), "--jobs", str(a.jobs)], ("SCORE", "CAUSALITY", "(exit")):
+        print(line)
+    for line in last_lines([sys.executable, str(kit / "forecast_eval.py"), "--cmd", fc, "--jobs", str(a.jobs)],
+                           ("  command", "  seasonal naive", "  naive", "  95%", "FORECAST", "(exit")):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
