@@ -48,7 +48,6 @@ class DetectorConfig:
     level_span: float = 6.0  # points in the short-term level (sustained shifts)
     bins: int = 48  # time-of-day profile bins (30 minutes each)
     bin_min_visits: int = 3  # a bin's profile is used once it has seen this many points
-    bin_prior: float = 3.0  # a young bin's variance is shrunk toward the global one (as if seen this often)
     bin_alpha_min: float = 0.05  # slowest adaptation of a bin's mean/variance
     block_len: int = 32  # points per block of the novelty reference
     blocks: int = 64  # blocks remembered (2048 points)
@@ -134,9 +133,7 @@ class Detector:
             s_level = _surprise(abs(level - self._mean) / math.sqrt(level_var))
             s_prof = 0.0
             if self._pcount[b] >= c.bin_min_visits:
-                cnt = self._pcount[b]
-                pvar = (cnt * self._pvar[b] + c.bin_prior * self._var) / (cnt + c.bin_prior)
-                s_prof = _surprise(abs(value - self._pmean[b]) / math.sqrt(pvar + eps2))
+                s_prof = _surprise(abs(value - self._pmean[b]) / math.sqrt(self._pvar[b] + eps2))
             warm = n >= c.warm_blocks * c.block_len
             for k, s in enumerate((s_global, s_level, s_prof)):
                 if warm and s > c.min_surprise:

@@ -74,18 +74,27 @@ def candidate_periods(step: float, n: int) -> list[int]:
 
 
 def detect_period(y: Sequence[float] | Array, periods: Sequence[int]) -> int:
-    """The candidate period with the strongest autocorrelation (>= 0.3), else 1."""
+    """The season length in steps, 1 if none.
+
+    A candidate m counts when its autocorrelation is at least 0.3 and clearly above the one at
+    half the lag: a real cycle is out of phase half way round, while a smooth series correlates
+    at every short lag. Of those, the shortest within 0.1 of the strongest wins (a daily pattern
+    repeats weekly too; a week is chosen only when it explains clearly more)."""
     x = _fill(np.asarray(y, dtype=float))
     x = x - x.mean()
-    denom = float(np.dot(x, x))
-    best, best_r = 1, 0.3
-    for m in periods:
-        if denom <= 0 or x.size < 2 * m:
-            continue
-        r = float(np.dot(x[m:], x[:-m])) / denom
-        if r > best_r:
-            best, best_r = m, r
-    return best
+    power = float(np.mean(x * x))
+    if power <= 0:
+        return 1
+
+    def r(m: int) -> float:
+        return float(np.mean(x[m:] * x[:-m])) / power if m > 0 else 1.0
+
+    good = {m: r(m) for m in periods if x.size >= 2 * m}
+    good = {m: v for m, v in good.items() if v >= 0.3 and v > r(m // 2) + 0.1}
+    if not good:
+        return 1
+    best = max(good.values())
+    return min(m for m, v in good.items() if v >= best - 0.1)
 
 
 # ---------------------------------------------------------------- candidates

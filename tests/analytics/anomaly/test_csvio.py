@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def write_input(path: Path, n: int = 800) -> list[list[str]]:
     t, y = seasonal(n, step=300.0)
-    rows = [[datetime.fromtimestamp(a, UTC).strftime("%Y-%m-%d %H:%M:%S"), f"{b:.6f}"] for a, b in zip(t, y, strict=True)]
+    stamps = [datetime.fromtimestamp(a, UTC).strftime("%Y-%m-%d %H:%M:%S") for a in t]
+    rows = [[s, f"{b:.6f}"] for s, b in zip(stamps, y, strict=True)]
     rows[5][1] = "7"  # an integer-looking value is copied as written
     with path.open("w", newline="") as f:
         w = csv.writer(f)

@@ -20,7 +20,8 @@ KIT = next((p for p in CANDIDATES if (p / "run_detector.py").is_file()), None)
 def test_nab_runner_scores_and_finds_the_detector_causal(tmp_path: Path) -> None:
     assert KIT is not None
     files = "artificialWithAnomaly/art_daily_jumpsup.csv,realAdExchange/exchange-3_cpc_results.csv"
-    cmd = f"cd {shlex.quote(str(ROOT))} && {shlex.quote(sys.executable)} -m analytics.anomaly score --input {{in}} --output {{out}}"
+    python = shlex.quote(sys.executable)
+    cmd = f"cd {shlex.quote(str(ROOT))} && {python} -m analytics.anomaly score --input {{in}} --output {{out}}"
     done = subprocess.run([sys.executable, str(KIT / "run_detector.py"), "--cmd", cmd, "--files", files,
                            "--threshold", "0.45", "--seed", "1", "--out", str(tmp_path / "results")],
                           capture_output=True, text=True, timeout=600)
