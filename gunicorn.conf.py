@@ -15,7 +15,7 @@ proxy's pool, WebSockets) one worker often ends up holding most of them
 while another idles; a Python process runs one thread at a time, so that
 halves what two cores serve. The worker class,
 :class:`web.balanced_worker.BalancedThreadWorker`, is gthread taking a new
-connection only while no sibling holds fewer (README "Serving").
+connection only while no sibling holds fewer (docs/operations.rst, "Serving").
 ``WEB_REUSE_PORT=1`` gives each worker its own SO_REUSEPORT socket instead
 (the kernel then hashes connections across them; no balancing by count).
 """

@@ -17,8 +17,8 @@ from __future__ import annotations
 import redis
 
 from analytics import keyspace
+from analytics.events.codec import RecordCodec
 from analytics.events.commit import Committer
-from analytics.events.records import RecordCodec
 from analytics.events.registry import EventTypeRegistry
 from analytics.events.segment import SegmentIngest
 from analytics.events.service import EventService

@@ -71,7 +71,7 @@ def freeze_startup_heap() -> None:
     """Move every object alive now (modules, the app, its clients) out of
     the garbage collector's sight, once a process has finished starting.
 
-    Measured (bench/HISTORY.rst, session 5): a full collection walks the heap,
+    Measured (bench/HISTORY.rst, 2026-11-29): a full collection walks the heap,
     some 70,000 objects once Flask, Celery and numpy are imported, and took
     20-30 ms. A metric query keeps enough objects alive to trigger one every
     few queries, so those pauses made its p99. Nearly everything loaded at

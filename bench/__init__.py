@@ -1,1 +1,3 @@
-"""Benchmarks: ``python -m bench`` (or ``make bench``). See README.rst."""
+"""Benchmarks: ``python -m bench`` (or ``make bench``); see docs/performance.rst.
+
+The dated diary of runs is bench/HISTORY.rst."""

@@ -8,7 +8,7 @@ baseline take turns: ingest in rounds against both servers kept up
 median (min-max) of the per-round or per-pair ratios); every run also
 reports the CPU time of each server process per event or request
 (``*_cpu_us_per_*``), which moves much less; and ``calibration`` relates
-this machine to the one the issue's targets were set on."""
+this machine to the reference machine the performance targets were set on."""
 from __future__ import annotations
 
 import argparse
@@ -156,7 +156,7 @@ def main() -> None:
             factor = results["calibration"]["speed_factor_geomean"]
             projected = results["e2e"]["pipeline_events_per_s"]["median"] * factor
             results["e2e_projection"] = {"events_per_s": projected, "speed_factor": factor}
-            print(f"  e2e at the issue's reference speed (projection): {projected:,.0f} events/s "
+            print(f"  e2e at the reference machine's speed (projection): {projected:,.0f} events/s "
                   f"= pipeline median x speed factor {factor:.2f}; not a measurement", flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str))

@@ -5,6 +5,7 @@ size of one series' state in bytes and, where the NAB kit is on the machine (``N
 ``/work/shared/nab``), the final lines of NAB's runner at the shipped threshold and of the
 forecast evaluation. Standalone: the package under test and the standard library only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,11 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     cd = f"cd {shlex.quote(str(ROOT))} && "
     score = cd + f"{py} -m analytics.anomaly score --input {{in}} --output {{out}}"
     fc = cd + f"{py} -m analytics.anomaly forecast --input {{in}} --horizon {{h}} --output {{out}}"
-    for line in last_lines([sys.executable, str(kit / "run_detector.py"), "--cmd", score, "--threshold",
-                            str(DEFAULT_THRESHOLD), "--jobs", str(a.jobs)], ("SCORE", "CAUSALITY", "(exit")):
+    for line in last_lines(
+        [
+            sys.executable,
+            str(kit / "run_detector.py"),
+            "--cmd",
+            score,
+            "--threshold",
+            str(DEFAULT_THRESHOLD),
+            "--jobs",
+            str(a.jobs),
+        ],
+        ("SCORE", "CAUSALITY", "(exit"),
+    ):
         print(line)
-    for line in last_lines([sys.executable, str(kit / "forecast_eval.py"), "--cmd", fc, "--jobs", str(a.jobs)],
-                           ("  command", "  seasonal naive", "  naive", "  95%", "FORECAST", "(exit")):
+    for line in last_lines(
+        [sys.executable, str(kit / "forecast_eval.py"), "--cmd", fc, "--jobs", str(a.jobs)],
+        ("  command", "  seasonal naive", "  naive", "  95%", "FORECAST", "(exit"),
+    ):
         print(line)
     return 0
 

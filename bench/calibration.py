@@ -1,6 +1,6 @@
-"""How fast is this machine, against the one the issue's targets were set on?
+"""How fast is this machine, against the reference machine the performance targets were set on?
 
-The issue quotes two reference costs measured on its author's machine: a
+The targets quote two reference costs measured on the reference machine: a
 marshmallow ``Schema.load`` of a typical event (about 21 us) and a Celery
 ``.delay()`` (about 350 us of CPU). Both are measured here, in this process,
 as CPU time per call, and divided by the quoted figure: a speed factor of 2
@@ -22,7 +22,7 @@ from analytics.events.schemas import event_schema
 from bench.harness import event_batch
 from testkit import RedisServer
 
-#: The issue's reference costs, in CPU microseconds per call.
+#: The reference machine's costs, in CPU microseconds per call.
 QUOTED_SCHEMA_LOAD_US = 21.0
 QUOTED_DELAY_US = 350.0
 

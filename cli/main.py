@@ -51,7 +51,7 @@ def main() -> None:
     """Real-time analytics service: manage keys, data and the local stack.
 
     Settings come from the environment (and a .env file): REDIS_URL,
-    ANALYTICS_ENCRYPTION_KEYS, ... (see README.rst).
+    ANALYTICS_ENCRYPTION_KEYS, ... (see docs/operations.rst).
     """
     load_dotenv(override=False)
     configure_logging()
@@ -120,7 +120,7 @@ def keys_rotate_encryption(slice_size: int) -> None:
                f"changed meanwhile {report.raced}, unreadable {report.unreadable} "
                f"in {report.seconds:.1f} s")
     if report.unreadable:
-        click.echo("error: some values open with no configured key (see README: key rotation)",
+        click.echo("error: some values open with no configured key (see docs/security.rst: key rotation)",
                    err=True)
         sys.exit(1)
 

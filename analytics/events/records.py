@@ -62,23 +62,20 @@ import hashlib
 import struct
 import uuid
 import zlib
-from typing import Any, cast
+from typing import Any
 
 import msgpack
 import msgspec
-import orjson
 
-from analytics.events.schemas import format_time_ms
 from analytics.keyspace import PRIORITIES
 from analytics.privacy import phi
-from analytics.privacy.crypto import Vault
 
-_NESTED = (("properties", "pr"), ("context", "cx"), ("traits", "tr"), ("metadata", "md"))
-_PRIORITY_CODE = {p: n for n, p in enumerate(PRIORITIES)}
+NESTED = (("properties", "pr"), ("context", "cx"), ("traits", "tr"), ("metadata", "md"))
+PRIORITY_CODE = {p: n for n, p in enumerate(PRIORITIES)}
 #: Top-level fields of PHI paths, sealed as their index (a path's first step
 #: is always a field name, never a list index, so an int there is a code).
-_FIELD_NAMES = (*phi.IDENTITY_FIELDS, *phi.NESTED_FIELDS)
-_FIELD_CODES = {name: n for n, name in enumerate(_FIELD_NAMES)}
+FIELD_NAMES = (*phi.IDENTITY_FIELDS, *phi.NESTED_FIELDS)
+FIELD_CODES = {name: n for n, name in enumerate(FIELD_NAMES)}
 
 #: A queue item: type, ts, owner (user hash, else anonymous hash), dedupe
 #: shard, dedupe member, blob.
@@ -166,7 +163,7 @@ def _hex_text(value: bytes | str | None) -> str:
     return value.hex() if isinstance(value, bytes) else value
 
 
-def _message_bytes(message_id: str) -> bytes | str:
+def message_bytes(message_id: str) -> bytes | str:
     """A generated messageId (a canonical UUID) as its 16 bytes."""
     if len(message_id) == 36:
         try:
@@ -185,8 +182,8 @@ def pack(record: dict[str, Any], event_id: bytes | str | None = None) -> bytes:
     ts = record["ts"]
     priority = record["p"]
     fields: list[Any] = [
-        _b64_bytes(record["i"]) if event_id is None else event_id, _message_bytes(record["m"]),
-        _PRIORITY_CODE.get(priority, priority), ts, record["rt"] - ts,
+        _b64_bytes(record["i"]) if event_id is None else event_id, message_bytes(record["m"]),
+        PRIORITY_CODE.get(priority, priority), ts, record["rt"] - ts,
         _hex_bytes(record.get("u", "")), _hex_bytes(record.get("a", "")),
         record.get("pr"), record.get("cx"), record.get("tr"), record.get("md"),
         _sealed_bytes(record["s"]) if "s" in record else None,
@@ -325,14 +322,14 @@ def dedupe_key(event_id: str) -> tuple[str, str]:
 def _dedupe_key(event_id: str, raw: bytes | str) -> tuple[str, str]:
     if not isinstance(raw, bytes) or len(raw) < 10:
         raw = hashlib.blake2b(event_id.encode(), digest_size=10).digest()
-    return _dedupe_member(raw)
+    return dedupe_member(raw)
 
 
 #: The shard (2 bytes, skipped) and member (signed 64-bit) of an id.
 _SHARD_MEMBER = struct.Struct(">Hq")
 
 
-def _dedupe_member(raw: bytes) -> tuple[str, str]:
+def dedupe_member(raw: bytes) -> tuple[str, str]:
     return raw[:2].hex(), str(_SHARD_MEMBER.unpack_from(raw)[1])
 
 
@@ -346,120 +343,3 @@ def queue_item(record: dict[str, Any]) -> QueueItem:
 def item_record(item: QueueItem) -> dict[str, Any]:
     """The record of a queue item (only off the normal path: dead letters)."""
     return unpack(item[0], item[5])
-
-
-class RecordCodec:
-    """Turns validated events into records and records into API events."""
-
-    def __init__(self, vault: Vault, policy: phi.PhiPolicy, max_skew_ms: int) -> None:
-        self.vault = vault
-        self.policy = policy
-        self.max_skew_ms = max_skew_ms
-
-    def user_hash(self, user_id: str) -> str:
-        return self.vault.pseudonym(user_id)
-
-    def encode(self, event: dict[str, Any], priority: str, received_ms: int,
-               sent_at_ms: int | None, pairs: phi.Pairs | None = None) -> dict[str, Any]:
-        """A record from an event loaded by :data:`analytics.events.schemas.event_schema`
-        (``pairs``: see :meth:`encode_item`)."""
-        return item_record(self.encode_item(event, priority, received_ms, sent_at_ms, pairs)[1])
-
-    def encode_item(self, event: dict[str, Any], priority: str, received_ms: int,
-                    sent_at_ms: int | None, pairs: phi.Pairs | None = None) -> tuple[str, QueueItem]:
-        """The messageId and queue item (:func:`queue_item`) of an event
-        loaded by :data:`analytics.events.schemas.event_schema`. With ``pairs``, the
-        event's objects are already without PHI and ``pairs`` is what
-        :func:`phi.split` found (:func:`analytics.events.fastpath.load_split`).
-
-        The ingest hot path: the blob is built from the vault's raw bytes
-        directly, never through the text forms of a record dict.
-        """
-        vault = self.vault
-        message_id = event.get("messageId")
-        stored_message: str | bytes
-        if message_id:
-            # Only a 36-character id can be a canonical UUID (a call less per event).
-            stored_message = _message_bytes(message_id) if len(message_id) == 36 else message_id
-        else:
-            generated = uuid.uuid4()
-            message_id, stored_message = str(generated), generated.bytes
-        event_id = vault.event_id_raw(message_id)
-        user_id, anonymous_id = event.get("userId"), event.get("anonymousId")
-        user = vault.pseudonym_raw(user_id) if user_id else None
-        anonymous = vault.pseudonym_raw(anonymous_id) if anonymous_id else None
-        timestamp = event.get("timestamp")
-        corrected: tuple[int, int] | tuple[()] = ()
-        if timestamp is None:
-            ts = received_ms
-        elif sent_at_ms is not None:
-            # Segment's rule: the client's clock is off by (sentAt - receivedAt).
-            skew = max(-self.max_skew_ms, min(self.max_skew_ms, received_ms - sent_at_ms))
-            ts = timestamp + skew
-            corrected = (timestamp, sent_at_ms)
-        else:
-            ts = timestamp
-        clear = event
-        if pairs is None:
-            clear, pairs = phi.split(event, self.policy)
-        sealed = None
-        if pairs:
-            for path, _ in pairs:  # fresh lists (phi.split, load_split): changed in place
-                path[0] = _FIELD_CODES.get(path[0], path[0])
-            sealed = vault.seal_raw(packb(pairs))
-        fields: list[Any] = [
-            event_id, stored_message, _PRIORITY_CODE[priority], ts, received_ms - ts, user, anonymous,
-            clear.get("properties") or None, clear.get("context") or None,
-            clear.get("traits") or None, clear.get("metadata") or None, sealed, *corrected,
-        ]
-        while fields[-1] is None:
-            fields.pop()
-        shard, member = _dedupe_member(event_id)
-        owner = user or anonymous
-        return message_id, [event["type"], ts, owner.hex() if owner else "", shard, member,
-                            packb(fields)]
-
-    def decode(self, record: dict[str, Any], reveal_phi: bool) -> dict[str, Any]:
-        """The API form of a record; PHI opened only when ``reveal_phi``."""
-        event: dict[str, Any] = {
-            "id": record["i"],
-            "messageId": record["m"],
-            "type": record["t"],
-            "priority": record["p"],
-            "timestamp": format_time_ms(record["ts"]),
-            "receivedAt": format_time_ms(record["rt"]),
-            "userId": None,
-            "anonymousId": None,
-        }
-        if "ot" in record:
-            event["originalTimestamp"] = format_time_ms(record["ot"])
-            event["sentAt"] = format_time_ms(record["sa"])
-        for field, short in _NESTED:
-            event[field] = record.get(short) or {}
-        sealed = record.get("s")
-        if sealed:
-            pairs = open_pairs(self.vault.open(sealed))
-            event = phi.merge(event, pairs) if reveal_phi else phi.redact(event, pairs)
-        return event
-
-
-def open_pairs(plain: bytes) -> list[list[Any]]:
-    """The PHI pairs of an opened seal: msgpack with the top-level field of
-    each path as a small code, or JSON (older records)."""
-    if plain[:1] == b"[":
-        return cast(list[list[Any]], orjson.loads(plain))
-    pairs = msgpack.unpackb(plain)
-    for pair in pairs:
-        path = pair[0]
-        if path and isinstance(path[0], int):
-            path[0] = _FIELD_NAMES[path[0]]
-    return cast(list[list[Any]], pairs)
-
-
-def live_records(message: bytes) -> list[dict[str, Any]]:
-    """The records of a live fan-out message: a msgpack array of type,
-    blobs, type, blobs... where each blobs is one or more blobs one after
-    another (as the commit script publishes the records of each page)."""
-    flat = msgpack.unpackb(message, raw=True)
-    return [unpack_fields(flat[k].decode(), fields)
-            for k in range(0, len(flat) - 1, 2) for fields in iter_blobs(flat[k + 1])]

@@ -43,6 +43,11 @@ Track names the registry does not know, by policy:
 One bad message never fails its batch: it goes to the dead-letter stream
 ``analytics:dlq:segment`` (sealed whole, since it may carry PHI anywhere)
 with a reason and field-level errors, and the rest are queued.
+
+Why one module of over 400 lines: Segment's wire format (its marshmallow
+schemas), the mapping rules above and the ingest that applies them change
+together whenever Segment's SDKs do; a reader checking one rule against the
+table needs all three in view.
 """
 from __future__ import annotations
 

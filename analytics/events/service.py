@@ -13,9 +13,10 @@ import orjson
 
 from analytics import keyspace
 from analytics.errors import ValidationError
+from analytics.events.codec import RecordCodec
 from analytics.events.fastpath import load_split
 from analytics.events.filters import matcher, parse_filters
-from analytics.events.records import QueueItem, RecordCodec
+from analytics.events.records import QueueItem
 from analytics.events.registry import EventType, EventTypeRegistry
 from analytics.events.schemas import event_query_schema, event_schema
 from analytics.events.store import EventStore

@@ -3,7 +3,7 @@
 Workers publish what they just stored: the event commit script publishes
 each batch of records on ``analytics:live:events`` (a msgpack array of
 type, blobs, type, blobs..., each blobs the records one page got, one after
-another, :func:`analytics.events.records.live_records`; a JSON array of record
+another, :func:`analytics.events.codec.live_records`; a JSON array of record
 dicts is read too), the metric rollups publish updated buckets on
 ``analytics:live:metrics`` (a JSON array of ``{"name", "tags", "bucket",
 "resolution", "count", "sum", "min", "max"}``). Every web process runs one
@@ -36,6 +36,11 @@ The thread also writes this process's WebSocket figures
 so in one line, retries with backoff and resubscribes; messages published
 meanwhile are not replayed (the stream is live; history is ``GET
 /v1/events``).
+
+Why one module of over 400 lines: the hub, its clients and their
+subscriptions share one lock and one threading discipline (the listener
+thread writes, request threads read); split apart, the invariants about who
+may touch what under the lock would live in two files.
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ from marshmallow import fields, validate
 
 from analytics import keyspace
 from analytics.errors import ValidationError
-from analytics.events.records import RecordCodec, live_records
+from analytics.events.codec import RecordCodec, live_records
 from analytics.live.stats import STATS_INTERVAL, WsCounters, write_ws_stats
 from analytics.redis_client import TRANSIENT_ERRORS
 

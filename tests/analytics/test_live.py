@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from analytics.errors import ValidationError
-from analytics.events.records import live_records, split_page
+from analytics.events.codec import live_records
+from analytics.events.records import split_page
 from analytics.live.hub import LiveClient, LiveHub, parse_client_message
 from analytics.live.stats import WsCounters, write_ws_stats, ws_totals
 

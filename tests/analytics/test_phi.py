@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analytics.errors import ConfigurationError
-from analytics.events.records import RecordCodec
+from analytics.events.codec import RecordCodec
 from analytics.privacy import phi
 from analytics.privacy.crypto import DecryptionError, Vault, generate_key
 from analytics.settings import DEFAULT_PHI_FIELDS, Settings

@@ -86,7 +86,7 @@ print("frozen", gc.get_freeze_count())
 ])
 def test_processes_freeze_their_startup_heap(start: str) -> None:
     """Web and worker processes take what they loaded at start out of the
-    collector's full passes (bench/HISTORY.rst, session 5: 20-30 ms pauses)."""
+    collector's full passes (bench/HISTORY.rst, 2026-11-29: 20-30 ms pauses)."""
     out = subprocess.run([sys.executable, "-c", FREEZE_CHECK.format(start=start)],
                          cwd=ROOT, env=python_env({"ANALYTICS_DEV": "1"}), capture_output=True,
                          text=True, timeout=60)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from analytics import Analytics, Settings, keyspace
 from analytics.events import records
+from analytics.events.codec import RecordCodec
 from analytics.events.fastpath import load_split
 from analytics.events.schemas import event_schema, format_time_ms
 from analytics.events.store import BUCKET_MS
@@ -300,7 +301,7 @@ def test_the_ingest_encoding_equals_the_record_encoding() -> None:
     record dict, other paths) give the same item and the same record."""
 
 
-    codec = records.RecordCodec(Vault([Fernet.generate_key().decode()]), phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(",")),
+    codec = RecordCodec(Vault([Fernet.generate_key().decode()]), phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(",")),
                                 3_600_000)
     events = [
         {"type": "click", "userId": "u-1", "messageId": "m-1", "properties": {"email": "a@b.c", "n": 1}},

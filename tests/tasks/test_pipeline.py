@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from analytics.events.records import live_records
+from analytics.events.codec import live_records
 from testkit import stored_events, wait_until
 
 
