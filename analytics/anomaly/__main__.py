@@ -1,6 +1,7 @@
 """``python -m analytics.anomaly score --input IN --output OUT`` and
 ``python -m analytics.anomaly forecast --input IN --horizon N --output OUT``: the offline commands
 until the ``analytics`` CLI takes them over (argparse, so this needs nothing beyond the package)."""
+
 from __future__ import annotations
 
 import argparse

@@ -4,6 +4,7 @@ Input: a header ``timestamp,value`` (other columns ignored), timestamps in ISO 8
 ``2014-04-01 00:00:00``. A naive timestamp is read as UTC, so time-of-day features see the
 clock time written in the file. Output rows keep the input timestamp strings verbatim.
 """
+
 from __future__ import annotations
 
 import csv
@@ -69,5 +70,13 @@ def forecast_csv(in_path: str, out_path: str, horizon: int) -> None:
         w.writerow(["timestamp", "forecast", "lower95", "upper95", "lower80", "upper80"])
         for i, t in enumerate(fc.timestamps):
             when = datetime(1970, 1, 1) + timedelta(seconds=float(t))
-            w.writerow([when.strftime(_TSFMT), repr(float(fc.point[i])), repr(float(fc.lower95[i])),
-                        repr(float(fc.upper95[i])), repr(float(fc.lower80[i])), repr(float(fc.upper80[i]))])
+            w.writerow(
+                [
+                    when.strftime(_TSFMT),
+                    repr(float(fc.point[i])),
+                    repr(float(fc.lower95[i])),
+                    repr(float(fc.upper95[i])),
+                    repr(float(fc.lower80[i])),
+                    repr(float(fc.upper80[i])),
+                ]
+            )

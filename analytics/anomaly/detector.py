@@ -18,6 +18,7 @@ The state is a fixed-size record: float64 scalars, float32 time-of-day profile, 
 quantized to one byte on a log scale. The in-memory state *is* the serialized state (arrays are
 float32 / uint8 already), so ``from_bytes(to_bytes())`` continues with identical scores.
 """
+
 from __future__ import annotations
 
 import math
@@ -167,7 +168,7 @@ class Detector:
         self._top = []
         rare = c.rare_blocks
         for k in range(_MODELS):
-            row = sorted(self._hist[k * c.blocks:(k + 1) * c.blocks], reverse=True)
+            row = sorted(self._hist[k * c.blocks : (k + 1) * c.blocks], reverse=True)
             row.append(0)
             self._top.append((row[rare - 1] if rare > 0 else 255, row[rare]))
 
@@ -207,24 +208,37 @@ class Detector:
     # ------------------------------------------------------------------ state
     def to_bytes(self) -> bytes:
         """The whole state, fixed size for a given config (the config itself is not stored)."""
-        head = _SCALARS.pack(_VERSION, self._n, self._damp, self._pos, self._blk,
-                             self._mean, self._var, self._level)
-        return b"".join((head, self._pmean.tobytes(), self._pvar.tobytes(), self._pcount.tobytes(),
-                         self._cur.tobytes(), self._hist.tobytes()))
+        head = _SCALARS.pack(_VERSION, self._n, self._damp, self._pos, self._blk, self._mean, self._var, self._level)
+        return b"".join(
+            (
+                head,
+                self._pmean.tobytes(),
+                self._pvar.tobytes(),
+                self._pcount.tobytes(),
+                self._cur.tobytes(),
+                self._hist.tobytes(),
+            )
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes, config: DetectorConfig | None = None) -> Detector:
         """Rebuild a detector saved by ``to_bytes`` (with the same config)."""
         det = cls(config)
         c = det.config
-        (version, det._n, det._damp, det._pos, det._blk, det._mean, det._var,
-         det._level) = _SCALARS.unpack_from(data, 0)
+        (version, det._n, det._damp, det._pos, det._blk, det._mean, det._var, det._level) = _SCALARS.unpack_from(
+            data, 0
+        )
         if version != _VERSION:
             raise ValueError(f"unknown detector state version {version}")
         off = _SCALARS.size
-        for arr, size in ((det._pmean, 4 * c.bins), (det._pvar, 4 * c.bins), (det._pcount, 2 * c.bins),
-                          (det._cur, _MODELS), (det._hist, _MODELS * c.blocks)):
-            chunk = data[off:off + size]
+        for arr, size in (
+            (det._pmean, 4 * c.bins),
+            (det._pvar, 4 * c.bins),
+            (det._pcount, 2 * c.bins),
+            (det._cur, _MODELS),
+            (det._hist, _MODELS * c.blocks),
+        ):
+            chunk = data[off : off + size]
             if len(chunk) != size:
                 raise ValueError("truncated detector state")
             arr[:] = array(arr.typecode, chunk)
@@ -235,8 +249,9 @@ class Detector:
         return det
 
 
-def score_series(timestamps: Sequence[float] | Iterable[float], values: Iterable[float],
-                 config: DetectorConfig | None = None) -> list[float]:
+def score_series(
+    timestamps: Sequence[float] | Iterable[float], values: Iterable[float], config: DetectorConfig | None = None
+) -> list[float]:
     """Scores of a whole series, point by point (what the offline command writes)."""
     det = Detector(config)
     return [det.update(float(t), float(v)).score for t, v in zip(timestamps, values, strict=True)]

@@ -9,6 +9,7 @@ from the step (an hour, a day, a week of slots) and kept only when the history h
 them. The intervals are the empirical quantiles of the combination's own backtest errors at each
 horizon step, so they are as wide as this series has needed, not as a Gaussian model would say.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -105,6 +106,7 @@ def _naive(y: Array, o: Array, h: int) -> Array:
 def _snaive(m: int) -> Method:
     def f(y: Array, o: Array, h: int) -> Array:
         return y[o[:, None] - m + np.arange(h) % m]
+
     return f
 
 
@@ -112,6 +114,7 @@ def _smedian(m: int, k: int) -> Method:
     def f(y: Array, o: Array, h: int) -> Array:
         back = np.arange(1, k + 1)[None, :, None] * m
         return np.median(y[o[:, None, None] - back + (np.arange(h) % m)[None, None, :]], axis=1)
+
     return f
 
 
@@ -127,6 +130,7 @@ def _smedian_level(m: int, k: int) -> Method:
         shift = np.median(recent - past, axis=1)
         fade = 0.97 ** np.arange(1, h + 1)
         return fc + shift[:, None] * fade[None, :]
+
     return f
 
 
@@ -159,11 +163,12 @@ def _holt_winters(y: Array, m: int) -> Method:
 
     def f(yy: Array, o: Array, h: int) -> Array:
         k = np.arange(1, h + 1)
-        damp = np.cumsum(ph ** k) if ph > 0 else np.zeros(h)
+        damp = np.cumsum(ph**k) if ph > 0 else np.zeros(h)
         last = o[:, None] - 1
         # the seasonal state for step k was last updated m slots before it
         s_idx = last - m + 1 + (k[None, :] - 1) % m
         return lv[last] + tr[last] * damp[None, :] + se[s_idx]
+
     return f
 
 
@@ -218,8 +223,12 @@ def forecast(timestamps: Sequence[float] | Array, values: Sequence[float] | Arra
     axis = 0 if origins.size >= MIN_PER_STEP else None
     q = np.quantile(err, [0.025, 0.1, 0.9, 0.975], axis=axis)
     q = np.broadcast_to(np.asarray(q).reshape(4, -1), (4, h))
-    lo95, lo80, hi80, hi95 = (point + np.minimum(q[0], 0), point + np.minimum(q[1], 0),
-                              point + np.maximum(q[2], 0), point + np.maximum(q[3], 0))
+    lo95, lo80, hi80, hi95 = (
+        point + np.minimum(q[0], 0),
+        point + np.minimum(q[1], 0),
+        point + np.maximum(q[2], 0),
+        point + np.maximum(q[3], 0),
+    )
     return Forecast(future, point, lo80, hi80, lo95, hi95, period, tuple(s[1] for s in best))
 
 
@@ -228,5 +237,13 @@ def _random_walk(y: Array, future: Array, h: int, period: int) -> Forecast:
     d = np.diff(y) if y.size > 1 else np.zeros(1)
     grow = np.sqrt(np.arange(1, h + 1))
     q = np.quantile(d, [0.025, 0.1, 0.9, 0.975])
-    return Forecast(future, point, point + min(q[1], 0) * grow, point + max(q[2], 0) * grow,
-                    point + min(q[0], 0) * grow, point + max(q[3], 0) * grow, period, ("naive",))
+    return Forecast(
+        future,
+        point,
+        point + min(q[1], 0) * grow,
+        point + max(q[2], 0) * grow,
+        point + min(q[0], 0) * grow,
+        point + max(q[3], 0) * grow,
+        period,
+        ("naive",),
+    )

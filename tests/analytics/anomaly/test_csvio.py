@@ -1,4 +1,5 @@
 """The offline commands read timestamp,value CSVs and keep the input's timestamps verbatim."""
+
 from __future__ import annotations
 
 import csv
@@ -60,8 +61,16 @@ def test_parse_timestamp_reads_naive_as_utc() -> None:
 @pytest.mark.parametrize("command", ["score", "forecast"])
 def test_module_command_line(tmp_path: Path, command: str) -> None:
     write_input(tmp_path / "in.csv", 400)
-    args = [sys.executable, "-m", "analytics.anomaly", command, "--input", str(tmp_path / "in.csv"),
-            "--output", str(tmp_path / "out.csv")]
+    args = [
+        sys.executable,
+        "-m",
+        "analytics.anomaly",
+        command,
+        "--input",
+        str(tmp_path / "in.csv"),
+        "--output",
+        str(tmp_path / "out.csv"),
+    ]
     if command == "forecast":
         args += ["--horizon", "6"]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)

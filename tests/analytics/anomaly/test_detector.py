@@ -1,5 +1,6 @@
 """The streaming detector: it alerts on a clear anomaly, stays quiet otherwise, and its state is
 small, deterministic and resumable."""
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ def test_clear_spike_alerts_within_two_points_and_normal_points_stay_low(sign: f
     spike = 5 * 288 + 100
     y[spike] += sign * 12.0  # 12 noise sigmas
     scores = score_series(t, y)
-    assert max(scores[spike:spike + 3]) >= DEFAULT_THRESHOLD
+    assert max(scores[spike : spike + 3]) >= DEFAULT_THRESHOLD
     # the first ~2 days learn the time-of-day profile: judged after them
     normal = [s for i, s in enumerate(scores) if i >= 2 * 288 and not spike <= i < spike + 40]
     assert sum(s >= DEFAULT_THRESHOLD for s in normal) <= 0.002 * len(normal)
@@ -45,7 +46,7 @@ def test_a_broken_daily_pattern_alerts() -> None:
     y[day] = 50.0 + np.random.default_rng(1).normal(0.0, 1.0, 144)
     scores = score_series(t, y)
     assert max(scores[day]) >= DEFAULT_THRESHOLD
-    assert max(scores[2 * 288:7 * 288]) < DEFAULT_THRESHOLD
+    assert max(scores[2 * 288 : 7 * 288]) < DEFAULT_THRESHOLD
 
 
 def test_scores_and_band_are_sane() -> None:

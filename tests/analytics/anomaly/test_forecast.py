@@ -1,4 +1,5 @@
 """Forecasts: the period comes from the data, the intervals hold about what they claim."""
+
 from __future__ import annotations
 
 import numpy as np

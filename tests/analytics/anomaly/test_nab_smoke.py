@@ -1,6 +1,7 @@
 """NAB's runner on a few files through the real command line: outputs valid and causal.
 
 Skipped where the NAB kit (a shared, read-only folder) is not on the machine."""
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,25 @@ def test_nab_runner_scores_and_finds_the_detector_causal(tmp_path: Path) -> None
     files = "artificialWithAnomaly/art_daily_jumpsup.csv,realAdExchange/exchange-3_cpc_results.csv"
     python = shlex.quote(sys.executable)
     cmd = f"cd {shlex.quote(str(ROOT))} && {python} -m analytics.anomaly score --input {{in}} --output {{out}}"
-    done = subprocess.run([sys.executable, str(KIT / "run_detector.py"), "--cmd", cmd, "--files", files,
-                           "--threshold", "0.45", "--seed", "1", "--out", str(tmp_path / "results")],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(KIT / "run_detector.py"),
+            "--cmd",
+            cmd,
+            "--files",
+            files,
+            "--threshold",
+            "0.45",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / "results"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "CAUSALITY PASS" in done.stdout
     assert "SCORE standard=" in done.stdout
