@@ -107,7 +107,7 @@ class Detector:
         self._mean = 0.0
         self._var = 0.0
         self._level = 0.0
-        self._pmean = array("f", bytes(4 * c.bins))
+        self._pmean = array("d", bytes(8 * c.bins))  # float64: a large offset keeps its detail
         self._pvar = array("f", bytes(4 * c.bins))
         self._pcount = array("H", bytes(2 * c.bins))
         self._cur = array("B", bytes(_MODELS))  # current block's max per model
@@ -126,7 +126,9 @@ class Detector:
         n = self._n
         score = 0.0
         if n > 0:
-            eps2 = (1e-3 * (abs(self._mean) + math.sqrt(self._var))) ** 2 + 1e-12
+            # a variance floor that scales with the series (so an offset or a unit changes nothing)
+            # and keeps a flat line's first change finite
+            eps2 = 1e-6 * self._var + (1e-9 * self._mean) ** 2 + 1e-300
             alpha_l = 1.0 / c.level_span
             level = self._level + alpha_l * (value - self._level) if n > 1 else value
             s_global = _surprise(abs(value - self._mean) / math.sqrt(self._var + eps2))
@@ -232,7 +234,7 @@ class Detector:
             raise ValueError(f"unknown detector state version {version}")
         off = _SCALARS.size
         for arr, size in (
-            (det._pmean, 4 * c.bins),
+            (det._pmean, 8 * c.bins),
             (det._pvar, 4 * c.bins),
             (det._pcount, 2 * c.bins),
             (det._cur, _MODELS),
