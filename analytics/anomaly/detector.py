@@ -117,8 +117,12 @@ class Detector:
 
     # ------------------------------------------------------------------ scoring
     def update(self, timestamp: float, value: float) -> Score:
-        """Score ``value`` at ``timestamp`` (seconds) with the state before it, then learn it."""
+        """Score ``value`` at ``timestamp`` (seconds) with the state before it, then learn it.
+
+        A non-finite value (a gap) scores 0 and is not learned."""
         c = self.config
+        if not math.isfinite(timestamp):
+            raise ValueError(f"timestamp must be finite, got {timestamp!r}")
         if not math.isfinite(value):
             exp, half = self._expected(timestamp)
             return Score(0.0, exp, exp - half, exp + half)

@@ -16,12 +16,15 @@ def run(det: Detector, t: np.ndarray, y: np.ndarray) -> list[float]:
     return [det.update(float(a), float(b)).score for a, b in zip(t, y, strict=True)]
 
 
-@pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_clear_spike_alerts_within_two_points_and_normal_points_stay_low(sign: float) -> None:
+@pytest.mark.parametrize(("sign", "scale", "offset"), [(1.0, 1.0, 0.0), (-1.0, 1.0, 0.0), (1.0, 1e-3, 1e6)])
+def test_clear_spike_alerts_within_two_points_and_normal_points_stay_low(
+    sign: float, scale: float, offset: float
+) -> None:
+    """Also in other units and far from zero: nothing in the detector depends on the scale."""
     t, y = seasonal(6 * 288)
     spike = 5 * 288 + 100
     y[spike] += sign * 12.0  # 12 noise sigmas
-    scores = score_series(t, y)
+    scores = score_series(t, y * scale + offset)
     assert max(scores[spike : spike + 3]) >= DEFAULT_THRESHOLD
     # the first ~2 days learn the time-of-day profile: judged after them
     normal = [s for i, s in enumerate(scores) if i >= 2 * 288 and not spike <= i < spike + 40]
@@ -68,6 +71,8 @@ def test_flat_and_non_finite_values_do_not_break_it() -> None:
     assert det.update(150_000.0, math.nan).score == 0.0
     assert det.update(150_300.0, math.inf).score == 0.0
     assert det.update(150_600.0, 90.0).score >= DEFAULT_THRESHOLD  # first change on a flat line
+    with pytest.raises(ValueError):
+        det.update(math.nan, 1.0)
 
 
 def test_state_is_at_most_2kb_on_a_long_series() -> None:
