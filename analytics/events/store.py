@@ -54,19 +54,6 @@ BUCKET_MS = 60_000
 #: allocation exactly (about 65 typical records).
 PAGE_BYTES = 16_378
 
-# ARGV: hash, field, expected, new, ... Sets a field only if it still holds
-# the expected value.
-_COMPRESS = """
-local n = 0
-for i = 1, #ARGV, 4 do
-  if redis.call('HGET', ARGV[i], ARGV[i + 1]) == ARGV[i + 2] then
-    redis.call('HSET', ARGV[i], ARGV[i + 1], ARGV[i + 3])
-    n = n + 1
-  end
-end
-return n
-"""
-
 #: What the time index and user index give for a page: (score, type, page id).
 PageRef = tuple[int, str, str]
 
@@ -133,7 +120,7 @@ class EventStore:
         self._commit = client.register_script(
             lua_source("rollup_lib.lua", "commit_events.lua"))
         self._rewrite = client.register_script(lua_source("rewrite_page.lua"))
-        self._compress = client.register_script(_COMPRESS)
+        self._compress = client.register_script(lua_source("compress_pages.lua"))
         self.live_channel = live_channel
         #: Size limit of a page (tests make it small to get many pages).
         self.page_bytes = PAGE_BYTES

@@ -1,6 +1,6 @@
 -- A per-key rate limit (analytics:rate:{key hash prefix}), on Redis's
--- clock so that every web process agrees. Included by the scripts that take
--- a token (ratelimit.py, admission.py).
+-- clock so that every web process agrees. Put in front of the scripts that
+-- take a token (lookup_key_take_token.lua, admit_events.lua).
 --
 -- A token bucket of ``burst`` tokens refilled at ``rate`` per second, kept
 -- as one number (GCRA, the generic cell rate algorithm): the time, in

@@ -56,15 +56,6 @@ log = logging.getLogger(__name__)
 #: frees itself after this).
 LOCK_MS = 60_000
 
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 @dataclass
 class CleanupReport:
@@ -90,8 +81,8 @@ class Cleanup:
         self._redis = client
         self.settings = settings
         self.slice_size = slice_size
-        self._extend = client.register_script(_EXTEND)
-        self._release = client.register_script(_RELEASE)
+        self._extend = client.register_script(lua_source("extend_lock.lua"))
+        self._release = client.register_script(lua_source("release_lock.lua"))
         self._drop_series = client.register_script(lua_source("drop_series.lua"))
         self._store = EventStore(client)
         self._queue = EventQueue(client)

@@ -31,6 +31,7 @@ import orjson
 import redis
 
 from analytics.events.records import record_owner
+from analytics.lua_scripts import lua_source
 from analytics.privacy.crypto import Vault
 
 DLQ_PREFIX = "analytics:dlq:"
@@ -40,15 +41,6 @@ KINDS = ("events", "metrics", "segment")
 INVALID_RECORD = "invalid_record"
 MALFORMED_ENTRY = "malformed_entry"
 PROCESSING_ERROR = "processing_error"
-
-# Delete the dead letter, and only if this call deleted it, queue its
-# record again: a replay racing another cannot queue the record twice.
-# ARGV: the dead letter's id, then the queue entry's fields (name, value...).
-_REQUEUE = """
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
-return 1
-"""
 
 
 def dlq_key(kind: str) -> str:
@@ -81,7 +73,9 @@ class DeadLetters:
     def __init__(self, client: redis.Redis, vault: Vault) -> None:
         self._redis = client
         self._vault = vault
-        self._requeue = client.register_script(_REQUEUE)
+        # Delete and queue again in one step: a replay racing another
+        # cannot queue the record twice.
+        self._requeue = client.register_script(lua_source("requeue_dead_letter.lua"))
 
     def add_record(self, kind: str, record: dict[str, Any], reason: str, attempts: int,
                    pipe: redis.client.Pipeline | None = None) -> None:

@@ -20,22 +20,12 @@ import orjson
 import redis
 
 from analytics.errors import AnalyticsError
+from analytics.lua_scripts import lua_source
 from analytics.privacy.crypto import Vault
 from analytics.redis_client import StreamChunk
 
 AUDIT_STREAM = "analytics:audit"
 AUDIT_HEAD = "analytics:audit:head"
-
-# The mac is computed in Python over (previous mac, fields); the script only
-# appends when the head is still the previous mac the caller saw, so a racing
-# writer retries with the new head instead of forking the chain.
-_APPEND = """
-local head = redis.call('GET', KEYS[2]) or ''
-if head ~= ARGV[1] then return {0, head} end
-local id = redis.call('XADD', KEYS[1], '*', 'data', ARGV[2], 'prev', ARGV[1], 'mac', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[3])
-return {1, id}
-"""
 
 
 @dataclass(frozen=True)
@@ -50,7 +40,11 @@ class AuditLog:
     def __init__(self, client: redis.Redis, vault: Vault) -> None:
         self._redis = client
         self._vault = vault
-        self._append = client.register_script(_APPEND)
+        # The mac is computed in Python over (previous mac, fields); the
+        # script only appends when the head is still the previous mac the
+        # caller saw, so a racing writer retries with the new head instead
+        # of forking the chain.
+        self._append = client.register_script(lua_source("append_audit_entry.lua"))
 
     def _mac(self, prev: str, data: bytes) -> str:
         return self._vault.audit_mac(prev.encode() + b"|" + data)

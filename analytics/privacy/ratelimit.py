@@ -21,16 +21,6 @@ import redis
 from analytics import keyspace
 from analytics.lua_scripts import lua_source
 
-# KEYS: api key hash, bucket. ARGV: key digest, rate (tokens/s), burst, cost,
-# the bucket's TTL (ms). Returns {record or false, allowed (1/0), ms until
-# enough tokens}.
-_AUTH_AND_TAKE = lua_source("token_bucket.lua") + """
-local record = redis.call('HGET', KEYS[1], ARGV[1])
-if not record then return {false, 1, 0} end
-local allowed, wait = take_tokens(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])
-return {record, allowed, wait}
-"""
-
 #: Bounds of ``Retry-After`` (seconds): at least 1, at most 5 minutes.
 MIN_RETRY_AFTER, MAX_RETRY_AFTER = 1, 300
 
@@ -54,7 +44,8 @@ class RateLimiter:
         self.burst = max(1, burst)
         #: How long a bucket outlives its last use: it is full again by then.
         self.bucket_ttl_ms = math.ceil(self.burst * 1000 / rate) + 1000 if rate > 0 else 0
-        self._script = client.register_script(_AUTH_AND_TAKE)
+        self._script = client.register_script(
+            lua_source("token_bucket.lua", "lookup_key_take_token.lua"))
 
     def lookup(self, digest: str, cost: int = 1) -> Lookup:
         """Fetch the key record with hash ``digest`` and take ``cost`` tokens."""

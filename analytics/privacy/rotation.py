@@ -43,31 +43,12 @@ import redis
 from analytics import keyspace
 from analytics.events.records import packb
 from analytics.events.store import EventStore
+from analytics.lua_scripts import lua_source
 from analytics.privacy.crypto import DecryptionError, Vault
 from analytics.redis_client import StreamChunk
 
 #: Attempts at rewriting a page that commits keep appending to.
 PAGE_ATTEMPTS = 5
-
-# KEYS[1]: stream. ARGV: entry id, field name, expected value, then the new
-# entry's fields as name, value pairs. Re-appends the entry only if it still
-# exists with the expected value.
-_CAS_STREAM = """
-local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #found == 0 then return 0 end
-local fields = found[1][2]
-for i = 1, #fields, 2 do
-  if fields[i] == ARGV[2] then
-    if fields[i + 1] ~= ARGV[3] then return 0 end
-    local new = {}
-    for j = 4, #ARGV do new[#new + 1] = ARGV[j] end
-    redis.call('XADD', KEYS[1], '*', unpack(new))
-    redis.call('XDEL', KEYS[1], ARGV[1])
-    return 1
-  end
-end
-return 0
-"""
 
 DONE = "done"
 
@@ -94,7 +75,7 @@ class Rotator:
         self._redis = client
         self._vault = vault
         self.slice_size = slice_size
-        self._cas_stream = client.register_script(_CAS_STREAM)
+        self._cas_stream = client.register_script(lua_source("reappend_stream_entry.lua"))
         self._store = EventStore(client)
         self.key_id = vault.current_key_id.hex()
 
