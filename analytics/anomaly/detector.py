@@ -1,4 +1,4 @@
-"""Streaming anomaly detector: one point at a time, a few hundred bytes of state per series.
+"""Streaming anomaly detector: one point at a time, under 1 KB of state per series.
 
 Why this design (scored on the Numenta Anomaly Benchmark, see ``bench/anomaly.py``):
 
@@ -11,21 +11,27 @@ Why this design (scored on the Numenta Anomaly Benchmark, see ``bench/anomaly.py
   (``rare_blocks``) of the last ``blocks`` blocks of ``block_len`` points. Counting blocks rather
   than points makes a burst count once, and recurring spikes stop alerting once they are usual.
 * The score is ``1 - reference / surprise`` (0 when not novel), the best of the three models.
-  After an alert the score is damped for ``damp_points`` points: NAB (and an on-call person)
-  rewards the first alert of an event and penalizes repeats.
+  After an alert the score is multiplied by ``damp_factor`` for ``damp_points`` points: NAB (and
+  an on-call person) rewards the first alert of an event and penalizes repeats, while a much
+  stronger event during the damping still alerts.
+* The first ``warm_blocks * block_len`` points only learn (score 0); a daily profile needs about
+  two days of data before its alerts are reliable.
 
-The state is a fixed-size record: float64 scalars, float32 time-of-day profile, block maxima
-quantized to one byte on a log scale. The in-memory state *is* the serialized state (arrays are
-float32 / uint8 already), so ``from_bytes(to_bytes())`` continues with identical scores.
+The state is a fixed-size record (902 bytes with the defaults): float64 scalars and profile means,
+float32 profile variances, block maxima quantized to one byte on a log scale. The in-memory state
+*is* the serialized state (the arrays hold exactly those types), so ``from_bytes(to_bytes())``
+continues with identical scores. Everything is stored little-endian.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import sys
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["DEFAULT_THRESHOLD", "Detector", "DetectorConfig", "Score", "score_series"]
 
@@ -62,16 +68,14 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class Score:
-    """One point's result: anomaly score in [0, 1] and the expected value with a ~95% band."""
+    """One point's result: anomaly score in [0, 1], whether it crosses the configured alert
+    threshold, and the expected value with a ~95% band (for display: what "normal" looked like)."""
 
     score: float
     expected: float
     lower: float
     upper: float
-
-    @property
-    def alert(self) -> bool:
-        return self.score >= DEFAULT_THRESHOLD
+    alert: bool = False
 
 
 def _surprise(z: float) -> float:
@@ -125,7 +129,7 @@ class Detector:
             raise ValueError(f"timestamp must be finite, got {timestamp!r}")
         if not math.isfinite(value):
             exp, half = self._expected(timestamp)
-            return Score(0.0, exp, exp - half, exp + half)
+            return Score(0.0, exp, exp - half, exp + half, False)
         b = int((timestamp % _DAY) * c.bins / _DAY) % c.bins
         n = self._n
         score = 0.0
@@ -160,7 +164,8 @@ class Detector:
         elif score >= c.threshold:
             self._damp = c.damp_points
         exp, half = self._expected(timestamp)
-        return Score(min(max(score, 0.0), 1.0), exp, exp - half, exp + half)
+        score = min(max(score, 0.0), 1.0)
+        return Score(score, exp, exp - half, exp + half, score >= c.threshold)
 
     def _reference(self, k: int) -> int:
         """The (rare_blocks + 1)-th largest of model k's block maxima, current block included."""
@@ -215,44 +220,43 @@ class Detector:
     def to_bytes(self) -> bytes:
         """The whole state, fixed size for a given config (the config itself is not stored)."""
         head = _SCALARS.pack(_VERSION, self._n, self._damp, self._pos, self._blk, self._mean, self._var, self._level)
-        return b"".join(
-            (
-                head,
-                self._pmean.tobytes(),
-                self._pvar.tobytes(),
-                self._pcount.tobytes(),
-                self._cur.tobytes(),
-                self._hist.tobytes(),
-            )
-        )
+        return b"".join([head, *(_little(arr).tobytes() for arr in self._arrays())])
+
+    def _arrays(self) -> tuple[array[Any], ...]:
+        return self._pmean, self._pvar, self._pcount, self._cur, self._hist
 
     @classmethod
     def from_bytes(cls, data: bytes, config: DetectorConfig | None = None) -> Detector:
         """Rebuild a detector saved by ``to_bytes`` (with the same config)."""
         det = cls(config)
-        c = det.config
+        if len(data) < _SCALARS.size:
+            raise ValueError("truncated detector state")
         (version, det._n, det._damp, det._pos, det._blk, det._mean, det._var, det._level) = _SCALARS.unpack_from(
             data, 0
         )
         if version != _VERSION:
             raise ValueError(f"unknown detector state version {version}")
         off = _SCALARS.size
-        for arr, size in (
-            (det._pmean, 8 * c.bins),
-            (det._pvar, 4 * c.bins),
-            (det._pcount, 2 * c.bins),
-            (det._cur, _MODELS),
-            (det._hist, _MODELS * c.blocks),
-        ):
+        for arr in det._arrays():
+            size = arr.itemsize * len(arr)
             chunk = data[off : off + size]
             if len(chunk) != size:
                 raise ValueError("truncated detector state")
-            arr[:] = array(arr.typecode, chunk)
+            arr[:] = _little(array(arr.typecode, chunk))
             off += size
         if off != len(data):
             raise ValueError("detector state has trailing bytes")
         det._rank_blocks()
         return det
+
+
+def _little(arr: array[Any]) -> array[Any]:
+    """``arr`` in little-endian byte order (a swapped copy on a big-endian machine)."""
+    if sys.byteorder == "little":
+        return arr
+    out = array(arr.typecode, arr)
+    out.byteswap()
+    return out
 
 
 def score_series(

@@ -58,6 +58,7 @@ def test_scores_and_band_are_sane() -> None:
     for a, b in zip(t, y, strict=True):
         r = det.update(float(a), float(b))
         assert 0.0 <= r.score <= 1.0
+        assert r.alert == (r.score >= DEFAULT_THRESHOLD)
         assert r.lower <= r.expected <= r.upper
     assert abs(r.expected - y[-1]) < 5.0  # the profile knows the time of day by now
     assert r.upper - r.lower < 10.0
