@@ -23,6 +23,7 @@ _HOUR, _DAY, _WEEK = 3600.0, 86400.0, 7 * 86400.0
 BACKTEST_ORIGINS = 400  # most recent rolling origins used to rank candidates and size intervals
 TOP = 3  # candidates averaged
 MIN_PER_STEP = 40  # fewer origins than this: interval quantiles pooled over the horizon
+MIN_ORIGINS = 10  # fewest backtest origins worth ranking candidates on
 _HW_GRID = [(a, g, phi) for a in (0.1, 0.3, 0.6) for g in (0.05, 0.2) for phi in (0.0, 0.9)]
 
 Array = np.ndarray
@@ -201,17 +202,15 @@ def forecast(timestamps: Sequence[float] | Array, values: Sequence[float] | Arra
     future = t[-1] + step * np.arange(1, h + 1)
     periods = candidate_periods(step, n)
     period = detect_period(y, periods)
-    cands = _candidates(y, periods)
-    need = max(c[2] for c in cands)
-    start = max(need, n - h - BACKTEST_ORIGINS + 1)
-    origins = np.arange(start, n - h + 1)
-    if origins.size == 0:  # too short to backtest: last value, random-walk spread of the 1-step changes
+    # a candidate needing so much history that it leaves fewer than MIN_ORIGINS origins sits out
+    cands = [c for c in _candidates(y, periods) if c[2] <= n - h - MIN_ORIGINS + 1]
+    if not cands:  # too short to backtest: last value, random-walk spread of the 1-step changes
         return _random_walk(y, future, h, period)
+    start = max(max(c[2] for c in cands), n - h - BACKTEST_ORIGINS + 1)
+    origins = np.arange(start, n - h + 1)
     truth = y[origins[:, None] + np.arange(h)]
     scored = []
-    for name, fn, first in cands:
-        if first > start:
-            continue
+    for name, fn, _ in cands:
         fc = fn(y, origins, h)
         scored.append((float(np.mean(np.abs(truth - fc))), name, fn))
     scored.sort(key=lambda s: s[0])

@@ -56,3 +56,13 @@ def test_candidate_periods_need_whole_slots_and_two_seasons() -> None:
     assert candidate_periods(3600.0, 24 * 13) == [24]
     assert candidate_periods(300.0, 300) == [12]
     assert candidate_periods(7.0, 10_000) == []
+
+
+def test_a_candidate_needing_more_history_sits_out_instead_of_the_backtest() -> None:
+    """15 days of hours: a week fits twice, too few for its seasonal median to be backtested;
+    the daily candidates still are."""
+    t, y = seasonal(24 * 15, step=3600.0, seed=2)
+    fc = forecast(t, y, 48)
+    assert fc.period == 24
+    assert fc.methods != ("naive",)
+    assert not any(name.endswith("168") and "median" in name for name in fc.methods)
