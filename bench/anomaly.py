@@ -15,6 +15,7 @@ import random
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,24 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     cd = f"cd {shlex.quote(str(ROOT))} && "
     score = cd + f"{py} -m analytics.anomaly score --input {{in}} --output {{out}}"
     fc = cd + f"{py} -m analytics.anomaly forecast --input {{in}} --horizon {{h}} --output {{out}}"
-    for line in last_lines(
-        [
-            sys.executable,
-            str(kit / "run_detector.py"),
-            "--cmd",
-            score,
-            "--threshold",
-            str(DEFAULT_THRESHOLD),
-            "--jobs",
-            str(a.jobs),
-        ],
-        ("SCORE", "CAUSALITY", "(exit"),
-    ):
-        print(line)
-    for line in last_lines(
-        [sys.executable, str(kit / "forecast_eval.py"), "--cmd", fc, "--jobs", str(a.jobs)],
-        ("  command", "  seasonal naive", "  naive", "  95%", "FORECAST", "(exit"),
-    ):
+    with tempfile.TemporaryDirectory(prefix="nab-anomaly-") as results:
+        runner = [sys.executable, str(kit / "run_detector.py"), "--cmd", score, "--out", results]
+        runner += ["--threshold", str(DEFAULT_THRESHOLD), "--jobs", str(a.jobs)]
+        for line in last_lines(runner, ("SCORE", "CAUSALITY", "(exit")):
+            print(line.split(", results in")[0] + ")" if line.startswith("SCORE") else line)
+    evaluator = [sys.executable, str(kit / "forecast_eval.py"), "--cmd", fc, "--jobs", str(a.jobs)]
+    for line in last_lines(evaluator, ("  command", "  seasonal naive", "  naive", "  95%", "FORECAST", "(exit")):
         print(line)
     return 0
 
