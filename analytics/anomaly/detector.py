@@ -171,7 +171,7 @@ class Detector:
         n = self._n
         # a variance floor that scales with the series (an offset or a unit changes nothing)
         # and keeps a flat line's first change finite
-        eps2 = 1e-6 * self._var + (1e-9 * self._mean) ** 2 + 1e-300
+        eps2 = 1e-6 * self._var + (1e-12 * self._mean) ** 2 + 1e-300
         a_level, a_slow = 1.0 / c.level_span, 1.0 / c.slow_span
         level = self._level + a_level * (value - self._level)
         slow = self._slow + a_slow * (value - self._slow)
