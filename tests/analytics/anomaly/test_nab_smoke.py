@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from analytics.anomaly import DEFAULT_THRESHOLD
+
 ROOT = Path(__file__).resolve().parents[3]
 CANDIDATES = [Path(os.environ.get("NAB_KIT", "/nonexistent")), Path("/work/shared/nab"), ROOT.parent / "shared" / "nab"]
 KIT = next((p for p in CANDIDATES if (p / "run_detector.py").is_file()), None)
@@ -32,7 +34,7 @@ def test_nab_runner_scores_and_finds_the_detector_causal(tmp_path: Path) -> None
             "--files",
             files,
             "--threshold",
-            "0.45",
+            str(DEFAULT_THRESHOLD),
             "--seed",
             "1",
             "--out",
