@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     py = shlex.quote(sys.executable)
     cd = f"cd {shlex.quote(str(ROOT))} && "
-    score = cd + f"{py} -m analytics.anomaly score --input {{in}} --output {{out}}"
-    fc = cd + f"{py} -m analytics.anomaly forecast --input {{in}} --horizon {{h}} --output {{out}}"
+    score = cd + f"{py} -m cli.main anomaly score --input {{in}} --output {{out}}"
+    fc = cd + f"{py} -m cli.main forecast --input {{in}} --horizon {{h}} --output {{out}}"
     with tempfile.TemporaryDirectory(prefix="nab-anomaly-") as results:
         runner = [sys.executable, str(kit / "run_detector.py"), "--cmd", score, "--out", results]
         runner += ["--threshold", str(DEFAULT_THRESHOLD), "--jobs", str(a.jobs)]

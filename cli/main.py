@@ -20,6 +20,7 @@ from analytics.events.transfer import describe_errors
 from analytics.logs import configure_logging
 from analytics.ops.statsview import render_table
 from analytics.privacy.crypto import generate_key
+from cli.anomaly import anomaly, forecast
 from cli.devserver import run_dev
 from cli.services import analytics
 from cli.transfer import export_events, import_events
@@ -233,6 +234,8 @@ def run(port: int | None, no_flower: bool) -> None:
 
 # Bulk data commands live in their own module; they register on the group here.
 main.add_command(export_events)
+main.add_command(anomaly)
+main.add_command(forecast)
 main.add_command(import_events)
 
 

@@ -1,4 +1,4 @@
-"""CSV in and out for the offline commands (``python -m analytics.anomaly score|forecast``).
+"""CSV in and out for the offline commands (``analytics anomaly score``, ``analytics forecast``: :mod:`cli.anomaly`).
 
 Input: a header ``timestamp,value`` (other columns ignored), timestamps in ISO 8601 such as
 ``2014-04-01 00:00:00``. A naive timestamp is read as UTC, so time-of-day features see the

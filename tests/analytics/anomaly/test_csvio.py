@@ -59,13 +59,14 @@ def test_parse_timestamp_reads_naive_as_utc() -> None:
 
 
 @pytest.mark.parametrize("command", ["score", "forecast"])
-def test_module_command_line(tmp_path: Path, command: str) -> None:
+def test_the_command_line(tmp_path: Path, command: str) -> None:
     write_input(tmp_path / "in.csv", 400)
+    # The ``analytics`` command: ``analytics anomaly score`` and ``analytics forecast``.
     args = [
         sys.executable,
         "-m",
-        "analytics.anomaly",
-        command,
+        "cli.main",
+        *(["anomaly", "score"] if command == "score" else ["forecast"]),
         "--input",
         str(tmp_path / "in.csv"),
         "--output",

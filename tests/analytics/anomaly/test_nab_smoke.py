@@ -24,7 +24,7 @@ def test_nab_runner_scores_and_finds_the_detector_causal(tmp_path: Path) -> None
     assert KIT is not None
     files = "artificialWithAnomaly/art_daily_jumpsup.csv,realAdExchange/exchange-3_cpc_results.csv"
     python = shlex.quote(sys.executable)
-    cmd = f"cd {shlex.quote(str(ROOT))} && {python} -m analytics.anomaly score --input {{in}} --output {{out}}"
+    cmd = f"cd {shlex.quote(str(ROOT))} && {python} -m cli.main anomaly score --input {{in}} --output {{out}}"
     done = subprocess.run(
         [
             sys.executable,
