@@ -3,15 +3,22 @@
 :func:`analytics.privacy.phi.split` takes it, in one pass over the event.
 
 marshmallow stays the schema of record and :func:`phi.split` the definition
-of what is PHI: this module takes its field names, lengths and choices from
-the schema's own field objects. ``load_split`` only answers "valid, and here
-is exactly what loading and splitting give" or ``None``: "not valid, or not
-a plain JSON shape" (a ``dict`` subclass, an object of another type); the
-caller then runs marshmallow (which says why, or loads it) and
-:func:`phi.split`. ``tests/analytics/test_fastpath.py`` checks the
-equivalence with hypothesis on valid and invalid input alike. (One
-difference, for Python callers only: a key that is a ``str`` subclass equal
-to a name seen before passes as that name, where the schema refuses it.)
+of what is PHI. ``load_split`` only answers "valid, and here is exactly what
+loading and splitting give" or ``None``: "not valid, or not a plain JSON
+shape" (a ``dict`` subclass, an object of another type); the caller then runs
+marshmallow (which says why, or loads it) and :func:`phi.split`.
+``tests/analytics/test_fastpath.py`` checks the equivalence with hypothesis
+on valid and invalid input alike. (One difference, for Python callers only:
+a key that is a ``str`` subclass equal to a name seen before passes as that
+name, where the schema refuses it.)
+
+One declaration: the field names, which are required, string lengths and
+choices, times, free objects and loaded defaults are read once, at import,
+from the fields of :class:`~analytics.events.schemas.EventSchema` (not
+copied here, so that a rule cannot change in one path only); a field or
+validator this module cannot check stops the import rather than being
+skipped. The tables are plain tuples: reading them costs the hot path
+nothing over constants.
 
 One pass, not two: checking an object's limits (depth, keys and items, key
 length, finite numbers: ``schemas._measure``) and finding its PHI
@@ -21,37 +28,76 @@ measurable share of the request.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
-from marshmallow import validate
+from marshmallow import fields, validate
 
-from analytics.events.schemas import MAX_DEPTH, MAX_KEY_LENGTH, MAX_KEYS, event_schema, parse_time_ms
+from analytics.events.schemas import (
+    MAX_DEPTH,
+    MAX_KEY_LENGTH,
+    MAX_KEYS,
+    EventSchema,
+    FreeObject,
+    Timestamp,
+    event_schema,
+    parse_time_ms,
+)
 from analytics.privacy import phi
 
-_FIELDS = event_schema.fields
-_ALLOWED = frozenset(_FIELDS)
+#: A string field as :func:`load_split` checks it: name, required, least and
+#: greatest length, the values allowed (None: any), whether it identifies the
+#: user (``EventSchema.identified_by``), whether it is PHI itself
+#: (``phi.IDENTITY_FIELDS``). Plain tuples: unpacked in one step.
+StringRule = tuple[str, bool, int, int, frozenset[str] | None, bool, bool]
 
 
-def _length(name: str) -> tuple[int, int]:
-    for validator in _FIELDS[name].validators:
-        if isinstance(validator, validate.Length):
-            return validator.min or 0, validator.max or 2**31
-    raise LookupError(name)
+def read_schema(schema: EventSchema) -> tuple[tuple[StringRule, ...], tuple[str, ...], dict[str, Any]]:
+    """The tables :func:`load_split` checks ``schema``'s events by: its string
+    fields (:data:`phi.IDENTITY_FIELDS` first, in the order :func:`phi.split`
+    lists their pairs), its time fields, and what its optional fields load as
+    when missing.
+
+    Raises ``TypeError`` on a field or validator it cannot check, and if the
+    free objects are not those :func:`phi.split` searches.
+    """
+    strings: dict[str, StringRule] = {}
+    times: list[str] = []
+    objects: set[str] = set()
+    defaults: dict[str, Any] = {}
+    for name, field in schema.fields.items():
+        kind = type(field)
+        # Read by its name; an optional field may be null (then it is skipped, as if missing).
+        if field.data_key is not None or not (field.required or field.allow_none) or callable(field.load_default):
+            raise TypeError(f"{name}: the fast path cannot check {field!r}")
+        if not field.required:
+            defaults[name] = field.load_default
+        if kind is fields.String:
+            low, high, choices = 0, sys.maxsize, None
+            for rule in field.validators:
+                if type(rule) is validate.Length and rule.equal is None:
+                    low = max(low, rule.min or 0)
+                    high = min(high, sys.maxsize if rule.max is None else rule.max)
+                elif type(rule) is validate.OneOf and choices is None:
+                    choices = frozenset(rule.choices)
+                else:
+                    raise TypeError(f"{name}: the fast path cannot check {rule!r}")
+            strings[name] = (name, field.required, low, high, choices,
+                             name in schema.identified_by, name in phi.IDENTITY_FIELDS)
+        elif kind is Timestamp and not field.required and not field.validators:
+            times.append(name)
+        elif kind is FreeObject and not field.required:
+            objects.add(name)
+        else:
+            raise TypeError(f"{name}: the fast path cannot check {field!r}")
+    if objects != set(phi.NESTED_FIELDS) or not strings.keys() >= {*phi.IDENTITY_FIELDS, *schema.identified_by}:
+        raise TypeError("The free objects are not those phi.split searches, or an identity is not a string.")
+    ordered = [strings.pop(name) for name in phi.IDENTITY_FIELDS]
+    return (*ordered, *strings.values()), tuple(times), defaults
 
 
-def _choices(name: str) -> frozenset[str]:
-    for validator in _FIELDS[name].validators:
-        if isinstance(validator, validate.OneOf):
-            return frozenset(validator.choices)
-    raise LookupError(name)
-
-
-_TYPE_LEN = _length("type")
-#: (field, min length, max length) of the optional string ids.
-_IDS = tuple((name, *_length(name)) for name in ("userId", "anonymousId", "messageId"))
-_PRIORITIES = _choices("priority")
-_EMPTY = {name: None for name in _ALLOWED}
-
+_ALLOWED = frozenset(event_schema.fields)
+_STRINGS, _TIMES, _DEFAULTS = read_schema(event_schema)
 
 #: Leaf values an object may hold as they are; anything else (a ``dict``
 #: subclass, a ``datetime``: only a Python caller passes one) is left to
@@ -134,25 +180,23 @@ def load_split(raw: dict[str, Any],
     """
     if not _ALLOWED.issuperset(raw):
         return None
-    event_type = raw.get("type")
-    if type(event_type) is not str or not _TYPE_LEN[0] <= len(event_type) <= _TYPE_LEN[1]:
-        return None
-    for name, low, high in _IDS:
-        value = raw.get(name)
-        if value is not None and (type(value) is not str or not low <= len(value) <= high):
-            return None
-    user_id, anonymous_id = raw.get("userId"), raw.get("anonymousId")
-    if not user_id and not anonymous_id:
-        return None
-    priority = raw.get("priority")
-    if priority is not None and priority not in _PRIORITIES:
-        return None
-    out = {**_EMPTY, **raw}
     found: list[list[Any]] = []
-    if user_id is not None:
-        found.append([["userId"], user_id])
-    if anonymous_id is not None:
-        found.append([["anonymousId"], anonymous_id])
+    identified = False
+    for name, required, low, high, choices, identifies, is_phi in _STRINGS:
+        value = raw.get(name)
+        if value is None:
+            if required:
+                return None
+            continue
+        if type(value) is not str or not low <= len(value) <= high or (choices is not None and value not in choices):
+            return None
+        if identifies and value:
+            identified = True
+        if is_phi:
+            found.append([[name], value])
+    if not identified:
+        return None
+    out = {**_DEFAULTS, **raw}
     for name in phi.NESTED_FIELDS:
         value = raw.get(name)
         if value is None:
@@ -163,10 +207,11 @@ def load_split(raw: dict[str, Any],
             out[name] = _split(value, 1, (name,), policy, found)[1]
         except _Declined:
             return None
-    timestamp = raw.get("timestamp")
-    if timestamp is not None:
-        try:
-            out["timestamp"] = parse_time_ms(timestamp)
-        except (ValueError, OverflowError, TypeError):
-            return None
+    for name in _TIMES:
+        value = raw.get(name)
+        if value is not None:
+            try:
+                out[name] = parse_time_ms(value)
+            except (ValueError, OverflowError, TypeError):
+                return None
     return out, found

@@ -10,18 +10,10 @@ whatever it accepts, the schema accepts and loads identically.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from analytics.events.schemas import parse_time_ms
-from analytics.metrics.schemas import (
-    MAX_MAGNITUDE,
-    MAX_TAGS,
-    TAG_KEY,
-    TAG_VALUE,
-    MetricSampleSchema,
-    check_name,
-)
+from analytics.metrics.schemas import MetricSampleSchema, check_name, check_tags, metric_value
 
 _FIELDS = frozenset(MetricSampleSchema().fields)
 
@@ -34,23 +26,13 @@ def load_sample(raw: dict[str, Any], phi_fields: frozenset[str]) -> dict[str, An
     name = raw.get("name")
     if type(name) is not str or check_name(name, ingest=True):
         return None
-    value = raw.get("value")
-    if type(value) is float:
-        if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
-            return None
-    elif type(value) is int:
-        if abs(value) > MAX_MAGNITUDE:
-            return None
-        value = float(value)
-    else:
+    try:
+        value = metric_value(raw.get("value"))
+    except ValueError:
         return None
     tags = raw.get("tags", {})
-    if type(tags) is not dict or len(tags) > MAX_TAGS:
+    if type(tags) is not dict or check_tags(tags, phi_fields):
         return None
-    for key, tag in tags.items():
-        if (type(key) is not str or type(tag) is not str or not TAG_KEY.match(key)
-                or key.lower() in phi_fields or not TAG_VALUE.match(tag)):
-            return None
     timestamp = raw.get("timestamp")
     if timestamp is not None:
         try:

@@ -2,6 +2,10 @@
 
 Error messages name the field and the rule, never the offending value: a
 tag value could be PHI sent by mistake.
+
+The rules of a sample (:func:`check_name`, :func:`metric_value`,
+:func:`check_tags`) are functions that the schema and the fast path
+(:mod:`analytics.metrics.fastpath`) both call, so that each is written once.
 """
 from __future__ import annotations
 
@@ -27,6 +31,22 @@ MAX_MAGNITUDE = 1e18
 AGGREGATES = ("count", "sum", "min", "max", "avg", "p50", "p90", "p95", "p99", "rate", "stddev")
 
 
+def metric_value(value: Any) -> float:
+    """``value`` as a sample's value; raises ``ValueError`` with the key of
+    :class:`MetricValue`'s message if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("type")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError("range") from None
+    if not math.isfinite(number):
+        raise ValueError("finite")
+    if abs(number) > MAX_MAGNITUDE:
+        raise ValueError("range")
+    return number
+
+
 class MetricValue(fields.Field):
     """A finite number: booleans, strings, NaN and infinities are refused."""
 
@@ -37,17 +57,10 @@ class MetricValue(fields.Field):
     }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.make_error("type")
         try:
-            number = float(value)
-        except OverflowError:
-            raise self.make_error("range") from None
-        if not math.isfinite(number):
-            raise self.make_error("finite")
-        if abs(number) > MAX_MAGNITUDE:
-            raise self.make_error("range")
-        return number
+            return metric_value(value)
+        except ValueError as exc:
+            raise self.make_error(exc.args[0]) from None
 
 
 def check_name(name: str, *, ingest: bool) -> list[str]:

@@ -1,6 +1,7 @@
 """The hot-path validator must agree with the marshmallow schema of record and
 :func:`phi.split` on every input: same accept/reject decision, same loaded
-value, same PHI taken out."""
+value, same PHI taken out; and it must follow the schema's declaration when
+that changes."""
 from __future__ import annotations
 
 import copy
@@ -8,11 +9,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import marshmallow
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from marshmallow import fields, validate
 
-from analytics.events.fastpath import load_split
-from analytics.events.schemas import event_schema
+from analytics.events import fastpath
+from analytics.events.fastpath import load_split, read_schema
+from analytics.events.schemas import EventSchema, FreeObject, event_schema
 from analytics.privacy import phi
 from analytics.settings import DEFAULT_PHI_FIELDS
 
@@ -34,12 +38,12 @@ times = st.one_of(st.just("2026-11-28T10:00:00.123Z"), st.just("2026-11-28T10:00
                   st.just("2026-11-28 10:00"), st.just("not a time"), st.just("1795860000"),
                   st.floats(allow_nan=True), st.integers(-5, 10**12), st.booleans())
 field_values = {
-    "type": st.one_of(st.sampled_from(["page_view", "", "x" * 64, "x" * 65]), json_scalars),
-    "userId": st.one_of(lengthy, json_scalars),
-    "anonymousId": st.one_of(lengthy, json_scalars),
-    "messageId": st.one_of(lengthy, json_scalars),
+    "type": st.one_of(st.sampled_from(["page_view", "", "x" * 64, "x" * 65]), json_values),
+    "userId": st.one_of(lengthy, json_values),
+    "anonymousId": st.one_of(lengthy, json_values),
+    "messageId": st.one_of(lengthy, json_values),
     "priority": st.one_of(st.sampled_from(["low", "normal", "high", "critical", "urgent", ""]),
-                          json_scalars),
+                          json_values),
     "timestamp": st.one_of(times, json_scalars),
     "properties": st.one_of(json_values, deep, st.dictionaries(st.text(max_size=3), json_values)),
     "context": json_values,
@@ -125,8 +129,54 @@ def test_unusual_shapes_are_left_to_the_schema_of_record() -> None:
         assert reference(raw) is not None
 
 
-def test_the_objects_walked_are_the_schemas_free_objects() -> None:
-    from analytics.events.schemas import _check_object
+def test_a_list_or_object_where_a_string_goes_is_declined() -> None:
+    """Not a TypeError from a set lookup (``[] in frozenset()``)."""
+    for field in ("type", "userId", "priority", "messageId"):
+        for value in ([], {}, ["low"]):
+            raw = {"type": "click", "userId": "u", field: value}
+            assert load_split(raw, POLICY) is None and reference(raw) is None
 
-    objects = {name for name, f in event_schema.fields.items() if _check_object in f.validators}
-    assert objects == set(phi.NESTED_FIELDS)
+
+class Narrower(EventSchema):
+    """The event with two rules changed: a type of 2 to 5 characters, and
+    other priorities ("low" when missing)."""
+
+    type = fields.String(required=True, validate=validate.Length(min=2, max=5))
+    priority = fields.String(load_default="low", allow_none=True, validate=validate.OneOf(["low", "top"]))
+
+
+def test_a_rule_changed_in_the_schema_changes_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    narrower = Narrower()
+    strings, _, defaults = read_schema(narrower)
+    monkeypatch.setattr(fastpath, "_STRINGS", strings)
+    monkeypatch.setattr(fastpath, "_DEFAULTS", defaults)
+    base = {"type": "click", "userId": "u"}
+    changes: list[tuple[dict[str, Any], bool]] = [
+        ({}, True), ({"type": "c"}, False), ({"type": "clicks"}, False),
+        ({"priority": "top"}, True), ({"priority": "high"}, False), ({"priority": None}, True)]
+    for change, valid in changes:
+        raw = {**base, **change}
+        got = load_split(raw, POLICY)
+        if valid:
+            assert got is not None and got[0] == {**narrower.load(raw), "userId": "u"}, change
+        else:
+            assert got is None, change
+            with pytest.raises(marshmallow.ValidationError):
+                narrower.load(raw)
+    assert load_split(base, POLICY) == ({**narrower.load(base), "userId": "u"}, [[["userId"], "u"]])
+    assert narrower.load(base)["priority"] == "low"
+
+
+def test_a_rule_the_fast_path_cannot_check_stops_the_import() -> None:
+    class Patterned(EventSchema):
+        type = fields.String(required=True, validate=validate.Regexp("^[a-z_]+$"))
+
+    class MoreObjects(EventSchema):
+        extra = FreeObject()  # a free object that phi.split would not search
+
+    class Renamed(EventSchema):
+        type = fields.String(required=True, data_key="kind")
+
+    for schema in (Patterned(), MoreObjects(), Renamed()):
+        with pytest.raises(TypeError):
+            read_schema(schema)

@@ -1,13 +1,17 @@
 """The fast metric-sample validator never accepts what the marshmallow schema
-of record refuses, and loads exactly what the schema loads."""
+of record refuses, and loads exactly what the schema loads, under the rules
+as they are declared."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import marshmallow
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from analytics.metrics import schemas
 from analytics.metrics.fastpath import load_sample
 from analytics.metrics.schemas import MetricSampleSchema
 
@@ -54,3 +58,19 @@ def test_fast_path_accepts_only_what_the_schema_accepts(raw: dict[str, Any]) -> 
 def test_fast_path_takes_every_ordinary_sample(raw: dict[str, Any]) -> None:
     fast = load_sample(raw, PHI)
     assert fast is not None and fast == reference(raw)
+
+
+def test_a_rule_changed_in_the_schema_module_changes_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(schemas, "MAX_TAGS", 1)
+    monkeypatch.setattr(schemas, "MAX_MAGNITUDE", 100.0)
+    monkeypatch.setattr(schemas, "TAG_VALUE", re.compile(r"^[a-z]{1,3}$"))
+    monkeypatch.setattr(schemas, "RESERVED_NAMES", frozenset({"api.latency"}))
+    base = {"name": "api.errors", "value": 100, "tags": {"env": "dev"}}
+    changes: list[tuple[dict[str, Any], bool]] = [
+        ({}, True), ({"value": -100.5}, False), ({"tags": {"env": "dev", "host": "a"}}, False),
+        ({"tags": {"env": "prod"}}, False), ({"name": "api.latency"}, False)]
+    for change, valid in changes:
+        raw = {**base, **change}
+        fast = load_sample(raw, PHI)
+        assert fast == reference(raw), change
+        assert (fast is not None) == valid, change
