@@ -18,11 +18,12 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from analytics.keyspace import PRIORITIES
+from analytics.limits import MAX_KEY_LENGTH
+from analytics.logs import scrubbing_filter
 
 #: Nesting and size limits for free-form objects (properties, traits, ...).
 MAX_DEPTH = 8
 MAX_KEYS = 256
-MAX_KEY_LENGTH = 128
 ID_LENGTH = validate.Length(min=1, max=256)
 
 
@@ -102,8 +103,6 @@ def _check_object(value: dict[str, Any]) -> None:
 
 
 def _not_phi_like(value: str) -> bool:
-    from analytics.logs import scrubbing_filter
-
     if scrubbing_filter().scrub(value) != value:
         raise ValidationError("Must not look like personal data (e-mail, phone, SSN...).")
     return True

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from analytics.events.schemas import MAX_KEY_LENGTH
+from analytics.limits import MAX_KEY_LENGTH
 
 Path = list[str | int]
 #: PHI found in an event: ``[path, value]`` pairs (:func:`split`).
