@@ -9,12 +9,12 @@ Flower can revoke tasks and shut workers down, so it does not start
 unauthenticated: without ``FLOWER_BASIC_AUTH`` (or an OAuth setup via
 ``FLOWER_AUTH_PROVIDER``) it stops with one line saying so.
 """
+
 import os
 import sys
 
 if not (os.environ.get("FLOWER_BASIC_AUTH") or os.environ.get("FLOWER_AUTH_PROVIDER")):
-    sys.exit("flower: set FLOWER_BASIC_AUTH=user:password (refusing to serve Celery "
-             "monitoring without authentication)")
+    sys.exit("flower: set FLOWER_BASIC_AUTH=user:password (refusing to serve Celery monitoring without authentication)")
 
 # Keep the task list bounded in memory.
 max_tasks = 10000

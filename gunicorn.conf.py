@@ -19,6 +19,7 @@ connection only while no sibling holds fewer (docs/operations.rst, "Serving").
 ``WEB_REUSE_PORT=1`` gives each worker its own SO_REUSEPORT socket instead
 (the kernel then hashes connections across them; no balancing by count).
 """
+
 import glob
 import os
 import socket
@@ -86,8 +87,8 @@ def on_starting(server):
 # be set before any worker imports prometheus_client, hence here, in the
 # master. Give each server its own directory (the default is per master pid).
 PROMETHEUS_DIR = os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR",
-    os.path.join(tempfile.gettempdir(), f"analytics-prometheus-{os.getpid()}"))
+    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"analytics-prometheus-{os.getpid()}")
+)
 
 
 def _remove_samples():

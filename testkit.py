@@ -1,6 +1,7 @@
 """Real processes for the tests and the benchmarks: a private redis-server,
 Celery workers, web servers. Every process is started here and stopped by
 pid. Both ``tests/`` and ``bench/`` import it; neither imports the other."""
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,9 @@ def in_forked_child(run: Callable[[], object]) -> str:
         os.close(read)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
-               message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, message: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -72,8 +74,9 @@ class Process:
 
     def start(self) -> Process:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         return self
 
@@ -125,14 +128,27 @@ class RedisServer:
     """A private redis-server on a free port, AOF on (fsync always, unless
     ``appendfsync`` says otherwise)."""
 
-    def __init__(self, data_dir: Path, maxmemory: str | None = None,
-                 appendfsync: str = "always") -> None:
+    def __init__(self, data_dir: Path, maxmemory: str | None = None, appendfsync: str = "always") -> None:
         self.port = free_port()
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", appendfsync,
-                "--save", "", "--maxmemory-policy", "noeviction"]
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            appendfsync,
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ]
         if maxmemory:
             argv += ["--maxmemory", maxmemory]
         self.process = Process(f"redis-{self.port}", argv, dict(os.environ), self.dir)
@@ -184,15 +200,38 @@ def python_env(base: dict[str, str]) -> dict[str, str]:
 
 
 def celery_worker(name: str, env: dict[str, str], log_dir: Path, concurrency: int = 2) -> Process:
-    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO",
-            "--concurrency", str(concurrency), "--without-mingle", "--without-gossip",
-            "--hostname", f"{name}@%h"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--without-mingle",
+        "--without-gossip",
+        "--hostname",
+        f"{name}@%h",
+    ]
     return Process(name, argv, env, log_dir)
 
 
 def celery_beat(name: str, env: dict[str, str], log_dir: Path) -> Process:
-    argv = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO",
-            "--schedule", str(log_dir / f"{name}-schedule")]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "beat",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        str(log_dir / f"{name}-schedule"),
+    ]
     return Process(name, argv, env, log_dir)
 
 
@@ -249,9 +288,11 @@ def stored_events(client: redis.Redis) -> int:
 def records_in(client: redis.Redis, event_type: str) -> list[dict[str, Any]]:
     """The stored records of ``event_type``, read page by page."""
 
-    return [records.unpack_fields(event_type, fields)
-            for _, page in client.hscan_iter(keyspace.processed(event_type))
-            for fields in records.iter_blobs(page)]
+    return [
+        records.unpack_fields(event_type, fields)
+        for _, page in client.hscan_iter(keyspace.processed(event_type))
+        for fields in records.iter_blobs(page)
+    ]
 
 
 def pages_indexed(client: redis.Redis, event_type: str) -> bool:
@@ -315,5 +356,4 @@ def wait_for_workers(workers: list[int], port: int, timeout: float = 60.0) -> No
         return seen == set(workers)
 
     wait_until(all_seen, timeout, 0.1, "every gunicorn worker to accept")
-    wait_until(lambda: not any(connections_held(workers, port).values()), 10, 0.05,
-               "the probe connections to close")
+    wait_until(lambda: not any(connections_held(workers, port).values()), 10, 0.05, "the probe connections to close")

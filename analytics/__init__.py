@@ -4,6 +4,7 @@
 packages below it are ``events``, ``metrics``, ``pipeline``, ``processing``,
 ``privacy``, ``live`` and ``ops``.
 """
+
 from __future__ import annotations
 
 from analytics.app import Analytics

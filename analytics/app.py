@@ -12,6 +12,7 @@ reach the services through it::
 
 Build one per process and share it: it owns no threads and no global state.
 """
+
 from __future__ import annotations
 
 import redis
@@ -64,8 +65,9 @@ class Analytics:
     tests that work below the services.
     """
 
-    def __init__(self, settings: Settings, client: redis.Redis, *, kick: Kick | None = None,
-                 vault: Vault | None = None) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, *, kick: Kick | None = None, vault: Vault | None = None
+    ) -> None:
         self.settings = settings
         self.redis = client
         self.vault = vault or Vault.from_settings(settings)
@@ -88,19 +90,35 @@ class Analytics:
         self.admitter = Admitter(client, rate_limiter, KICK_TTL_MS, settings.redis_max_connections)
         self.intake = Intake(client, self.admitter, self.access, kick)
         self.events = EventService(settings, self.codec, self.registry, self.queue, self.store, self.intake)
-        self.metrics = MetricService(settings, self.metric_store, self.metrics_queue, self.intake, self.events,
-                                     self.policy.names)
+        self.metrics = MetricService(
+            settings, self.metric_store, self.metrics_queue, self.intake, self.events, self.policy.names
+        )
         self.segment = SegmentIngest(settings, client, self.events, self.intake, self.dead_letters)
         self.eraser = Eraser(client, self.api_keys, self.store)
         self.privacy = PrivacyService(client, self.vault, self.auditor, self.audit, self.eraser)
         self.committer = Committer(self.store, self.vault, settings.max_attempts)
         self.metric_committer = MetricCommitter(self.metric_store, self.vault, settings.max_attempts)
-        self.processor = Processor(settings, client, self.queue, self.metrics_queue, self.committer,
-                                   self.metric_committer, self.stats, self.intake)
+        self.processor = Processor(
+            settings,
+            client,
+            self.queue,
+            self.metrics_queue,
+            self.committer,
+            self.metric_committer,
+            self.stats,
+            self.intake,
+        )
         self.retention = Cleanup(client, settings)
-        self.ops = OpsService(client, self.stats, self.queue, self.dead_letters, self.retention,
-                              ReplayPlanner(self.events, self.metrics, self.segment, self.dead_letters),
-                              self.intake, self.audit)
+        self.ops = OpsService(
+            client,
+            self.stats,
+            self.queue,
+            self.dead_letters,
+            self.retention,
+            ReplayPlanner(self.events, self.metrics, self.segment, self.dead_letters),
+            self.intake,
+            self.audit,
+        )
 
     @classmethod
     def create(cls, settings: Settings | None = None, *, kick: Kick | None = None) -> Analytics:

@@ -5,6 +5,7 @@ contract's JSON errors in one place (``web/errors.py``).
 Messages and ``details`` must never contain a PHI value: they name fields,
 never echo what was in them.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -101,6 +101,7 @@ a metric's keys cannot collide with the fixed ones. ``events.{type}`` metrics
 
 The consumer group of every queue stream is :data:`GROUP`.
 """
+
 from __future__ import annotations
 
 PREFIX = "analytics:"

@@ -20,6 +20,7 @@ replaces what looks like PHI:
 It is deliberately greedy: a redacted harmless value costs nothing, a leaked
 identifier cannot be taken back.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,18 @@ _API_KEY = re.compile(r"\bak_[A-Za-z0-9_-]{8,}")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^/\s@]+@")
 #: Names whose values are always secret or identifying, beyond the PHI list.
-_EXTRA_NAMES = ("user_id", "anonymous_id", "previousId", "writeKey", "token", "password", "secret",
-                "authorization", "phone_number", "social_security_number")
+_EXTRA_NAMES = (
+    "user_id",
+    "anonymous_id",
+    "previousId",
+    "writeKey",
+    "token",
+    "password",
+    "secret",
+    "authorization",
+    "phone_number",
+    "social_security_number",
+)
 
 
 def _name_pattern(names: Iterable[str]) -> re.Pattern[str]:

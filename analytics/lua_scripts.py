@@ -4,6 +4,7 @@ Helpers shared by several scripts live in files of their own
 (``token_bucket.lua``, ``rollup_lib.lua``) and are put in front of the
 script that uses them: Redis has no ``require``.
 """
+
 from __future__ import annotations
 
 from importlib import resources

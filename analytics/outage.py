@@ -1,4 +1,5 @@
 """One clear log line per Redis outage, not a traceback per request."""
+
 from __future__ import annotations
 
 import logging

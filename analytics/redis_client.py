@@ -1,4 +1,5 @@
 """Connecting to Redis, and turning its failures into domain errors."""
+
 from __future__ import annotations
 
 import contextlib
@@ -181,9 +182,14 @@ def resp2_twin(client: redis.Redis) -> redis.Redis:
     # Maintenance notifications (push messages) exist only in RESP3.
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if not k.startswith("maint_notifications")}
     kwargs["protocol"] = 2
-    return redis.Redis(connection_pool=redis.BlockingConnectionPool(
-        connection_class=pool.connection_class, max_connections=pool.max_connections,
-        timeout=_COMMAND_TIMEOUT, **kwargs))
+    return redis.Redis(
+        connection_pool=redis.BlockingConnectionPool(
+            connection_class=pool.connection_class,
+            max_connections=pool.max_connections,
+            timeout=_COMMAND_TIMEOUT,
+            **kwargs,
+        )
+    )
 
 
 def is_out_of_memory(exc: redis.ResponseError) -> bool:
@@ -192,8 +198,11 @@ def is_out_of_memory(exc: redis.ResponseError) -> bool:
     redis-py maps the ``OOM`` reply to :class:`OutOfMemoryError` (and strips
     the prefix); inside a script the reply arrives wrapped, hence the text.
     """
-    return (isinstance(exc, redis.exceptions.OutOfMemoryError)
-            or "used memory > 'maxmemory'" in str(exc) or str(exc).startswith("OOM"))
+    return (
+        isinstance(exc, redis.exceptions.OutOfMemoryError)
+        or "used memory > 'maxmemory'" in str(exc)
+        or str(exc).startswith("OOM")
+    )
 
 
 def store_error(exc: BaseException) -> StoreUnavailable | None:
@@ -212,8 +221,9 @@ class unavailable_as_error(contextlib.AbstractContextManager[None]):  # noqa: N8
     ``@contextmanager`` generator: it wraps every ingest request, and this
     costs two calls instead of five.)"""
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if isinstance(exc, redis.RedisError):
             error = store_error(exc)
             if error is not None:
@@ -228,8 +238,7 @@ def wait_until_reachable(client: redis.Redis, what: str, interval: float = 2.0) 
             client.ping()
         except TRANSIENT_ERRORS as exc:
             if not announced:
-                log.error("%s cannot reach Redis (%s); retrying every %.0f s", what,
-                          type(exc).__name__, interval)
+                log.error("%s cannot reach Redis (%s); retrying every %.0f s", what, type(exc).__name__, interval)
                 announced = True
             time.sleep(interval)
         else:

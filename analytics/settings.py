@@ -4,6 +4,7 @@ Every process (web, worker, beat, CLI) builds a :class:`Settings` from the
 environment with :meth:`Settings.from_env`; tests pass a mapping instead.
 Values are coerced and checked here, so the rest of the code can trust them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,7 @@ DEFAULT_PHI_FIELDS = (
 
 #: Event types every installation knows, with their default priority.
 DEFAULT_EVENT_TYPES = (
-    "page_view,click,form_submit,api_call,login,logout,error:high,custom,"
-    "identify,page,screen,group,alias"
+    "page_view,click,form_submit,api_call,login,logout,error:high,custom,identify,page,screen,group,alias"
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -149,9 +149,7 @@ class Settings:
     cleanup_interval: float = 60.0
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``environ`` (default ``os.environ``).
 
         Keyword ``overrides`` win over the environment; tests use them.
@@ -177,8 +175,8 @@ class Settings:
             policy = get("ANALYTICS_SEGMENT_UNKNOWN_EVENTS", "").strip().lower()
             if policy not in ("register", "custom", "reject"):
                 raise ConfigurationError(
-                    "ANALYTICS_SEGMENT_UNKNOWN_EVENTS must be register, custom or reject, "
-                    f"got {policy!r}")
+                    f"ANALYTICS_SEGMENT_UNKNOWN_EVENTS must be register, custom or reject, got {policy!r}"
+                )
             values["segment_unknown_events"] = policy
         for name, field, minimum in (
             ("REDIS_MAX_CONNECTIONS", "redis_max_connections", 1),

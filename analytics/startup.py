@@ -10,6 +10,7 @@ Called by ``create_app`` (web), gunicorn's ``on_starting`` hook (so the
 master stops instead of respawning failing workers), Celery's
 ``worker_init``/``beat_init`` signals and the CLI.
 """
+
 from __future__ import annotations
 
 import gc
@@ -46,8 +47,13 @@ def check_settings(settings: Settings, process: str) -> None:
         log.warning(DEV_WARNING)
 
 
-def start_process(process: str, settings: Settings | None = None, *,
-                  environ: Mapping[str, str] | None = None, own_handler: bool = True) -> Settings:
+def start_process(
+    process: str,
+    settings: Settings | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    own_handler: bool = True,
+) -> Settings:
     """Scrubbing logs first, then the settings check: the common start of
     every process. Returns the settings it checked.
 

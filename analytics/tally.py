@@ -1,4 +1,5 @@
 """Reports made of counts that add up field by field."""
+
 from __future__ import annotations
 
 import dataclasses

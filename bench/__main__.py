@@ -9,6 +9,7 @@ median (min-max) of the per-round or per-pair ratios); every run also
 reports the CPU time of each server process per event or request
 (``*_cpu_us_per_*``), which moves much less; and ``calibration`` relates
 this machine to the reference machine the performance targets were set on."""
+
 from __future__ import annotations
 
 import argparse
@@ -59,17 +60,19 @@ def bench_e2e(quick: bool) -> dict[str, Any]:
     # In smoke mode too, enough for the worker's CPU to span several 10 ms ticks.
     total = 10_000 if quick else 100_000
     naive_total = 500 if quick else 10_000
-    ours, naive = _pairs(reps, partial(e2e.pipeline_once, total=total),
-                         partial(e2e.naive_once, total=naive_total))
+    ours, naive = _pairs(reps, partial(e2e.pipeline_once, total=total), partial(e2e.naive_once, total=naive_total))
     ours_rate = median_range([r["events_per_s"] for r in ours])
     naive_rate = median_range([r["events_per_s"] for r in naive])
     assert all(r["stored"] == r["events"] for r in ours), "events lost in the benchmark"
-    return {"pipeline_events_per_s": ours_rate, "naive_events_per_s": naive_rate,
-            "ratio": ours_rate["median"] / naive_rate["median"],
-            "ratio_pairs": _pair_ratios(ours, naive, "events_per_s"),
-            **_cpu(ours, "cpu_us_per_event", "pipeline_cpu_us_per_event"),
-            **_cpu(naive, "cpu_us_per_event", "naive_cpu_us_per_event"),
-            "runs": {"pipeline": ours, "naive": naive}}
+    return {
+        "pipeline_events_per_s": ours_rate,
+        "naive_events_per_s": naive_rate,
+        "ratio": ours_rate["median"] / naive_rate["median"],
+        "ratio_pairs": _pair_ratios(ours, naive, "events_per_s"),
+        **_cpu(ours, "cpu_us_per_event", "pipeline_cpu_us_per_event"),
+        **_cpu(naive, "cpu_us_per_event", "naive_cpu_us_per_event"),
+        "runs": {"pipeline": ours, "naive": naive},
+    }
 
 
 def bench_ingest(quick: bool) -> dict[str, Any]:
@@ -91,14 +94,14 @@ def bench_ingest(quick: bool) -> dict[str, Any]:
         out[f"{label}_batch100_events_per_s"] = median_range([r["events_per_s"] for r in hundred])
         out[f"{label}_batch100_p50_ms"] = median_range([r["p50_ms"] for r in hundred])
         out[f"{label}_batch100_p99_ms"] = median_range([r["p99_ms"] for r in hundred])
-    out["single_ratio_vs_bare"] = (out["ours_single_req_per_s"]["median"]
-                                   / out["bare_single_req_per_s"]["median"])
-    out["batch100_ratio_vs_bare"] = (out["ours_batch100_events_per_s"]["median"]
-                                     / out["bare_batch100_events_per_s"]["median"])
-    out["single_ratio_vs_bare_pairs"] = _pair_ratios(runs["ours", "single"], runs["bare", "single"],
-                                                     "requests_per_s")
-    out["batch100_ratio_vs_bare_pairs"] = _pair_ratios(runs["ours", "batch100"], runs["bare", "batch100"],
-                                                       "events_per_s")
+    out["single_ratio_vs_bare"] = out["ours_single_req_per_s"]["median"] / out["bare_single_req_per_s"]["median"]
+    out["batch100_ratio_vs_bare"] = (
+        out["ours_batch100_events_per_s"]["median"] / out["bare_batch100_events_per_s"]["median"]
+    )
+    out["single_ratio_vs_bare_pairs"] = _pair_ratios(runs["ours", "single"], runs["bare", "single"], "requests_per_s")
+    out["batch100_ratio_vs_bare_pairs"] = _pair_ratios(
+        runs["ours", "batch100"], runs["bare", "batch100"], "events_per_s"
+    )
     for (label, mode), mode_runs in runs.items():
         out.update(_cpu(mode_runs, "cpu_us_per_req", f"{label}_{mode}_cpu_us_per_req"))
     return out
@@ -123,9 +126,15 @@ def bench_ws(quick: bool) -> dict[str, Any]:
     return ws_latency.run(quick)
 
 
-SUITE = {"calibration": bench_calibration, "ingest": bench_ingest, "instructions": bench_instructions,
-         "e2e": bench_e2e, "memory": bench_memory,
-         "metrics": bench_metrics, "ws": bench_ws}
+SUITE = {
+    "calibration": bench_calibration,
+    "ingest": bench_ingest,
+    "instructions": bench_instructions,
+    "e2e": bench_e2e,
+    "memory": bench_memory,
+    "metrics": bench_metrics,
+    "ws": bench_ws,
+}
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -141,8 +150,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke mode: small sizes, one repetition")
     parser.add_argument("--only", nargs="*", choices=sorted(SUITE), help="run only these")
     args = parser.parse_args()
-    results: dict[str, Any] = {"machine": {"cpus": cpu_count(), "python": platform.python_version()},
-                               "quick": args.quick, "started": time.time()}
+    results: dict[str, Any] = {
+        "machine": {"cpus": cpu_count(), "python": platform.python_version()},
+        "quick": args.quick,
+        "started": time.time(),
+    }
     # Suite order even with --only: calibration first, for e2e's projection.
     for name in [name for name in SUITE if name in (args.only or SUITE)]:
         print(f"== {name}", flush=True)
@@ -156,8 +168,11 @@ def main() -> None:
             factor = results["calibration"]["speed_factor_geomean"]
             projected = results["e2e"]["pipeline_events_per_s"]["median"] * factor
             results["e2e_projection"] = {"events_per_s": projected, "speed_factor": factor}
-            print(f"  e2e at the reference machine's speed (projection): {projected:,.0f} events/s "
-                  f"= pipeline median x speed factor {factor:.2f}; not a measurement", flush=True)
+            print(
+                f"  e2e at the reference machine's speed (projection): {projected:,.0f} events/s "
+                f"= pipeline median x speed factor {factor:.2f}; not a measurement",
+                flush=True,
+            )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"results written to {RESULTS / 'latest.json'}")

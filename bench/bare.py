@@ -1,5 +1,6 @@
 """The reference for HTTP ingest: a bare Flask endpoint that only parses the
 JSON body and LPUSHes it. ``gunicorn "bench.bare:create_app()"``."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ as CPU time per call, and divided by the quoted figure: a speed factor of 2
 means this machine (as loaded now) is twice as slow as the reference one.
 Information only: nothing here passes or fails.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -73,8 +74,12 @@ def run(quick: bool) -> dict[str, Any]:
     delay = delay_us(200 if quick else 2_000)
     schema_factor = schema / QUOTED_SCHEMA_LOAD_US
     delay_factor = delay / QUOTED_DELAY_US
-    return {"schema_load_us": schema, "schema_load_quoted_us": QUOTED_SCHEMA_LOAD_US,
-            "schema_load_speed_factor": schema_factor,
-            "delay_cpu_us": delay, "delay_cpu_quoted_us": QUOTED_DELAY_US,
-            "delay_speed_factor": delay_factor,
-            "speed_factor_geomean": statistics.geometric_mean([schema_factor, delay_factor])}
+    return {
+        "schema_load_us": schema,
+        "schema_load_quoted_us": QUOTED_SCHEMA_LOAD_US,
+        "schema_load_speed_factor": schema_factor,
+        "delay_cpu_us": delay,
+        "delay_cpu_quoted_us": QUOTED_DELAY_US,
+        "delay_speed_factor": delay_factor,
+        "speed_factor_geomean": statistics.geometric_mean([schema_factor, delay_factor]),
+    }

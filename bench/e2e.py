@@ -1,6 +1,7 @@
 """End to end: HTTP batch ingest -> validation, PHI sealing, durable queue,
 Celery processing, store (and whatever else is switched on) -> stored and
 queryable. Against the naive one-task-per-event pipeline in the same run."""
+
 from __future__ import annotations
 
 import time
@@ -24,14 +25,19 @@ def pipeline_once(total: int, batch: int = 100, connections: int = 4) -> dict[st
         cpu = s.cpu_seconds()
         started = time.perf_counter()
         load = post_load(s.port, "/v1/events", bearer(key), bodies, connections)
-        wait_until(lambda: stored_events(data) >= total, 300, 0.05,
-                   "all events stored")
+        wait_until(lambda: stored_events(data) >= total, 300, 0.05, "all events stored")
         elapsed = time.perf_counter() - started
         cpu_per_event = cpu_us_per(cpu, s.cpu_seconds(), total, load["cpu_seconds"])
         stored = stored_events(data)
-        return {"events": total, "stored": stored, "seconds": elapsed,
-                "events_per_s": total / elapsed, "ingest_seconds": load["seconds"],
-                "errors": load["errors"], "cpu_us_per_event": cpu_per_event}
+        return {
+            "events": total,
+            "stored": stored,
+            "seconds": elapsed,
+            "events_per_s": total / elapsed,
+            "ingest_seconds": load["seconds"],
+            "errors": load["errors"],
+            "cpu_us_per_event": cpu_per_event,
+        }
 
 
 def naive_once(total: int, batch: int = 100, connections: int = 4) -> dict[str, Any]:
@@ -42,12 +48,15 @@ def naive_once(total: int, batch: int = 100, connections: int = 4) -> dict[str, 
         bodies = _bodies(total, batch, "naive")
         cpu = s.cpu_seconds()
         started = time.perf_counter()
-        load = post_load(s.port, "/v1/events", {"Content-Type": "application/json"}, bodies,
-                         connections)
-        wait_until(lambda: data.hlen("naive:events:page_view") >= total, 600, 0.05,
-                   "all naive events stored")
+        load = post_load(s.port, "/v1/events", {"Content-Type": "application/json"}, bodies, connections)
+        wait_until(lambda: data.hlen("naive:events:page_view") >= total, 600, 0.05, "all naive events stored")
         elapsed = time.perf_counter() - started
         cpu_per_event = cpu_us_per(cpu, s.cpu_seconds(), total, load["cpu_seconds"])
-        return {"events": total, "seconds": elapsed, "events_per_s": total / elapsed,
-                "ingest_seconds": load["seconds"], "errors": load["errors"],
-                "cpu_us_per_event": cpu_per_event}
+        return {
+            "events": total,
+            "seconds": elapsed,
+            "events_per_s": total / elapsed,
+            "ingest_seconds": load["seconds"],
+            "errors": load["errors"],
+            "cpu_us_per_event": cpu_per_event,
+        }

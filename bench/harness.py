@@ -1,6 +1,7 @@
 """Processes for benchmarks: a private Redis, Celery workers, gunicorn, and a
 load generator in separate processes. Everything binds to 127.0.0.1, is
 bounded in count and time, and is stopped by pid."""
+
 from __future__ import annotations
 
 import contextlib
@@ -58,36 +59,69 @@ def service_settings(redis: RedisServer) -> dict[str, str]:
 class Stack:
     """Redis + web (gunicorn) + workers, configured like production."""
 
-    def __init__(self, workdir: Path, *, web_workers: int = 2, worker_concurrency: int = 2,
-                 aof: str = "everysec", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        web_workers: int = 2,
+        worker_concurrency: int = 2,
+        aof: str = "everysec",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.dir = workdir
         self.redis = RedisServer(workdir / "redis", appendfsync=aof)
         self.redis.start()
         self.port = free_port()
-        self.env = python_env({
-            **service_settings(self.redis),
-            "PORT": str(self.port),
-            "WEB_CONCURRENCY": str(web_workers),
-            **(env or {}),
-        })
+        self.env = python_env(
+            {
+                **service_settings(self.redis),
+                "PORT": str(self.port),
+                "WEB_CONCURRENCY": str(web_workers),
+                **(env or {}),
+            }
+        )
         self.web_workers = web_workers
         self.worker_concurrency = worker_concurrency
         self.processes: list[Process] = []
 
-    def start_web(self, app: str = "web:create_app()", *, wrapper: tuple[str, ...] = (),
-                  timeout: float = 30.0) -> Process:
+    def start_web(
+        self, app: str = "web:create_app()", *, wrapper: tuple[str, ...] = (), timeout: float = 30.0
+    ) -> Process:
         """gunicorn serving ``app``, run under ``wrapper`` (say, valgrind)."""
-        argv = [*wrapper, sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
-                "--bind", f"127.0.0.1:{self.port}", app]
+        argv = [
+            *wrapper,
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            str(ROOT / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            app,
+        ]
         proc = Process("web", argv, self.env, self.dir).start()
         self.processes.append(proc)
         wait_until(lambda: _get(self.port, "/healthz") == 200, timeout, 0.1, "gunicorn to answer")
         return proc
 
     def start_worker(self, app: str = "tasks", extra: list[str] | None = None) -> Process:
-        argv = [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO",
-                "--concurrency", str(self.worker_concurrency), "--without-mingle",
-                "--without-gossip", "--hostname", f"bench{len(self.processes)}@%h", *(extra or [])]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            str(self.worker_concurrency),
+            "--without-mingle",
+            "--without-gossip",
+            "--hostname",
+            f"bench{len(self.processes)}@%h",
+            *(extra or []),
+        ]
         proc = Process(f"worker{len(self.processes)}", argv, self.env, self.dir).start()
         self.processes.append(proc)
         time.sleep(0.5)
@@ -140,7 +174,7 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:  # exited while we looked
             continue
         # The command name, in parentheses, may hold spaces: split after it.
-        fields = text[text.rindex(")") + 2:].split()
+        fields = text[text.rindex(")") + 2 :].split()
         pid = int(stat.parent.name)
         children.setdefault(int(fields[1]), []).append(pid)
         ticks[pid] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
@@ -153,8 +187,9 @@ def cpu_seconds(pids: list[int]) -> float:
     return sum(ticks[pid] for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_us_per(before: dict[str, float], after: dict[str, float], count: int,
-               loadgen_seconds: float | None = None) -> dict[str, float]:
+def cpu_us_per(
+    before: dict[str, float], after: dict[str, float], count: int, loadgen_seconds: float | None = None
+) -> dict[str, float]:
     """CPU microseconds per event (or request) of each role between two
     :meth:`Stack.cpu_seconds` readings, and their ``total``. Unlike
     throughput, this barely moves when a neighbour takes the cores. The load
@@ -179,6 +214,7 @@ def _get(port: int, path: str) -> int:
 
 # -- load generation ----------------------------------------------------------
 
+
 class _Connection:
     """One keep-alive HTTP/1.1 connection that POSTs prepared bodies.
 
@@ -191,8 +227,11 @@ class _Connection:
 
     def __init__(self, port: int, path: str, headers: dict[str, str]) -> None:
         self.port = port
-        lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}",
-                 *(f"{name}: {value}" for name, value in headers.items())]
+        lines = [
+            f"POST {path} HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
         self.head = "\r\n".join(lines) + "\r\nContent-Length: "
         self.sock: socket.socket | None = None
         self.reader: Any = None
@@ -227,8 +266,7 @@ class _Connection:
             self.sock = None
 
 
-def _sender(port: int, path: str, headers: dict[str, str], bodies: list[bytes],
-            deadline: float, out: Any) -> None:
+def _sender(port: int, path: str, headers: dict[str, str], bodies: list[bytes], deadline: float, out: Any) -> None:
     conn = _Connection(port, path, headers)
     latencies: list[float] = []
     errors = 0
@@ -249,8 +287,9 @@ def _sender(port: int, path: str, headers: dict[str, str], bodies: list[bytes],
     out.put((latencies, errors, first, time.perf_counter()))
 
 
-def post_load(port: int, path: str, headers: dict[str, str], bodies: list[bytes],
-              connections: int = 4, max_seconds: float = 60.0) -> dict[str, Any]:
+def post_load(
+    port: int, path: str, headers: dict[str, str], bodies: list[bytes], connections: int = 4, max_seconds: float = 60.0
+) -> dict[str, Any]:
     """POST ``bodies`` over ``connections`` keep-alive connections, each in its
     own process. Returns request count, seconds, latencies (s), errors, the
     senders' CPU seconds (``cpu_seconds``: they are our children, reaped by
@@ -262,8 +301,7 @@ def post_load(port: int, path: str, headers: dict[str, str], bodies: list[bytes]
     out = ctx.Queue()
     deadline = time.monotonic() + max_seconds
     shards = [bodies[i::connections] for i in range(connections)]
-    procs = [ctx.Process(target=_sender, args=(port, path, headers, shard, deadline, out))
-             for shard in shards]
+    procs = [ctx.Process(target=_sender, args=(port, path, headers, shard, deadline, out)) for shard in shards]
     started = time.perf_counter()
     for p in procs:
         p.start()
@@ -273,22 +311,34 @@ def post_load(port: int, path: str, headers: dict[str, str], bodies: list[bytes]
         p.join(10)
     done = os.times()
     latencies = [lat for lats, *_ in results for lat in lats]
-    return {"requests": len(latencies), "seconds": elapsed, "latencies": latencies,
-            "errors": sum(e for _, e, *_ in results),
-            "busy_seconds": max(r[3] for r in results) - min(r[2] for r in results),
-            "cpu_seconds": (done.children_user - own.children_user
-                            + done.children_system - own.children_system)}
+    return {
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "latencies": latencies,
+        "errors": sum(e for _, e, *_ in results),
+        "busy_seconds": max(r[3] for r in results) - min(r[2] for r in results),
+        "cpu_seconds": (done.children_user - own.children_user + done.children_system - own.children_system),
+    }
 
 
 def event_batch(n: int, tag: str, start: int = 0) -> list[dict[str, Any]]:
     """A typical ~250-byte event with PHI fields (userId, email)."""
-    return [{
-        "type": "page_view", "userId": f"user-{(start + i) % 5000}", "messageId": f"{tag}-{start + i}",
-        "properties": {"path": f"/articles/{(start + i) % 300}", "referrer": "search",
-                       "email": f"person{(start + i) % 5000}@example.org", "plan": "pro",
-                       "duration_ms": (start + i) % 997},
-        "context": {"app": {"version": "2.4.1"}, "locale": "en-US"},
-    } for i in range(n)]
+    return [
+        {
+            "type": "page_view",
+            "userId": f"user-{(start + i) % 5000}",
+            "messageId": f"{tag}-{start + i}",
+            "properties": {
+                "path": f"/articles/{(start + i) % 300}",
+                "referrer": "search",
+                "email": f"person{(start + i) % 5000}@example.org",
+                "plan": "pro",
+                "duration_ms": (start + i) % 997,
+            },
+            "context": {"app": {"version": "2.4.1"}, "locale": "en-US"},
+        }
+        for i in range(n)
+    ]
 
 
 def bearer(key: str) -> dict[str, str]:

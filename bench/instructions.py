@@ -21,6 +21,7 @@ about 1% of ours. Needs ``valgrind`` (Debian package, installed by
 ``scripts/system-deps.sh``; without it the suite notes the skip); about a
 minute per app.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,12 +48,15 @@ def count(app_name: str, requests: int, warm_up: int = 200) -> float:
     with stack(web_workers=1) as s:
         # --trace-children: only then does callgrind_control find the
         # worker gunicorn forks.
-        valgrind = ("valgrind", "--tool=callgrind", "--trace-children=yes",
-                    f"--callgrind-out-file={s.dir}/callgrind.%p")
+        valgrind = (
+            "valgrind",
+            "--tool=callgrind",
+            "--trace-children=yes",
+            f"--callgrind-out-file={s.dir}/callgrind.%p",
+        )
         web = s.start_web(APPS[app_name], wrapper=valgrind, timeout=600)
         (worker,) = gunicorn_workers(web.pid)
-        headers = (bearer(create_key(s.env, "ingest")) if app_name == "ours"
-                   else {"Content-Type": "application/json"})
+        headers = bearer(create_key(s.env, "ingest")) if app_name == "ours" else {"Content-Type": "application/json"}
         bodies = [json_bytes(e) for e in event_batch(warm_up + requests, "one")]
         post_load(s.port, "/v1/events", headers, bodies[:warm_up], 2, 900)
         subprocess.run(["callgrind_control", "--zero", str(worker)], check=True, capture_output=True)

@@ -17,6 +17,7 @@ gunicorn with 2 workers, a Celery worker with 2 processes) and measures:
 
 ``run(quick)`` returns the figures as a dict.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,36 +39,54 @@ def _drained(service: Any) -> bool:
     return service.metrics_queue.length() == 0 and service.metrics_queue.pending() == 0
 
 
-def _post_all(s: harness.Stack, headers: dict[str, str], samples: list[dict[str, Any]],
-              service: Any, batch: int = 1000) -> dict[str, Any]:
-    bodies = [orjson.dumps({"batch": samples[i:i + batch]}) for i in range(0, len(samples), batch)]
+def _post_all(
+    s: harness.Stack, headers: dict[str, str], samples: list[dict[str, Any]], service: Any, batch: int = 1000
+) -> dict[str, Any]:
+    bodies = [orjson.dumps({"batch": samples[i : i + batch]}) for i in range(0, len(samples), batch)]
     started = time.perf_counter()
     load = harness.post_load(s.port, "/v1/metrics", headers, bodies, connections=4, max_seconds=600)
     accepted = time.perf_counter() - started
     assert load["errors"] == 0 and load["requests"] == len(bodies), "requests failed"
     wait_until(lambda: _drained(service), 900, 0.02, "the worker to roll up every sample")
     total = time.perf_counter() - started
-    return {"samples": len(samples), "ingest_only_per_s": round(len(samples) / accepted),
-            "end_to_end_per_s": round(len(samples) / total), "seconds": round(total, 2),
-            "request_p99_ms": round(harness.percentile(load["latencies"], 99) * 1000, 1)}
+    return {
+        "samples": len(samples),
+        "ingest_only_per_s": round(len(samples) / accepted),
+        "end_to_end_per_s": round(len(samples) / total),
+        "seconds": round(total, 2),
+        "request_p99_ms": round(harness.percentile(load["latencies"], 99) * 1000, 1),
+    }
 
 
 def _throughput_samples(n: int, now: int) -> list[dict[str, Any]]:
     rng = random.Random(1)
-    return [{"name": "bench.ingest", "value": rng.lognormvariate(3, 1),
-             "tags": {"route": f"/r{i % 10}", "env": f"e{i % 3}"}, "timestamp": now - (i % 600)}
-            for i in range(n)]
+    return [
+        {
+            "name": "bench.ingest",
+            "value": rng.lognormvariate(3, 1),
+            "tags": {"route": f"/r{i % 10}", "env": f"e{i % 3}"},
+            "timestamp": now - (i % 600),
+        }
+        for i in range(n)
+    ]
 
 
 def _day_samples(per_minute: int, now: int) -> list[dict[str, Any]]:
     """24 h of a metric with 50 series, ``per_minute`` samples per series and minute."""
     rng = random.Random(2)
     start = now - 86_400
-    return [{"name": "bench.latency", "value": rng.lognormvariate(3, 0.8),
-             "tags": {"route": f"/r{route}", "env": f"e{env}"},
-             "timestamp": start + minute * 60 + (k * 7) % 60}
-            for minute in range(1440) for route in range(10) for env in range(5)
-            for k in range(per_minute)]
+    return [
+        {
+            "name": "bench.latency",
+            "value": rng.lognormvariate(3, 0.8),
+            "tags": {"route": f"/r{route}", "env": f"e{env}"},
+            "timestamp": start + minute * 60 + (k * 7) % 60,
+        }
+        for minute in range(1440)
+        for route in range(10)
+        for env in range(5)
+        for k in range(per_minute)
+    ]
 
 
 def _query_latency(port: int, headers: dict[str, str], path: str, repeat: int) -> dict[str, Any]:
@@ -85,10 +104,13 @@ def _query_latency(port: int, headers: dict[str, str], path: str, repeat: int) -
         body = orjson.loads(data)
     conn.close()
     series = body["series"]
-    return {"p50_ms": round(harness.percentile(timings, 50), 2),
-            "p99_ms": round(harness.percentile(timings, 99), 2),
-            "mean_ms": round(statistics.fmean(timings), 2), "series": len(series),
-            "points_per_series": len(series[0]["points"]) if series else 0}
+    return {
+        "p50_ms": round(harness.percentile(timings, 50), 2),
+        "p99_ms": round(harness.percentile(timings, 99), 2),
+        "mean_ms": round(statistics.fmean(timings), 2),
+        "series": len(series),
+        "points_per_series": len(series[0]["points"]) if series else 0,
+    }
 
 
 def _memory(data: Any) -> dict[str, Any]:
@@ -107,7 +129,8 @@ def _memory(data: Any) -> dict[str, Any]:
                 "buckets": buckets,
                 "bytes_per_bucket": round((stats_bytes + sketch_bytes) / buckets, 1),
                 "stats_bytes_per_bucket": round(stats_bytes / buckets, 1),
-                "sketch_bytes_per_bucket": round(sketch_bytes / buckets, 1)}
+                "sketch_bytes_per_bucket": round(sketch_bytes / buckets, 1),
+            }
     return figures
 
 
@@ -121,8 +144,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         service = Analytics.create(Settings.from_env(s.env))
         now = int(time.time())
         results: dict[str, Any] = {"quick": quick}
-        results["ingest"] = _post_all(s, headers, _throughput_samples(20_000 if quick else 200_000, now),
-                                      service)
+        results["ingest"] = _post_all(s, headers, _throughput_samples(20_000 if quick else 200_000, now), service)
         day = _day_samples(1 if quick else 3, now)
         results["day_load"] = _post_all(s, headers, day, service)
         base = f"/v1/metrics/bench.latency?start={now - 86_400}&end={now}&bucket=60"
@@ -134,8 +156,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             "avg_all_50_grouped": ("&agg=avg&groupBy=route", repeat // 3),
             "p99_all_50_merged": ("&agg=p99", repeat // 3),
         }
-        results["query"] = {name: _query_latency(s.port, headers, base + extra, times)
-                            for name, (extra, times) in cases.items()}
+        results["query"] = {
+            name: _query_latency(s.port, headers, base + extra, times) for name, (extra, times) in cases.items()
+        }
         results["memory"] = _memory(s.redis.client(0))
         return results
 

@@ -3,6 +3,7 @@ design would do it (validate in the task, one Redis write per event).
 
 ``celery -A bench.naive worker`` and ``gunicorn "bench.naive:create_app()"``.
 """
+
 from __future__ import annotations
 
 import os

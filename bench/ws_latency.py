@@ -25,6 +25,7 @@ free ports, then:
 Load goes to 127.0.0.1 only; every step is bounded in time. ``run(quick)``
 returns the numbers as a dict.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,9 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 class _Proc:
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         with open(log, "ab") as out:
-            self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+            self.popen = subprocess.Popen(
+                argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -92,20 +94,59 @@ class Stack:
         self.tmp = tmp
         self.redis_port = _free_port()
         self.procs: list[_Proc] = []
-        self.procs.append(_Proc(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                                 "--dir", str(tmp), "--appendonly", "yes", "--appendfsync", "everysec",
-                                 "--save", ""], dict(os.environ), tmp / "redis.log"))
+        self.procs.append(
+            _Proc(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(tmp),
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--save",
+                    "",
+                ],
+                dict(os.environ),
+                tmp / "redis.log",
+            )
+        )
         self.redis = redis.Redis(port=self.redis_port)
         _wait(self._redis_up, 10, "redis-server")
         key = base64.urlsafe_b64encode(os.urandom(32)).decode()
-        self.env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
-                    "CELERY_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/1",
-                    "ANALYTICS_ENCRYPTION_KEYS": key, "ANALYTICS_DEV": "0",
-                    "ANALYTICS_WS_PING_SECONDS": "60", "ANALYTICS_WS_BUFFER": "20000",
-                    "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-        worker = _Proc([sys.executable, "-m", "celery", "-A", "tasks", "worker", "--loglevel", "INFO",
-                        "--concurrency", "2", "--without-mingle", "--without-gossip"],
-                       self.env, tmp / "worker.log")
+        self.env = {
+            **os.environ,
+            "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "CELERY_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/1",
+            "ANALYTICS_ENCRYPTION_KEYS": key,
+            "ANALYTICS_DEV": "0",
+            "ANALYTICS_WS_PING_SECONDS": "60",
+            "ANALYTICS_WS_BUFFER": "20000",
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+        worker = _Proc(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            self.env,
+            tmp / "worker.log",
+        )
         self.procs.append(worker)
 
         service = Analytics.create(Settings.from_env(self.env))
@@ -121,11 +162,30 @@ class Stack:
 
     def web(self, workers: int, threads: int, reuse_port: bool = False) -> tuple[_Proc, int]:
         port = _free_port()
-        env = {**self.env, "WEB_REUSE_PORT": "1" if reuse_port else "0",
-               "WEB_CONNECTIONS": str(max(1000, threads + 64))}
-        proc = _Proc([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
-                      "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
-                      "--no-control-socket", "web:create_app()"], env, self.tmp / f"web-{port}.log")
+        env = {
+            **self.env,
+            "WEB_REUSE_PORT": "1" if reuse_port else "0",
+            "WEB_CONNECTIONS": str(max(1000, threads + 64)),
+        }
+        proc = _Proc(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--config",
+                "gunicorn.conf.py",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+                "--no-control-socket",
+                "web:create_app()",
+            ],
+            env,
+            self.tmp / f"web-{port}.log",
+        )
 
         def up() -> bool:
             try:
@@ -147,9 +207,13 @@ def _raw_ws(port: int, token: str) -> socket.socket:
     """A WebSocket connection without a client library: a sink."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /v1/stream?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET /v1/stream?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(4096)
@@ -173,14 +237,14 @@ def _frames(buf: bytearray) -> tuple[list[tuple[int, bytes]], int]:
         if size == 126:
             if len(buf) - pos < 4:
                 break
-            size, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+            size, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
         elif size == 127:
             if len(buf) - pos < 10:
                 break
-            size, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+            size, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
         if len(buf) - pos < head + size:
             break
-        out.append((opcode, bytes(buf[pos + head:pos + head + size])))
+        out.append((opcode, bytes(buf[pos + head : pos + head + size])))
         pos += head + size
     return out, pos
 
@@ -267,12 +331,17 @@ def _load(port: int, key: str, rate: int, seconds: float, batch: int = 50, threa
             elif wait < -0.1:
                 late[index] += 1
             t0 = time.time()
-            events = [{"type": "api_call", "userId": f"u-{(n * batch + i) % 100}",
-                       "properties": {"t0": t0, "seq": n * batch + i}} for i in range(batch)]
+            events = [
+                {
+                    "type": "api_call",
+                    "userId": f"u-{(n * batch + i) % 100}",
+                    "properties": {"t0": t0, "seq": n * batch + i},
+                }
+                for i in range(batch)
+            ]
             n += 1
             try:
-                response = session.post(f"http://127.0.0.1:{port}/v1/events", json={"batch": events},
-                                        timeout=10)
+                response = session.post(f"http://127.0.0.1:{port}/v1/events", json={"batch": events}, timeout=10)
             except requests.RequestException:  # a saturated server: counted, the schedule goes on
                 failed[index] += 1
                 continue
@@ -287,8 +356,13 @@ def _load(port: int, key: str, rate: int, seconds: float, batch: int = 50, threa
     for w in workers:
         w.join()
     elapsed = time.monotonic() - started
-    return {"sent": sum(sent), "seconds": round(elapsed, 2), "rate": round(sum(sent) / elapsed),
-            "late_requests": sum(late), "failed_requests": sum(failed)}
+    return {
+        "sent": sum(sent),
+        "seconds": round(elapsed, 2),
+        "rate": round(sum(sent) / elapsed),
+        "late_requests": sum(late),
+        "failed_requests": sum(failed),
+    }
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -304,8 +378,12 @@ def _publish(stack: Stack, rate: int, seconds: float, batch: int = 64) -> dict[s
     queue."""
 
     service = Analytics.create(Settings.from_env(stack.env))
-    template = [service.codec.encode({"type": "api_call", "userId": f"u-{i}", "properties": {"t0": 0.0}},
-                                     "normal", int(time.time() * 1000), None) for i in range(batch)]
+    template = [
+        service.codec.encode(
+            {"type": "api_call", "userId": f"u-{i}", "properties": {"t0": 0.0}}, "normal", int(time.time() * 1000), None
+        )
+        for i in range(batch)
+    ]
     sent = 0
     started = time.monotonic()
     n = 0
@@ -326,8 +404,9 @@ def _publish(stack: Stack, rate: int, seconds: float, batch: int = 64) -> dict[s
     return {"sent": sent, "seconds": round(elapsed, 2), "rate": round(sent / elapsed)}
 
 
-def latency_at_load(stack: Stack, port: int, clients: int, rate: int, seconds: float,
-                    measurers: int = 2, fanout_only: bool = False) -> dict[str, Any]:
+def latency_at_load(
+    stack: Stack, port: int, clients: int, rate: int, seconds: float, measurers: int = 2, fanout_only: bool = False
+) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_clients_main, args=(port, stack.read_key, clients - measurers, measurers, child))
@@ -355,11 +434,17 @@ def latency_at_load(stack: Stack, port: int, clients: int, rate: int, seconds: f
             proc.join()
     lat = result["latencies"]
     expected = load["sent"] * measurers
-    return {"clients": clients, "offered_rate": rate, "load": load,
-            "delivered_to_measuring_clients": f"{len(lat)}/{expected}",
-            "p50_ms": _ms(_percentile(lat, 0.50)), "p99_ms": _ms(_percentile(lat, 0.99)),
-            "max_ms": _ms(max(lat) if lat else None), "sink_mb": round(result["sink_bytes"] / 1e6, 1),
-            "closed": result["closed"]}
+    return {
+        "clients": clients,
+        "offered_rate": rate,
+        "load": load,
+        "delivered_to_measuring_clients": f"{len(lat)}/{expected}",
+        "p50_ms": _ms(_percentile(lat, 0.50)),
+        "p99_ms": _ms(_percentile(lat, 0.99)),
+        "max_ms": _ms(max(lat) if lat else None),
+        "sink_mb": round(result["sink_bytes"] / 1e6, 1),
+        "closed": result["closed"],
+    }
 
 
 def _ms(value: float | None) -> float | None:
@@ -383,8 +468,7 @@ def balance(stack: Stack, reuse_port: bool, clients: int = 100, spacing: float =
             counts[int(key.decode().rsplit("-", 1)[1])] = int(stack.redis.hget(key, "clients") or 0)
         # A worker that got no connection never started its hub: 0 clients.
         per_process = [counts.get(pid, 0) for pid in gunicorn_workers(proc.popen.pid)]
-        return {"reuse_port": reuse_port, "spacing_s": spacing,
-                "clients_per_worker": sorted(per_process, reverse=True)}
+        return {"reuse_port": reuse_port, "spacing_s": spacing, "clients_per_worker": sorted(per_process, reverse=True)}
     finally:
         for s in socks:
             s.close()
@@ -422,15 +506,19 @@ def run(quick: bool = False) -> dict[str, Any]:
                     finally:
                         web.stop()
                         stack.procs.remove(web)
-                    steps.append({**{k: step[k] for k in ("clients", "p50_ms", "p99_ms",
-                                                         "delivered_to_measuring_clients")},
-                                  "failed_ingest_requests": step["load"]["failed_requests"]})
+                    steps.append(
+                        {
+                            **{k: step[k] for k in ("clients", "p50_ms", "p99_ms", "delivered_to_measuring_clients")},
+                            "failed_ingest_requests": step["load"]["failed_requests"],
+                        }
+                    )
                     if step["p99_ms"] is None or step["p99_ms"] > 1000:
                         break
                 results["clients_per_process_at_50_events_per_s"] = steps
             n = 20 if quick else 100
-            results["balance"] = [balance(stack, reuse, n, spacing)
-                                  for spacing in (0.0, 0.01) for reuse in (False, True)]
+            results["balance"] = [
+                balance(stack, reuse, n, spacing) for spacing in (0.0, 0.01) for reuse in (False, True)
+            ]
         finally:
             stack.close()
     return results

@@ -2,16 +2,27 @@
 the forecaster of :mod:`analytics.anomaly` over CSV files, offline. The
 same code, with the same configuration, as the service runs on the
 workers."""
+
 from __future__ import annotations
 
 import click
 
 from analytics.anomaly.csvio import forecast_csv, score_csv
 
-_INPUT = click.option("--input", "source", required=True, type=click.Path(exists=True, dir_okay=False),
-                      help="CSV with a header: timestamp,value (NAB's format).")
-_OUTPUT = click.option("--output", "target", required=True, type=click.Path(dir_okay=False, writable=True),
-                       help="Where to write the result (CSV).")
+_INPUT = click.option(
+    "--input",
+    "source",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV with a header: timestamp,value (NAB's format).",
+)
+_OUTPUT = click.option(
+    "--output",
+    "target",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True),
+    help="Where to write the result (CSV).",
+)
 
 
 @click.group("anomaly")

@@ -3,6 +3,7 @@
 Starts a local ``redis-server`` (AOF on) when ``REDIS_URL`` answers nowhere
 and points at this machine, then runs the Procfile's processes with honcho.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,11 +54,27 @@ def start_local_redis(url: str) -> subprocess.Popen[bytes] | None:
     port = parsed.port or 6379
     data = RUN_DIR / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([
-        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data.resolve()),
-        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-        "--maxmemory-policy", "noeviction", "--logfile", str((data / "redis.log").resolve()),
-    ])
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--logfile",
+            str((data / "redis.log").resolve()),
+        ]
+    )
     for _ in range(50):
         if _reachable(url):
             _say(f"started a local redis-server on port {port} (pid {proc.pid}, AOF on, data in {data})")
@@ -80,8 +97,10 @@ def run_dev(port: int | None = None, flower: bool = True) -> int:
             return 1
     if not settings.encryption_keys:
         env["ANALYTICS_DEV"] = "1"
-        _say("!!! DEVELOPMENT MODE: no ANALYTICS_ENCRYPTION_KEYS, PHI is sealed with a "
-             "well-known key. Never put real data in this instance. !!!")
+        _say(
+            "!!! DEVELOPMENT MODE: no ANALYTICS_ENCRYPTION_KEYS, PHI is sealed with a "
+            "well-known key. Never put real data in this instance. !!!"
+        )
     app = Analytics.create(Settings.from_env(env))
     secret, _ = app.access.create("admin", name="dev-admin (analytics run)")
     _say(f"dashboard and API at http://127.0.0.1:{env['PORT']}/")
@@ -89,8 +108,7 @@ def run_dev(port: int | None = None, flower: bool = True) -> int:
     if flower and not env.get("FLOWER_BASIC_AUTH"):
         # Flower refuses to start without authentication (flowerconfig.py).
         env["FLOWER_BASIC_AUTH"] = f"admin:{secrets.token_urlsafe(12)}"
-        _say(f"Flower at http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}/ "
-             f"(user:password {env['FLOWER_BASIC_AUTH']})")
+        _say(f"Flower at http://127.0.0.1:{env.get('FLOWER_PORT', '5555')}/ (user:password {env['FLOWER_BASIC_AUTH']})")
     names = ["web", "worker", "beat"] + (["flower"] if flower else [])
     honcho = subprocess.Popen([sys.executable, "-m", "honcho", "start", *names], env=env)
     try:

@@ -4,6 +4,7 @@ Exit codes: 0 success, 1 a failure the message explains, 2 bad usage.
 Secrets print alone on the last line of standard output, so scripts can take
 them with ``tail -n 1``.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -36,8 +37,7 @@ class _Group(click.Group):
             click.echo(f"error: {exc.message}{_details(exc.details)}", err=True)
             sys.exit(1)
         except redis.RedisError as exc:
-            click.echo(f"error: Redis at REDIS_URL failed ({type(exc).__name__}): is it running?",
-                       err=True)
+            click.echo(f"error: Redis at REDIS_URL failed ({type(exc).__name__}): is it running?", err=True)
             sys.exit(1)
 
 
@@ -64,10 +64,15 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--role", type=click.Choice(["ingest", "read", "admin"]), required=True,
-              help="ingest: write events and metrics; read: query and stream; admin: everything.")
-@click.option("--user", "user_id", default=None,
-              help="Scope a read key to one user's data (USER_ID as sent in events).")
+@click.option(
+    "--role",
+    type=click.Choice(["ingest", "read", "admin"]),
+    required=True,
+    help="ingest: write events and metrics; read: query and stream; admin: everything.",
+)
+@click.option(
+    "--user", "user_id", default=None, help="Scope a read key to one user's data (USER_ID as sent in events)."
+)
 @click.option("--name", default="", help="A label to recognise the key by.")
 def keys_create(role: str, user_id: str | None, name: str) -> None:
     """Create a key. The key itself is printed once, alone on the last line."""
@@ -83,10 +88,13 @@ def keys_list() -> None:
     click.echo(f"{'ID':<14}{'ROLE':<8}{'SCOPED':<8}{'CREATED':<22}{'REVOKED':<22}NAME")
     for k in rows:
         created = datetime.datetime.fromtimestamp(k.created, datetime.UTC)
-        revoked = (datetime.datetime.fromtimestamp(k.revoked, datetime.UTC)
-                   .strftime("%Y-%m-%d %H:%M:%S") if k.revoked else "-")
-        click.echo(f"{k.id:<14}{k.role:<8}{'yes' if k.user_hash else 'no':<8}"
-                   f"{created:%Y-%m-%d %H:%M:%S}   {revoked:<22}{k.name}")
+        revoked = (
+            datetime.datetime.fromtimestamp(k.revoked, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S") if k.revoked else "-"
+        )
+        click.echo(
+            f"{k.id:<14}{k.role:<8}{'yes' if k.user_hash else 'no':<8}"
+            f"{created:%Y-%m-%d %H:%M:%S}   {revoked:<22}{k.name}"
+        )
 
 
 @keys.command("revoke")
@@ -104,8 +112,14 @@ def keys_generate_encryption_key() -> None:
 
 
 @keys.command("rotate-encryption")
-@click.option("--slice", "slice_size", default=200, show_default=True, type=click.IntRange(1, 10_000),
-              help="Values re-encrypted per step (bounded work per Redis call).")
+@click.option(
+    "--slice",
+    "slice_size",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Values re-encrypted per step (bounded work per Redis call).",
+)
 def keys_rotate_encryption(slice_size: int) -> None:
     """Re-encrypt stored data under the newest key (first in
     ANALYTICS_ENCRYPTION_KEYS). Safe while the service runs; resumable: run it
@@ -113,16 +127,16 @@ def keys_rotate_encryption(slice_size: int) -> None:
     old keys configured until it has finished and the queue has drained."""
     privacy = analytics().privacy
     total = privacy.rotation_total()
-    with click.progressbar(length=max(total, 1), label="re-encrypting", file=sys.stderr,
-                           show_pos=True) as bar:
+    with click.progressbar(length=max(total, 1), label="re-encrypting", file=sys.stderr, show_pos=True) as bar:
         report = privacy.rotate_encryption(bar.update, slice_size=slice_size)
-    click.echo(f"{'resumed; ' if report.resumed else ''}examined {report.examined}, "
-               f"re-encrypted {report.rotated}, already current {report.current}, "
-               f"changed meanwhile {report.raced}, unreadable {report.unreadable} "
-               f"in {report.seconds:.1f} s")
+    click.echo(
+        f"{'resumed; ' if report.resumed else ''}examined {report.examined}, "
+        f"re-encrypted {report.rotated}, already current {report.current}, "
+        f"changed meanwhile {report.raced}, unreadable {report.unreadable} "
+        f"in {report.seconds:.1f} s"
+    )
     if report.unreadable:
-        click.echo("error: some values open with no configured key (see docs/security.rst: key rotation)",
-                   err=True)
+        click.echo("error: some values open with no configured key (see docs/security.rst: key rotation)", err=True)
         sys.exit(1)
 
 
@@ -138,10 +152,12 @@ def audit_verify() -> None:
     if result.ok:
         click.echo(f"audit log intact: {result.checked} entries verified")
         return
-    where = f"entry #{result.checked + 1} (id {result.broken_at})" if result.broken_at \
+    where = (
+        f"entry #{result.checked + 1} (id {result.broken_at})"
+        if result.broken_at
         else f"after entry #{result.checked} (the end)"
-    click.echo(f"audit log BROKEN at {where}: {result.reason}; "
-               f"{result.checked} entries before it verified", err=True)
+    )
+    click.echo(f"audit log BROKEN at {where}: {result.reason}; {result.checked} entries before it verified", err=True)
     sys.exit(1)
 
 
@@ -165,8 +181,10 @@ def erase(user_id: str, yes: bool) -> None:
     if not yes:
         click.confirm("Erase every trace of this user? This cannot be undone", abort=True)
     report = analytics().privacy.erase_user(user_id, actor="cli")
-    click.echo(f"erased {report.records} events and {report.deadLetters} dead letters, "
-               f"revoked {len(report.keysRevoked)} keys (user hash {report.userHash})")
+    click.echo(
+        f"erased {report.records} events and {report.deadLetters} dead letters, "
+        f"revoked {len(report.keysRevoked)} keys (user hash {report.userHash})"
+    )
 
 
 @main.group()
@@ -175,8 +193,13 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--kind", type=click.Choice(["events", "metrics", "segment"]), default="events",
-              show_default=True, help="Which dead-letter store.")
+@click.option(
+    "--kind",
+    type=click.Choice(["events", "metrics", "segment"]),
+    default="events",
+    show_default=True,
+    help="Which dead-letter store.",
+)
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--start", default="-", help="First id to show (from a previous listing).")
 def dlq_list(kind: str, limit: int, start: str) -> None:
@@ -186,21 +209,36 @@ def dlq_list(kind: str, limit: int, start: str) -> None:
     for item in items:
         when = datetime.datetime.fromtimestamp(item["ts"], datetime.UTC)
         event, metric = item.get("event"), item.get("metric")
-        what = (f"{event['type']} messageId={event['messageId']}" if event
-                else f"metric {metric['name'] or '(invalid name)'}" if metric
-                else "sealed message" if item["sealed"] else "-")
-        click.echo(f"{item['id']:<22}{item['reason']:<18}{item['attempts']:>8}  "
-                   f"{when:%Y-%m-%d %H:%M:%S}  {what}")
+        what = (
+            f"{event['type']} messageId={event['messageId']}"
+            if event
+            else f"metric {metric['name'] or '(invalid name)'}"
+            if metric
+            else "sealed message"
+            if item["sealed"]
+            else "-"
+        )
+        click.echo(f"{item['id']:<22}{item['reason']:<18}{item['attempts']:>8}  {when:%Y-%m-%d %H:%M:%S}  {what}")
     click.echo(f"{len(items)} dead letter(s) shown")
 
 
 @dlq.command("replay")
-@click.option("--kind", type=click.Choice(["events", "metrics", "segment"]), default="events",
-              show_default=True, help="Which dead-letter store.")
+@click.option(
+    "--kind",
+    type=click.Choice(["events", "metrics", "segment"]),
+    default="events",
+    show_default=True,
+    help="Which dead-letter store.",
+)
 @click.option("--id", "ids", multiple=True, help="Replay this dead letter (repeatable).")
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of KIND.")
-@click.option("--limit", type=click.IntRange(1), default=100_000, show_default=True,
-              help="With --all, at most this many (oldest first).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1),
+    default=100_000,
+    show_default=True,
+    help="With --all, at most this many (oldest first).",
+)
 def dlq_replay(kind: str, ids: tuple[str, ...], replay_all: bool, limit: int) -> None:
     """Queue dead letters again (idempotent: an event already stored is not
     stored twice, a dead letter is queued once). Sealed messages and metric
@@ -208,8 +246,7 @@ def dlq_replay(kind: str, ids: tuple[str, ...], replay_all: bool, limit: int) ->
     if not ids and not replay_all:
         raise click.UsageError("give --id ID (repeatable) or --all")
     report = analytics().ops.replay_dead_letters(kind, ids=list(ids) or None, limit=limit, actor="cli")
-    click.echo(f"replayed {report.replayed}, still invalid {report.still_invalid}, "
-               f"already gone {report.already_gone}")
+    click.echo(f"replayed {report.replayed}, still invalid {report.still_invalid}, already gone {report.already_gone}")
 
 
 @main.command()

@@ -1,4 +1,5 @@
 """The domain services as one command sees them."""
+
 from __future__ import annotations
 
 import click

@@ -3,6 +3,7 @@
 Registered on the ``analytics`` group in :mod:`cli.main`; the work is in
 :mod:`analytics.events.transfer`.
 """
+
 from __future__ import annotations
 
 import sys
@@ -27,18 +28,33 @@ def _stderr() -> Any:
 @click.option("--start", default=None, help="From this time (ISO 8601 or epoch seconds).")
 @click.option("--end", default=None, help="Up to this time (ISO 8601 or epoch seconds).")
 @click.option("--user", "user_id", default=None, help="Only this user's events (USER_ID as sent).")
-@click.option("--where", "conditions", multiple=True, metavar="PROPERTY=CONDITION",
-              help="Property filter, repeatable: plan=pro, amount=gte:10, trial=exists:true "
-                   "(the syntax of GET /v1/events, without the 'properties.' prefix).")
-@click.option("--format", "fmt", type=click.Choice(transfer.FORMATS), default=None,
-              help="ndjson (one JSON event a line) or csv; default from --output's "
-                   "extension, else ndjson.")
-@click.option("--output", "-o", default="-", metavar="FILE",
-              help="Write here instead of standard output.")
+@click.option(
+    "--where",
+    "conditions",
+    multiple=True,
+    metavar="PROPERTY=CONDITION",
+    help="Property filter, repeatable: plan=pro, amount=gte:10, trial=exists:true "
+    "(the syntax of GET /v1/events, without the 'properties.' prefix).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(transfer.FORMATS),
+    default=None,
+    help="ndjson (one JSON event a line) or csv; default from --output's extension, else ndjson.",
+)
+@click.option("--output", "-o", default="-", metavar="FILE", help="Write here instead of standard output.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
-def export_events(event_type: str | None, start: str | None, end: str | None,
-                  user_id: str | None, conditions: tuple[str, ...], fmt: str | None,
-                  output: str, quiet: bool) -> None:
+def export_events(
+    event_type: str | None,
+    start: str | None,
+    end: str | None,
+    user_id: str | None,
+    conditions: tuple[str, ...],
+    fmt: str | None,
+    output: str,
+    quiet: bool,
+) -> None:
     """Export events, newest first, as NDJSON or CSV.
 
     Streams page by page (memory stays small whatever the size), with a
@@ -55,8 +71,7 @@ def export_events(event_type: str | None, start: str | None, end: str | None,
     for condition in conditions:
         name, sep, value = condition.partition("=")
         if not sep or not name:
-            raise click.BadParameter("write PROPERTY=CONDITION, as in plan=pro",
-                                     param_hint="--where")
+            raise click.BadParameter("write PROPERTY=CONDITION, as in plan=pro", param_hint="--where")
         query.setdefault(f"properties.{name}", []).append(value)
     fmt = transfer.format_for(output, fmt)
     app = analytics()
@@ -66,14 +81,14 @@ def export_events(event_type: str | None, start: str | None, end: str | None,
     count = 0
     with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
         writer = transfer.writer_for(fmt, out)
-        with click.progressbar(length=total, label="exporting", file=_stderr(),
-                               hidden=quiet) as bar:
+        with click.progressbar(length=total, label="exporting", file=_stderr(), hidden=quiet) as bar:
             for event in transfer.iter_events(app.events, query, PAGE_SIZE):
                 writer.write(event)
                 count += 1
                 bar.update(1)
-    app.privacy.record("events.export", "cli", count=count, format=fmt,
-                       filters=transfer.audit_filters(app.events, query))
+    app.privacy.record(
+        "events.export", "cli", count=count, format=fmt, filters=transfer.audit_filters(app.events, query)
+    )
     if not quiet:
         where = "standard output" if output == "-" else output
         click.echo(f"exported {count} events to {where}", err=True)
@@ -81,18 +96,37 @@ def export_events(event_type: str | None, start: str | None, end: str | None,
 
 @click.command("import")
 @click.argument("source", type=click.Path(exists=True, allow_dash=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(transfer.FORMATS), default=None,
-              help="ndjson or csv; default from the file's extension, else ndjson.")
-@click.option("--batch-size", default=PAGE_SIZE, show_default=True,
-              type=click.IntRange(1, 2500), help="Events queued per round trip.")
-@click.option("--max-queue", default=20, show_default=True, type=click.IntRange(1),
-              help="Backpressure: wait while the queue holds more entries than this "
-                   "(an entry is one batch or request, as in the queue length of stats).")
-@click.option("--max-wait", default=300.0, show_default=True, type=click.FloatRange(0),
-              help="Give up (exit 1) after waiting this many seconds in a row.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(transfer.FORMATS),
+    default=None,
+    help="ndjson or csv; default from the file's extension, else ndjson.",
+)
+@click.option(
+    "--batch-size",
+    default=PAGE_SIZE,
+    show_default=True,
+    type=click.IntRange(1, 2500),
+    help="Events queued per round trip.",
+)
+@click.option(
+    "--max-queue",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Backpressure: wait while the queue holds more entries than this "
+    "(an entry is one batch or request, as in the queue length of stats).",
+)
+@click.option(
+    "--max-wait",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Give up (exit 1) after waiting this many seconds in a row.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def import_events(source: str, fmt: str | None, batch_size: int, max_queue: int,
-                  max_wait: float, quiet: bool) -> None:
+def import_events(source: str, fmt: str | None, batch_size: int, max_queue: int, max_wait: float, quiet: bool) -> None:
     """Import events from SOURCE (a file, or - for standard input).
 
     NDJSON: one event a line, the shape of POST /v1/events. CSV: a header
@@ -116,14 +150,20 @@ def import_events(source: str, fmt: str | None, batch_size: int, max_queue: int,
     err = _stderr()
     with click.open_file(source, "rb") as stream:
         size = _size(stream)
-        with click.progressbar(length=size or 0, label="importing", file=err,
-                               hidden=quiet or not size) as bar:
+        with click.progressbar(length=size or 0, label="importing", file=err, hidden=quiet or not size) as bar:
             lines = transfer.counting_lines(stream, bar.update)
             report = transfer.import_events(
-                events, transfer.reader_for(fmt, lines), batch_size=batch_size,
-                max_queue=max_queue, max_wait=max_wait,
-                on_wait=lambda n: None if quiet else click.echo(
-                    f"\nwaiting: {n} queue entries (more than --max-queue {max_queue})", err=True))
+                events,
+                transfer.reader_for(fmt, lines),
+                batch_size=batch_size,
+                max_queue=max_queue,
+                max_wait=max_wait,
+                on_wait=lambda n: (
+                    None
+                    if quiet
+                    else click.echo(f"\nwaiting: {n} queue entries (more than --max-queue {max_queue})", err=True)
+                ),
+            )
     for number, errors in report.rejected[:20]:
         click.echo(f"line {number}: {transfer.describe_errors(errors)}", err=True)
     if len(report.rejected) > 20:

@@ -1,6 +1,7 @@
 """One decorator for every task, so the defaults are fixed in one place
 (a misspelled option such as ``ignore_results`` would silently do nothing),
 and the per-process :class:`Analytics`."""
+
 from __future__ import annotations
 
 import functools

@@ -1,5 +1,6 @@
 """The worker entry point: ``celery -A tasks worker|beat|flower`` finds
 ``tasks.celery.app``. Settings come from the environment."""
+
 from __future__ import annotations
 
 from analytics.settings import Settings

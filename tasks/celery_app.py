@@ -1,6 +1,7 @@
 """How the Celery app is built: one function from settings, used by the
 worker entry (:mod:`tasks.celery`), the web app (:func:`web.celery.celery_init_app`)
 and the command line. Importing this module builds nothing."""
+
 from __future__ import annotations
 
 import logging

@@ -21,6 +21,7 @@ never depended on it: they wait in the queue stream for the recovery sweep).
 Remove this module when kombu handles it (run the Redis restart test a few
 times without it).
 """
+
 from __future__ import annotations
 
 import functools

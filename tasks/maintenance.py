@@ -1,4 +1,5 @@
 """Periodic housekeeping (beat): retention cleanup."""
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ Each worker process (a prefork child) writes
 thread started by ``worker_process_init``: no result backend and no
 broadcast round trip are needed to tell which workers are alive.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,7 @@ _stop = threading.Event()
 
 @worker_process_init.connect
 def start_heartbeat(**_: object) -> None:
-    threading.Thread(target=_beat_forever, args=(_stop,), name="analytics-heartbeat",
-                     daemon=True).start()
+    threading.Thread(target=_beat_forever, args=(_stop,), name="analytics-heartbeat", daemon=True).start()
 
 
 class ConnectionErrorsOnOneLine(logging.Filter):
@@ -111,4 +111,3 @@ def _is_connection_error(exc: BaseException) -> bool:
 def quiet_connection_tracebacks(logger: logging.Logger, **_: object) -> None:
     for handler in logger.handlers:
         handler.addFilter(ConnectionErrorsOnOneLine())
-

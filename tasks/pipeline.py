@@ -1,5 +1,6 @@
 """Processing tasks: thin, idempotent (the store dedupes), retried only when
 Redis is away."""
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,7 @@ log = logging.getLogger(__name__)
 def process_events() -> dict[str, Any]:
     """Drain the event queue for a few seconds (queued on ingest)."""
     report = analytics().processor.drain()
-    return {"entries": report.entries, "stored": report.committed.stored,
-            "metric_samples": report.metrics.samples}
+    return {"entries": report.entries, "stored": report.committed.stored, "metric_samples": report.metrics.samples}
 
 
 @task(RECOVER)

@@ -1,5 +1,6 @@
 """Process start hooks of the worker and beat: refuse to start without
 encryption keys (one clear line) and scrub PHI from every log line."""
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 Layout: Redis db 0 holds the data and is flushed before each test; db 1 is
 the Celery broker, left alone so the session's worker keeps its queues.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -98,8 +99,7 @@ def service(app: Any) -> Any:
 @pytest.fixture
 def keys(service: Any) -> dict[str, str]:
     """One key per role, as ``Authorization`` headers."""
-    return {role: {"Authorization": f"Bearer {service.access.create(role)[0]}"}
-            for role in ("ingest", "read", "admin")}
+    return {role: {"Authorization": f"Bearer {service.access.create(role)[0]}"} for role in ("ingest", "read", "admin")}
 
 
 @pytest.fixture
@@ -123,12 +123,23 @@ def web_server(env: dict[str, str], tmp_root: Path) -> Iterator[str]:
     a free port, for clients that need a real server (SDKs, curl). Yields
     its base URL."""
 
-
     logs = tmp_root / "session-logs"
     logs.mkdir(exist_ok=True)
     port = free_port()
-    argv = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
-            "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8", "web:create_app()"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "gunicorn.conf.py",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--threads",
+        "8",
+        "web:create_app()",
+    ]
     proc = Process("gunicorn", argv, python_env(env), logs).start()
     url = f"http://127.0.0.1:{port}"
 

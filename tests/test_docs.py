@@ -5,6 +5,7 @@ Sphinx itself: built-in extensions, the default theme). README.rst stays a
 short front page; the pages speak to users and operators, not of how the
 project was worked on. Their examples are run by tests/test_readme.py.
 """
+
 from __future__ import annotations
 
 import re
@@ -39,9 +40,15 @@ def test_sphinx_builds_without_warnings(tmp_path: Path) -> None:
     out = tmp_path / "html"
     result = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", str(DOCS), str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, (
-        f"sphinx-build failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        f"sphinx-build failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
     for page in PAGES:
         assert (out / f"{page}.html").is_file(), f"docs/{page}.rst was not built"
 
@@ -52,14 +59,16 @@ def test_every_page_is_in_the_table_of_contents() -> None:
     assert set(PAGES) - {"index"} <= set(pages)
     for page in pages:
         assert re.search(rf"^\s+{re.escape(page)}\s*$", index, re.MULTILINE), (
-            f"docs/{page}.rst is not in the toctree of docs/index.rst")
+            f"docs/{page}.rst is not in the toctree of docs/index.rst"
+        )
 
 
 def test_readme_is_a_short_front_page() -> None:
     text = README.read_text()
     lines = text.splitlines()
     assert len(lines) <= README_MAX_LINES, (
-        f"README.rst has {len(lines)} lines (at most {README_MAX_LINES}): move detail to docs/")
+        f"README.rst has {len(lines)} lines (at most {README_MAX_LINES}): move detail to docs/"
+    )
     for command in ("make run", "make test"):
         assert command in text
     for page in PAGES[1:]:
@@ -68,10 +77,13 @@ def test_readme_is_a_short_front_page() -> None:
 
 @pytest.mark.parametrize("path", documentation(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_work_log_wording(path: Path) -> None:
-    found = [f"line {number}: {what} ({match.group(0)!r})"
-             for number, line in enumerate(path.read_text().splitlines(), 1)
-             for what, pattern in FORBIDDEN.items()
-             for match in [pattern.search(line)] if match]
+    found = [
+        f"line {number}: {what} ({match.group(0)!r})"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        for what, pattern in FORBIDDEN.items()
+        for match in [pattern.search(line)]
+        if match
+    ]
     assert not found, f"{path.relative_to(ROOT)}: {found}"
 
 
@@ -79,10 +91,20 @@ def test_the_forbidden_patterns_catch_what_they_should() -> None:
     def caught(text: str) -> bool:
         return any(pattern.search(text) for pattern in FORBIDDEN.values())
 
-    for bad in ("see CONTRACT.md", "Session 10's runs", "in sessions 6, 9 and 10",
-                "an earlier session", "against the issue's targets", "the issue's reference costs",
-                "fixed in issue #12"):
+    for bad in (
+        "see CONTRACT.md",
+        "Session 10's runs",
+        "in sessions 6, 9 and 10",
+        "an earlier session",
+        "against the issue's targets",
+        "the issue's reference costs",
+        "fixed in issue #12",
+    ):
         assert caught(bad), bad
-    for fine in ("kept in sessionStorage", "api = requests.Session()", "a known gthread issue",
-                 "the reference machine"):
+    for fine in (
+        "kept in sessionStorage",
+        "api = requests.Session()",
+        "a known gthread issue",
+        "the reference machine",
+    ):
         assert not caught(fine), fine

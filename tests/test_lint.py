@@ -1,6 +1,7 @@
 """Code style is checked like behaviour: ruff (lint and format) everywhere,
 mypy on every package, and the import graph: no cycles, and a core that
 imports none of its faces."""
+
 from __future__ import annotations
 
 import ast

@@ -24,6 +24,7 @@ command fails :func:`test_every_block_is_marked`, so a new example cannot go
 untested by accident, and :data:`EXPECTED_EXAMPLES` keeps examples from
 disappearing when the pages are rewritten.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -48,9 +49,27 @@ KINDS = {"shell", "python", "synopsis", "procfile", "background", "ci", "none"}
 #: Languages a ``code-block`` of each runnable kind may declare.
 LANGUAGES = {"shell": {"bash", "sh", "shell", "console"}, "python": {"python", "python3", "py"}}
 #: First words that make an unmarked block look like a command.
-COMMAND_WORDS = {"analytics", "curl", "make", "celery", "gunicorn", "honcho", "redis-cli",
-                 "python", "python3", "pip", "KEY=$(analytics", "import", "from", "export",
-                 "docker", "flower", "wget", "sh", "bash"}
+COMMAND_WORDS = {
+    "analytics",
+    "curl",
+    "make",
+    "celery",
+    "gunicorn",
+    "honcho",
+    "redis-cli",
+    "python",
+    "python3",
+    "pip",
+    "KEY=$(analytics",
+    "import",
+    "from",
+    "export",
+    "docker",
+    "flower",
+    "wget",
+    "sh",
+    "bash",
+}
 MARKER = re.compile(r"^\s*\.\. readme-test:\s*(\S+)\s*$")
 #: ``.. name:: argument`` (a directive).
 DIRECTIVE = re.compile(r"^(\s*)\.\.\s+([\w-]+)::(.*)$")
@@ -58,24 +77,24 @@ CODE_DIRECTIVES = {"code-block", "code", "sourcecode"}
 #: Snippets that must stay in a run (shell or python) example somewhere:
 #: every example the pages have, wherever it moves.
 EXPECTED_EXAMPLES = [
-    "analytics keys create --role admin",        # quick start
-    "POST localhost:8000/v1/events",             # sending events, a batch
-    "/v1/event-types",                           # registering a type
-    "properties.button=buy",                     # property filters
-    "--data-urlencode \"properties.amount=gte:10\"",
-    "requests.Session()",                        # from Python, following the cursor
-    "segment.track(",                            # the Segment SDK
-    "rudder.track(",                             # the RudderStack SDK
-    "localhost:8000/v1/track",                   # the Segment HTTP API
-    "groupBy=route",                             # metrics
-    "events.page_view?agg=count",                # event counts
-    "analytics export --type page_view",         # export and import
+    "analytics keys create --role admin",  # quick start
+    "POST localhost:8000/v1/events",  # sending events, a batch
+    "/v1/event-types",  # registering a type
+    "properties.button=buy",  # property filters
+    '--data-urlencode "properties.amount=gte:10"',
+    "requests.Session()",  # from Python, following the cursor
+    "segment.track(",  # the Segment SDK
+    "rudder.track(",  # the RudderStack SDK
+    "localhost:8000/v1/track",  # the Segment HTTP API
+    "groupBy=route",  # metrics
+    "events.page_view?agg=count",  # event counts
+    "analytics export --type page_view",  # export and import
     "analytics import -",
-    "analytics audit verify",                    # the audit log
+    "analytics audit verify",  # the audit log
     "localhost:8000/v1/audit",
-    "localhost:8000/v1/erase",                   # erasure
+    "localhost:8000/v1/erase",  # erasure
     "analytics erase --user",
-    "redis-cli -u \"$REDIS_URL\" ping",          # troubleshooting
+    'redis-cli -u "$REDIS_URL" ping',  # troubleshooting
     "localhost:8000/readyz",
     "celery -A tasks inspect ping",
     "XLEN analytics:events:queue",
@@ -105,8 +124,7 @@ def _body(lines: list[str], start: int, indent: int) -> tuple[list[tuple[int, st
     and the index after them."""
     j = start
     body: list[tuple[int, str]] = []
-    while j < len(lines) and (not lines[j].strip() or
-                              len(lines[j]) - len(lines[j].lstrip()) > indent):
+    while j < len(lines) and (not lines[j].strip() or len(lines[j]) - len(lines[j].lstrip()) > indent):
         body.append((j, lines[j]))
         j += 1
     while body and not body[-1][1].strip():
@@ -175,8 +193,7 @@ def cli_target() -> tuple[str, str]:
     """(module, function) of the ``analytics`` console script: the entry
     point setup.cfg declares, else where the CLI has lived."""
     candidates = []
-    declared = re.search(r"^\s*analytics\s*=\s*([\w.]+):(\w+)\s*$",
-                         (ROOT / "setup.cfg").read_text(), re.MULTILINE)
+    declared = re.search(r"^\s*analytics\s*=\s*([\w.]+):(\w+)\s*$", (ROOT / "setup.cfg").read_text(), re.MULTILINE)
     if declared:
         candidates.append((declared.group(1), declared.group(2)))
     candidates += [("cli.main", "main"), ("analytics.cli", "main")]
@@ -190,14 +207,19 @@ def cli_target() -> tuple[str, str]:
 
 
 def test_the_parser_finds_marked_and_unmarked_blocks() -> None:
-    sample = ("Intro::\n\n    curl x\n\n.. readme-test: none\n\n::\n\n    a diagram\n\ntext\n\n"
-              ".. readme-test: shell\n\n.. code-block:: bash\n   :caption: a caption\n\n"
-              "   analytics stats\n\n.. note::\n\n   Inside a note::\n\n       make test\n\n"
-              ".. toctree::\n   :maxdepth: 2\n\n   api\n")
+    sample = (
+        "Intro::\n\n    curl x\n\n.. readme-test: none\n\n::\n\n    a diagram\n\ntext\n\n"
+        ".. readme-test: shell\n\n.. code-block:: bash\n   :caption: a caption\n\n"
+        "   analytics stats\n\n.. note::\n\n   Inside a note::\n\n       make test\n\n"
+        ".. toctree::\n   :maxdepth: 2\n\n   api\n"
+    )
     found = blocks(sample)
     assert [(b.kind, b.text, b.language) for b in found] == [
-        (None, "curl x", ""), ("none", "a diagram", ""), ("shell", "analytics stats", "bash"),
-        (None, "make test", "")]
+        (None, "curl x", ""),
+        ("none", "a diagram", ""),
+        ("shell", "analytics stats", "bash"),
+        (None, "make test", ""),
+    ]
     assert looks_like_a_command(found[0]) and not looks_like_a_command(found[1])
     assert [b.line for b in found] == [3, 9, 18, 24]  # each block's first line
 
@@ -211,9 +233,7 @@ def test_every_block_is_marked() -> None:
     unknown = [str(b) for b in found if b.kind is not None and b.kind not in KINDS]
     assert not unknown, f"unknown readme-test kinds: {unknown}"
     untested = [str(b) for b in found if b.kind is None and looks_like_a_command(b)]
-    assert not untested, (
-        f"commands without a `.. readme-test: KIND` marker: {untested} "
-        "(see tests/test_readme.py)")
+    assert not untested, f"commands without a `.. readme-test: KIND` marker: {untested} (see tests/test_readme.py)"
     for kind in ("shell", "python", "synopsis", "procfile", "ci"):
         assert of_kind(kind), f"no {kind} block: is the marker syntax still right?"
     # The README itself shows the two commands and a quick start that runs.
@@ -222,8 +242,11 @@ def test_every_block_is_marked() -> None:
 
 
 def test_code_blocks_declare_the_language_of_their_kind() -> None:
-    wrong = [f"{b}: {b.language}" for b in all_blocks()
-             if b.language and b.kind in LANGUAGES and b.language not in LANGUAGES[b.kind]]
+    wrong = [
+        f"{b}: {b.language}"
+        for b in all_blocks()
+        if b.language and b.kind in LANGUAGES and b.language not in LANGUAGES[b.kind]
+    ]
     assert not wrong, f"code-block language does not match the readme-test kind: {wrong}"
 
 
@@ -276,19 +299,19 @@ def test_synopsis_commands_exist_with_their_options(line: str) -> None:
 
 # -- running the examples ---------------------------------------------------------------
 @pytest.fixture
-def example_env(env: dict[str, str], web_server: str, keys: dict[str, dict[str, str]],
-                tmp_path: Path) -> dict[str, str]:
+def example_env(
+    env: dict[str, str], web_server: str, keys: dict[str, dict[str, str]], tmp_path: Path
+) -> dict[str, str]:
     """Environment of the examples: the test stack, `analytics` from this checkout."""
     module, function = cli_target()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "analytics"
     program = f"import sys; from {module} import {function} as main; sys.exit(main(prog_name='analytics'))"
-    shim.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(program)} \"$@\"\n")
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(program)} "$@"\n')
     shim.chmod(0o755)
     environ = python_env(env)
-    environ["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent),
-                                       environ.get("PATH", "")])
+    environ["PATH"] = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), environ.get("PATH", "")])
     environ["KEY"] = keys["admin"]["Authorization"].removeprefix("Bearer ")
     return environ
 
@@ -298,11 +321,11 @@ def localize(text: str, web_server: str) -> str:
 
 
 def run_block(block: Block, argv: list[str], environ: dict[str, str], cwd: Path) -> None:
-    result = subprocess.run(argv, env=environ, cwd=cwd, capture_output=True, text=True,
-                            timeout=240, check=False)
+    result = subprocess.run(argv, env=environ, cwd=cwd, capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 0, (
         f"{block} failed ({result.returncode}):\n{block.text}\n--- stdout\n{result.stdout[-2000:]}"
-        f"\n--- stderr\n{result.stderr[-3000:]}")
+        f"\n--- stderr\n{result.stderr[-3000:]}"
+    )
 
 
 def test_examples_run(example_env, web_server, worker, tmp_path, client, keys) -> None:
@@ -326,8 +349,7 @@ def test_examples_run(example_env, web_server, worker, tmp_path, client, keys) -
         return len(client.get(f"/v1/events?{query}", headers=keys["read"]).json["events"])
 
     # curl's Segment track (42), the Segment SDK's (42) and RudderStack's (7).
-    wait_until(lambda: count("type=Order+Completed") == 3, 30,
-               message="the examples' Segment calls to be stored")
+    wait_until(lambda: count("type=Order+Completed") == 3, 30, message="the examples' Segment calls to be stored")
     assert count("type=Order+Completed&properties.amount=gte:10") == 2
     assert count("type=page_view&userId=u-17") >= 1 and count("type=click&properties.button=buy") == 1
     assert count("type=identify") == 1 and count("type=page") == 1

@@ -1,5 +1,6 @@
 """Real HTTP servers for the tests: gunicorn, exactly as the Procfile runs it
 (``gunicorn.conf.py``), bound to 127.0.0.1 on a free port."""
+
 from __future__ import annotations
 
 import sys
@@ -13,14 +14,25 @@ from testkit import Process, free_port, python_env, wait_until
 class WebServer:
     """``gunicorn --config gunicorn.conf.py web:create_app()`` on a free port."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path, workers: int = 1,
-                 threads: int = 32) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, workers: int = 1, threads: int = 32) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
-        argv = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
-                "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
-                "--threads", str(threads), "--no-control-socket", "web:create_app()"]
+        argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            "--no-control-socket",
+            "web:create_app()",
+        ]
         self.process = Process(name, argv, python_env(env), log_dir)
 
     def start(self) -> WebServer:
@@ -48,6 +60,13 @@ class WebServer:
 
 def chromium_args() -> list[str]:
     """Flags for Debian's headless chromium in a container, no network chatter."""
-    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
-            "--disable-dev-shm-usage"]
+    return [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+    ]

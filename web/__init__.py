@@ -2,6 +2,7 @@
 
 ``gunicorn "web:create_app()"`` serves it (see the Procfile).
 """
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """``/v1`` JSON API: events and the event-type registry. Views only parse,
 authorize and shape; the work is in :class:`analytics.Analytics`."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -55,9 +56,12 @@ def _answer(result: TrackResult, batch: bool, noun: str) -> Response:
     return Response(orjson.dumps(result.as_dict()), status=202, mimetype="application/json")
 
 
-def admit(schema: marshmallow.Schema, noun: str,
-          prepare: Callable[[list[Any], dict[str, Any]], P],
-          track_as: Callable[..., tuple[ApiKey, TrackResult]]) -> Response:
+def admit(
+    schema: marshmallow.Schema,
+    noun: str,
+    prepare: Callable[[list[Any], dict[str, Any]], P],
+    track_as: Callable[..., tuple[ApiKey, TrackResult]],
+) -> Response:
     """The ``202`` of an ingest endpoint taking one item or ``{"batch": [...]}``.
 
     ``prepare(items, envelope)`` validates and encodes the items, no I/O
@@ -84,9 +88,12 @@ def post_events() -> ResponseReturnValue:
     then one Redis round trip checks the key (role, rate limit) and queues
     them (:meth:`EventService.track_as`)."""
     events = get_analytics().events
-    return admit(event_batch_schema, "event",
-                 lambda items, envelope: events.prepare(items, sent_at=envelope.get("sentAt")),
-                 events.track_as)
+    return admit(
+        event_batch_schema,
+        "event",
+        lambda items, envelope: events.prepare(items, sent_at=envelope.get("sentAt")),
+        events.track_as,
+    )
 
 
 @api.get("/events")
@@ -98,8 +105,7 @@ def get_events() -> ResponseReturnValue:
     query.update({k: request.args.getlist(k) for k in query if k.startswith("properties.")})
     service = get_analytics()
     events, cursor = service.events.get_events(query, reveal_phi=True, scope_user_hash=key.user_hash)
-    service.privacy.audit_read(key.id, query, len(events), request.remote_addr,
-                       scoped=bool(key.user_hash))
+    service.privacy.audit_read(key.id, query, len(events), request.remote_addr, scoped=bool(key.user_hash))
     return jsonify(events=events, next=cursor)
 
 
@@ -114,6 +120,5 @@ def list_event_types() -> ResponseReturnValue:
 @require("admin")
 def register_event_type() -> ResponseReturnValue:
     data = load(event_type_schema, json_body())
-    event_type = get_analytics().events.register_event_type(
-        data["name"], data["priority"], data["description"])
+    event_type = get_analytics().events.register_event_type(data["name"], data["priority"], data["description"])
     return jsonify(asdict(event_type)), 201

@@ -1,4 +1,5 @@
 """API key authentication for views: ``@require("read")``."""
+
 from __future__ import annotations
 
 import functools
@@ -56,8 +57,7 @@ def prepare_after_key(secret: str | None, action: str, prepare: Callable[[], T])
         raise
 
 
-def require(action: str,
-            credentials: Callable[[], str | None] = bearer_token) -> Callable[[F], F]:
+def require(action: str, credentials: Callable[[], str | None] = bearer_token) -> Callable[[F], F]:
     """Views decorated with this need a key whose role grants ``action``.
 
     ``credentials`` finds the key in the request (default: the Bearer token;

@@ -26,6 +26,7 @@ With ``reuse_port`` each worker has its own socket and a connection the
 kernel hashed to it can only be taken by it: the worker then accepts as
 plain gthread does.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -83,8 +84,7 @@ def release_slot(slot: int) -> None:
 
 def connection_counts() -> dict[int, int]:
     """Open connections by worker pid, as published (for tests and tools)."""
-    return {int(_TABLE[s * _FIELDS]): int(_TABLE[s * _FIELDS + 1])
-            for s in range(SLOTS) if _TABLE[s * _FIELDS]}
+    return {int(_TABLE[s * _FIELDS]): int(_TABLE[s * _FIELDS + 1]) for s in range(SLOTS) if _TABLE[s * _FIELDS]}
 
 
 class BalancedThreadWorker(ThreadWorker):
@@ -117,17 +117,21 @@ class BalancedThreadWorker(ThreadWorker):
     def _publish(self) -> None:
         if self._slot < 0:
             return
-        _write(self._slot, self.pid, self.nr_conns, time.monotonic(),
-               self.alive and self.nr_conns < self.worker_connections)
+        _write(
+            self._slot,
+            self.pid,
+            self.nr_conns,
+            time.monotonic(),
+            self.alive and self.nr_conns < self.worker_connections,
+        )
 
     def _least_loaded(self) -> bool:
         """No live, accepting sibling holds fewer connections than this worker."""
         mine, me, now = self.nr_conns, self._slot * _FIELDS, time.monotonic()
         table = _TABLE.tolist()  # one copy: cheaper than indexing the view
         for base in range(0, len(table), _FIELDS):
-            pid, conns, seen, accepting = table[base:base + _FIELDS]
-            if (pid and accepting and conns < mine and base != me
-                    and now - seen < STALE_S and _alive(int(pid))):
+            pid, conns, seen, accepting = table[base : base + _FIELDS]
+            if pid and accepting and conns < mine and base != me and now - seen < STALE_S and _alive(int(pid)):
                 return False
         return True
 

@@ -1,6 +1,7 @@
 """Reading request bodies: JSON whatever the Content-Type (browsers send
 ``text/plain`` to avoid a preflight), gzip decoded with a size cap against
 decompression bombs."""
+
 from __future__ import annotations
 
 import zlib

@@ -1,6 +1,7 @@
 """The web app's Celery client, built from the app's settings as in Flask's
 Celery example. The web only sends wake-ups, by task name: it never
 imports the tasks."""
+
 from __future__ import annotations
 
 from celery import Celery

@@ -5,6 +5,7 @@ a read key, keeps it in ``sessionStorage`` (never in the URL or a cookie)
 and talks to the API and ``WS /v1/stream`` with it. Everything it loads is
 served from here (``web/static``): no CDN.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, Response, render_template
@@ -13,8 +14,10 @@ from flask import Blueprint, Response, render_template
 dashboard = Blueprint("dashboard", __name__)
 
 #: The page runs only our own scripts and talks only to this origin.
-_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 
 
 @dashboard.get("/")

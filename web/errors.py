@@ -2,6 +2,7 @@
 
 Error bodies name fields and never echo input values (they may be PHI).
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,7 @@ from analytics.redis_client import store_error
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, code: str, message: str,
-                   details: dict[str, Any] | None = None) -> Response:
+def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
     body = {"error": {"code": code, "message": message, "details": details or {}}}
     response = jsonify(body)
     response.status_code = status
@@ -32,8 +32,10 @@ def _scrub_names(details: Any) -> Any:
     that look like PHI are replaced; messages are ours and hold no values."""
     if isinstance(details, dict):
         scrub = scrubbing_filter().scrub
-        return {(k if not isinstance(k, str) or scrub(k) == k else "[redacted]"): _scrub_names(v)
-                for k, v in details.items()}
+        return {
+            (k if not isinstance(k, str) or scrub(k) == k else "[redacted]"): _scrub_names(v)
+            for k, v in details.items()
+        }
     if isinstance(details, list):
         return [_scrub_names(v) for v in details]
     return details
@@ -52,10 +54,15 @@ def outage(app: Flask) -> OutageLog:
     return app.extensions["outage"]
 
 
-
-
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -82,8 +89,7 @@ def init_app(app: Flask) -> None:
 
     def note_recovery(response: Response) -> Response:
         # Any answer below 500 from an API view means Redis answered it.
-        if (web_outage.down and response.status_code < 500
-                and request.blueprint not in (None, "health", "metrics")):
+        if web_outage.down and response.status_code < 500 and request.blueprint not in (None, "health", "metrics"):
             web_outage.came_back()
         return response
 

@@ -1,5 +1,6 @@
 """Per-app objects: :class:`analytics.Analytics` (the domain services) and
 the Celery client used to wake the workers. Both live in ``app.extensions``."""
+
 from __future__ import annotations
 
 from flask import Flask, current_app

@@ -1,4 +1,5 @@
 """Liveness and readiness probes (no authentication)."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify

@@ -1,5 +1,6 @@
 """``/v1/metrics``: metric ingestion and queries. Views only parse,
 authorize and shape; the work is in :class:`analytics.Analytics`."""
+
 from __future__ import annotations
 
 import orjson

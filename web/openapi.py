@@ -5,6 +5,7 @@ really validates with (:mod:`analytics.events.schemas`), so the document cannot
 drift from the validation. Response bodies, which no schema loads, are
 described by the small schemas below. The document is built once per app.
 """
+
 # ruff: noqa: N815 - schema attributes are the JSON field names (camelCase)
 from __future__ import annotations
 
@@ -100,18 +101,24 @@ class StatusSchema(Schema):
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    names = {400: "Invalid input (fields named, values never echoed)",
-             401: "Missing, unknown or revoked API key", 403: "The key's role does not allow this",
-             413: "Request too large", 429: "Rate limited: see Retry-After",
-             503: "Redis unavailable: nothing was accepted"}
+    names = {
+        400: "Invalid input (fields named, values never echoed)",
+        401: "Missing, unknown or revoked API key",
+        403: "The key's role does not allow this",
+        413: "Request too large",
+        429: "Rate limited: see Retry-After",
+        503: "Redis unavailable: nothing was accepted",
+    }
     out: dict[str, Any] = {}
     for status in statuses:
-        response: dict[str, Any] = {"description": names[status], "content": {
-            "application/json": {"schema": "Error"}}}
+        response: dict[str, Any] = {"description": names[status], "content": {"application/json": {"schema": "Error"}}}
         if status == 429:
-            response["headers"] = {"Retry-After": {
-                "description": "Seconds to wait (1 to 300)",
-                "schema": {"type": "integer", "minimum": 1, "maximum": 300}}}
+            response["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait (1 to 300)",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 300},
+                }
+            }
         out[str(status)] = response
     return out
 
@@ -123,86 +130,165 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.0 document, as a dict."""
     marshmallow_plugin = MarshmallowPlugin()
-    spec = APISpec(title="Analytics service", version="1", openapi_version="3.0.3",
-                   plugins=[marshmallow_plugin],
-                   info={"description": "Events and metrics analytics for health data. "
-                         "PHI is encrypted at rest; every read is audited."})
+    spec = APISpec(
+        title="Analytics service",
+        version="1",
+        openapi_version="3.0.3",
+        plugins=[marshmallow_plugin],
+        info={
+            "description": "Events and metrics analytics for health data. "
+            "PHI is encrypted at rest; every read is audited."
+        },
+    )
     # Times are ISO 8601 (or epoch seconds); documented as date-time strings.
     marshmallow_plugin.map_to_openapi_type(schemas.Timestamp, "string", "date-time")
     marshmallow_plugin.map_to_openapi_type(schemas.RawList, "array", None)
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    for name, schema in (("Event", schemas.EventSchema), ("EventBatch", schemas.EventBatchSchema),
-                         ("EventTypeIn", schemas.EventTypeSchema), ("Erase", schemas.EraseSchema),
-                         ("Error", ErrorSchema), ("TrackResult", TrackResultSchema),
-                         ("EventsPage", EventsPageSchema), ("EventTypes", EventTypesSchema),
-                         ("AuditPage", AuditPageSchema),
-                         ("Erasure", ErasureSchema), ("Status", StatusSchema),
-                         ("MetricSample", metric_schemas.MetricSampleSchema),
-                         ("MetricBatch", metric_schemas.MetricBatchSchema),
-                         ("MetricSeries", MetricQueryResultSchema)):
+    for name, schema in (
+        ("Event", schemas.EventSchema),
+        ("EventBatch", schemas.EventBatchSchema),
+        ("EventTypeIn", schemas.EventTypeSchema),
+        ("Erase", schemas.EraseSchema),
+        ("Error", ErrorSchema),
+        ("TrackResult", TrackResultSchema),
+        ("EventsPage", EventsPageSchema),
+        ("EventTypes", EventTypesSchema),
+        ("AuditPage", AuditPageSchema),
+        ("Erasure", ErasureSchema),
+        ("Status", StatusSchema),
+        ("MetricSample", metric_schemas.MetricSampleSchema),
+        ("MetricBatch", metric_schemas.MetricBatchSchema),
+        ("MetricSeries", MetricQueryResultSchema),
+    ):
         spec.components.schema(name, schema=schema)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
-    spec.path(path="/v1/events", operations={
-        "post": {
-            "summary": "Ingest one event or a batch (role ingest)",
-            "security": secured,
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "oneOf": [{"$ref": "#/components/schemas/Event"},
-                          {"$ref": "#/components/schemas/EventBatch"}]}}}},
-            "responses": {"202": _json("TrackResult", "Accepted: durably queued"),
-                          **_errors(400, 401, 403, 413, 429, 503)},
+    spec.path(
+        path="/v1/events",
+        operations={
+            "post": {
+                "summary": "Ingest one event or a batch (role ingest)",
+                "security": secured,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/Event"},
+                                    {"$ref": "#/components/schemas/EventBatch"},
+                                ]
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _json("TrackResult", "Accepted: durably queued"),
+                    **_errors(400, 401, 403, 413, 429, 503),
+                },
+            },
+            "get": {
+                "summary": "Query events, newest first (role read; audited)",
+                "security": secured,
+                "parameters": [{"in": "query", "schema": schemas.EventQuerySchema}],
+                "responses": {"200": _json("EventsPage", "A page of events"), **_errors(400, 401, 403, 429, 503)},
+            },
         },
-        "get": {
-            "summary": "Query events, newest first (role read; audited)",
-            "security": secured,
-            "parameters": [{"in": "query", "schema": schemas.EventQuerySchema}],
-            "responses": {"200": _json("EventsPage", "A page of events"),
-                          **_errors(400, 401, 403, 429, 503)},
+    )
+    spec.path(
+        path="/v1/metrics",
+        operations={
+            "post": {
+                "summary": "Ingest one metric sample or a batch (role ingest)",
+                "security": secured,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/MetricSample"},
+                                    {"$ref": "#/components/schemas/MetricBatch"},
+                                ]
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _json("TrackResult", "Accepted: durably queued"),
+                    **_errors(400, 401, 403, 413, 429, 503),
+                },
+            }
         },
-    })
-    spec.path(path="/v1/metrics", operations={"post": {
-        "summary": "Ingest one metric sample or a batch (role ingest)",
-        "security": secured,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "oneOf": [{"$ref": "#/components/schemas/MetricSample"},
-                      {"$ref": "#/components/schemas/MetricBatch"}]}}}},
-        "responses": {"202": _json("TrackResult", "Accepted: durably queued"),
-                      **_errors(400, 401, 403, 413, 429, 503)}}})
-    spec.path(path="/v1/metrics/{name}", operations={"get": {
-        "summary": "A metric's series, aggregated per bucket (role read)",
-        "security": secured,
-        "parameters": [{"in": "path", "name": "name", "required": True, "schema": {"type": "string"}},
-                       {"in": "query", "schema": metric_schemas.MetricQuerySchema}],
-        "responses": {"200": _json("MetricSeries", "Points aligned to bucket boundaries; null when empty"),
-                      **_errors(400, 401, 403, 429, 503)}}})
-    spec.path(path="/v1/event-types", operations={
-        "get": {"summary": "Registered event types (role read)", "security": secured,
-                "responses": {"200": _json("EventTypes", "The registry"),
-                              **_errors(401, 403, 429)}},
-        "post": {"summary": "Register an event type (role admin)", "security": secured,
-                 "requestBody": {"required": True, "content": {
-                     "application/json": {"schema": "EventTypeIn"}}},
-                 "responses": {"201": _json("EventTypeOut", "Registered"),
-                               **_errors(400, 401, 403, 429)}},
-    })
-    spec.path(path="/v1/audit", operations={"get": {
-        "summary": "The audit log, oldest first, paged (role admin)", "security": secured,
-        "parameters": [{"in": "query", "schema": schemas.AuditQuerySchema}],
-        "responses": {"200": _json("AuditPage", "A page of entries"),
-                      **_errors(400, 401, 403, 429)}}})
-    spec.path(path="/v1/erase", operations={"post": {
-        "summary": "Erase every trace of a user (role admin; audited without the id)",
-        "security": secured,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": "Erase"}}},
-        "responses": {"200": _json("Erasure", "What was removed"),
-                      **_errors(400, 401, 403, 429, 503)}}})
-    spec.path(path="/healthz", operations={"get": {
-        "summary": "Liveness", "responses": {"200": _json("Status", "The process is up")}}})
-    spec.path(path="/readyz", operations={"get": {
-        "summary": "Readiness", "responses": {"200": _json("Status", "Redis answers"),
-                                              **_errors(503)}}})
-    spec.path(path="/v1/openapi.json", operations={"get": {
-        "summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0"}}}})
+    )
+    spec.path(
+        path="/v1/metrics/{name}",
+        operations={
+            "get": {
+                "summary": "A metric's series, aggregated per bucket (role read)",
+                "security": secured,
+                "parameters": [
+                    {"in": "path", "name": "name", "required": True, "schema": {"type": "string"}},
+                    {"in": "query", "schema": metric_schemas.MetricQuerySchema},
+                ],
+                "responses": {
+                    "200": _json("MetricSeries", "Points aligned to bucket boundaries; null when empty"),
+                    **_errors(400, 401, 403, 429, 503),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/v1/event-types",
+        operations={
+            "get": {
+                "summary": "Registered event types (role read)",
+                "security": secured,
+                "responses": {"200": _json("EventTypes", "The registry"), **_errors(401, 403, 429)},
+            },
+            "post": {
+                "summary": "Register an event type (role admin)",
+                "security": secured,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": "EventTypeIn"}}},
+                "responses": {"201": _json("EventTypeOut", "Registered"), **_errors(400, 401, 403, 429)},
+            },
+        },
+    )
+    spec.path(
+        path="/v1/audit",
+        operations={
+            "get": {
+                "summary": "The audit log, oldest first, paged (role admin)",
+                "security": secured,
+                "parameters": [{"in": "query", "schema": schemas.AuditQuerySchema}],
+                "responses": {"200": _json("AuditPage", "A page of entries"), **_errors(400, 401, 403, 429)},
+            }
+        },
+    )
+    spec.path(
+        path="/v1/erase",
+        operations={
+            "post": {
+                "summary": "Erase every trace of a user (role admin; audited without the id)",
+                "security": secured,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": "Erase"}}},
+                "responses": {"200": _json("Erasure", "What was removed"), **_errors(400, 401, 403, 429, 503)},
+            }
+        },
+    )
+    spec.path(
+        path="/healthz",
+        operations={"get": {"summary": "Liveness", "responses": {"200": _json("Status", "The process is up")}}},
+    )
+    spec.path(
+        path="/readyz",
+        operations={
+            "get": {"summary": "Readiness", "responses": {"200": _json("Status", "Redis answers"), **_errors(503)}}
+        },
+    )
+    spec.path(
+        path="/v1/openapi.json",
+        operations={"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0"}}}},
+    )
     return spec.to_dict()
 
 

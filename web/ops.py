@@ -3,6 +3,7 @@
 ``GET /v1/stats`` (read role), ``GET /v1/dlq`` and ``POST /v1/dlq/replay``
 (admin role). Views only parse, authorize and shape.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, g, jsonify, request
@@ -36,5 +37,6 @@ def dead_letters() -> ResponseReturnValue:
 def replay() -> ResponseReturnValue:
     data = load(dead_letter_replay_schema, json_body())
     report = get_analytics().ops.replay_dead_letters(
-        data["kind"], ids=data["ids"], limit=data["limit"], actor=g.api_key.id)
+        data["kind"], ids=data["ids"], limit=data["limit"], actor=g.api_key.id
+    )
     return jsonify(report.as_dict())

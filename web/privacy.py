@@ -3,6 +3,7 @@
 Erasure takes the user id in the body (``POST /v1/erase``), not in the URL:
 URLs end up in proxy and access logs, bodies do not.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -23,8 +24,9 @@ privacy = Blueprint("privacy", __name__, url_prefix="/v1")
 def audit_entries() -> Any:
     params = load(audit_query_schema, request.args.to_dict())
     # Reading the audit log is itself audited.
-    entries, cursor = get_analytics().privacy.audit_entries(params["cursor"], params["limit"],
-                                                           actor=g.api_key.id, remote=request.remote_addr)
+    entries, cursor = get_analytics().privacy.audit_entries(
+        params["cursor"], params["limit"], actor=g.api_key.id, remote=request.remote_addr
+    )
     return jsonify(entries=entries, next=cursor)
 
 

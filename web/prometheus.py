@@ -11,6 +11,7 @@ Two sources, so that any gunicorn worker answers the same:
   (``gunicorn.conf.py`` sets it up): each worker writes its samples to files
   there (within a second of a request) and the scrape sums them all.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,7 @@ from web.extensions import get_analytics
 metrics = Blueprint("metrics", __name__)
 
 
-def _gauge(name: str, doc: str, value: float,
-           labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, labels=list(labels or {}))
     family.add_metric(list((labels or {}).values()), value)
     return family
@@ -59,55 +59,71 @@ class RedisCollector(Collector):
         figures = self._ops.stats_snapshot()
         redis_ok = figures["redis"]["status"] == "ok"
         yield _gauge("analytics_redis_up", "1 when Redis answers", 1.0 if redis_ok else 0.0)
-        yield _gauge("analytics_process_resident_memory_bytes", "RSS of the answering web process",
-                     figures["process"]["rss_bytes"], {"pid": str(figures["process"]["pid"])})
+        yield _gauge(
+            "analytics_process_resident_memory_bytes",
+            "RSS of the answering web process",
+            figures["process"]["rss_bytes"],
+            {"pid": str(figures["process"]["pid"])},
+        )
         if not redis_ok:
             return
-        yield _gauge("analytics_redis_used_memory_bytes", "Redis INFO used_memory",
-                     figures["redis"]["used_memory_bytes"])
-        yield _gauge("analytics_redis_maxmemory_bytes", "Redis maxmemory (0: none)",
-                     figures["redis"]["maxmemory_bytes"])
+        yield _gauge(
+            "analytics_redis_used_memory_bytes", "Redis INFO used_memory", figures["redis"]["used_memory_bytes"]
+        )
+        yield _gauge(
+            "analytics_redis_maxmemory_bytes", "Redis maxmemory (0: none)", figures["redis"]["maxmemory_bytes"]
+        )
         yield from self._queue(figures["queue"])
         yield from self._workers(figures["workers"])
         ws = figures["websocket"]
         yield _gauge("analytics_websocket_clients", "Connected WebSocket clients", ws["clients"])
-        for field, doc in (("messages_total", "WebSocket messages sent"),
-                           ("errors_total", "WebSocket errors"),
-                           ("auth_failures_total", "WebSocket authentication failures")):
+        for field, doc in (
+            ("messages_total", "WebSocket messages sent"),
+            ("errors_total", "WebSocket errors"),
+            ("auth_failures_total", "WebSocket authentication failures"),
+        ):
             family = CounterMetricFamily(f"analytics_websocket_{field[:-6]}", doc)
             family.add_metric([], ws[field])
             yield family
-        yield _gauge("analytics_websocket_message_rate_per_second",
-                     "WebSocket messages sent per second, all web processes", ws["messages_rate"])
+        yield _gauge(
+            "analytics_websocket_message_rate_per_second",
+            "WebSocket messages sent per second, all web processes",
+            ws["messages_rate"],
+        )
         cleanup = figures["cleanup"] or {}
         if isinstance(cleanup.get("last_run"), (int, float)):
-            yield _gauge("analytics_cleanup_last_run_timestamp_seconds",
-                         "When the cleanup task last ran", cleanup["last_run"])
+            yield _gauge(
+                "analytics_cleanup_last_run_timestamp_seconds", "When the cleanup task last ran", cleanup["last_run"]
+            )
 
     @staticmethod
     def _queue(queue: dict[str, Any]) -> Iterator[Metric]:
-        lengths = GaugeMetricFamily("analytics_queue_length", "Queued, unprocessed entries",
-                                    labels=["lane"])
+        lengths = GaugeMetricFamily("analytics_queue_length", "Queued, unprocessed entries", labels=["lane"])
         for lane, n in queue["lanes"].items():
             lengths.add_metric([lane], n)
         yield lengths
-        yield _gauge("analytics_queue_pending", "Entries held by a worker, unacknowledged",
-                     queue["pending"])
-        yield _gauge("analytics_processing_rate_events_per_second",
-                     "Events processed per second over the last minute", queue["rate_per_second"])
-        yield _gauge("analytics_processing_error_rate_per_second",
-                     "Failed entries and dead-lettered records per second, last minute",
-                     queue["error_rate_per_second"])
+        yield _gauge("analytics_queue_pending", "Entries held by a worker, unacknowledged", queue["pending"])
+        yield _gauge(
+            "analytics_processing_rate_events_per_second",
+            "Events processed per second over the last minute",
+            queue["rate_per_second"],
+        )
+        yield _gauge(
+            "analytics_processing_error_rate_per_second",
+            "Failed entries and dead-lettered records per second, last minute",
+            queue["error_rate_per_second"],
+        )
         totals = queue["totals"]
-        for field, name, doc in (("events", "analytics_events_processed", "Events processed"),
-                                 ("batches", "analytics_batches_processed", "Batches processed"),
-                                 ("errors", "analytics_processing_errors", "Entries that failed"),
-                                 ("dead", "analytics_dead_lettered", "Records dead-lettered")):
+        for field, name, doc in (
+            ("events", "analytics_events_processed", "Events processed"),
+            ("batches", "analytics_batches_processed", "Batches processed"),
+            ("errors", "analytics_processing_errors", "Entries that failed"),
+            ("dead", "analytics_dead_lettered", "Records dead-lettered"),
+        ):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], totals.get(field, 0))
             yield family
-        dead = GaugeMetricFamily("analytics_dead_letters", "Entries in the dead-letter store",
-                                 labels=["kind"])
+        dead = GaugeMetricFamily("analytics_dead_letters", "Entries in the dead-letter store", labels=["kind"])
         for kind, n in queue["dead_letters"].items():
             dead.add_metric([kind], n)
         yield dead
@@ -117,27 +133,31 @@ class RedisCollector(Collector):
             running += hist.get(str(bound), 0)
             buckets.append((str(bound), running))
         buckets.append(("+Inf", running + hist.get("+Inf", 0)))
-        yield HistogramMetricFamily("analytics_batch_duration_seconds",
-                                    "Time to process one batch", buckets=buckets,
-                                    sum_value=totals.get("seconds", 0.0))
+        yield HistogramMetricFamily(
+            "analytics_batch_duration_seconds",
+            "Time to process one batch",
+            buckets=buckets,
+            sum_value=totals.get("seconds", 0.0),
+        )
         for q in ("p50", "p99"):
             ms = queue[f"batch_ms_{q}"]
             if ms is not None:
-                yield _gauge(f"analytics_batch_duration_{q}_seconds",
-                             f"{q} of the last batches' processing time", ms / 1000)
+                yield _gauge(
+                    f"analytics_batch_duration_{q}_seconds", f"{q} of the last batches' processing time", ms / 1000
+                )
 
     @staticmethod
     def _workers(workers: list[dict[str, Any]]) -> Iterator[Metric]:
-        alive = GaugeMetricFamily("analytics_workers", "Worker processes by status",
-                                  labels=["status"])
+        alive = GaugeMetricFamily("analytics_workers", "Worker processes by status", labels=["status"])
         for status in ("alive", "lost"):
             alive.add_metric([status], sum(w["status"] == status for w in workers))
         yield alive
-        seen = GaugeMetricFamily("analytics_worker_last_seen_timestamp_seconds",
-                                 "Last heartbeat of each worker process", labels=["worker"])
-        processed = CounterMetricFamily("analytics_worker_processed_events",
-                                        "Events processed by each worker process",
-                                        labels=["worker"])
+        seen = GaugeMetricFamily(
+            "analytics_worker_last_seen_timestamp_seconds", "Last heartbeat of each worker process", labels=["worker"]
+        )
+        processed = CounterMetricFamily(
+            "analytics_worker_processed_events", "Events processed by each worker process", labels=["worker"]
+        )
         for worker in workers:
             seen.add_metric([worker["name"]], worker["last_seen"])
             processed.add_metric([worker["name"]], worker["processed"])

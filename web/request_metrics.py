@@ -10,6 +10,7 @@ per request came to 33k instructions, a twentieth of a single-event
 ``POST /v1/events`` (callgrind). The counts stay exact; a scrape may miss
 another process's last second.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -27,10 +28,12 @@ log = logging.getLogger(__name__)
 
 BUCKETS = Histogram.DEFAULT_BUCKETS  # ends with +Inf: every duration has a bucket
 
-REQUESTS = Counter("analytics_http_requests", "HTTP requests served by the web processes",
-                   ["method", "endpoint", "status"])
-REQUEST_SECONDS = Histogram("analytics_http_request_duration_seconds",
-                            "Time to answer an HTTP request", ["endpoint"], buckets=BUCKETS)
+REQUESTS = Counter(
+    "analytics_http_requests", "HTTP requests served by the web processes", ["method", "endpoint", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "analytics_http_request_duration_seconds", "Time to answer an HTTP request", ["endpoint"], buckets=BUCKETS
+)
 
 #: Where the WSGI wrapper of :func:`init_app` puts the request's start time.
 STARTED = "analytics.started"
@@ -87,8 +90,7 @@ class RequestTally:
             if self._flusher_pid:  # a forked child: what it inherited is the parent's to flush
                 self._counts, self._durations = {}, {}
             self._flusher_pid = os.getpid()
-        threading.Thread(target=self._flush_every_interval, name="request-metrics",
-                         daemon=True).start()
+        threading.Thread(target=self._flush_every_interval, name="request-metrics", daemon=True).start()
 
     def _flush_every_interval(self) -> None:
         while True:
@@ -107,8 +109,12 @@ def _count(response: Response) -> Response:
     # One context-local lookup, not one per attribute read.
     req = request._get_current_object()  # type: ignore[attr-defined]
     started = req.environ.get(STARTED)
-    TALLY.add(req.method, req.endpoint or "unknown", response.status_code,
-              None if started is None else time.perf_counter() - started)
+    TALLY.add(
+        req.method,
+        req.endpoint or "unknown",
+        response.status_code,
+        None if started is None else time.perf_counter() - started,
+    )
     return response
 
 

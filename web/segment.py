@@ -14,6 +14,7 @@ module reads requests and answers as Segment does:
   cannot take the messages (nothing was accepted: the SDK retries);
 * never a redirect: trailing and doubled slashes are served in place.
 """
+
 from __future__ import annotations
 
 import base64
@@ -79,9 +80,12 @@ def ingest() -> SegmentIngest:
 def _success(result: SegmentResult) -> tuple[Response, int]:
     if result.dead_lettered:
         # Counts and reasons only: the messages may carry PHI.
-        log.info("segment: %d message(s) accepted, %d dead-lettered (%s)", result.accepted,
-                 len(result.dead_lettered),
-                 ", ".join(sorted({d["reason"] for d in result.dead_lettered})))
+        log.info(
+            "segment: %d message(s) accepted, %d dead-lettered (%s)",
+            result.accepted,
+            len(result.dead_lettered),
+            ", ".join(sorted({d["reason"] for d in result.dead_lettered})),
+        )
     return jsonify(success=True), 200
 
 
@@ -91,10 +95,8 @@ def _admit(prepare: Callable[[SegmentIngest, Any], PreparedSegment]) -> tuple[Re
     (:meth:`SegmentIngest.queue_as`), in ``@require``'s order of answers."""
     secret = read_credentials(segment_credentials)
     segment_ingest = ingest()
-    prepared = prepare_after_key(secret, "ingest",
-                                 lambda: prepare(segment_ingest, segment_body()))
-    _, result = segment_ingest.queue_as(secret, prepared, where="http",
-                                        remote=request.remote_addr)
+    prepared = prepare_after_key(secret, "ingest", lambda: prepare(segment_ingest, segment_body()))
+    _, result = segment_ingest.queue_as(secret, prepared, where="http", remote=request.remote_addr)
     return _success(result)
 
 
@@ -128,8 +130,7 @@ def _segment_error(exc: AnalyticsError) -> Response:
     response = error_response(status, exc.code, exc.message, exc.details)
     body = response.get_json()
     # Segment SDKs log ``code`` and ``message`` from the top level.
-    response.set_data(current_app.json.dumps(
-        {**body, "success": False, "code": exc.code, "message": exc.message}))
+    response.set_data(current_app.json.dumps({**body, "success": False, "code": exc.code, "message": exc.message}))
     if isinstance(exc, RateLimited):
         retry = min(max(math.ceil(exc.retry_after), 1), MAX_RETRY_AFTER)
         response.headers["Retry-After"] = str(retry)

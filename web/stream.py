@@ -21,6 +21,7 @@ One connection, in its own gunicorn thread:
   Pongs do not count: they prove the machine is there, not the person. The
   dashboard sends ``{"action": "active"}`` while someone uses it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -105,13 +106,21 @@ def json_frame(kind: str, data: Any) -> bytes:
 def init_app(app: Flask) -> None:
     settings = app.config["ANALYTICS_SETTINGS"]
     service = app.extensions["analytics"]
-    options = app.config.setdefault("SOCK_SERVER_OPTIONS", {
-        "ping_interval": settings.ws_ping_seconds or None,
-        "max_message_size": 64 * 1024,
-    })
+    options = app.config.setdefault(
+        "SOCK_SERVER_OPTIONS",
+        {
+            "ping_interval": settings.ws_ping_seconds or None,
+            "max_message_size": 64 * 1024,
+        },
+    )
     options["event_class"] = _InputEvent
-    hub = LiveHub(service.redis, service.codec, text_frame,
-                  metric_interval=settings.ws_metric_interval, process_name=consumer_name)
+    hub = LiveHub(
+        service.redis,
+        service.codec,
+        text_frame,
+        metric_interval=settings.ws_metric_interval,
+        process_name=consumer_name,
+    )
     app.extensions["live"] = hub
     _HUBS.add(hub)
     sock.init_app(app)
@@ -235,8 +244,9 @@ class Connection:
                     break
                 if self.idle_seconds and time.monotonic() - heard >= self.idle_seconds:
                     reason = "idle timeout"
-                    self.ws.close(CLOSE_IDLE, f"idle timeout: no client message for "
-                                              f"{self.idle_seconds:g} s (automatic logoff)")
+                    self.ws.close(
+                        CLOSE_IDLE, f"idle timeout: no client message for {self.idle_seconds:g} s (automatic logoff)"
+                    )
                     break
         except ConnectionClosed:
             pass
@@ -247,8 +257,7 @@ class Connection:
         finally:
             self.hub.unregister(self.client)
             try:
-                service.privacy.record("stream.close", self.key.id, delivered=self.client.delivered,
-                                       reason=reason)
+                service.privacy.record("stream.close", self.key.id, delivered=self.client.delivered, reason=reason)
             except Exception as exc:  # noqa: BLE001 - the stream is over either way
                 log.warning("could not audit a stream's end (%s)", type(exc).__name__)
 
@@ -274,10 +283,17 @@ class Connection:
                 continue
             if message["action"] == "subscribe":
                 self.client.subscribe(message["events"], message["metrics"])
-                self._send([json_frame("subscribed", {
-                    "events": sorted(message["events"]) if message["events"] is not None else ["*"],
-                    "metrics": sorted(message["metrics"]) if message["metrics"] is not None else ["*"],
-                })])
+                self._send(
+                    [
+                        json_frame(
+                            "subscribed",
+                            {
+                                "events": sorted(message["events"]) if message["events"] is not None else ["*"],
+                                "metrics": sorted(message["metrics"]) if message["metrics"] is not None else ["*"],
+                            },
+                        )
+                    ]
+                )
 
 
 def close_streams_on_sigterm() -> None:

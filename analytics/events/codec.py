@@ -1,6 +1,7 @@
 """The codec between events as clients send them and records (the stored
 form, :mod:`analytics.events.records`): PHI sealed on the way in, opened for
 the keys allowed to see it on the way out, user ids as keyed hashes."""
+
 from __future__ import annotations
 
 import uuid
@@ -38,14 +39,26 @@ class RecordCodec:
     def user_hash(self, user_id: str) -> str:
         return self.vault.pseudonym(user_id)
 
-    def encode(self, event: dict[str, Any], priority: str, received_ms: int,
-               sent_at_ms: int | None, pairs: phi.Pairs | None = None) -> dict[str, Any]:
+    def encode(
+        self,
+        event: dict[str, Any],
+        priority: str,
+        received_ms: int,
+        sent_at_ms: int | None,
+        pairs: phi.Pairs | None = None,
+    ) -> dict[str, Any]:
         """A record from an event loaded by :data:`analytics.events.schemas.event_schema`
         (``pairs``: see :meth:`encode_item`)."""
         return item_record(self.encode_item(event, priority, received_ms, sent_at_ms, pairs)[1])
 
-    def encode_item(self, event: dict[str, Any], priority: str, received_ms: int,
-                    sent_at_ms: int | None, pairs: phi.Pairs | None = None) -> tuple[str, QueueItem]:
+    def encode_item(
+        self,
+        event: dict[str, Any],
+        priority: str,
+        received_ms: int,
+        sent_at_ms: int | None,
+        pairs: phi.Pairs | None = None,
+    ) -> tuple[str, QueueItem]:
         """The messageId and queue item (:func:`queue_item`) of an event
         loaded by :data:`analytics.events.schemas.event_schema`. With ``pairs``, the
         event's objects are already without PHI and ``pairs`` is what
@@ -87,16 +100,25 @@ class RecordCodec:
                 path[0] = FIELD_CODES.get(path[0], path[0])
             sealed = vault.seal_raw(packb(pairs))
         fields: list[Any] = [
-            event_id, stored_message, PRIORITY_CODE[priority], ts, received_ms - ts, user, anonymous,
-            clear.get("properties") or None, clear.get("context") or None,
-            clear.get("traits") or None, clear.get("metadata") or None, sealed, *corrected,
+            event_id,
+            stored_message,
+            PRIORITY_CODE[priority],
+            ts,
+            received_ms - ts,
+            user,
+            anonymous,
+            clear.get("properties") or None,
+            clear.get("context") or None,
+            clear.get("traits") or None,
+            clear.get("metadata") or None,
+            sealed,
+            *corrected,
         ]
         while fields[-1] is None:
             fields.pop()
         shard, member = dedupe_member(event_id)
         owner = user or anonymous
-        return message_id, [event["type"], ts, owner.hex() if owner else "", shard, member,
-                            packb(fields)]
+        return message_id, [event["type"], ts, owner.hex() if owner else "", shard, member, packb(fields)]
 
     def decode(self, record: dict[str, Any], reveal_phi: bool) -> dict[str, Any]:
         """The API form of a record; PHI opened only when ``reveal_phi``."""
@@ -140,5 +162,8 @@ def live_records(message: bytes) -> list[dict[str, Any]]:
     blobs, type, blobs... where each blobs is one or more blobs one after
     another (as the commit script publishes the records of each page)."""
     flat = msgpack.unpackb(message, raw=True)
-    return [unpack_fields(flat[k].decode(), fields)
-            for k in range(0, len(flat) - 1, 2) for fields in iter_blobs(flat[k + 1])]
+    return [
+        unpack_fields(flat[k].decode(), fields)
+        for k in range(0, len(flat) - 1, 2)
+        for fields in iter_blobs(flat[k + 1])
+    ]

@@ -14,6 +14,7 @@ Records are also checked before the commit, for rules only the worker can
 check (a record built by an older version, or damaged in Redis): those go to
 the dead-letter store at once, with reason ``invalid_record``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,8 +62,9 @@ class Committer:
         except Exception as exc:
             if is_transient(exc):
                 raise
-            log.warning("a batch of %d queue entries failed (%s); committing them one by one",
-                        len(entries), describe(exc))
+            log.warning(
+                "a batch of %d queue entries failed (%s); committing them one by one", len(entries), describe(exc)
+            )
         result, failed = CommitResult(), 0
         for entry in clean:
             one, ok = self._commit_entry(entry, dead.get(entry.id, []))
@@ -82,10 +84,10 @@ class Committer:
             # is isolated below); records of an older entry were checked on
             # reading it.
             for record in entry.invalid:
-                log.warning("a record of queue entry %s is invalid (%s); dead-lettered",
-                            entry.id, record_problem(record))
-                dead.setdefault(entry.id, []).append(
-                    DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries))
+                log.warning(
+                    "a record of queue entry %s is invalid (%s); dead-lettered", entry.id, record_problem(record)
+                )
+                dead.setdefault(entry.id, []).append(DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries))
             clean.append(entry)
         return clean, dead
 
@@ -106,18 +108,24 @@ class Committer:
                     raise
                 bad.append(dead_letter_of(self.vault, item, PROCESSING_ERROR, entry.deliveries))
         if bad:
-            log.warning("%d record(s) of queue entry %s fail to store; dead-lettered, "
-                        "the other %d stored", len(bad), entry.id, len(good))
+            log.warning(
+                "%d record(s) of queue entry %s fail to store; dead-lettered, the other %d stored",
+                len(bad),
+                entry.id,
+                len(good),
+            )
             result = self._try(dataclasses.replace(entry, items=good), dead + bad)
             if result is not None:
                 return result, True
         if entry.deliveries >= self.max_attempts:
-            every = whole(self.vault, entry, dead, "queue entry", [
-                dead_letter_of(self.vault, item, PROCESSING_ERROR, entry.deliveries)
-                for item in entry.items])
+            every = whole(
+                self.vault,
+                entry,
+                dead,
+                "queue entry",
+                [dead_letter_of(self.vault, item, PROCESSING_ERROR, entry.deliveries) for item in entry.items],
+            )
             result = self._try(dataclasses.replace(entry, items=[]), every)
             if result is not None:
                 return result, True
         return CommitResult(), False
-
-

@@ -25,6 +25,7 @@ length, finite numbers: ``schemas._measure``) and finding its PHI
 (``phi._walk``) both visit every key; on the hot path each visit is a
 measurable share of the request.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,8 +83,15 @@ def read_schema(schema: EventSchema) -> tuple[tuple[StringRule, ...], tuple[str,
                     choices = frozenset(rule.choices)
                 else:
                     raise TypeError(f"{name}: the fast path cannot check {rule!r}")
-            strings[name] = (name, field.required, low, high, choices,
-                             name in schema.identified_by, name in phi.IDENTITY_FIELDS)
+            strings[name] = (
+                name,
+                field.required,
+                low,
+                high,
+                choices,
+                name in schema.identified_by,
+                name in phi.IDENTITY_FIELDS,
+            )
         elif kind is Timestamp and not field.required and not field.validators:
             times.append(name)
         elif kind is FreeObject and not field.required:
@@ -109,8 +117,13 @@ class _Declined(Exception):
     """Not valid, or not a plain JSON shape: the schema of record decides."""
 
 
-def _split(node: dict[str, Any] | list[Any], depth: int, path: tuple[str | int, ...],
-           policy: phi.PhiPolicy, found: list[list[Any]]) -> tuple[int, Any]:
+def _split(
+    node: dict[str, Any] | list[Any],
+    depth: int,
+    path: tuple[str | int, ...],
+    policy: phi.PhiPolicy,
+    found: list[list[Any]],
+) -> tuple[int, Any]:
     """``_measure(node, depth)`` and ``phi._walk(node, path, ...)`` at once:
     the keys and items below ``node``, and ``node`` without PHI (``node``
     itself when it holds none). PHI values are only measured. Raises
@@ -155,8 +168,9 @@ def _split(node: dict[str, Any] | list[Any], depth: int, path: tuple[str | int, 
     return count, node if items is None else items
 
 
-def _below(value: Any, depth: int, path: tuple[str | int, ...], policy: phi.PhiPolicy,
-           found: list[list[Any]]) -> tuple[int, Any]:
+def _below(
+    value: Any, depth: int, path: tuple[str | int, ...], policy: phi.PhiPolicy, found: list[list[Any]]
+) -> tuple[int, Any]:
     """A value of a node at ``depth`` that is not a plain scalar: an object or
     array one level down (:func:`_split`), or a finite float (0, itself)."""
     kind = type(value)
@@ -169,8 +183,7 @@ def _below(value: Any, depth: int, path: tuple[str | int, ...], policy: phi.PhiP
     return 0, value
 
 
-def load_split(raw: dict[str, Any],
-               policy: phi.PhiPolicy) -> tuple[dict[str, Any], list[list[Any]]] | None:
+def load_split(raw: dict[str, Any], policy: phi.PhiPolicy) -> tuple[dict[str, Any], list[list[Any]]] | None:
     """``event_schema.load(raw)`` and the PHI pairs :func:`phi.split` finds in
     it, or None (see the module docstring).
 

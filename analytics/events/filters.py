@@ -27,6 +27,7 @@ indexed by property): a selective filter over many events pages slowly, but
 pages always come with a cursor. PHI fields are sealed in the store, so a
 filter on a PHI field name is refused with a 400.
 """
+
 from __future__ import annotations
 
 import math
@@ -100,10 +101,11 @@ def parse_one(parameter: str, raw: str, policy: PhiPolicy) -> PropertyFilter:
     Raises :class:`ValidationError` naming the parameter (never the value:
     it may be PHI).
     """
+
     def invalid(message: str) -> ValidationError:
         return ValidationError("invalid property filter", {parameter: [message]})
 
-    path = tuple(parameter[len(PREFIX):].split("."))
+    path = tuple(parameter[len(PREFIX) :].split("."))
     if not parameter.startswith(PREFIX) or not all(path):
         raise invalid("Write properties.NAME (nested: properties.NAME.SUBNAME).")
     if len(path) > MAX_DEPTH:
@@ -137,8 +139,7 @@ def parse_filters(query: Mapping[str, Any], policy: PhiPolicy) -> list[PropertyF
                 raise ValidationError("invalid property filter", {parameter: ["Not a string."]})
             filters.append(parse_one(parameter, raw, policy))
     if len(filters) > MAX_FILTERS:
-        raise ValidationError("too many property filters",
-                              {"properties": [f"At most {MAX_FILTERS} conditions."]})
+        raise ValidationError("too many property filters", {"properties": [f"At most {MAX_FILTERS} conditions."]})
     return filters
 
 

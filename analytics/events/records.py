@@ -54,6 +54,7 @@ string, so a userId index may hold anonymous-only records whose
 anonymousId is the same string: reads by userId filter on the user field
 (:func:`blob_user`), never on the index alone.
 """
+
 from __future__ import annotations
 
 import base64
@@ -182,10 +183,17 @@ def pack(record: dict[str, Any], event_id: bytes | str | None = None) -> bytes:
     ts = record["ts"]
     priority = record["p"]
     fields: list[Any] = [
-        _b64_bytes(record["i"]) if event_id is None else event_id, message_bytes(record["m"]),
-        PRIORITY_CODE.get(priority, priority), ts, record["rt"] - ts,
-        _hex_bytes(record.get("u", "")), _hex_bytes(record.get("a", "")),
-        record.get("pr"), record.get("cx"), record.get("tr"), record.get("md"),
+        _b64_bytes(record["i"]) if event_id is None else event_id,
+        message_bytes(record["m"]),
+        PRIORITY_CODE.get(priority, priority),
+        ts,
+        record["rt"] - ts,
+        _hex_bytes(record.get("u", "")),
+        _hex_bytes(record.get("a", "")),
+        record.get("pr"),
+        record.get("cx"),
+        record.get("tr"),
+        record.get("md"),
         _sealed_bytes(record["s"]) if "s" in record else None,
     ]
     if "ot" in record:

@@ -4,6 +4,7 @@ registered at run time (admin API), kept in Redis so every process agrees.
 Processes cache the Redis part for ``registry_ttl`` seconds; the process that
 registers a type sees it at once.
 """
+
 from __future__ import annotations
 
 import re
@@ -39,8 +40,7 @@ def check_type_name(name: str) -> None:
     if not TYPE_NAME.match(name):
         raise ValidationError(
             "invalid event type name",
-            {"name": ["1-64 characters: letters, digits, space and _ . : / - "
-                      "(starting with a letter or digit)"]},
+            {"name": ["1-64 characters: letters, digits, space and _ . : / - (starting with a letter or digit)"]},
         )
 
 

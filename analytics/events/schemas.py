@@ -8,6 +8,7 @@ silently dropped data.
 validator (:mod:`analytics.events.fastpath`) reads its tables from the
 schema's fields at import, so a rule is changed here and nowhere else.
 """
+
 from __future__ import annotations
 
 import math
@@ -147,8 +148,7 @@ class EventSchema(Schema):
     metadata = FreeObject()
     context = FreeObject()
     traits = FreeObject()
-    priority = fields.String(load_default=None, allow_none=True,
-                             validate=validate.OneOf(PRIORITIES))
+    priority = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(PRIORITIES))
     timestamp = Timestamp(load_default=None, allow_none=True)
     messageId = fields.String(load_default=None, allow_none=True, validate=ID_LENGTH)
 
@@ -174,8 +174,7 @@ class EventTypeSchema(Schema):
 
     # Type names become Redis key names (analytics:events:processed:{type}),
     # where PHI must never appear (the registry checks the format).
-    name = fields.String(required=True, validate=[validate.Length(min=1, max=64),
-                                                  lambda v: _not_phi_like(v)])
+    name = fields.String(required=True, validate=[validate.Length(min=1, max=64), lambda v: _not_phi_like(v)])
     priority = fields.String(load_default="normal", validate=validate.OneOf(PRIORITIES))
     description = fields.String(load_default="", validate=validate.Length(max=500))
 
@@ -204,8 +203,7 @@ event_query_schema = EventQuerySchema()
 def _stream_id(value: str) -> bool:
     """A Redis stream id ``ms-seq``, both parts unsigned 64-bit."""
     ms, _, seq = value.partition("-")
-    if not (ms.isdigit() and seq.isdigit() and len(value) <= 41
-            and int(ms) < 2**64 and int(seq) < 2**64):
+    if not (ms.isdigit() and seq.isdigit() and len(value) <= 41 and int(ms) < 2**64 and int(seq) < 2**64):
         raise ValidationError("Not a cursor returned by this API.")
     return True
 

@@ -49,6 +49,7 @@ schemas), the mapping rules above and the ingest that applies them change
 together whenever Segment's SDKs do; a reader checking one rule against the
 table needs all three in view.
 """
+
 from __future__ import annotations
 
 import time
@@ -74,8 +75,7 @@ from analytics.settings import Settings
 
 #: Segment's call types, and the one-letter forms of their paths.
 CALLS = ("track", "identify", "page", "screen", "group", "alias")
-SHORT_PATHS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group",
-               "a": "alias"}
+SHORT_PATHS = {"t": "track", "i": "identify", "p": "page", "s": "screen", "g": "group", "a": "alias"}
 UNKNOWN_EVENT_POLICIES = ("register", "custom", "reject")
 
 #: Registered from Segment track names: counts towards the cap.
@@ -85,9 +85,25 @@ FALLBACK_TYPE = "custom"
 REGISTERED_DESCRIPTION = "registered by Segment-compatible ingestion"
 
 #: Top-level fields consumed by the mapping (everything else goes to metadata).
-_CONSUMED = {"type", "event", "userId", "anonymousId", "properties", "traits", "context",
-             "messageId", "timestamp", "originalTimestamp", "sentAt", "receivedAt",
-             "writeKey", "name", "category", "groupId", "previousId"}
+_CONSUMED = {
+    "type",
+    "event",
+    "userId",
+    "anonymousId",
+    "properties",
+    "traits",
+    "context",
+    "messageId",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "receivedAt",
+    "writeKey",
+    "name",
+    "category",
+    "groupId",
+    "previousId",
+}
 
 
 def _identifier(value: Any) -> Any:
@@ -107,8 +123,7 @@ class SegmentMessageSchema(Schema):
         unknown = INCLUDE
 
     type = fields.String(required=True, validate=validate.OneOf(CALLS))
-    event = fields.String(load_default=None, allow_none=True,
-                          validate=validate.Length(min=1, max=200))
+    event = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=200))
     userId = fields.Raw(load_default=None, allow_none=True)
     anonymousId = fields.Raw(load_default=None, allow_none=True)
     messageId = fields.Raw(load_default=None, allow_none=True)
@@ -189,8 +204,9 @@ class SegmentIngest:
     admitted and written in one round trip (:meth:`queue_as`).
     """
 
-    def __init__(self, settings: Settings, client: redis.Redis, events: EventService, intake: Intake,
-                 dead_letters: DeadLetters) -> None:
+    def __init__(
+        self, settings: Settings, client: redis.Redis, events: EventService, intake: Intake, dead_letters: DeadLetters
+    ) -> None:
         policy, max_types = settings.segment_unknown_events, settings.segment_max_types
         if policy not in UNKNOWN_EVENT_POLICIES:
             raise ValueError(f"unknown policy {policy!r}")
@@ -222,9 +238,13 @@ class SegmentIngest:
         limit = self._settings.max_batch_events
         if len(envelope["batch"]) > limit:
             raise PayloadTooLarge(f"more than {limit} messages in one batch")
-        return self.prepare(envelope["batch"], sent_at=envelope["sentAt"],
-                            context=envelope["context"], integrations=envelope["integrations"],
-                            received_ms=received_ms)
+        return self.prepare(
+            envelope["batch"],
+            sent_at=envelope["sentAt"],
+            context=envelope["context"],
+            integrations=envelope["integrations"],
+            received_ms=received_ms,
+        )
 
     def prepare_single(self, call: str, body: Any, received_ms: int | None = None) -> PreparedSegment:
         """Prepare a single call: the body is one message.
@@ -235,8 +255,7 @@ class SegmentIngest:
         if not isinstance(body, dict):
             raise ValidationError("the body must be a JSON object")
         if len(orjson.dumps(body)) > self._settings.max_event_bytes:
-            raise PayloadTooLarge(
-                f"message larger than {self._settings.max_event_bytes} bytes")
+            raise PayloadTooLarge(f"message larger than {self._settings.max_event_bytes} bytes")
         return self.prepare([{**body, "type": call}], received_ms=received_ms)
 
     def remap(self, raw: Any) -> tuple[dict[str, Any], int | None]:
@@ -251,27 +270,39 @@ class SegmentIngest:
         return item.event, item.sent_at
 
     # -- messages ------------------------------------------------------------
-    def ingest(self, messages: Iterable[Any], *, sent_at: int | None = None,
-               context: dict[str, Any] | None = None,
-               integrations: dict[str, Any] | None = None,
-               received_ms: int | None = None) -> SegmentResult:
+    def ingest(
+        self,
+        messages: Iterable[Any],
+        *,
+        sent_at: int | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
+        received_ms: int | None = None,
+    ) -> SegmentResult:
         """Map and queue ``messages``; dead-letter the ones that fail."""
-        return self.write(self.prepare(messages, sent_at=sent_at, context=context,
-                                       integrations=integrations, received_ms=received_ms))
+        return self.write(
+            self.prepare(messages, sent_at=sent_at, context=context, integrations=integrations, received_ms=received_ms)
+        )
 
-    def prepare(self, messages: Iterable[Any], *, sent_at: int | None = None,
-                context: dict[str, Any] | None = None,
-                integrations: dict[str, Any] | None = None,
-                received_ms: int | None = None) -> PreparedSegment:
+    def prepare(
+        self,
+        messages: Iterable[Any],
+        *,
+        sent_at: int | None = None,
+        context: dict[str, Any] | None = None,
+        integrations: dict[str, Any] | None = None,
+        received_ms: int | None = None,
+    ) -> PreparedSegment:
         """Map ``messages`` to events, validate and encode them, and seal the
         ones that fail as dead letters, writing nothing. (A track name to be
         registered as a type is left for :meth:`write`: ``entries`` is then
         None.)"""
         received = received_ms if received_ms is not None else int(time.time() * 1000)
         prepared = PreparedSegment([], received, (sent_at, context, integrations))
-        prepared.messages = [self._map(i, raw, sent_at, context, integrations, prepared.result,
-                                       register=False)
-                             for i, raw in enumerate(messages)]
+        prepared.messages = [
+            self._map(i, raw, sent_at, context, integrations, prepared.result, register=False)
+            for i, raw in enumerate(messages)
+        ]
         if not any(item.pending for item in prepared.messages):
             self._encode(prepared)
         return prepared
@@ -284,14 +315,18 @@ class SegmentIngest:
             sent_at, context, integrations = prepared.envelope
             prepared.messages = [
                 self._map(item.index, item.raw, sent_at, context, integrations, prepared.result)
-                if item.pending else item for item in prepared.messages]
+                if item.pending
+                else item
+                for item in prepared.messages
+            ]
             self._encode(prepared)
         assert prepared.entries is not None
         self._intake.write(prepared.entries, kick=prepared.queued)
         return prepared.result
 
-    def queue_as(self, secret: str | None, prepared: PreparedSegment, *, where: str = "",
-                 remote: str | None = None) -> tuple[ApiKey, SegmentResult]:
+    def queue_as(
+        self, secret: str | None, prepared: PreparedSegment, *, where: str = "", remote: str | None = None
+    ) -> tuple[ApiKey, SegmentResult]:
         """Authenticate ``secret`` for ingest and write ``prepared``, with the
         answers of :meth:`Intake.admit`: one Redis round trip,
         dead letters included. A track name to register waits for the key:
@@ -299,8 +334,7 @@ class SegmentIngest:
         if prepared.entries is None:
             key = self._intake.authorize(secret, "ingest", where=where, remote=remote)
             return key, self.write(prepared)
-        key, _ = self._intake.admit(secret, prepared.entries, kick=prepared.queued,
-                                    where=where, remote=remote)
+        key, _ = self._intake.admit(secret, prepared.entries, kick=prepared.queued, where=where, remote=remote)
         return key, prepared.result
 
     def _encode(self, prepared: PreparedSegment) -> None:
@@ -313,8 +347,9 @@ class SegmentIngest:
                 groups.setdefault(item.sent_at, []).append(item)
         lanes: dict[str, list[Any]] = {}
         for group_sent_at, items in groups.items():
-            events = self._events.prepare([m.event for m in items], sent_at=group_sent_at,
-                                                 received_ms=prepared.received)
+            events = self._events.prepare(
+                [m.event for m in items], sent_at=group_sent_at, received_ms=prepared.received
+            )
             prepared.result.accepted += len(events.result.ids)
             for rejected in events.result.rejected:
                 item = items[rejected["index"]]
@@ -326,13 +361,21 @@ class SegmentIngest:
         for item in prepared.messages:
             if item.reason:
                 entries.append(self._dead_letter(item))
-                prepared.result.dead_lettered.append({"index": item.index, "reason": item.reason,
-                                                      "errors": item.errors})
+                prepared.result.dead_lettered.append(
+                    {"index": item.index, "reason": item.reason, "errors": item.errors}
+                )
         prepared.entries = entries
 
-    def _map(self, index: int, raw: Any, batch_sent_at: int | None,
-             batch_context: dict[str, Any] | None, batch_integrations: dict[str, Any] | None,
-             result: SegmentResult, register: bool = True) -> _Mapped:
+    def _map(
+        self,
+        index: int,
+        raw: Any,
+        batch_sent_at: int | None,
+        batch_context: dict[str, Any] | None,
+        batch_integrations: dict[str, Any] | None,
+        result: SegmentResult,
+        register: bool = True,
+    ) -> _Mapped:
         item = _Mapped(index, raw)
         if not isinstance(raw, dict):
             item.reason, item.errors = "invalid_message", {"_schema": ["A message must be a JSON object."]}
@@ -355,13 +398,13 @@ class SegmentIngest:
             item.pending = True
             return item
         event_type, fallback_name = found
-        item.event = to_event(message, event_type, fallback_name, batch_context,
-                              batch_integrations)
+        item.event = to_event(message, event_type, fallback_name, batch_context, batch_integrations)
         item.sent_at = message["sentAt"] if message["sentAt"] is not None else batch_sent_at
         return item
 
-    def _event_type(self, message: dict[str, Any], result: SegmentResult,
-                    register: bool = True) -> tuple[str, str | None] | None:
+    def _event_type(
+        self, message: dict[str, Any], result: SegmentResult, register: bool = True
+    ) -> tuple[str, str | None] | None:
         """The type of the event, and the track name when it is stored as
         :data:`FALLBACK_TYPE` instead; None when the name would have to be
         registered and ``register`` is False."""
@@ -372,8 +415,7 @@ class SegmentIngest:
         if self._events.event_type(name) is not None:
             return name, None
         if self.policy == "reject":
-            raise ValidationError("unknown event type",
-                                  {"event": ["Unknown event type (policy: reject)."]})
+            raise ValidationError("unknown event type", {"event": ["Unknown event type (policy: reject)."]})
         if self.policy == "register" and TYPE_NAME.match(name):
             if not register:
                 return None
@@ -408,13 +450,16 @@ class SegmentIngest:
                     user_hash = self._events.user_hash(some_id)
                     break
             item.raw.pop("writeKey", None)  # a secret: never stored, not even sealed
-        return self._dead_letters.raw_entry("segment", item.raw, item.reason, user_hash,
-                                                   {"errors": item.errors})
+        return self._dead_letters.raw_entry("segment", item.raw, item.reason, user_hash, {"errors": item.errors})
 
 
-def to_event(message: dict[str, Any], event_type: str, fallback_name: str | None = None,
-             batch_context: dict[str, Any] | None = None,
-             batch_integrations: dict[str, Any] | None = None) -> dict[str, Any]:
+def to_event(
+    message: dict[str, Any],
+    event_type: str,
+    fallback_name: str | None = None,
+    batch_context: dict[str, Any] | None = None,
+    batch_integrations: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """An event (the shape of ``POST /v1/events``) from a loaded Segment message."""
     event: dict[str, Any] = {"type": event_type}
     for name in ("userId", "anonymousId", "messageId"):
@@ -425,8 +470,12 @@ def to_event(message: dict[str, Any], event_type: str, fallback_name: str | None
         if message.get(name) is not None:
             event[name] = message[name]
     context = message.get("context")
-    if (message["type"] == "identify" and event.get("traits") is None
-            and isinstance(context, dict) and isinstance(context.get("traits"), dict)):
+    if (
+        message["type"] == "identify"
+        and event.get("traits") is None
+        and isinstance(context, dict)
+        and isinstance(context.get("traits"), dict)
+    ):
         # RudderStack's SDKs send identify traits only as context.traits.
         event["traits"] = context["traits"]
     if batch_context and (context is None or isinstance(context, dict)):
@@ -458,4 +507,3 @@ def _without_values(exc: marshmallow.ValidationError) -> dict[str, Any]:
     """Field-level errors; marshmallow's messages name fields, not values."""
     messages = exc.normalized_messages()
     return messages if isinstance(messages, dict) else {"_schema": ["Invalid message."]}
-

@@ -1,6 +1,7 @@
 """The events service: ingest (validate, seal, queue), queries and the
 event-type registry. The hot path is :meth:`EventService.prepare` (no I/O)
 followed by one admission round trip (:meth:`EventService.track_as`)."""
+
 from __future__ import annotations
 
 import time
@@ -63,8 +64,15 @@ class Validated:
 
 
 class EventService:
-    def __init__(self, settings: Settings, codec: RecordCodec, registry: EventTypeRegistry,
-                 queue: EventQueue, store: EventStore, intake: Intake) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        codec: RecordCodec,
+        registry: EventTypeRegistry,
+        queue: EventQueue,
+        store: EventStore,
+        intake: Intake,
+    ) -> None:
         self._settings = settings
         self._codec = codec
         self._registry = registry
@@ -94,8 +102,9 @@ class EventService:
             return Validated(None, errors={"type": ["Unknown event type: register it first (POST /v1/event-types)."]})
         return Validated(event, pairs, event["priority"] or event_type.priority)
 
-    def prepare(self, events: Iterable[Any], *, sent_at: int | None = None,
-                received_ms: int | None = None) -> PreparedEvents:
+    def prepare(
+        self, events: Iterable[Any], *, sent_at: int | None = None, received_ms: int | None = None
+    ) -> PreparedEvents:
         """Validate and encode ``events`` (PHI sealed, ids hashed) without
         queueing them. Writes nothing; reads Redis only to refresh the cached
         type registry."""
@@ -107,8 +116,9 @@ class EventService:
             if checked.event is None:
                 result.rejected.append({"index": index, "errors": checked.errors})
                 continue
-            message_id, item = self._codec.encode_item(checked.event, checked.priority, received, sent_at,
-                                                       checked.pairs)
+            message_id, item = self._codec.encode_item(
+                checked.event, checked.priority, received, sent_at, checked.pairs
+            )
             by_priority.setdefault(checked.priority, []).append(item)
             result.ids.append(message_id)
         return PreparedEvents(result, {keyspace.event_queue(p): items for p, items in by_priority.items()})
@@ -121,8 +131,9 @@ class EventService:
         """Validate and durably queue one event."""
         return self.track_many([event], sent_at=sent_at)
 
-    def track_many(self, events: Iterable[Any], *, sent_at: int | None = None,
-                   received_ms: int | None = None) -> TrackResult:
+    def track_many(
+        self, events: Iterable[Any], *, sent_at: int | None = None, received_ms: int | None = None
+    ) -> TrackResult:
         """Validate ``events`` one by one and queue the valid ones.
 
         Invalid events are reported by index; the others are accepted. When
@@ -134,12 +145,18 @@ class EventService:
         self._intake.write(self.entries(prepared.lanes))
         return _accepted(prepared)
 
-    def track_as(self, secret: str | None, prepared: PreparedEvents, *, action: str = "ingest",
-                 where: str = "", remote: str | None = None) -> tuple[ApiKey, TrackResult]:
+    def track_as(
+        self,
+        secret: str | None,
+        prepared: PreparedEvents,
+        *,
+        action: str = "ingest",
+        where: str = "",
+        remote: str | None = None,
+    ) -> tuple[ApiKey, TrackResult]:
         """Authenticate ``secret`` for ``action`` and queue ``prepared``: one
         Redis round trip when there is something to queue (:meth:`Intake.admit`)."""
-        key, _ = self._intake.admit(secret, self.entries(prepared.lanes), action=action, where=where,
-                                    remote=remote)
+        key, _ = self._intake.admit(secret, self.entries(prepared.lanes), action=action, where=where, remote=remote)
         return key, _accepted(prepared)
 
     def records(self, message: Any, sent_at: int | None = None) -> list[dict[str, Any]]:
@@ -150,12 +167,12 @@ class EventService:
         checked = self.validate(message)
         if checked.event is None:
             raise ValidationError("still invalid", checked.errors)
-        return [self._codec.encode(checked.event, checked.priority, int(time.time() * 1000), sent_at,
-                                   checked.pairs)]
+        return [self._codec.encode(checked.event, checked.priority, int(time.time() * 1000), sent_at, checked.pairs)]
 
     # -- queries -------------------------------------------------------------
-    def get_events(self, query: dict[str, Any], *, reveal_phi: bool = True,
-                   scope_user_hash: str = "") -> tuple[list[dict[str, Any]], str | None]:
+    def get_events(
+        self, query: dict[str, Any], *, reveal_phi: bool = True, scope_user_hash: str = ""
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """Events matching ``query`` (the ``GET /v1/events`` parameters, raw
         strings or loaded values), newest first, and the next cursor.
 
@@ -181,12 +198,25 @@ class EventService:
             user_hash = scope_user_hash
         with unavailable_as_error():
             records, cursor = self._store.query(
-                types, start=params["start"], end=params["end"], user_hash=user_hash,
-                priority=params["priority"], limit=params["limit"], cursor=params["cursor"], where=where)
+                types,
+                start=params["start"],
+                end=params["end"],
+                user_hash=user_hash,
+                priority=params["priority"],
+                limit=params["limit"],
+                cursor=params["cursor"],
+                where=where,
+            )
         return [self._codec.decode(r, reveal_phi) for r in records], cursor
 
-    def count(self, event_type: str | None = None, *, start: int | None = None, end: int | None = None,
-              user_id: str | None = None) -> int:
+    def count(
+        self,
+        event_type: str | None = None,
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        user_id: str | None = None,
+    ) -> int:
         """Stored events of a type (all types), time range (ms) and user:
         an upper bound of what a query with property filters returns."""
         types = [event_type] if event_type else [t.name for t in self._registry.all()]

@@ -25,6 +25,7 @@ heap; a record is returned only once no page left unread can hold a newer
 one (its score is below the record's timestamp), so the order (timestamp,
 then id, descending) and the cursor are exact.
 """
+
 from __future__ import annotations
 
 import base64
@@ -97,16 +98,17 @@ def _descending(event_id: str) -> bytes:
     return event_id.encode().translate(_INVERT) + b"\xff"
 
 
-def _scan_pages(client: redis.Redis, key: str, lo: int | None, hi: int | None,
-                chunk: int = 64) -> Iterator[tuple[int, str]]:
+def _scan_pages(
+    client: redis.Redis, key: str, lo: int | None, hi: int | None, chunk: int = 64
+) -> Iterator[tuple[int, str]]:
     """(score, member) of zset ``key`` by descending score within [lo, hi]."""
     low: int | str = "-inf" if lo is None else lo
     high: int | str = "+inf" if hi is None else hi
     offset = 0
     while True:
-        found = cast(list[tuple[bytes, float]],
-                     client.zrevrangebyscore(key, high, low, start=offset, num=chunk,
-                                             withscores=True))
+        found = cast(
+            list[tuple[bytes, float]], client.zrevrangebyscore(key, high, low, start=offset, num=chunk, withscores=True)
+        )
         for member, score in found:
             yield int(score), member.decode()
         if len(found) < chunk:
@@ -117,8 +119,7 @@ def _scan_pages(client: redis.Redis, key: str, lo: int | None, hi: int | None,
 class EventStore:
     def __init__(self, client: redis.Redis, live_channel: str = LIVE_EVENTS_CHANNEL) -> None:
         self._redis = client
-        self._commit = client.register_script(
-            lua_source("rollup_lib.lua", "commit_events.lua"))
+        self._commit = client.register_script(lua_source("rollup_lib.lua", "commit_events.lua"))
         self._rewrite = client.register_script(lua_source("rewrite_page.lua"))
         self._compress = client.register_script(lua_source("compress_pages.lua"))
         self.live_channel = live_channel
@@ -130,9 +131,14 @@ class EventStore:
         self.metric_args: list[Any] = []
 
     # -- writing -------------------------------------------------------------
-    def commit(self, entries: list[Entry], group: str = keyspace.GROUP, *,
-               dead: dict[str, list[DeadLetter]] | None = None,
-               ack: bool = True) -> CommitResult:
+    def commit(
+        self,
+        entries: list[Entry],
+        group: str = keyspace.GROUP,
+        *,
+        dead: dict[str, list[DeadLetter]] | None = None,
+        ack: bool = True,
+    ) -> CommitResult:
         """Store the records of ``entries`` and acknowledge them, atomically.
 
         Entries of several lanes are committed lane by lane (one script call
@@ -149,11 +155,21 @@ class EventStore:
         for entry in entries:
             by_lane.setdefault(entry.lane, []).append(entry)
         for lane, items in by_lane.items():
-            args: list[Any] = [group, keyspace.EVENTS_PROCESSED, keyspace.EVENTS_TIME,
-                               keyspace.EVENTS_USER, keyspace.EVENT_IDS, keyspace.EVENT_PAGES,
-                               keyspace.EVENT_COUNT, self.live_channel,
-                               "1" if ack else "0", round(time.time(), 3), self.page_bytes,
-                               BUCKET_MS, len(items)]
+            args: list[Any] = [
+                group,
+                keyspace.EVENTS_PROCESSED,
+                keyspace.EVENTS_TIME,
+                keyspace.EVENTS_USER,
+                keyspace.EVENT_IDS,
+                keyspace.EVENT_PAGES,
+                keyspace.EVENT_COUNT,
+                self.live_channel,
+                "1" if ack else "0",
+                round(time.time(), 3),
+                self.page_bytes,
+                BUCKET_MS,
+                len(items),
+            ]
             for entry in items:
                 buried = dead.get(entry.id, [])
                 args += (entry.id, len(entry.items), len(buried))
@@ -163,11 +179,11 @@ class EventStore:
                     args += letter.script_args()
             args += self.metric_args
             stored, dups, skipped, buried_count, erased, closed = self._commit(
-                keys=[lane, dlq_key("events"), keyspace.ERASED], args=args)
+                keys=[lane, dlq_key("events"), keyspace.ERASED], args=args
+            )
             result += CommitResult(stored, dups, skipped, erased, buried_count)
             if closed:
-                self.compress([(closed[k].decode(), closed[k + 1].decode())
-                               for k in range(0, len(closed), 2)])
+                self.compress([(closed[k].decode(), closed[k + 1].decode()) for k in range(0, len(closed), 2)])
         return result
 
     def compress(self, pages: list[tuple[str, str]]) -> int:
@@ -197,8 +213,9 @@ class EventStore:
     def page(self, event_type: str, page_id: str) -> bytes | None:
         return cast(bytes | None, self._redis.hget(keyspace.processed(event_type), page_id))
 
-    def rewrite(self, event_type: str, page_id: str, old: bytes,
-                keep: Callable[[list[Any], bytes], bytes | None]) -> int:
+    def rewrite(
+        self, event_type: str, page_id: str, old: bytes, keep: Callable[[list[Any], bytes], bytes | None]
+    ) -> int:
         """Rewrite one page read as ``old``: each record is replaced by what
         ``keep(fields, blob)`` returns for it (its decoded blob and its
         bytes): the same bytes, new ones, or None to leave it out, with its dedupe mark and, for
@@ -227,20 +244,44 @@ class EventStore:
         if data == records.page_data(old):
             return 0
         page = records.compress_page(data) if data and records.is_compressed(old) else data
-        return int(self._rewrite(
-            keys=[keyspace.processed(event_type), keyspace.time_index(event_type),
-                  keyspace.open_pages(event_type), keyspace.EVENT_COUNT],
-            args=[page_id, old, page, newest if newest is not None else 0, page_bucket(page_id),
-                  keyspace.EVENTS_USER, f"{event_type}:{page_id}", keyspace.EVENT_IDS,
-                  len(gone) // 2, *gone, *sorted(owners_gone - owners_kept)]))
+        return int(
+            self._rewrite(
+                keys=[
+                    keyspace.processed(event_type),
+                    keyspace.time_index(event_type),
+                    keyspace.open_pages(event_type),
+                    keyspace.EVENT_COUNT,
+                ],
+                args=[
+                    page_id,
+                    old,
+                    page,
+                    newest if newest is not None else 0,
+                    page_bucket(page_id),
+                    keyspace.EVENTS_USER,
+                    f"{event_type}:{page_id}",
+                    keyspace.EVENT_IDS,
+                    len(gone) // 2,
+                    *gone,
+                    *sorted(owners_gone - owners_kept),
+                ],
+            )
+        )
 
     # -- reading -------------------------------------------------------------
-    def query(self, types: list[str], *, start: int | None = None, end: int | None = None,
-              user_hash: str | None = None, priority: str | None = None,
-              limit: int = 100, cursor: str | None = None,
-              max_scan: int = 10_000,
-              where: Callable[[Mapping[str, Any]], bool] | None = None,
-              ) -> tuple[list[dict[str, Any]], str | None]:
+    def query(
+        self,
+        types: list[str],
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        user_hash: str | None = None,
+        priority: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        max_scan: int = 10_000,
+        where: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """Records newest first, and the cursor of the next page (or None).
 
         ``types`` restricts to those types (all given types are merged by
@@ -300,8 +341,7 @@ class EventStore:
             last = (-neg_ts, event_id)
             scanned += 1
             record = records.unpack_fields(etype, fields)
-            if (priority is None or record["p"] == priority) and (
-                    where is None or where(record.get("pr") or {})):
+            if (priority is None or record["p"] == priority) and (where is None or where(record.get("pr") or {})):
                 found.append(record)
             if scanned >= max_scan:
                 break
@@ -309,8 +349,9 @@ class EventStore:
             return found, None
         return found, encode_cursor(*last) if last is not None else None
 
-    def count(self, types: list[str], *, start: int | None = None, end: int | None = None,
-              user_hash: str | None = None) -> int:
+    def count(
+        self, types: list[str], *, start: int | None = None, end: int | None = None, user_hash: str | None = None
+    ) -> int:
         """Records of ``types`` (of one user: by the user field, as
         :meth:`query`) with a timestamp in [start, end]: every page that may
         hold one is read (an export's size)."""
@@ -323,13 +364,15 @@ class EventStore:
         total = 0
         for _, etype, page_id in refs:
             for fields in records.iter_blobs(self.page(etype, page_id) or b""):
-                if ((start is None or fields[3] >= start) and (end is None or fields[3] <= end)
-                        and (user_hash is None or records.blob_user(fields) == user_hash)):
+                if (
+                    (start is None or fields[3] >= start)
+                    and (end is None or fields[3] <= end)
+                    and (user_hash is None or records.blob_user(fields) == user_hash)
+                ):
                     total += 1
         return total
 
-    def _user_pages(self, user_hash: str, wanted: set[str], start: int | None,
-                    high: int | None) -> Iterator[PageRef]:
+    def _user_pages(self, user_hash: str, wanted: set[str], start: int | None, high: int | None) -> Iterator[PageRef]:
         for score, member in _scan_pages(self._redis, keyspace.user_index(user_hash), start, high):
             etype, _, page_id = member.rpartition(":")
             if etype in wanted:
@@ -338,4 +381,3 @@ class EventStore:
     def _type_pages(self, etype: str, start: int | None, high: int | None) -> Iterator[PageRef]:
         for score, page_id in _scan_pages(self._redis, keyspace.time_index(etype), start, high):
             yield score, etype, page_id
-

@@ -9,6 +9,7 @@ messageIds make it idempotent) and feeds :meth:`EventService.track_many`
 in batches, waiting while the queue is longer than a threshold so that a big
 file cannot flood Redis faster than the workers store it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,9 +27,22 @@ from analytics.events.service import EventService
 
 FORMATS = ("ndjson", "csv")
 #: CSV columns, in order; objects are JSON in their cell.
-COLUMNS = ("id", "messageId", "type", "priority", "timestamp", "receivedAt", "userId",
-           "anonymousId", "properties", "context", "traits", "metadata",
-           "originalTimestamp", "sentAt")
+COLUMNS = (
+    "id",
+    "messageId",
+    "type",
+    "priority",
+    "timestamp",
+    "receivedAt",
+    "userId",
+    "anonymousId",
+    "properties",
+    "context",
+    "traits",
+    "metadata",
+    "originalTimestamp",
+    "sentAt",
+)
 JSON_COLUMNS = frozenset({"properties", "context", "traits", "metadata"})
 #: Fields an export adds that are not part of an event sent in: dropped on import.
 OUTPUT_ONLY = frozenset({"id", "receivedAt", "originalTimestamp", "sentAt"})
@@ -108,7 +122,7 @@ def audit_filters(events: EventService, query: dict[str, Any]) -> dict[str, Any]
         if name == "userId":
             kept["user"] = events.user_hash(value)
         elif name.startswith(PROPERTY_PREFIX):
-            kept.setdefault("properties", []).append(name[len(PROPERTY_PREFIX):])
+            kept.setdefault("properties", []).append(name[len(PROPERTY_PREFIX) :])
         else:
             kept[name] = value
     return kept
@@ -172,10 +186,16 @@ def reader_for(fmt: str, lines: Iterable[str]) -> Iterator[tuple[int, Any, dict[
     return read_csv(lines) if fmt == "csv" else read_ndjson(lines)
 
 
-def import_events(events: EventService, rows: Iterable[tuple[int, Any, dict[str, Any] | None]], *,
-                  batch_size: int = 500, max_queue: int = 20, max_wait: float = 300.0,
-                  on_wait: Callable[[int], None] | None = None,
-                  sleep: Callable[[float], None] = time.sleep) -> ImportReport:
+def import_events(
+    events: EventService,
+    rows: Iterable[tuple[int, Any, dict[str, Any] | None]],
+    *,
+    batch_size: int = 500,
+    max_queue: int = 20,
+    max_wait: float = 300.0,
+    on_wait: Callable[[int], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ImportReport:
     """Queue the events of ``rows`` in batches of ``batch_size``.
 
     Before each batch, waits while the queue holds more than ``max_queue``
@@ -196,8 +216,9 @@ def import_events(events: EventService, rows: Iterable[tuple[int, Any, dict[str,
                 on_wait(length)
                 told = True
             if time.monotonic() - started > max_wait:
-                raise QueueFullError(f"the queue stayed above {max_queue} entries for {max_wait:g} s: "
-                                "is a worker running?")
+                raise QueueFullError(
+                    f"the queue stayed above {max_queue} entries for {max_wait:g} s: is a worker running?"
+                )
             sleep(0.1)
         report.waited_seconds += time.monotonic() - started
 
@@ -244,6 +265,18 @@ def counting_lines(stream: IO[bytes], on_bytes: Callable[[int], None]) -> Iterat
         yield raw.decode("utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else "utf-8", errors="replace")
 
 
-__all__ = ["COLUMNS", "FORMATS", "ImportReport", "QueueFullError", "audit_filters", "counting_lines",
-           "describe_errors", "estimate", "format_for", "import_events", "iter_events",
-           "reader_for", "writer_for"]
+__all__ = [
+    "COLUMNS",
+    "FORMATS",
+    "ImportReport",
+    "QueueFullError",
+    "audit_filters",
+    "counting_lines",
+    "describe_errors",
+    "estimate",
+    "format_for",
+    "import_events",
+    "iter_events",
+    "reader_for",
+    "writer_for",
+]

@@ -42,6 +42,7 @@ subscriptions share one lock and one threading discipline (the listener
 thread writes, request threads read); split apart, the invariants about who
 may touch what under the lock would live in two files.
 """
+
 from __future__ import annotations
 
 import collections
@@ -80,10 +81,12 @@ class _ClientMessageSchema(marshmallow.Schema):
         unknown = marshmallow.RAISE
 
     action = fields.String(required=True, validate=validate.OneOf(["subscribe", "active"]))
-    events = fields.List(fields.String(validate=validate.Length(1, 200)),
-                         validate=validate.Length(max=500), load_default=None)
-    metrics = fields.List(fields.String(validate=validate.Length(1, 200)),
-                          validate=validate.Length(max=500), load_default=None)
+    events = fields.List(
+        fields.String(validate=validate.Length(1, 200)), validate=validate.Length(max=500), load_default=None
+    )
+    metrics = fields.List(
+        fields.String(validate=validate.Length(1, 200)), validate=validate.Length(max=500), load_default=None
+    )
 
 
 _client_message_schema = _ClientMessageSchema()
@@ -113,8 +116,7 @@ class LiveClient:
     connection thread; they meet under one condition variable.
     """
 
-    def __init__(self, key_id: str, user_hash: str, max_buffer: int,
-                 abort: Callable[[], None] | None = None) -> None:
+    def __init__(self, key_id: str, user_hash: str, max_buffer: int, abort: Callable[[], None] | None = None) -> None:
         self.key_id = key_id
         self.user_hash = user_hash
         self.max_buffer = max_buffer
@@ -153,8 +155,7 @@ class LiveClient:
                 return True
             if len(self._frames) + len(frames) > self.max_buffer:
                 self._frames.clear()
-                self._close(CLOSE_TOO_SLOW, f"client too slow: more than {self.max_buffer} "
-                                            "messages waiting; reconnect")
+                self._close(CLOSE_TOO_SLOW, f"client too slow: more than {self.max_buffer} messages waiting; reconnect")
                 return False
             self._frames.extend(frames)
             self._cond.notify()
@@ -208,8 +209,15 @@ class LiveHub:
     client that gets it.
     """
 
-    def __init__(self, client: redis.Redis, codec: RecordCodec, encode: Callable[[bytes], bytes],
-                 *, metric_interval: float = 1.0, process_name: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        codec: RecordCodec,
+        encode: Callable[[bytes], bytes],
+        *,
+        metric_interval: float = 1.0,
+        process_name: Callable[[], str] | None = None,
+    ) -> None:
         self.redis = client
         self.codec = codec
         self.encode = encode
@@ -273,8 +281,10 @@ class LiveHub:
             try:
                 pubsub.subscribe(keyspace.LIVE_EVENTS, keyspace.LIVE_METRICS)
                 if down_since is not None:
-                    log.warning("live fan-out reached Redis again after %.0f s; streaming resumes",
-                                time.monotonic() - down_since)
+                    log.warning(
+                        "live fan-out reached Redis again after %.0f s; streaming resumes",
+                        time.monotonic() - down_since,
+                    )
                     down_since = None
                 delay = 0.25
                 self.subscribed.set()
@@ -287,8 +297,7 @@ class LiveHub:
                 self.subscribed.clear()
                 if down_since is None:
                     down_since = time.monotonic()
-                    log.error("live fan-out cannot reach Redis (%s); retrying with backoff",
-                              type(exc).__name__)
+                    log.error("live fan-out cannot reach Redis (%s); retrying with backoff", type(exc).__name__)
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline and not self._stop.is_set():
                     self.housekeeping()
@@ -331,8 +340,11 @@ class LiveHub:
         for client, frames in batches.items():
             if not client.offer(frames):
                 self.counters.add(errors=1)
-                log.warning("dropping a slow WebSocket client (key %s): buffer of %d messages full",
-                            client.key_id, client.max_buffer)
+                log.warning(
+                    "dropping a slow WebSocket client (key %s): buffer of %d messages full",
+                    client.key_id,
+                    client.max_buffer,
+                )
 
     def dispatch_events(self, records: Iterable[dict[str, Any]]) -> None:
         """Decode each record once and queue it for the clients that see it.
@@ -363,8 +375,9 @@ class LiveHub:
                         break
                     frame = self.encode(orjson.dumps({"kind": "event", "data": event}))
                 frames.append(frame)
-        self._deliver({client: shared[group] for group, members in groups.items()
-                       for client in members if shared[group]})
+        self._deliver(
+            {client: shared[group] for group, members in groups.items() for client in members if shared[group]}
+        )
 
     def dispatch_metrics(self, items: Iterable[dict[str, Any]]) -> None:
         """Queue updated metric buckets, throttled per series and client."""
@@ -380,8 +393,7 @@ class LiveHub:
             targets = [c for c in clients if c.wants_metric(name)]
             if not targets:
                 continue
-            data = {k: item.get(k) for k in ("name", "tags", "bucket", "resolution",
-                                               "count", "sum", "min", "max")}
+            data = {k: item.get(k) for k in ("name", "tags", "bucket", "resolution", "count", "sum", "min", "max")}
             frame = self.encode(orjson.dumps({"kind": "metric", "data": data}))
             key = _metric_key(item)
             for client in targets:

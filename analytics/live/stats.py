@@ -11,6 +11,7 @@ Fields of each hash: ``clients`` (connected now), ``messages_total``,
 started), ``messages_rate`` (messages per second over the last interval)
 and ``updated`` (epoch seconds).
 """
+
 from __future__ import annotations
 
 import threading
@@ -41,8 +42,7 @@ class WsCounters:
         self._last_messages = 0
         self._last_time = time.monotonic()
 
-    def add(self, *, clients: int = 0, messages: int = 0, errors: int = 0,
-            auth_failures: int = 0) -> None:
+    def add(self, *, clients: int = 0, messages: int = 0, errors: int = 0, auth_failures: int = 0) -> None:
         with self._lock:
             self.clients += clients
             self.messages_total += messages
@@ -56,10 +56,14 @@ class WsCounters:
             elapsed = max(now - self._last_time, 1e-6)
             rate = (self.messages_total - self._last_messages) / elapsed
             self._last_messages, self._last_time = self.messages_total, now
-            return {"clients": self.clients, "messages_total": self.messages_total,
-                    "errors_total": self.errors_total,
-                    "auth_failures_total": self.auth_failures_total,
-                    "messages_rate": round(rate, 2), "updated": round(time.time(), 3)}
+            return {
+                "clients": self.clients,
+                "messages_total": self.messages_total,
+                "errors_total": self.errors_total,
+                "auth_failures_total": self.auth_failures_total,
+                "messages_rate": round(rate, 2),
+                "updated": round(time.time(), 3),
+            }
 
 
 def write_ws_stats(client: redis.Redis, process: str, figures: dict[str, float]) -> None:
@@ -79,8 +83,13 @@ def ws_totals(client: redis.Redis) -> dict[str, Any]:
     (web processes that reported in the last :data:`STATS_TTL` seconds) and
     ``updated`` (the newest report, epoch seconds, or ``None``).
     """
-    totals: dict[str, Any] = {"clients": 0, **{name: 0 for name in _COUNTERS},
-                              "messages_rate": 0.0, "processes": 0, "updated": None}
+    totals: dict[str, Any] = {
+        "clients": 0,
+        **{name: 0 for name in _COUNTERS},
+        "messages_rate": 0.0,
+        "processes": 0,
+        "updated": None,
+    }
     keys = list(client.scan_iter(match=keyspace.WS_STATS + "*", count=200))
     if not keys:
         return totals

@@ -1,4 +1,5 @@
 """Metrics: samples with tags, rolled up per tier with quantile sketches."""
+
 from __future__ import annotations
 
 from analytics.metrics.sketch import Sketch

@@ -1,5 +1,6 @@
 """Commits batches of metric queue entries: one bad entry never blocks its
 batch (the shared rules are in :mod:`analytics.pipeline.isolation`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,15 +37,17 @@ class MetricCommitter:
     def commit(self, entries: list[Entry]) -> MetricCommitResult:
         """Commit ``entries``. Raises the Redis error when Redis is away or
         full (the whole batch waits, pending, for the next delivery)."""
-        dead = {entry.id: [malformed(self.vault, entry, "metrics queue entry")]
-                for entry in entries if entry.problem}
+        dead = {entry.id: [malformed(self.vault, entry, "metrics queue entry")] for entry in entries if entry.problem}
         try:
             return self.store.commit(entries, dead=dead)
         except Exception as exc:
             if is_transient(exc):
                 raise
-            log.warning("a batch of %d metrics queue entries failed (%s); committing them one "
-                        "by one", len(entries), describe(exc))
+            log.warning(
+                "a batch of %d metrics queue entries failed (%s); committing them one by one",
+                len(entries),
+                describe(exc),
+            )
         result = MetricCommitResult()
         for entry in entries:
             result += self._commit_entry(entry, dead.get(entry.id, []))
@@ -58,9 +61,13 @@ class MetricCommitter:
         if result is not None:
             return result
         if entry.deliveries >= self.max_attempts:
-            every = whole(self.vault, entry, dead, "metrics queue entry", [
-                DeadLetter.of_record(record, PROCESSING_ERROR, entry.deliveries)
-                for record in entry.records])
+            every = whole(
+                self.vault,
+                entry,
+                dead,
+                "metrics queue entry",
+                [DeadLetter.of_record(record, PROCESSING_ERROR, entry.deliveries) for record in entry.records],
+            )
             result = self._try(dataclasses.replace(entry, items=[]), every)
             if result is not None:
                 return result

@@ -8,6 +8,7 @@ several times faster, which matters at thousands of samples per request.
 ``tests/analytics/test_metrics_fastpath.py`` checks with hypothesis that
 whatever it accepts, the schema accepts and loads identically.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -7,6 +7,7 @@ The rules of a sample (:func:`check_name`, :func:`metric_value`,
 :func:`check_tags`) are functions that the schema and the fast path
 (:mod:`analytics.metrics.fastpath`) both call, so that each is written once.
 """
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,7 @@ class MetricValue(fields.Field):
 def check_name(name: str, *, ingest: bool) -> list[str]:
     """Problems with a metric name (empty when fine)."""
     if not NAME.match(name):
-        return ["Must start with a letter and hold only letters, digits, '_', '.' or '-' "
-                "(at most 128 characters)."]
+        return ["Must start with a letter and hold only letters, digits, '_', '.' or '-' (at most 128 characters)."]
     if name in RESERVED_NAMES:
         return ["This name is reserved."]
     if ingest and name.startswith(EVENT_METRIC_PREFIX):
@@ -111,13 +111,16 @@ def check_tags(tags: dict[Any, Any], phi_fields: frozenset[str]) -> dict[str, An
     errors: dict[str, Any] = {}
     for key, value in tags.items():
         if not isinstance(key, str) or not TAG_KEY.match(key):
-            return ["Tag keys must start with a letter or '_' and hold only letters, digits, "
-                    "'_', '.' or '-' (at most 64 characters)."]
+            return [
+                "Tag keys must start with a letter or '_' and hold only letters, digits, "
+                "'_', '.' or '-' (at most 64 characters)."
+            ]
         if key.lower() in phi_fields:
             errors[key] = ["This tag key is a PHI field name: metric tags must not carry PHI."]
         elif not isinstance(value, str) or not TAG_VALUE.match(value):
-            errors[key] = ["Tag values must be strings of 1 to 128 letters, digits or "
-                           "'_', '.', ':', '/', '@', '+', '-'."]
+            errors[key] = [
+                "Tag values must be strings of 1 to 128 letters, digits or '_', '.', ':', '/', '@', '+', '-'."
+            ]
     return errors
 
 

@@ -1,5 +1,6 @@
 """The metrics service: ingest of samples (validated, series registered
 under the cardinality limit, queued) and queries of the rollups."""
+
 from __future__ import annotations
 
 import time
@@ -36,8 +37,15 @@ class PreparedMetrics:
 
 
 class MetricService:
-    def __init__(self, settings: Settings, store: MetricStore, queue: EventQueue, intake: Intake,
-                 events: EventService, phi_fields: Iterable[str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: MetricStore,
+        queue: EventQueue,
+        intake: Intake,
+        events: EventService,
+        phi_fields: Iterable[str],
+    ) -> None:
         self._settings = settings
         self._store = store
         self._queue = queue
@@ -47,8 +55,9 @@ class MetricService:
         self._schema = MetricSampleSchema(phi_fields=self._phi_fields)
 
     # -- ingest --------------------------------------------------------------
-    def track_metric(self, name: str, value: float, tags: dict[str, str] | None = None,
-                     timestamp: Any = None) -> TrackResult:
+    def track_metric(
+        self, name: str, value: float, tags: dict[str, str] | None = None, timestamp: Any = None
+    ) -> TrackResult:
         """Validate and durably queue one metric sample."""
         sample: dict[str, Any] = {"name": name, "value": value, "tags": tags or {}}
         if timestamp is not None:
@@ -71,7 +80,8 @@ class MetricService:
         for index, raw in enumerate(samples):
             if not isinstance(raw, dict):
                 prepared.result.rejected.append(
-                    {"index": index, "errors": {"_schema": ["A sample must be a JSON object."]}})
+                    {"index": index, "errors": {"_schema": ["A sample must be a JSON object."]}}
+                )
                 continue
             sample = load_sample(raw, self._phi_fields)
             if sample is None:  # invalid (or unusual): the schema of record decides and explains
@@ -87,8 +97,15 @@ class MetricService:
             prepared.valid.append((index, {"n": sample["name"], "v": sample["value"], "g": tags, "ts": ts}, sid))
         return prepared
 
-    def track_as(self, secret: str | None, prepared: PreparedMetrics, *, action: str = "ingest",
-                 where: str = "", remote: str | None = None) -> tuple[ApiKey, TrackResult]:
+    def track_as(
+        self,
+        secret: str | None,
+        prepared: PreparedMetrics,
+        *,
+        action: str = "ingest",
+        where: str = "",
+        remote: str | None = None,
+    ) -> tuple[ApiKey, TrackResult]:
         """Authenticate ``secret`` for ``action`` and queue ``prepared``, with
         the answers of :meth:`Intake.admit`: one Redis round trip when this
         process knows every series of the samples as registered. A new series
@@ -96,8 +113,7 @@ class MetricService:
         waits for the key: then the general path (key, registration, queue)."""
         if prepared.valid and self._store.all_known(prepared.series):
             records = [record for _, record, _ in prepared.valid]
-            key, ids = self._intake.admit(secret, [self.entry(records)], action=action, where=where,
-                                          remote=remote)
+            key, ids = self._intake.admit(secret, [self.entry(records)], action=action, where=where, remote=remote)
             return key, _accepted(prepared.result, records, ids)
         key = self._intake.authorize(secret, action, where=where, remote=remote)
         return key, self._queue_prepared(prepared)
@@ -129,10 +145,18 @@ class MetricService:
         records = []
         for index, record, sid in prepared.valid:
             if (record["n"], sid) in full:
-                result.rejected.append({"index": index, "errors": {"tags": [
-                    f"Metric {record['n']!r} has reached its limit of "
-                    f"{self._settings.max_series_per_metric} series (tag combinations). Tags are "
-                    "not ids: keep unbounded values (user ids, request ids, timestamps) out of tags."]}})
+                result.rejected.append(
+                    {
+                        "index": index,
+                        "errors": {
+                            "tags": [
+                                f"Metric {record['n']!r} has reached its limit of "
+                                f"{self._settings.max_series_per_metric} series (tag combinations). Tags are "
+                                "not ids: keep unbounded values (user ids, request ids, timestamps) out of tags."
+                            ]
+                        },
+                    }
+                )
             else:
                 records.append(record)
         result.rejected.sort(key=lambda r: r["index"])
@@ -146,7 +170,7 @@ class MetricService:
             params = metric_query_schema.load(query)
         except marshmallow.ValidationError as exc:
             raise ValidationError("invalid query", exc.normalized_messages()) from None
-        event_type = name[len(EVENT_METRIC_PREFIX):] if name.startswith(EVENT_METRIC_PREFIX) else None
+        event_type = name[len(EVENT_METRIC_PREFIX) :] if name.startswith(EVENT_METRIC_PREFIX) else None
         if event_type is None:
             problems = check_name(name, ingest=False)
             if problems:
@@ -167,8 +191,16 @@ class MetricService:
                 series = {EMPTY_SERIES: {}} if known and not filter_tags else {}
             else:
                 series = self._store.series(name, filter_tags)
-            found = self._store.query(name, series, start_ms=start, end_ms=end, bucket=bucket, agg=params["agg"],
-                                      filter_tags=filter_tags, group_by=params["groupBy"])
+            found = self._store.query(
+                name,
+                series,
+                start_ms=start,
+                end_ms=end,
+                bucket=bucket,
+                agg=params["agg"],
+                filter_tags=filter_tags,
+                group_by=params["groupBy"],
+            )
         return {"name": name, "series": found}
 
 

@@ -19,6 +19,7 @@ their magnitude). Stored form (:meth:`Sketch.encode`): packed little-endian
 merges by adding counts without knowing ``gamma``, and which a query reads
 with one ``numpy.frombuffer``.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,7 +55,7 @@ def bin_value(code: int) -> float:
         return 0.0
     if code < ZERO_CODE:
         return -2 * GAMMA ** (NEGATIVE_BASE - code) / (GAMMA + 1)
-    return 2 * GAMMA ** code / (GAMMA + 1)
+    return 2 * GAMMA**code / (GAMMA + 1)
 
 
 class Sketch:

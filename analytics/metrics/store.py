@@ -17,6 +17,7 @@ read (``analytics:dlq:metrics``) and publishes the updated 10 s buckets, in
 one atomic step. So a redelivered batch never counts twice, and a record is
 dead-lettered once, never both counted and dead-lettered.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -82,8 +83,10 @@ def bucket_range(start_ms: int, end_ms: int, bucket: int) -> tuple[int, int]:
     first = start_ms // 1000 // bucket * bucket
     count = max(0, -(-(end_ms - first * 1000) // (bucket * 1000)))
     if count > MAX_POINTS:
-        raise ValidationError("too many points", {"bucket": [
-            f"The range holds more than {MAX_POINTS} buckets of this size: ask for larger buckets."]})
+        raise ValidationError(
+            "too many points",
+            {"bucket": [f"The range holds more than {MAX_POINTS} buckets of this size: ask for larger buckets."]},
+        )
     return first, count
 
 
@@ -104,13 +107,13 @@ def _tags_json(tags: Mapping[str, str]) -> bytes:
 
 
 class MetricStore:
-    def __init__(self, client: redis.Redis, settings: Settings,
-                 live_channel: str = keyspace.LIVE_METRICS) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, live_channel: str = keyspace.LIVE_METRICS) -> None:
         self._redis = client
         self.limit = settings.max_series_per_metric
         self.live_channel = live_channel
-        self.retention = {res: int(days * 86400)
-                          for res, days in zip(TIERS, settings.rollup_retention_days, strict=True)}
+        self.retention = {
+            res: int(days * 86400) for res, days in zip(TIERS, settings.rollup_retention_days, strict=True)
+        }
         #: Range queries read many chunk hashes: through a RESP2 client.
         self._bulk = resp2_twin(client)
         # Its HGETALL replies stay flat [field, value, ...] lists: they are
@@ -127,8 +130,13 @@ class MetricStore:
     def event_metric_args(self) -> list[Any]:
         """The trailing arguments of ``commit_events.lua`` that make it count
         events into the ``events.{type}`` metrics."""
-        args: list[Any] = [keyspace.ROLLUP_EXPIRY, self.live_channel,
-                           keyspace.METRICS + "events.", EMPTY_SERIES, len(TIERS)]
+        args: list[Any] = [
+            keyspace.ROLLUP_EXPIRY,
+            self.live_channel,
+            keyspace.METRICS + "events.",
+            EMPTY_SERIES,
+            len(TIERS),
+        ]
         for res in TIERS:
             args += (res, res * CHUNK_BUCKETS, self.retention[res])
         return args
@@ -161,8 +169,7 @@ class MetricStore:
             args: list[Any] = [self.limit, len(items)]
             for sid, tags in items:
                 args += (sid, _tags_json(tags), len(tags), *(f"{k}:{v}" for k, v in tags.items()))
-            self._register(keys=[keyspace.metric_series(name), keyspace.metric_tags(name)],
-                           args=args, client=pipe)
+            self._register(keys=[keyspace.metric_series(name), keyspace.metric_tags(name)], args=args, client=pipe)
         refused: set[tuple[str, str]] = set()
         for (name, items), reply in zip(by_metric.items(), pipe.execute(), strict=True):
             bad = {sid.decode() for sid in reply}
@@ -171,8 +178,9 @@ class MetricStore:
         return refused
 
     # -- processing ----------------------------------------------------------
-    def commit(self, entries: list[Entry], group: str = keyspace.GROUP,
-               dead: Mapping[str, list[DeadLetter]] | None = None) -> MetricCommitResult:
+    def commit(
+        self, entries: list[Entry], group: str = keyspace.GROUP, dead: Mapping[str, list[DeadLetter]] | None = None
+    ) -> MetricCommitResult:
         """Fold ``entries`` into rollups and acknowledge them, atomically.
 
         If some entries were already committed by another worker, the script
@@ -191,8 +199,7 @@ class MetricStore:
             bad: list[tuple[Entry, Any]] = []
             args = self._commit_args(pending, group, bad)
             whole = [letter for e in pending for letter in dead.get(e.id, ())]
-            letters = [DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries)
-                       for entry, record in bad] + whole
+            letters = [DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries) for entry, record in bad] + whole
             args += (round(time.time(), 3), len(letters))
             for letter in letters:
                 args += letter.script_args()
@@ -208,8 +215,7 @@ class MetricStore:
             pending = [e for e in pending if e.id not in gone]
         return result
 
-    def _commit_args(self, entries: list[Entry], group: str,
-                     bad: list[tuple[Entry, Any]]) -> list[Any]:
+    def _commit_args(self, entries: list[Entry], group: str, bad: list[tuple[Entry, Any]]) -> list[Any]:
         cells: dict[tuple[str, str, int, int], list[Any]] = {}
         series: dict[tuple[str, str], dict[str, str]] = {}
         latest: dict[tuple[str, str], int] = {}
@@ -253,17 +259,32 @@ class MetricStore:
         args += [e.id for e in entries]
         args.append(len(series))
         for (name, sid), tags in series.items():
-            args += (keyspace.metric_series(name), keyspace.metric_tags(name),
-                     keyspace.metric_seen(name), sid, _tags_json(tags), latest[(name, sid)],
-                     len(tags), *(f"{k}:{v}" for k, v in tags.items()))
+            args += (
+                keyspace.metric_series(name),
+                keyspace.metric_tags(name),
+                keyspace.metric_seen(name),
+                sid,
+                _tags_json(tags),
+                latest[(name, sid)],
+                len(tags),
+                *(f"{k}:{v}" for k, v in tags.items()),
+            )
         args.append(len(cells))
         finest = TIERS[0]
         for (name, sid, res, bucket), (c, s, mn, mx, sq, bins) in cells.items():
             chunk_len = res * CHUNK_BUCKETS
             chunk = bucket - bucket % chunk_len
-            args += (keyspace.rollup_chunk(name, res, sid, chunk), f"{(bucket - chunk) // res:03d}",
-                     c, s, mn, mx, sq, encode_bins(bins),
-                     chunk + chunk_len + self.retention[res])
+            args += (
+                keyspace.rollup_chunk(name, res, sid, chunk),
+                f"{(bucket - chunk) // res:03d}",
+                c,
+                s,
+                mn,
+                mx,
+                sq,
+                encode_bins(bins),
+                chunk + chunk_len + self.retention[res],
+            )
             if res == finest:
                 args += (orjson.dumps(name), _tags_json(series[(name, sid)]), bucket)
             else:
@@ -282,8 +303,7 @@ class MetricStore:
             return {}
         lists = cast(list[bytes], found_lists)
         step = SERIES_ID_LENGTH
-        sets = sorted(({ids[i:i + step].decode() for i in range(0, len(ids), step)} for ids in lists),
-                      key=len)
+        sets = sorted(({ids[i : i + step].decode() for i in range(0, len(ids), step)} for ids in lists), key=len)
         matched = set.intersection(*sets)
         if not matched:
             return {}
@@ -291,9 +311,18 @@ class MetricStore:
         found = self._redis.hmget(keyspace.metric_series(name), ordered)
         return {sid: orjson.loads(t) for sid, t in zip(ordered, found, strict=True) if t is not None}
 
-    def query(self, name: str, series: Mapping[str, Mapping[str, str]], *, start_ms: int,
-              end_ms: int, bucket: int, agg: str, filter_tags: Mapping[str, str],
-              group_by: str | None) -> list[dict[str, Any]]:
+    def query(
+        self,
+        name: str,
+        series: Mapping[str, Mapping[str, str]],
+        *,
+        start_ms: int,
+        end_ms: int,
+        bucket: int,
+        agg: str,
+        filter_tags: Mapping[str, str],
+        group_by: str | None,
+    ) -> list[dict[str, Any]]:
         """Points of ``agg`` per group of ``series``, one per ``bucket``
         seconds from the bucket holding ``start_ms`` up to ``end_ms``
         (exclusive); an empty bucket is ``None``."""
@@ -383,8 +412,9 @@ def _offsets(fields: list[bytes]) -> Any:
     return np.array([int(f) for f in fields], dtype=np.int64)
 
 
-def _points(agg: str, first: int, count: int, bucket: int, res: int, stored: _Stored,
-            sketches: _Stored | None) -> list[list[Any]]:
+def _points(
+    agg: str, first: int, count: int, bucket: int, res: int, stored: _Stored, sketches: _Stored | None
+) -> list[list[Any]]:
     """Merge stored buckets (``stored``: packed stats; ``sketches``: packed
     bins, for quantiles) into ``count`` output buckets and compute ``agg``
     for each. Vectorized: a day at 1 minute over a few series is thousands
@@ -408,8 +438,7 @@ def _points(agg: str, first: int, count: int, bucket: int, res: int, stored: _St
         values = c.astype(np.int64).tolist()
     elif agg in ("min", "max"):
         extreme = np.full(count, np.inf if agg == "min" else -np.inf)
-        (np.minimum if agg == "min" else np.maximum).at(
-            extreme, index, stats[:, 2 if agg == "min" else 3])
+        (np.minimum if agg == "min" else np.maximum).at(extreme, index, stats[:, 2 if agg == "min" else 3])
         values = extreme.tolist()
     else:
         total = np.bincount(index, weights=stats[:, 1], minlength=count)
@@ -437,8 +466,9 @@ _CODE_SHIFT = 1 << 31
 _OWNER_FACTOR = 1 << 32
 
 
-def _quantiles(q: float, first: int, count: int, bucket: int, res: int, index: Any, stats: Any,
-               sketches: _Stored) -> Any:
+def _quantiles(
+    q: float, first: int, count: int, bucket: int, res: int, index: Any, stats: Any, sketches: _Stored
+) -> Any:
     """The ``q``-quantile of each output bucket, merging the sketches of the
     stored buckets that fall in it (``index``, ``stats``: output bucket and
     packed stats of each stored bucket in range; ``sketches``: the packed
@@ -455,8 +485,7 @@ def _quantiles(q: float, first: int, count: int, bucket: int, res: int, index: A
     if not sketches.offsets:
         return np.full(count, np.nan)
     at = sketches.starts(res)
-    lengths = np.fromiter(map(len, sketches.values), dtype=np.int64,
-                          count=len(sketches.values)) // _BIN_DTYPE.itemsize
+    lengths = np.fromiter(map(len, sketches.values), dtype=np.int64, count=len(sketches.values)) // _BIN_DTYPE.itemsize
     bins = np.frombuffer(b"".join(sketches.values), dtype=_BIN_DTYPE)
     # Each bin's output bucket; bins of buckets outside the range dropped.
     owner = np.repeat((at - first) // bucket, lengths)
@@ -475,10 +504,15 @@ def _quantiles(q: float, first: int, count: int, bucket: int, res: int, index: A
     targets = before + q * (totals - 1)
     at = np.searchsorted(running, targets[has], side="right")
     picked = codes[np.minimum(at, len(codes) - 1)].astype(np.int64)
-    estimate = np.where(picked == ZERO_CODE, 0.0,
-                        np.where(picked < ZERO_CODE,
-                                 -2 * GAMMA ** (NEGATIVE_BASE - picked).astype(np.float64) / (GAMMA + 1),
-                                 2 * GAMMA ** picked.astype(np.float64) / (GAMMA + 1)))
+    estimate = np.where(
+        picked == ZERO_CODE,
+        0.0,
+        np.where(
+            picked < ZERO_CODE,
+            -2 * GAMMA ** (NEGATIVE_BASE - picked).astype(np.float64) / (GAMMA + 1),
+            2 * GAMMA ** picked.astype(np.float64) / (GAMMA + 1),
+        ),
+    )
     values = np.full(count, np.nan)
     values[has] = estimate
     if q == 0:

@@ -1,6 +1,7 @@
 """Dead-letter replay planning: where a dead letter goes back, validated
 again under the current settings (an event type registered since, a fixed
 sample...), or None while it is still invalid."""
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,9 @@ _SAMPLE_FIELDS = (("n", "name"), ("v", "value"), ("g", "tags"), ("ts", "timestam
 
 
 class ReplayPlanner:
-    def __init__(self, events: EventService, metrics: MetricService, segment: SegmentIngest,
-                 dead_letters: DeadLetters) -> None:
+    def __init__(
+        self, events: EventService, metrics: MetricService, segment: SegmentIngest, dead_letters: DeadLetters
+    ) -> None:
         self._events = events
         self._metrics = metrics
         self._segment = segment
@@ -100,7 +102,10 @@ class ReplayPlanner:
         prepared = self._metrics.prepare([raw], received_ms=int(item["ts"] * 1000))
         records = self._metrics.register_series(prepared)
         if not records:
-            log.info("dead letter %s is still invalid (%s)", item["id"],
-                     ", ".join(sorted(prepared.result.rejected[0]["errors"])))
+            log.info(
+                "dead letter %s is still invalid (%s)",
+                item["id"],
+                ", ".join(sorted(prepared.result.rejected[0]["errors"])),
+            )
             return None
         return self._metrics.entry(records)

@@ -27,6 +27,7 @@ only by its owner) keeps two runs from doing the work twice; even without
 it every step is idempotent (deleting what is already gone does nothing). The clock is a parameter, so tests can
 expire data without waiting.
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,8 +88,7 @@ class Cleanup:
         self._store = EventStore(client)
         self._queue = EventQueue(client)
         #: A series is forgotten once its newest sample is this old.
-        self.series_horizon = int(max(settings.rollup_retention_days) * 86400
-                                  + TIERS[-1] * CHUNK_BUCKETS)
+        self.series_horizon = int(max(settings.rollup_retention_days) * 86400 + TIERS[-1] * CHUNK_BUCKETS)
 
     def run(self, now: float | None = None, budget: float = 30.0) -> CleanupReport:
         """Remove what has expired at ``now`` (epoch seconds; default: the
@@ -154,8 +154,7 @@ class Cleanup:
     def _event_types(self) -> list[str]:
         """Types that have stored events (a SCAN: cursor-based, never blocks)."""
         prefix = keyspace.EVENTS_TIME
-        return sorted({key.decode()[len(prefix):]
-                       for key in self._redis.scan_iter(match=prefix + "*", count=1000)})
+        return sorted({key.decode()[len(prefix) :] for key in self._redis.scan_iter(match=prefix + "*", count=1000)})
 
     def _requeue_legacy(self, event_type: str, cursor: int) -> tuple[int, int]:
         """Records stored by the first layout (one JSON record per field of
@@ -164,8 +163,7 @@ class Cleanup:
         pages, and removed with their index entries in the same step
         (``MULTI``). Returns (the HSCAN cursor, records queued)."""
         key = keyspace.processed(event_type)
-        cursor, items = cast(tuple[int, dict[bytes, bytes]],
-                             self._redis.hscan(key, cursor, count=self.slice_size))
+        cursor, items = cast(tuple[int, dict[bytes, bytes]], self._redis.hscan(key, cursor, count=self.slice_size))
         legacy = {name: raw for name, raw in items.items() if raw[:1] == b"{"}
         if not legacy:
             return cursor, 0
@@ -203,8 +201,12 @@ class Cleanup:
     def _expire_events(self, event_type: str, cutoff_ms: int) -> tuple[int, int]:
         """Delete up to ``slice_size`` pages wholly older than the cutoff:
         (records removed, pages listed)."""
-        pages = cast(list[bytes], self._redis.zrangebyscore(
-            keyspace.time_index(event_type), "-inf", f"({cutoff_ms}", start=0, num=self.slice_size))
+        pages = cast(
+            list[bytes],
+            self._redis.zrangebyscore(
+                keyspace.time_index(event_type), "-inf", f"({cutoff_ms}", start=0, num=self.slice_size
+            ),
+        )
         removed = sum(self._rewrite(event_type, page.decode(), cutoff_ms) for page in pages)
         return removed, len(pages)
 
@@ -213,8 +215,7 @@ class Cleanup:
         expired records. (Pages of later buckets have a newest timestamp
         past this bucket's end, pages of earlier ones below the cutoff.)"""
         bucket_end = cutoff_ms - cutoff_ms % BUCKET_MS + BUCKET_MS - 1
-        pages = cast(list[bytes], self._redis.zrangebyscore(
-            keyspace.time_index(event_type), cutoff_ms, bucket_end))
+        pages = cast(list[bytes], self._redis.zrangebyscore(keyspace.time_index(event_type), cutoff_ms, bucket_end))
         return sum(self._rewrite(event_type, page.decode(), cutoff_ms) for page in pages)
 
     def _rewrite(self, event_type: str, page_id: str, cutoff_ms: int) -> int:
@@ -233,8 +234,9 @@ class Cleanup:
                 return removed
 
     def _expire_rollups(self, now: float) -> tuple[int, int]:
-        keys = cast(list[bytes], self._redis.zrangebyscore(keyspace.ROLLUP_EXPIRY, "-inf", now,
-                                                           start=0, num=self.slice_size))
+        keys = cast(
+            list[bytes], self._redis.zrangebyscore(keyspace.ROLLUP_EXPIRY, "-inf", now, start=0, num=self.slice_size)
+        )
         if not keys:
             return 0, 0
         pipe = self._redis.pipeline(transaction=True)
@@ -244,29 +246,42 @@ class Cleanup:
             pipe.delete(key, key + b":q")
         pipe.zrem(keyspace.ROLLUP_EXPIRY, *keys)
         replies = pipe.execute()
-        return len(keys), sum(replies[:len(keys)])
+        return len(keys), sum(replies[: len(keys)])
 
     def _expire_series(self, seen_key: bytes, cutoff: float) -> tuple[int, int]:
         sids = self._redis.zrangebyscore(seen_key, "-inf", cutoff, start=0, num=self.slice_size)
         if not sids:
             return 0, 0
-        name = seen_key.decode()[len(keyspace.METRICS):-len(":seen")]
+        name = seen_key.decode()[len(keyspace.METRICS) : -len(":seen")]
         dropped = self._drop_series(
-            keys=[keyspace.metric_series(name), keyspace.metric_tags(name), seen_key],
-            args=[cutoff, *sids])
+            keys=[keyspace.metric_series(name), keyspace.metric_tags(name), seen_key], args=[cutoff, *sids]
+        )
         return int(dropped), len(sids)
 
     def _record(self, report: CleanupReport) -> None:
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(keyspace.CLEANUP_STATS, mapping={
-            "last_run": report.started, "duration": report.duration,
-            "complete": orjson.dumps(report.complete),
-            "removed": orjson.dumps({"events": report.events, "rollup_chunks": report.rollup_chunks,
-                                     "rollup_buckets": report.rollup_buckets,
-                                     "series": report.series}),
-        })
+        pipe.hset(
+            keyspace.CLEANUP_STATS,
+            mapping={
+                "last_run": report.started,
+                "duration": report.duration,
+                "complete": orjson.dumps(report.complete),
+                "removed": orjson.dumps(
+                    {
+                        "events": report.events,
+                        "rollup_chunks": report.rollup_chunks,
+                        "rollup_buckets": report.rollup_buckets,
+                        "series": report.series,
+                    }
+                ),
+            },
+        )
         pipe.hincrby(keyspace.CLEANUP_STATS, "runs", 1)
         pipe.execute()
         if report.events or report.rollup_chunks:
-            log.info("cleanup removed %d events and %d rollup chunks in %.2f s",
-                     report.events, report.rollup_chunks, report.duration)
+            log.info(
+                "cleanup removed %d events and %d rollup chunks in %.2f s",
+                report.events,
+                report.rollup_chunks,
+                report.duration,
+            )

@@ -1,4 +1,5 @@
 """Schemas of the operations API (dead letters), validated at the boundary."""
+
 from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
@@ -27,8 +28,7 @@ class DeadLetterReplaySchema(Schema):
         unknown = RAISE
 
     kind = fields.String(load_default="events", validate=validate.OneOf(KINDS))
-    ids = fields.List(fields.String(validate=_STREAM_ID), load_default=None,
-                      validate=validate.Length(1, 10_000))
+    ids = fields.List(fields.String(validate=_STREAM_ID), load_default=None, validate=validate.Length(1, 10_000))
     limit = fields.Integer(load_default=1000, validate=validate.Range(1, 100_000))
 
 

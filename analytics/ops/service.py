@@ -1,5 +1,6 @@
 """The operations service: monitoring figures, retention cleanup and the
 dead-letter store (listing, replay)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -31,13 +32,26 @@ class ReplayReport:
     ids: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"replayed": self.replayed, "stillInvalid": self.still_invalid,
-                "alreadyGone": self.already_gone, "ids": self.ids}
+        return {
+            "replayed": self.replayed,
+            "stillInvalid": self.still_invalid,
+            "alreadyGone": self.already_gone,
+            "ids": self.ids,
+        }
 
 
 class OpsService:
-    def __init__(self, client: redis.Redis, stats: Stats, queue: EventQueue, dead_letters: DeadLetters,
-                 cleanup: Cleanup, planner: ReplayPlanner, intake: Intake, audit_log: AuditLog) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        stats: Stats,
+        queue: EventQueue,
+        dead_letters: DeadLetters,
+        cleanup: Cleanup,
+        planner: ReplayPlanner,
+        intake: Intake,
+        audit_log: AuditLog,
+    ) -> None:
         self._redis = client
         self._stats = stats
         self._queue = queue
@@ -88,14 +102,16 @@ class OpsService:
                 valid = isinstance(name, str) and not check_name(name, ingest=False)
                 item["metric"] = {"name": name if valid else None}
             elif isinstance(record, dict):
-                item["event"] = {k: record.get(v) for k, v in
-                                 (("id", "i"), ("type", "t"), ("messageId", "m"), ("priority", "p"))}
+                item["event"] = {
+                    k: record.get(v) for k, v in (("id", "i"), ("type", "t"), ("messageId", "m"), ("priority", "p"))
+                }
             item["sealed"] = sealed is not None
             out.append(item)
         return out
 
-    def replay_dead_letters(self, kind: str = "events", ids: Iterable[str] | None = None, limit: int = 1000,
-                            actor: str = "cli") -> ReplayReport:
+    def replay_dead_letters(
+        self, kind: str = "events", ids: Iterable[str] | None = None, limit: int = 1000, actor: str = "cli"
+    ) -> ReplayReport:
         """Queue dead letters again (all of ``kind`` up to ``limit``, or ``ids``).
 
         Idempotent: records keep their id, so one already stored is not
@@ -126,8 +142,9 @@ class OpsService:
                     report.ids.append(item["id"])
                 else:
                     report.already_gone += 1
-            self._audit_log.record("dlq.replay", actor, kind=kind, count=report.replayed,
-                                   still_invalid=report.still_invalid)
+            self._audit_log.record(
+                "dlq.replay", actor, kind=kind, count=report.replayed, still_invalid=report.still_invalid
+            )
         if report.replayed:
             self._intake.kick()
         return report

@@ -25,6 +25,7 @@ key                                            type    holds
 Reading never raises because Redis is away: :meth:`Stats.snapshot` then says
 ``redis: unavailable`` and leaves the Redis figures out.
 """
+
 from __future__ import annotations
 
 import math
@@ -99,8 +100,9 @@ class Stats:
         self.processed = 0
 
     # -- writing -------------------------------------------------------------
-    def record_batch(self, events: int, seconds: float, errors: int = 0, dead: int = 0,
-                     now: float | None = None) -> None:
+    def record_batch(
+        self, events: int, seconds: float, errors: int = 0, dead: int = 0, now: float | None = None
+    ) -> None:
         """Count one processed batch (one round trip)."""
         now = time.time() if now is None else now
         self.processed += events
@@ -126,15 +128,13 @@ class Stats:
         now = time.time() if now is None else now
         host, _, pid = name.rpartition("-")
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(WORKER + name, mapping={"last_seen": round(now, 3), "processed": processed,
-                                          "host": host, "pid": pid})
+        pipe.hset(WORKER + name, mapping={"last_seen": round(now, 3), "processed": processed, "host": host, "pid": pid})
         pipe.expire(WORKER + name, WORKER_TTL * 10)
         pipe.zadd(WORKERS, {name: now})
         pipe.execute()
 
     # -- reading -------------------------------------------------------------
-    def snapshot(self, queue: EventQueue, dead_letters: DeadLetters,
-                 now: float | None = None) -> dict[str, Any]:
+    def snapshot(self, queue: EventQueue, dead_letters: DeadLetters, now: float | None = None) -> dict[str, Any]:
         """Every figure of ``/v1/stats``, ``/metrics`` and ``analytics stats``."""
         now = time.time() if now is None else now
         figures: dict[str, Any] = {
@@ -156,12 +156,14 @@ class Stats:
 
     def _redis_figures(self) -> dict[str, Any]:
         info = self._redis.info("memory")
-        return {"status": "ok", "used_memory_bytes": int(info.get("used_memory", 0)),
-                "maxmemory_bytes": int(info.get("maxmemory", 0)),
-                "maxmemory_policy": str(info.get("maxmemory_policy", ""))}
+        return {
+            "status": "ok",
+            "used_memory_bytes": int(info.get("used_memory", 0)),
+            "maxmemory_bytes": int(info.get("maxmemory", 0)),
+            "maxmemory_policy": str(info.get("maxmemory_policy", "")),
+        }
 
-    def _queue_figures(self, queue: EventQueue, dead_letters: DeadLetters,
-                       now: float) -> dict[str, Any]:
+    def _queue_figures(self, queue: EventQueue, dead_letters: DeadLetters, now: float) -> dict[str, Any]:
         lengths = queue.lengths()
         pending = queue.pending()
         first = int(now - RATE_WINDOW) // BUCKET_SECONDS
@@ -198,8 +200,7 @@ class Stats:
             "batch_ms_p99": None if p99 is None else round(p99, 2),
             "batches_sampled": len(durations),
             "dead_letters": dead_letters.lengths(),
-            "totals": {k.decode(): float(v) if k == b"seconds" else _int(v)
-                       for k, v in totals.items()},
+            "totals": {k.decode(): float(v) if k == b"seconds" else _int(v) for k, v in totals.items()},
             "batch_histogram": {k.decode(): _int(v) for k, v in hist.items()},
         }
 
@@ -218,11 +219,17 @@ class Stats:
             values = _decode(fields)
             last_seen = float(values.get("last_seen", 0))
             age = max(0.0, now - last_seen)
-            workers.append({"name": name, "host": values.get("host", ""),
-                            "pid": _int(fields.get(b"pid")), "last_seen": last_seen,
-                            "seconds_since_seen": round(age, 1),
-                            "status": "alive" if age <= WORKER_TTL else "lost",
-                            "processed": _int(fields.get(b"processed"))})
+            workers.append(
+                {
+                    "name": name,
+                    "host": values.get("host", ""),
+                    "pid": _int(fields.get(b"pid")),
+                    "last_seen": last_seen,
+                    "seconds_since_seen": round(age, 1),
+                    "status": "alive" if age <= WORKER_TTL else "lost",
+                    "processed": _int(fields.get(b"processed")),
+                }
+            )
         return workers
 
     def _websocket(self, now: float) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """The monitoring figures as a plain-text table (``analytics stats``)."""
+
 from __future__ import annotations
 
 import datetime
@@ -39,8 +40,14 @@ def render_table(figures: dict[str, Any]) -> str:
     if redis_info["status"] == "ok":
         rows.append(("redis used memory", _bytes(redis_info["used_memory_bytes"])))
         limit = redis_info["maxmemory_bytes"]
-        rows.append(("redis maxmemory", f"{_bytes(limit)} ({redis_info['maxmemory_policy']})"
-                     if limit else f"none ({redis_info['maxmemory_policy']})"))
+        rows.append(
+            (
+                "redis maxmemory",
+                f"{_bytes(limit)} ({redis_info['maxmemory_policy']})"
+                if limit
+                else f"none ({redis_info['maxmemory_policy']})",
+            )
+        )
     rows.append(("this process RSS", _bytes(figures["process"]["rss_bytes"])))
 
     queue = figures.get("queue")

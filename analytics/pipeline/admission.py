@@ -15,6 +15,7 @@ The script carries a ``#!lua`` shebang: Redis then refuses it as a whole,
 before it runs, when ``maxmemory`` is reached, so a full Redis never leaves
 part of a request queued (and the 503 means nothing was accepted).
 """
+
 from __future__ import annotations
 
 import enum
@@ -67,13 +68,11 @@ def granting_roles(action: str) -> str:
 
 
 class Admitter:
-    def __init__(self, client: redis.Redis, limiter: RateLimiter, kick_ttl_ms: int,
-                 connections: int) -> None:
+    def __init__(self, client: redis.Redis, limiter: RateLimiter, kick_ttl_ms: int, connections: int) -> None:
         # The script's one call per request goes out on connections of its
         # own, past redis-py's per-command path (DedicatedConnections).
         self._connections = DedicatedConnections(client, connections)
-        self._script = client.register_script(
-            "#!lua\n" + lua_source("token_bucket.lua", "admit_events.lua"))
+        self._script = client.register_script("#!lua\n" + lua_source("token_bucket.lua", "admit_events.lua"))
         # The command is packed here, not by hiredis: its constant arguments
         # once (hiredis formats every argument with sprintf; 17 of them came
         # to about 22k instructions per request).
@@ -81,17 +80,20 @@ class Admitter:
         self._api_keys = resp_bulk(keyspace.API_KEYS)
         self._kick_key = resp_bulk(keyspace.KICK_EVENTS)
         # ARGV[2..6] never change for an action.
-        fixed = (repr(float(limiter.rate)).encode(), str(limiter.burst).encode(), b"1",
-                 str(limiter.bucket_ttl_ms).encode())
-        self._fixed = {action: (*fixed, granting_roles(action).encode())
-                       for grants in GRANTS.values() for action in grants}
+        fixed = (
+            repr(float(limiter.rate)).encode(),
+            str(limiter.burst).encode(),
+            b"1",
+            str(limiter.bucket_ttl_ms).encode(),
+        )
+        self._fixed = {
+            action: (*fixed, granting_roles(action).encode()) for grants in GRANTS.values() for action in grants
+        }
         self._fixed_packed = {action: b"".join(map(resp_bulk, args)) for action, args in self._fixed.items()}
         self._kick_ttl = str(kick_ttl_ms).encode()
         self._kick_packed = {True: resp_bulk(self._kick_ttl), False: resp_bulk(b"0")}
 
-    def admit(self, digest: str, action: str,
-              entries: Iterable[StreamEntry], *,
-              kick: bool = True) -> Admission:
+    def admit(self, digest: str, action: str, entries: Iterable[StreamEntry], *, kick: bool = True) -> Admission:
         """Admit the key with SHA-256 ``digest`` for ``action`` and, if it
         passes, add ``entries`` (stream, field/value pairs written as given)
         in order, then set the "processing task queued" flag unless ``kick``
@@ -104,11 +106,17 @@ class Admitter:
             keys, args = self.keys_and_args(digest, action, entries, kick)
             reply = self._script(keys=keys, args=args)
         verdict, record, wait, kicked, ids = reply
-        return Admission(_VERDICTS[verdict], record or None, retry_after_seconds(int(wait)),
-                         bool(kicked), tuple(map(bytes.decode, ids)))
+        return Admission(
+            _VERDICTS[verdict],
+            record or None,
+            retry_after_seconds(int(wait)),
+            bool(kicked),
+            tuple(map(bytes.decode, ids)),
+        )
 
-    def keys_and_args(self, digest: str, action: str, entries: list[StreamEntry],
-                      kick: bool) -> tuple[list[Any], list[Any]]:
+    def keys_and_args(
+        self, digest: str, action: str, entries: list[StreamEntry], kick: bool
+    ) -> tuple[list[Any], list[Any]]:
         """The script's KEYS and ARGV (see ``lua/admit_events.lua``)."""
         keys: list[Any] = [keyspace.API_KEYS, keyspace.rate_bucket(digest), keyspace.KICK_EVENTS]
         args: list[Any] = [digest, *self._fixed[action], self._kick_ttl if kick else b"0"]
@@ -131,7 +139,18 @@ class Admitter:
                 tail.append(resp_bulk(value))
         # EVALSHA, sha, numkeys, 3 keys + streams, 7 arguments + the entries'
         count = 13 + len(streams) + len(tail)
-        return b"".join((b"*%d\r\n" % count, self._head, resp_bulk(3 + len(streams)),
-                         self._api_keys, resp_bulk(keyspace.rate_bucket(digest)), self._kick_key,
-                         *streams, resp_bulk(digest), self._fixed_packed[action],
-                         self._kick_packed[kick], *tail))
+        return b"".join(
+            (
+                b"*%d\r\n" % count,
+                self._head,
+                resp_bulk(3 + len(streams)),
+                self._api_keys,
+                resp_bulk(keyspace.rate_bucket(digest)),
+                self._kick_key,
+                *streams,
+                resp_bulk(digest),
+                self._fixed_packed[action],
+                self._kick_packed[kick],
+                *tail,
+            )
+        )

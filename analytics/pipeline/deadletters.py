@@ -20,6 +20,7 @@ deletes the dead letter and queues its record again in one script
 (:meth:`DeadLetters.requeue`), so two concurrent replays cannot both
 queue it.
 """
+
 from __future__ import annotations
 
 import time
@@ -77,28 +78,42 @@ class DeadLetters:
         # cannot queue the record twice.
         self._requeue = client.register_script(lua_source("requeue_dead_letter.lua"))
 
-    def add_record(self, kind: str, record: dict[str, Any], reason: str, attempts: int,
-                   pipe: redis.client.Pipeline | None = None) -> None:
+    def add_record(
+        self, kind: str, record: dict[str, Any], reason: str, attempts: int, pipe: redis.client.Pipeline | None = None
+    ) -> None:
         """Set aside a queued record (its PHI is sealed already)."""
         target = pipe if pipe is not None else self._redis
-        target.xadd(dlq_key(kind), {
-            "reason": reason, "attempts": attempts, "ts": round(time.time(), 3),
-            "record": orjson.dumps(record), "user": record_owner(record)})
+        target.xadd(
+            dlq_key(kind),
+            {
+                "reason": reason,
+                "attempts": attempts,
+                "ts": round(time.time(), 3),
+                "record": orjson.dumps(record),
+                "user": record_owner(record),
+            },
+        )
 
-    def add_raw(self, kind: str, message: Any, reason: str, user_hash: str = "",
-                details: dict[str, Any] | None = None) -> None:
+    def add_raw(
+        self, kind: str, message: Any, reason: str, user_hash: str = "", details: dict[str, Any] | None = None
+    ) -> None:
         """Set aside raw input that failed validation, sealed whole."""
         stream, fields = self.raw_entry(kind, message, reason, user_hash, details)
         self._redis.xadd(stream, fields)
 
-    def raw_entry(self, kind: str, message: Any, reason: str, user_hash: str = "",
-                  details: dict[str, Any] | None = None) -> tuple[str, dict[Any, Any]]:
+    def raw_entry(
+        self, kind: str, message: Any, reason: str, user_hash: str = "", details: dict[str, Any] | None = None
+    ) -> tuple[str, dict[Any, Any]]:
         """The stream and fields of :meth:`add_raw`'s entry, for a caller
         that writes it with others (no I/O)."""
         return dlq_key(kind), {
-            "reason": reason, "attempts": 0, "ts": round(time.time(), 3),
-            "sealed": self._vault.seal(orjson.dumps(message)), "user": user_hash,
-            "details": orjson.dumps(details or {})}
+            "reason": reason,
+            "attempts": 0,
+            "ts": round(time.time(), 3),
+            "sealed": self._vault.seal(orjson.dumps(message)),
+            "user": user_hash,
+            "details": orjson.dumps(details or {}),
+        }
 
     def length(self, kind: str | None = None) -> int:
         kinds = (kind,) if kind else KINDS
@@ -131,7 +146,8 @@ class DeadLetters:
     @staticmethod
     def _decode(kind: str, entry_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
         item: dict[str, Any] = {
-            "id": entry_id.decode(), "kind": kind,
+            "id": entry_id.decode(),
+            "kind": kind,
             "reason": fields.get(b"reason", b"").decode(),
             "attempts": int(fields.get(b"attempts", b"0")),
             "ts": float(fields.get(b"ts", b"0")),

@@ -2,6 +2,7 @@
 (events, metrics, Segment, imports, dead-letter replays) adds its queue
 entries here, and a processing task is asked for through the injected
 ``kick`` callable (the Celery wake-up; the core never imports Celery)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -24,15 +25,24 @@ Kick = Callable[[], None]
 
 
 class Intake:
-    def __init__(self, client: redis.Redis, admitter: Admitter, access: AccessService,
-                 kick: Kick | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, admitter: Admitter, access: AccessService, kick: Kick | None = None
+    ) -> None:
         self._redis = client
         self._admitter = admitter
         self._access = access
         self._kick = kick
 
-    def admit(self, secret: str | None, entries: list[StreamEntry], *, kick: bool = True,
-              action: str = "ingest", where: str = "", remote: str | None = None) -> tuple[ApiKey, tuple[str, ...]]:
+    def admit(
+        self,
+        secret: str | None,
+        entries: list[StreamEntry],
+        *,
+        kick: bool = True,
+        action: str = "ingest",
+        where: str = "",
+        remote: str | None = None,
+    ) -> tuple[ApiKey, tuple[str, ...]]:
         """Authenticate ``secret`` for ``action`` and add ``entries`` (stream,
         fields) in one Redis round trip (:mod:`analytics.pipeline.admission`);
         with ``kick``, a processing task is asked for.
@@ -70,8 +80,9 @@ class Intake:
             self._kick()
         return key, admission.ids
 
-    def authorize(self, secret: str | None, action: str = "ingest", *, where: str = "",
-                  remote: str | None = None) -> ApiKey:
+    def authorize(
+        self, secret: str | None, action: str = "ingest", *, where: str = "", remote: str | None = None
+    ) -> ApiKey:
         """The key of ``secret`` if it may ``action`` (the general path, for
         a caller that writes later: :meth:`write`)."""
         key = self._access.authenticate(secret, where=where, remote=remote)

@@ -7,6 +7,7 @@ fault: the committers (:mod:`analytics.events.commit`,
 :mod:`analytics.metrics.commit`) then bisect the batch and set aside what
 still fails, after ``max_attempts`` deliveries, in the dead-letter store.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,21 +38,18 @@ def malformed(vault: Vault, entry: Entry, noun: str) -> DeadLetter:
     return DeadLetter.of_raw(vault, entry.raw, MALFORMED_ENTRY, entry.deliveries)
 
 
-def whole(vault: Vault, entry: Entry, dead: list[DeadLetter], noun: str,
-          records: list[DeadLetter]) -> list[DeadLetter]:
+def whole(vault: Vault, entry: Entry, dead: list[DeadLetter], noun: str, records: list[DeadLetter]) -> list[DeadLetter]:
     """The dead letters of an entry that failed every delivery: those it
     had already, then its records (``records``), or the entry sealed whole
     when it has none."""
     log.error("%s %s failed %d times; dead-lettering it whole", noun, entry.id, entry.deliveries)
-    return dead + records or [DeadLetter.of_raw(vault, entry.raw, PROCESSING_ERROR,
-                                                entry.deliveries)]
+    return dead + records or [DeadLetter.of_raw(vault, entry.raw, PROCESSING_ERROR, entry.deliveries)]
 
 
 R = TypeVar("R")
 
 
-def try_commit(commit: Callable[..., R], entry: Entry, dead: list[DeadLetter],
-                noun: str) -> R | None:
+def try_commit(commit: Callable[..., R], entry: Entry, dead: list[DeadLetter], noun: str) -> R | None:
     """``commit`` one entry with its dead letters, or None (logged) when it
     fails for a reason of the data; Redis away or full propagates."""
     try:

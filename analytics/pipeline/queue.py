@@ -18,6 +18,7 @@ owner hash, dedupe key and stored blob, so the worker hands them to the
 commit script as they are, without decoding a record. (Entries of older
 versions carry ``e``, a JSON array of record dicts; they are still read.)
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -61,13 +62,18 @@ class Entry:
 
 
 def _valid_item(item: Any) -> bool:
-    return (isinstance(item, list) and len(item) == 6 and isinstance(item[0], str)
-            and isinstance(item[5], bytes))
+    return isinstance(item, list) and len(item) == 6 and isinstance(item[0], str) and isinstance(item[5], bytes)
 
 
 class EventQueue:
-    def __init__(self, client: redis.Redis, lanes: Iterable[str] = keyspace.EVENT_QUEUES,
-                 group: str = keyspace.GROUP, *, packed: bool = True) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        lanes: Iterable[str] = keyspace.EVENT_QUEUES,
+        group: str = keyspace.GROUP,
+        *,
+        packed: bool = True,
+    ) -> None:
         self._redis = client
         self.lanes = tuple(lanes)
         self.group = group
@@ -113,12 +119,10 @@ class EventQueue:
             pipe.xlen(lane)
         return dict(zip(self.lanes, pipe.execute(), strict=True))
 
-    def _decode(self, lane: str, entry_id: bytes, fields: dict[bytes, bytes] | None,
-                deliveries: int = 1) -> Entry:
+    def _decode(self, lane: str, entry_id: bytes, fields: dict[bytes, bytes] | None, deliveries: int = 1) -> Entry:
         fields = fields or {}
         if not self.packed or (b"r" not in fields and b"e" in fields):
-            return self._decode_json(lane, entry_id.decode(), fields.get(b"e", b"[]"),
-                                     deliveries, self.packed)
+            return self._decode_json(lane, entry_id.decode(), fields.get(b"e", b"[]"), deliveries, self.packed)
         raw = fields.get(b"r", b"\x90")
         try:
             items = msgpack.unpackb(raw)
@@ -126,13 +130,11 @@ class EventQueue:
             items = None
         if not isinstance(items, list) or not all(_valid_item(item) for item in items):
             # One corrupt entry must not stop the read of the others.
-            return Entry(lane, entry_id.decode(), [], deliveries, raw,
-                         problem="not a list of queue items")
+            return Entry(lane, entry_id.decode(), [], deliveries, raw, problem="not a list of queue items")
         return Entry(lane, entry_id.decode(), items, deliveries, raw)
 
     @staticmethod
-    def _decode_json(lane: str, entry_id: str, raw: bytes, deliveries: int,
-                     packed: bool) -> Entry:
+    def _decode_json(lane: str, entry_id: str, raw: bytes, deliveries: int, packed: bool) -> Entry:
         """A JSON array of records: metric samples, or events queued by an
         older version (turned into queue items)."""
         try:
@@ -141,8 +143,7 @@ class EventQueue:
             records = None
         if not isinstance(records, list):
             # One corrupt entry must not stop the read of the others.
-            return Entry(lane, entry_id, [], deliveries, raw, problem="not a JSON list",
-                         packed=packed)
+            return Entry(lane, entry_id, [], deliveries, raw, problem="not a JSON list", packed=packed)
         if not packed:
             return Entry(lane, entry_id, records, deliveries, raw, packed=False)
         items: list[QueueItem] = []
@@ -159,27 +160,29 @@ class EventQueue:
 
     def read(self, consumer: str, count: int) -> list[Entry]:
         """Up to ``count`` new entries, from the highest-priority lanes first."""
+
         def take(lane: str, want: int) -> list[Entry]:
             reply = self._redis.xreadgroup(self.group, consumer, {lane: ">"}, count=want)
-            return [self._decode(lane, eid, fields)
-                    for _, items in cast(list[tuple[bytes, StreamChunk]], reply or [])
-                    for eid, fields in items]
+            return [
+                self._decode(lane, eid, fields)
+                for _, items in cast(list[tuple[bytes, StreamChunk]], reply or [])
+                for eid, fields in items
+            ]
 
         return self._from_each_lane(count, take)
 
     def claim_stale(self, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Take over entries whose worker has held them for ``min_idle_ms``."""
+
         def take(lane: str, want: int) -> list[Entry]:
-            _, items, deleted = self._redis.xautoclaim(
-                lane, self.group, consumer, min_idle_ms, "0-0", count=want)
+            _, items, deleted = self._redis.xautoclaim(lane, self.group, consumer, min_idle_ms, "0-0", count=want)
             if deleted:
                 # Entries deleted while pending: drop them from the pending list.
                 self._redis.xack(lane, self.group, *deleted)
             if not items:
                 return []
             counts = self._delivery_counts(lane, [eid for eid, _ in items])
-            return [self._decode(lane, eid, fields, counts.get(eid, 1))
-                    for eid, fields in items if fields is not None]
+            return [self._decode(lane, eid, fields, counts.get(eid, 1)) for eid, fields in items if fields is not None]
 
         return self._from_each_lane(count, take)
 

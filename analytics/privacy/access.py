@@ -2,6 +2,7 @@
 trail of failed attempts. Every face (HTTP, WebSocket, command line) checks
 keys here; the ingest hot path checks them inside its admission script
 (:mod:`analytics.pipeline.admission`) with the same answers."""
+
 from __future__ import annotations
 
 import logging
@@ -60,13 +61,13 @@ class AccessService:
             log.warning("could not audit an authentication failure (Redis unavailable)")
             return False
 
-    def create(self, role: str, user_id: str | None = None, name: str = "", actor: str = "system",
-               remote: str | None = None) -> tuple[str, ApiKey]:
+    def create(
+        self, role: str, user_id: str | None = None, name: str = "", actor: str = "system", remote: str | None = None
+    ) -> tuple[str, ApiKey]:
         """A new key (the secret is returned once); audited as ``key.create``."""
         user_hash = self._vault.pseudonym(user_id) if user_id else ""
         secret, key = self._keys.create(role, user_hash=user_hash, name=name)
-        self._auditor.record("key.create", actor, remote, keyId=key.id, role=key.role,
-                             userHash=user_hash or None)
+        self._auditor.record("key.create", actor, remote, keyId=key.id, role=key.role, userHash=user_hash or None)
         return secret, key
 
     def revoke(self, key_id: str, actor: str = "system", remote: str | None = None) -> ApiKey:

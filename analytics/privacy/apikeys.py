@@ -4,6 +4,7 @@ A key carries one role (``ingest``, ``read``, ``admin``) and, optionally, a
 user scope: a ``read`` key scoped to a user sees only that user's events. The
 scope is kept as the user's keyed hash, never the clear id.
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,12 +58,10 @@ class ApiKeyStore:
         if role not in ROLES:
             raise ValidationError("invalid role", {"role": [f"one of {', '.join(ROLES)}"]})
         if user_hash and role != "read":
-            raise ValidationError("only read keys can be scoped to a user",
-                                  {"user": ["only with --role read"]})
+            raise ValidationError("only read keys can be scoped to a user", {"user": ["only with --role read"]})
         secret = new_api_key()
         digest = hash_api_key(secret)
-        record = ApiKey(id=secrets.token_hex(6), role=role, name=name[:200],
-                        user_hash=user_hash, created=time.time())
+        record = ApiKey(id=secrets.token_hex(6), role=role, name=name[:200], user_hash=user_hash, created=time.time())
         pipe = self._redis.pipeline()
         pipe.hset(keyspace.API_KEYS, digest, orjson.dumps(asdict(record)))
         pipe.hset(keyspace.API_KEY_IDS, record.id, digest)

@@ -10,6 +10,7 @@ access alone cannot forge a consistent chain.
 
 Entries never hold PHI: actors are key ids, users appear as keyed hashes.
 """
+
 from __future__ import annotations
 
 import time
@@ -59,8 +60,7 @@ class AuditLog:
         data = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
         head = self._head()
         for _ in range(50):
-            ok, value = self._append(keys=[AUDIT_STREAM, AUDIT_HEAD],
-                                     args=[head, data, self._mac(head, data)])
+            ok, value = self._append(keys=[AUDIT_STREAM, AUDIT_HEAD], args=[head, data, self._mac(head, data)])
             if ok:
                 return value.decode()
             head = value.decode()

@@ -11,6 +11,7 @@ audits the same way:
   browser's IP), so it is sealed like PHI; ``remoteHash`` (a keyed hash)
   lets an auditor group entries by address without opening them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -28,8 +29,9 @@ MAX_FILTER_CHARS = 200
 
 
 class Auditor:
-    def __init__(self, client: redis.Redis, log: AuditLog, vault: Vault, policy: PhiPolicy,
-                 auth_failure_window: int = 60) -> None:
+    def __init__(
+        self, client: redis.Redis, log: AuditLog, vault: Vault, policy: PhiPolicy, auth_failure_window: int = 60
+    ) -> None:
         self._redis = client
         self.log = log
         self._vault = vault
@@ -40,8 +42,7 @@ class Auditor:
     def remote_fields(self, remote: str | None) -> dict[str, str]:
         if not remote:
             return {}
-        return {"remote": self._vault.seal(remote.encode()),
-                "remoteHash": self._vault.pseudonym(remote, "remote")}
+        return {"remote": self._vault.seal(remote.encode()), "remoteHash": self._vault.pseudonym(remote, "remote")}
 
     def safe_filters(self, filters: Mapping[str, Any]) -> dict[str, Any]:
         """Query filters as an entry may hold them: identifying values hashed."""
@@ -59,12 +60,12 @@ class Auditor:
     def record(self, action: str, actor: str, remote: str | None = None, **fields: Any) -> str:
         return self.log.record(action, actor, **fields, **self.remote_fields(remote))
 
-    def data_read(self, action: str, actor: str, filters: Mapping[str, Any], count: int,
-                  remote: str | None = None, **extra: Any) -> str:
+    def data_read(
+        self, action: str, actor: str, filters: Mapping[str, Any], count: int, remote: str | None = None, **extra: Any
+    ) -> str:
         """A read of event data: ``events.read``, ``events.export``,
         ``stream.open``... with the filters and how many records left."""
-        return self.record(action, actor, remote, filters=self.safe_filters(filters),
-                           count=count, **extra)
+        return self.record(action, actor, remote, filters=self.safe_filters(filters), count=count, **extra)
 
     def auth_failure(self, where: str, remote: str | None = None, reason: str = "") -> bool:
         """Count an authentication failure; audit it unless this address
@@ -78,16 +79,14 @@ class Auditor:
         _, in_window, _ = pipe.execute()
         if in_window != 1 and in_window % 100:
             return False
-        self.record("auth.failure", "anonymous", remote, where=where, reason=reason,
-                    failuresInWindow=in_window)
+        self.record("auth.failure", "anonymous", remote, where=where, reason=reason, failuresInWindow=in_window)
         return True
 
     def auth_failures(self) -> int:
         return int(self._redis.get(keyspace.AUTH_FAILURES_TOTAL) or 0)
 
     # -- reading -------------------------------------------------------------
-    def page(self, after: str | None, limit: int,
-             reveal: bool = True) -> tuple[list[dict[str, Any]], str | None]:
+    def page(self, after: str | None, limit: int, reveal: bool = True) -> tuple[list[dict[str, Any]], str | None]:
         """Entries oldest first after stream id ``after``, and the next cursor."""
         start = f"({after}" if after else "-"
         entries = self.log.entries(start, limit + 1)

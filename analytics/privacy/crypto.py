@@ -13,6 +13,7 @@
 * API keys are random 256-bit tokens, stored as plain SHA-256: with that much
   entropy a slow hash adds nothing.
 """
+
 from __future__ import annotations
 
 import base64
@@ -98,7 +99,7 @@ class _Nonces:
             if self._offset >= len(self._buffer):
                 self._buffer = os.urandom(12 * self.BATCH)
                 self._offset = 0
-            nonce = self._buffer[self._offset:self._offset + 12]
+            nonce = self._buffer[self._offset : self._offset + 12]
             self._offset += 12
         return nonce
 

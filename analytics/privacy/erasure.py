@@ -54,6 +54,7 @@ Limits:
 * An anonymous id shared by two users (a shared device) is erased, with its
   anonymous-only events, when either user is erased.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -92,8 +93,7 @@ class ErasureReport:
 
 
 class Eraser:
-    def __init__(self, client: redis.Redis, api_keys: ApiKeyStore,
-                 store: EventStore | None = None) -> None:
+    def __init__(self, client: redis.Redis, api_keys: ApiKeyStore, store: EventStore | None = None) -> None:
         self._redis = client
         self._api_keys = api_keys
         self._store = store or EventStore(client)
@@ -114,14 +114,17 @@ class Eraser:
 
         def link(fields: list[Any]) -> None:
             anonymous = records.blob_anonymous(fields)
-            if (anonymous and anonymous != user_hash and anonymous not in links
-                    and records.blob_user(fields) == user_hash):
+            if (
+                anonymous
+                and anonymous != user_hash
+                and anonymous not in links
+                and records.blob_user(fields) == user_hash
+            ):
                 # Saved before the page is rewritten without the record.
                 self._redis.sadd(links_key, anonymous)
                 links.add(anonymous)
 
-        report.records = self._erase_owned(
-            user_hash, lambda fields: records.blob_owner(fields) == user_hash, link)
+        report.records = self._erase_owned(user_hash, lambda fields: records.blob_owner(fields) == user_hash, link)
         for anonymous in sorted(links):
             self.tombstone(anonymous)
             report.records += self._erase_owned(anonymous, _anonymous_only(anonymous))
@@ -133,8 +136,9 @@ class Eraser:
         self._redis.delete(links_key)
         return report
 
-    def _erase_owned(self, owner: str, doomed: Callable[[list[Any]], bool],
-                     removing: Callable[[list[Any]], None] | None = None) -> int:
+    def _erase_owned(
+        self, owner: str, doomed: Callable[[list[Any]], bool], removing: Callable[[list[Any]], None] | None = None
+    ) -> int:
         """Remove the records of the pages of index ``owner`` for which
         ``doomed(fields)`` holds (``removing(fields)`` is told of each first),
         and the index members of pages left without records of ``owner``."""
@@ -146,8 +150,7 @@ class Eraser:
             # anonymous id) stay: ``kept`` of them lie before the next one.
             kept, changed = 0, False
             while True:
-                members = [m.decode() for m in
-                           cast(list[bytes], self._redis.zrange(index, kept, kept + SLICE - 1))]
+                members = [m.decode() for m in cast(list[bytes], self._redis.zrange(index, kept, kept + SLICE - 1))]
                 if not members:
                     break
                 for member in members:
@@ -168,9 +171,14 @@ class Eraser:
             if not (kept and changed):
                 return erased
 
-    def _erase_in_page(self, owner: str, etype: str, page_id: str,
-                       doomed: Callable[[list[Any]], bool],
-                       removing: Callable[[list[Any]], None] | None) -> tuple[int, bool]:
+    def _erase_in_page(
+        self,
+        owner: str,
+        etype: str,
+        page_id: str,
+        doomed: Callable[[list[Any]], bool],
+        removing: Callable[[list[Any]], None] | None,
+    ) -> tuple[int, bool]:
         """Rewrite one page without its doomed records: (records removed,
         whether records of ``owner`` are left in it)."""
         owned = False
@@ -196,13 +204,11 @@ class Eraser:
 
     def _erase_dead_letters(self, owners: set[str]) -> int:
         erased = 0
-        for stream in self._redis.scan_iter(match=keyspace.DLQ_PREFIX + "*", count=100,
-                                            _type="stream"):
+        for stream in self._redis.scan_iter(match=keyspace.DLQ_PREFIX + "*", count=100, _type="stream"):
             start = "-"
             while True:
                 chunk = cast(StreamChunk, self._redis.xrange(stream, start, "+", count=SLICE))
-                doomed = [eid for eid, fields in chunk
-                          if fields.get(b"user", b"").decode() in owners]
+                doomed = [eid for eid, fields in chunk if fields.get(b"user", b"").decode() in owners]
                 if doomed:
                     erased += cast(int, self._redis.xdel(stream, *doomed))
                 if len(chunk) < SLICE:
@@ -214,6 +220,8 @@ class Eraser:
 def _anonymous_only(anonymous: str) -> Callable[[list[Any]], bool]:
     """Whether a record is an anonymous-only one of ``anonymous``: a linked
     anonymous id's own events, not those of a user who carried it too."""
+
     def doomed(fields: list[Any]) -> bool:
         return not records.blob_user(fields) and records.blob_anonymous(fields) == anonymous
+
     return doomed

@@ -8,6 +8,7 @@ values and returns them as ``[path, value]`` pairs; the caller seals the pairs
 as one blob (one AEAD operation per event, not one per field). :func:`merge`
 is the inverse.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -57,8 +58,7 @@ class PhiPolicy:
         return verdict
 
 
-def _walk(node: Any, path: tuple[str | int, ...], policy: PhiPolicy,
-          found: list[list[Any]]) -> Any:
+def _walk(node: Any, path: tuple[str | int, ...], policy: PhiPolicy, found: list[list[Any]]) -> Any:
     """Return ``node`` without PHI, appending what was removed to ``found``.
 
     Hot path (every ingested event): paths are built only for containers and

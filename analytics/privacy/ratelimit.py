@@ -11,6 +11,7 @@ The bucket's Lua is ``lua/token_bucket.lua`` (one number per key, GCRA),
 shared with :mod:`analytics.pipeline.admission` (which also queues an ingest
 request's events in the same round trip).
 """
+
 from __future__ import annotations
 
 import math
@@ -44,12 +45,12 @@ class RateLimiter:
         self.burst = max(1, burst)
         #: How long a bucket outlives its last use: it is full again by then.
         self.bucket_ttl_ms = math.ceil(self.burst * 1000 / rate) + 1000 if rate > 0 else 0
-        self._script = client.register_script(
-            lua_source("token_bucket.lua", "lookup_key_take_token.lua"))
+        self._script = client.register_script(lua_source("token_bucket.lua", "lookup_key_take_token.lua"))
 
     def lookup(self, digest: str, cost: int = 1) -> Lookup:
         """Fetch the key record with hash ``digest`` and take ``cost`` tokens."""
         record, allowed, wait = self._script(
             keys=[keyspace.API_KEYS, keyspace.rate_bucket(digest)],
-            args=[digest, self.rate, self.burst, cost, self.bucket_ttl_ms])
+            args=[digest, self.rate, self.burst, cost, self.bucket_ttl_ms],
+        )
         return Lookup(record or None, bool(allowed), retry_after_seconds(int(wait)))

@@ -29,6 +29,7 @@ User-id hashes and the audit chain do not depend on the encryption keys'
 order (they use ``ANALYTICS_HASH_KEY`` or the oldest key), so they stay
 valid across rotations.
 """
+
 from __future__ import annotations
 
 import base64
@@ -82,10 +83,12 @@ class Rotator:
     # -- what there is -------------------------------------------------------
     def targets(self) -> list[tuple[str, str]]:
         """(kind, key) of every place holding sealed values, in a fixed order."""
-        hashes = sorted(k.decode() for k in self._redis.scan_iter(
-            match=keyspace.EVENTS_PROCESSED + "*", count=200, _type="hash"))
-        streams = sorted(k.decode() for k in self._redis.scan_iter(
-            match=keyspace.DLQ_PREFIX + "*", count=200, _type="stream"))
+        hashes = sorted(
+            k.decode() for k in self._redis.scan_iter(match=keyspace.EVENTS_PROCESSED + "*", count=200, _type="hash")
+        )
+        streams = sorted(
+            k.decode() for k in self._redis.scan_iter(match=keyspace.DLQ_PREFIX + "*", count=200, _type="stream")
+        )
         return [("hash", k) for k in hashes] + [("stream", k) for k in streams]
 
     def total(self) -> int:
@@ -101,8 +104,7 @@ class Rotator:
         state = {k.decode(): v.decode() for k, v in raw.items()}
         if state.get("key") != self.key_id:
             self._redis.delete(keyspace.ROTATION)
-            self._redis.hset(keyspace.ROTATION, mapping={"key": self.key_id,
-                                                         "started": time.time()})
+            self._redis.hset(keyspace.ROTATION, mapping={"key": self.key_id, "started": time.time()})
             return {}
         return state
 
@@ -135,8 +137,7 @@ class Rotator:
         return orjson.dumps(record)
 
     # -- walking -------------------------------------------------------------
-    def _rotate_page(self, event_type: str, page_id: str, page: bytes | None,
-                     report: RotationReport) -> int:
+    def _rotate_page(self, event_type: str, page_id: str, page: bytes | None, report: RotationReport) -> int:
         """Re-seal the records of one page; returns the records examined."""
         for _ in range(PAGE_ATTEMPTS):
             if page is None:
@@ -165,21 +166,17 @@ class Rotator:
         report.raced += 1  # left as it is: the next run does it
         return 0
 
-    def _rotate_hash(self, key: str, cursor: int, report: RotationReport,
-                     progress: Callable[[int], None]) -> None:
-        event_type = key[len(keyspace.EVENTS_PROCESSED):]
+    def _rotate_hash(self, key: str, cursor: int, report: RotationReport, progress: Callable[[int], None]) -> None:
+        event_type = key[len(keyspace.EVENTS_PROCESSED) :]
         while True:
-            cursor, items = cast(tuple[int, dict[bytes, bytes]],
-                                 self._redis.hscan(key, cursor, count=self.slice_size))
-            examined = sum(self._rotate_page(event_type, name.decode(), page, report)
-                           for name, page in items.items())
+            cursor, items = cast(tuple[int, dict[bytes, bytes]], self._redis.hscan(key, cursor, count=self.slice_size))
+            examined = sum(self._rotate_page(event_type, name.decode(), page, report) for name, page in items.items())
             progress(examined)
             self._save(key, DONE if cursor == 0 else str(cursor))
             if cursor == 0:
                 return
 
-    def _rotate_stream(self, key: str, after: str, report: RotationReport,
-                       progress: Callable[[int], None]) -> None:
+    def _rotate_stream(self, key: str, after: str, report: RotationReport, progress: Callable[[int], None]) -> None:
         # Re-appended entries land at the end and are met again, already
         # current: the walk ends because they are skipped.
         start = f"({after}" if after else "-"
@@ -216,8 +213,7 @@ class Rotator:
                 self._save(key, DONE)
                 return
 
-    def run(self, progress: Callable[[int], None] = lambda n: None,
-            stop_after: int | None = None) -> RotationReport:
+    def run(self, progress: Callable[[int], None] = lambda n: None, stop_after: int | None = None) -> RotationReport:
         """Re-encrypt everything not yet under the newest key.
 
         ``stop_after`` stops after that many targets (tests of resuming).

@@ -1,5 +1,6 @@
 """The privacy service: audited reads, the audit log, erasure and key
 rotation. What the faces call when data about people is read or removed."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,8 +18,9 @@ from analytics.redis_client import unavailable_as_error
 
 
 class PrivacyService:
-    def __init__(self, client: redis.Redis, vault: Vault, auditor: Auditor, audit_log: AuditLog,
-                 eraser: Eraser) -> None:
+    def __init__(
+        self, client: redis.Redis, vault: Vault, auditor: Auditor, audit_log: AuditLog, eraser: Eraser
+    ) -> None:
         self._redis = client
         self._vault = vault
         self._auditor = auditor
@@ -26,8 +28,15 @@ class PrivacyService:
         self._eraser = eraser
 
     # -- the audit log -------------------------------------------------------
-    def audit_read(self, actor: str, filters: dict[str, Any], count: int, remote: str | None = None,
-                   action: str = "events.read", **extra: Any) -> str:
+    def audit_read(
+        self,
+        actor: str,
+        filters: dict[str, Any],
+        count: int,
+        remote: str | None = None,
+        action: str = "events.read",
+        **extra: Any,
+    ) -> str:
         """Audit a read of event data (who, which filters, how many, from where).
 
         Call it before handing the data out: if the entry cannot be written
@@ -36,8 +45,9 @@ class PrivacyService:
         with unavailable_as_error():
             return self._auditor.data_read(action, actor, filters, count, remote, **extra)
 
-    def audit_export(self, actor: str, filters: dict[str, Any], count: int, remote: str | None = None,
-                     **extra: Any) -> str:
+    def audit_export(
+        self, actor: str, filters: dict[str, Any], count: int, remote: str | None = None, **extra: Any
+    ) -> str:
         """Audit an export (``analytics export``)."""
         return self.audit_read(actor, filters, count, remote, action="events.export", **extra)
 
@@ -45,8 +55,9 @@ class PrivacyService:
         """Write one audit entry (``stream.open``, ``key.revoke``...)."""
         return self._auditor.record(action, actor, remote, **fields)
 
-    def audit_entries(self, after: str | None, limit: int, *, actor: str = "",
-                      remote: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    def audit_entries(
+        self, after: str | None, limit: int, *, actor: str = "", remote: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """A page of the audit log, oldest first, and the next cursor. With
         ``actor``, the read is itself audited (after the page was taken, so a
         page never contains its own read)."""
@@ -71,20 +82,23 @@ class PrivacyService:
             report = self._eraser.erase(user_hash)
             for key_id in report.keysRevoked:
                 self._auditor.record("key.revoke", actor, remote, keyId=key_id, reason="erasure")
-            self._auditor.record("user.erase", actor, remote, userHash=user_hash,
-                                 records=report.records, deadLetters=report.deadLetters)
+            self._auditor.record(
+                "user.erase", actor, remote, userHash=user_hash, records=report.records, deadLetters=report.deadLetters
+            )
         return report
 
     def rotation_total(self) -> int:
         """How many values a rotation would examine (for a progress bar)."""
         return Rotator(self._redis, self._vault).total()
 
-    def rotate_encryption(self, progress: Callable[[int], None] = lambda n: None, slice_size: int = 200,
-                          actor: str = "cli") -> RotationReport:
+    def rotate_encryption(
+        self, progress: Callable[[int], None] = lambda n: None, slice_size: int = 200, actor: str = "cli"
+    ) -> RotationReport:
         """Re-encrypt stored data under the newest key (see :mod:`analytics.privacy.rotation`)."""
         rotator = Rotator(self._redis, self._vault, slice_size)
         self._auditor.record("keys.rotate.start", actor, keyId=rotator.key_id)
         report = rotator.run(progress)
-        self._auditor.record("keys.rotate.done", actor, keyId=rotator.key_id,
-                             rotated=report.rotated, unreadable=report.unreadable)
+        self._auditor.record(
+            "keys.rotate.done", actor, keyId=rotator.key_id, rotated=report.rotated, unreadable=report.unreadable
+        )
         return report

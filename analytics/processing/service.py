@@ -2,6 +2,7 @@
 entries in batches, commits them (events and metric samples, each batch in
 one script call that also acknowledges it) and takes over entries left
 pending by dead workers."""
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,17 @@ class DrainReport(Tally):
 
 
 class Processor:
-    def __init__(self, settings: Settings, client: redis.Redis, queue: EventQueue, metrics_queue: EventQueue,
-                 committer: Committer, metric_committer: MetricCommitter, stats: Stats, intake: Intake) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        queue: EventQueue,
+        metrics_queue: EventQueue,
+        committer: Committer,
+        metric_committer: MetricCommitter,
+        stats: Stats,
+        intake: Intake,
+    ) -> None:
         self._settings = settings
         self._redis = client
         self._queue = queue
@@ -67,8 +77,9 @@ class Processor:
         started = time.perf_counter()
         committed, failed = self._committer.commit(entries)
         seconds = time.perf_counter() - started
-        self._stats.record_batch(sum(len(e.items) for e in entries), seconds, errors=failed,
-                                 dead=committed.dead_lettered)
+        self._stats.record_batch(
+            sum(len(e.items) for e in entries), seconds, errors=failed, dead=committed.dead_lettered
+        )
         return DrainReport(len(entries), committed, seconds, failed)
 
     @contextlib.contextmanager
@@ -160,8 +171,10 @@ class Processor:
                     break
                 report.metric_entries += len(samples)
                 report.metrics += self._metric_committer.commit(samples)
-            if (self._queue.length() > self._queue.pending()
-                    or self._metrics_queue.length() > self._metrics_queue.pending()):
+            if (
+                self._queue.length() > self._queue.pending()
+                or self._metrics_queue.length() > self._metrics_queue.pending()
+            ):
                 self._intake.kick()
         report.seconds = time.monotonic() - started
         return report

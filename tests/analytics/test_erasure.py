@@ -3,6 +3,7 @@ anonymous id linked to the user) is erased are never stored; the linked
 anonymous ids' own events and dead letters, and nobody else's; a run
 interrupted and run again. A private database, so the session worker stays
 out."""
+
 from __future__ import annotations
 
 import time
@@ -23,8 +24,7 @@ from analytics.redis_client import connect
 def quiet_service(redis_server, encryption_keys) -> Iterator[Analytics]:
     """A service on database 2 without a worker: nothing is processed unless
     the test drains."""
-    settings = Settings.from_env({"REDIS_URL": redis_server.url(2),
-                                  "ANALYTICS_ENCRYPTION_KEYS": encryption_keys})
+    settings = Settings.from_env({"REDIS_URL": redis_server.url(2), "ANALYTICS_ENCRYPTION_KEYS": encryption_keys})
     client = connect(settings)
     client.flushdb()
     yield Analytics(settings, client)
@@ -34,8 +34,10 @@ def quiet_service(redis_server, encryption_keys) -> Iterator[Analytics]:
 def test_events_queued_before_erasure_are_dropped_at_commit(quiet_service) -> None:
     service = quiet_service
     user = "patient-queued-55aa"
-    result = service.events.track_many([{"type": "click", "userId": user, "properties": {"n": i}}
-                                 for i in range(4)] + [{"type": "click", "userId": "someone-else"}])
+    result = service.events.track_many(
+        [{"type": "click", "userId": user, "properties": {"n": i}} for i in range(4)]
+        + [{"type": "click", "userId": "someone-else"}]
+    )
     assert result.accepted == 5 and service.queue.length() == 1
 
     report = service.privacy.erase_user(user, actor="test")
@@ -61,14 +63,15 @@ def stored_ids(service: Analytics) -> list[str]:
     return sorted(e["messageId"] for e in events)
 
 
-def test_anonymous_events_of_a_linked_anonymous_id_still_queued_are_dropped_at_commit(
-        quiet_service) -> None:
+def test_anonymous_events_of_a_linked_anonymous_id_still_queued_are_dropped_at_commit(quiet_service) -> None:
     service = quiet_service
     service.events.track({"type": "login", "userId": USER, "anonymousId": VISITOR, "messageId": "link"})
     service.processor.drain("test-consumer", budget=5)
     # The visitor's events (a second tab, say) wait in the queue...
-    service.events.track_many([{"type": "page_view", "anonymousId": VISITOR, "messageId": f"q{i}"}
-                        for i in range(3)] + [{"type": "page_view", "anonymousId": "someone"}])
+    service.events.track_many(
+        [{"type": "page_view", "anonymousId": VISITOR, "messageId": f"q{i}"} for i in range(3)]
+        + [{"type": "page_view", "anonymousId": "someone"}]
+    )
     report = service.privacy.erase_user(USER, actor="test")  # ...while the user is erased
     assert report.records == 1
     drained = service.processor.drain("test-consumer", budget=5)
@@ -88,9 +91,7 @@ def test_a_linked_anonymous_id_takes_only_its_anonymous_only_events(quiet_servic
     rewritten, several of them."""
     service = quiet_service
     service.store.page_bytes = 400  # a few records per page
-    shared = [
-        {"type": "page_view", "anonymousId": VISITOR, "messageId": f"anon-{i}"} for i in range(6)
-    ] + [
+    shared = [{"type": "page_view", "anonymousId": VISITOR, "messageId": f"anon-{i}"} for i in range(6)] + [
         {"type": "login", "userId": USER, "anonymousId": VISITOR, "messageId": "link"},
         {"type": "login", "userId": "sibling", "anonymousId": VISITOR, "messageId": "sibling"},
         {"type": "page_view", "userId": VISITOR, "messageId": "same-string-0"},
@@ -120,9 +121,11 @@ def test_a_linked_anonymous_id_takes_only_its_anonymous_only_events(quiet_servic
 def pages_of(service: Analytics, user_id: str) -> set[str]:
 
     user = service.codec.user_hash(user_id)
-    return {page_id.decode() for page_id, page in
-            service.redis.hgetall(keyspace.processed("page_view")).items()
-            if any(records.blob_user(f) == user for f in records.iter_blobs(page))}
+    return {
+        page_id.decode()
+        for page_id, page in service.redis.hgetall(keyspace.processed("page_view")).items()
+        if any(records.blob_user(f) == user for f in records.iter_blobs(page))
+    }
 
 
 def test_an_anonymous_only_dead_letter_of_a_linked_anonymous_id_is_erased(quiet_service) -> None:
@@ -131,9 +134,15 @@ def test_an_anonymous_only_dead_letter_of_a_linked_anonymous_id_is_erased(quiet_
     service.processor.drain("test-consumer", budget=5)
     # Records of an older queue entry, one invalid (set aside as a dead letter
     # keyed by its owner): the visitor's and a stranger's.
-    bad = [{**service.codec.encode({"type": "click", "anonymousId": anonymous, "messageId": m},
-                                   "normal", 1_700_000_000_000, None), "ts": "not-a-time"}
-           for anonymous, m in ((VISITOR, "bad-1"), ("stranger", "bad-2"))]
+    bad = [
+        {
+            **service.codec.encode(
+                {"type": "click", "anonymousId": anonymous, "messageId": m}, "normal", 1_700_000_000_000, None
+            ),
+            "ts": "not-a-time",
+        }
+        for anonymous, m in ((VISITOR, "bad-1"), ("stranger", "bad-2"))
+    ]
     service.redis.xadd(keyspace.EVENT_QUEUE, {"e": orjson.dumps(bad)})
     assert service.processor.drain("test-consumer", budget=5).committed.dead_lettered == 2
 
@@ -146,8 +155,12 @@ def test_an_anonymous_only_dead_letter_of_a_linked_anonymous_id_is_erased(quiet_
 
 def test_an_interrupted_erasure_run_again_still_finds_the_links(quiet_service, monkeypatch) -> None:
     service = quiet_service
-    service.events.track_many([{"type": "page_view", "anonymousId": VISITOR, "messageId": "anon"},
-                        {"type": "login", "userId": USER, "anonymousId": VISITOR, "messageId": "link"}])
+    service.events.track_many(
+        [
+            {"type": "page_view", "anonymousId": VISITOR, "messageId": "anon"},
+            {"type": "login", "userId": USER, "anonymousId": VISITOR, "messageId": "link"},
+        ]
+    )
     service.processor.drain("test-consumer", budget=5)
     visitor_hash = service.codec.user_hash(VISITOR)
     tombstone = service.eraser.tombstone

@@ -2,6 +2,7 @@
 :func:`phi.split` on every input: same accept/reject decision, same loaded
 value, same PHI taken out; and it must follow the schema's declaration when
 that changes."""
+
 from __future__ import annotations
 
 import copy
@@ -22,28 +23,40 @@ from analytics.settings import DEFAULT_PHI_FIELDS
 
 POLICY = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12),
-                         st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
 #: Names that are PHI under the default policy, near misses, and any text.
-names = st.one_of(st.sampled_from(["email", "Email", "EMAIL", "emails", "phone", "ssn", "plan"]),
-                  st.text(max_size=5))
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(names, inner, max_size=4)),
-    max_leaves=12)
-deep = st.recursive(st.integers(), lambda inner: st.dictionaries(st.just("k"), inner,
-                                                                  min_size=1, max_size=1),
-                    max_leaves=12)
+names = st.one_of(st.sampled_from(["email", "Email", "EMAIL", "emails", "phone", "ssn", "plan"]), st.text(max_size=5))
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(names, inner, max_size=4)),
+    max_leaves=12,
+)
+deep = st.recursive(
+    st.integers(), lambda inner: st.dictionaries(st.just("k"), inner, min_size=1, max_size=1), max_leaves=12
+)
 lengthy = st.integers(0, 300).map(lambda n: "x" * n)
-times = st.one_of(st.just("2026-11-28T10:00:00.123Z"), st.just("2026-11-28T10:00:00+02:00"),
-                  st.just("2026-11-28 10:00"), st.just("not a time"), st.just("1795860000"),
-                  st.floats(allow_nan=True), st.integers(-5, 10**12), st.booleans())
+times = st.one_of(
+    st.just("2026-11-28T10:00:00.123Z"),
+    st.just("2026-11-28T10:00:00+02:00"),
+    st.just("2026-11-28 10:00"),
+    st.just("not a time"),
+    st.just("1795860000"),
+    st.floats(allow_nan=True),
+    st.integers(-5, 10**12),
+    st.booleans(),
+)
 field_values = {
     "type": st.one_of(st.sampled_from(["page_view", "", "x" * 64, "x" * 65]), json_values),
     "userId": st.one_of(lengthy, json_values),
     "anonymousId": st.one_of(lengthy, json_values),
     "messageId": st.one_of(lengthy, json_values),
-    "priority": st.one_of(st.sampled_from(["low", "normal", "high", "critical", "urgent", ""]),
-                          json_values),
+    "priority": st.one_of(st.sampled_from(["low", "normal", "high", "critical", "urgent", ""]), json_values),
     "timestamp": st.one_of(times, json_scalars),
     "properties": st.one_of(json_values, deep, st.dictionaries(st.text(max_size=3), json_values)),
     "context": json_values,
@@ -78,26 +91,39 @@ def test_fast_validator_agrees_with_marshmallow(raw: dict[str, Any]) -> None:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.fixed_dictionaries({"type": st.just("click"), "userId": st.text(min_size=1, max_size=20)},
-                             optional={k: v for k, v in field_values.items()
-                                       if k not in ("unexpected", "type", "userId")}))
+@given(
+    st.fixed_dictionaries(
+        {"type": st.just("click"), "userId": st.text(min_size=1, max_size=20)},
+        optional={k: v for k, v in field_values.items() if k not in ("unexpected", "type", "userId")},
+    )
+)
 def test_agreement_on_mostly_valid_events(raw: dict[str, Any]) -> None:
     assert fast(raw) == reference(raw)
 
 
 finite_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-              st.text(max_size=4)),
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=4)
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(names, inner, max_size=4)),
-    max_leaves=16)
+    max_leaves=16,
+)
 objects = st.dictionaries(names, finite_values, max_size=5)
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.fixed_dictionaries({"type": st.just("click"), "userId": st.text(min_size=1, max_size=20)},
-                             optional={"anonymousId": st.text(min_size=1, max_size=5),
-                                       "properties": objects, "context": objects,
-                                       "traits": objects, "metadata": objects}))
+@given(
+    st.fixed_dictionaries(
+        {"type": st.just("click"), "userId": st.text(min_size=1, max_size=20)},
+        optional={
+            "anonymousId": st.text(min_size=1, max_size=5),
+            "properties": objects,
+            "context": objects,
+            "traits": objects,
+            "metadata": objects,
+        },
+    )
+)
 def test_agreement_on_valid_events_full_of_phi(raw: dict[str, Any]) -> None:
     expected = reference(raw)
     assert expected is not None
@@ -105,15 +131,18 @@ def test_agreement_on_valid_events_full_of_phi(raw: dict[str, Any]) -> None:
 
 
 def test_it_accepts_a_typical_event() -> None:
-    raw = {"type": "page_view", "userId": "u-17", "properties": {"path": "/", "email": "a@b.c"},
-           "context": {"app": {"Phone": "555"}, "locale": "en-US"},
-           "timestamp": "2026-11-28T10:00:00.123Z"}
+    raw = {
+        "type": "page_view",
+        "userId": "u-17",
+        "properties": {"path": "/", "email": "a@b.c"},
+        "context": {"app": {"Phone": "555"}, "locale": "en-US"},
+        "timestamp": "2026-11-28T10:00:00.123Z",
+    }
     loaded = load_split(raw, POLICY)
     assert loaded is not None and loaded == reference(raw)
     event, pairs = loaded
     assert event["properties"] == {"path": "/"} and event["context"] == {"app": {}, "locale": "en-US"}
-    assert pairs == [[["userId"], "u-17"], [["properties", "email"], "a@b.c"],
-                     [["context", "app", "Phone"], "555"]]
+    assert pairs == [[["userId"], "u-17"], [["properties", "email"], "a@b.c"], [["context", "app", "Phone"], "555"]]
 
 
 def test_unusual_shapes_are_left_to_the_schema_of_record() -> None:
@@ -152,8 +181,13 @@ def test_a_rule_changed_in_the_schema_changes_both_paths(monkeypatch: pytest.Mon
     monkeypatch.setattr(fastpath, "_DEFAULTS", defaults)
     base = {"type": "click", "userId": "u"}
     changes: list[tuple[dict[str, Any], bool]] = [
-        ({}, True), ({"type": "c"}, False), ({"type": "clicks"}, False),
-        ({"priority": "top"}, True), ({"priority": "high"}, False), ({"priority": None}, True)]
+        ({}, True),
+        ({"type": "c"}, False),
+        ({"type": "clicks"}, False),
+        ({"priority": "top"}, True),
+        ({"priority": "high"}, False),
+        ({"priority": None}, True),
+    ]
     for change, valid in changes:
         raw = {**base, **change}
         got = load_split(raw, POLICY)

@@ -1,4 +1,5 @@
 """The property filter syntax (no Redis needed)."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,16 @@ from analytics.privacy.phi import PhiPolicy
 from analytics.settings import DEFAULT_PHI_FIELDS
 
 POLICY = PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
-PROPS = {"plan": "pro", "amount": 12.5, "count": 10, "trial": False, "code": "gt:1",
-         "nested": {"tier": "gold"}, "none": None, "label": "10"}
+PROPS = {
+    "plan": "pro",
+    "amount": 12.5,
+    "count": 10,
+    "trial": False,
+    "code": "gt:1",
+    "nested": {"tier": "gold"},
+    "none": None,
+    "label": "10",
+}
 
 
 def matches(**query: object) -> bool:
@@ -19,33 +28,56 @@ def matches(**query: object) -> bool:
     return where(PROPS)
 
 
-@pytest.mark.parametrize("query, expected", [
-    ({"plan": "pro"}, True), ({"plan": "free"}, False), ({"plan": "eq:pro"}, True),
-    ({"plan": "ne:pro"}, False), ({"plan": "ne:free"}, True), ({"missing": "ne:x"}, True),
-    ({"amount": "gt:12"}, True), ({"amount": "gt:12.5"}, False), ({"amount": "gte:12.5"}, True),
-    ({"amount": "lt:13"}, True), ({"amount": "lte:12"}, False), ({"plan": "gt:1"}, False),
-    ({"count": "10"}, True), ({"count": "10.0"}, True), ({"label": "10"}, True),
-    ({"trial": "false"}, True), ({"trial": "exists:true"}, True), ({"trial": "gte:0"}, False),
-    ({"missing": "exists:false"}, True), ({"missing": "exists:true"}, False),
-    ({"missing": "x"}, False), ({"nested.tier": "gold"}, True), ({"nested.tier.x": "gold"}, False),
-    ({"none": "null"}, True), ({"code": "eq:gt:1"}, True), ({"nested": "gold"}, False),
-    ({"amount": ["gte:10", "lt:13"]}, True), ({"amount": ["gte:10", "lt:12"]}, False),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ({"plan": "pro"}, True),
+        ({"plan": "free"}, False),
+        ({"plan": "eq:pro"}, True),
+        ({"plan": "ne:pro"}, False),
+        ({"plan": "ne:free"}, True),
+        ({"missing": "ne:x"}, True),
+        ({"amount": "gt:12"}, True),
+        ({"amount": "gt:12.5"}, False),
+        ({"amount": "gte:12.5"}, True),
+        ({"amount": "lt:13"}, True),
+        ({"amount": "lte:12"}, False),
+        ({"plan": "gt:1"}, False),
+        ({"count": "10"}, True),
+        ({"count": "10.0"}, True),
+        ({"label": "10"}, True),
+        ({"trial": "false"}, True),
+        ({"trial": "exists:true"}, True),
+        ({"trial": "gte:0"}, False),
+        ({"missing": "exists:false"}, True),
+        ({"missing": "exists:true"}, False),
+        ({"missing": "x"}, False),
+        ({"nested.tier": "gold"}, True),
+        ({"nested.tier.x": "gold"}, False),
+        ({"none": "null"}, True),
+        ({"code": "eq:gt:1"}, True),
+        ({"nested": "gold"}, False),
+        ({"amount": ["gte:10", "lt:13"]}, True),
+        ({"amount": ["gte:10", "lt:12"]}, False),
+    ],
+)
 def test_conditions(query: dict, expected: bool) -> None:
     assert matches(**query) is expected
 
 
-@pytest.mark.parametrize("parameter, value, fragment", [
-    ("properties.amount", "gt:ten", "needs a number"),
-    ("properties.amount", "lte:nan", "needs a number"),
-    ("properties.trial", "exists:maybe", "exists:true"),
-    ("properties.", "x", "properties.NAME"),
-    ("properties.a..b", "x", "properties.NAME"),
-    ("properties.email", "x", "PHI"),
-    ("properties.contact.Phone", "exists:true", "PHI"),
-])
-def test_invalid_filters_name_the_parameter_not_the_value(parameter: str, value: str,
-                                                          fragment: str) -> None:
+@pytest.mark.parametrize(
+    "parameter, value, fragment",
+    [
+        ("properties.amount", "gt:ten", "needs a number"),
+        ("properties.amount", "lte:nan", "needs a number"),
+        ("properties.trial", "exists:maybe", "exists:true"),
+        ("properties.", "x", "properties.NAME"),
+        ("properties.a..b", "x", "properties.NAME"),
+        ("properties.email", "x", "PHI"),
+        ("properties.contact.Phone", "exists:true", "PHI"),
+    ],
+)
+def test_invalid_filters_name_the_parameter_not_the_value(parameter: str, value: str, fragment: str) -> None:
     with pytest.raises(ValidationError) as info:
         parse_filters({parameter: value}, POLICY)
     [message] = info.value.details[parameter]

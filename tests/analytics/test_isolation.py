@@ -1,4 +1,5 @@
 """Poison isolation and the dead-letter store, with real Redis."""
+
 from __future__ import annotations
 
 import orjson
@@ -21,9 +22,22 @@ def idle(make_stack):
 
 def records_of(service, events):
     """Records as the ingestion side builds them (PHI sealed)."""
-    return [service.codec.encode(e, "normal", 1_700_000_000_000, None) for e in
-            (dict(e, timestamp=None, priority=None, anonymousId=None, properties=None,
-                  context=None, traits=None, metadata=None) for e in events)]
+    return [
+        service.codec.encode(e, "normal", 1_700_000_000_000, None)
+        for e in (
+            dict(
+                e,
+                timestamp=None,
+                priority=None,
+                anonymousId=None,
+                properties=None,
+                context=None,
+                traits=None,
+                metadata=None,
+            )
+            for e in events
+        )
+    ]
 
 
 def test_record_problem_names_the_field_never_the_value() -> None:
@@ -36,8 +50,7 @@ def test_record_problem_names_the_field_never_the_value() -> None:
 
 def test_an_invalid_record_is_dead_lettered_and_its_batch_stored(idle) -> None:
     service, data = idle
-    good = records_of(service, [{"type": "click", "userId": f"u{i}", "messageId": f"g{i}"}
-                                for i in range(3)])
+    good = records_of(service, [{"type": "click", "userId": f"u{i}", "messageId": f"g{i}"} for i in range(3)])
     bad = {**good[0], "i": "other-id", "m": "bad-1", "ts": "not-a-time"}
     data.xadd(keyspace.EVENT_QUEUE, {"e": orjson.dumps([good[0], bad, good[1]])})
     data.xadd(keyspace.EVENT_QUEUE, {"e": orjson.dumps([good[2]])})
@@ -71,9 +84,11 @@ def test_a_record_that_makes_the_commit_fail_is_isolated_then_replayed(idle) -> 
     service.events.register_event_type("fragile")
     # A record of type "fragile" now makes the commit script fail (WRONGTYPE).
     data.set(keyspace.processed("fragile"), "not a hash")
-    batch = [{"type": "click", "userId": "u1", "messageId": "a"},
-             {"type": "fragile", "userId": "u1", "messageId": "poison"},
-             {"type": "click", "userId": "u2", "messageId": "b"}]
+    batch = [
+        {"type": "click", "userId": "u1", "messageId": "a"},
+        {"type": "fragile", "userId": "u1", "messageId": "poison"},
+        {"type": "click", "userId": "u2", "messageId": "b"},
+    ]
     service.events.track_many(batch)
     service.events.track({"type": "login", "userId": "u3", "messageId": "c"})  # another entry
     report = service.processor.drain("c1")
@@ -125,8 +140,13 @@ def test_a_dead_letter_is_requeued_once_even_by_racing_replays(idle) -> None:
 def test_segment_messages_are_mapped_and_validated_again_on_replay(make_stack) -> None:
     stack = make_stack(ANALYTICS_SEGMENT_UNKNOWN_EVENTS="reject")
     service, data = stack.app().extensions["analytics"], stack.redis.client(0)
-    message = {"type": "track", "event": "Checkout", "userId": "u-9", "writeKey": "secret",
-               "properties": {"email": "a@b.example", "total": 12}}
+    message = {
+        "type": "track",
+        "event": "Checkout",
+        "userId": "u-9",
+        "writeKey": "secret",
+        "properties": {"email": "a@b.example", "total": 12},
+    }
     service.dead_letters.add_raw("segment", message, "unknown_event_type")
     stored = b"".join(v for _, f in data.xrange(dlq_key("segment")) for v in f.values())
     assert b"a@b.example" not in stored and b"u-9" not in stored

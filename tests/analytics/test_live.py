@@ -1,5 +1,6 @@
 """The live fan-out's parts without a web server: client messages, the
 bounded buffer, scoping and throttling in the hub, the summed figures."""
+
 from __future__ import annotations
 
 import threading
@@ -17,14 +18,17 @@ from analytics.live.hub import LiveClient, LiveHub, parse_client_message
 from analytics.live.stats import WsCounters, write_ws_stats, ws_totals
 
 
-@pytest.mark.parametrize("raw, field", [
-    ("not json", "_schema"),
-    ('["subscribe"]', "action"),
-    ('{"action": "unsubscribe"}', "action"),
-    ('{"action": "subscribe", "events": "click"}', "events"),
-    ('{"action": "subscribe", "events": [""]}', "events"),
-    ('{"action": "subscribe", "colour": "red"}', "colour"),
-])
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        ("not json", "_schema"),
+        ('["subscribe"]', "action"),
+        ('{"action": "unsubscribe"}', "action"),
+        ('{"action": "subscribe", "events": "click"}', "events"),
+        ('{"action": "subscribe", "events": [""]}', "events"),
+        ('{"action": "subscribe", "colour": "red"}', "colour"),
+    ],
+)
 def test_invalid_client_messages_are_rejected_by_field(raw: str, field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         parse_client_message(raw)
@@ -78,10 +82,10 @@ def test_hub_scopes_events_by_user_hash_and_filters_by_type(hub: LiveHub, servic
     clicks.subscribe(frozenset({"click"}), frozenset())
     for client in (scoped, everyone, clicks):
         hub.register(client)
-    records = [service.codec.encode({"type": t, "userId": u, "properties": {"n": n}}, "normal",
-                                    int(time.time() * 1000), None)
-               for n, (t, u) in enumerate([("click", "patient-1"), ("login", "patient-2"),
-                                           ("click", "patient-2")])]
+    records = [
+        service.codec.encode({"type": t, "userId": u, "properties": {"n": n}}, "normal", int(time.time() * 1000), None)
+        for n, (t, u) in enumerate([("click", "patient-1"), ("login", "patient-2"), ("click", "patient-2")])
+    ]
     assert all("patient" not in orjson.dumps(r).decode() for r in records)  # sealed, hashed
     hub.handle(b"analytics:live:events", orjson.dumps(records))
     assert [m["data"]["properties"]["n"] for m in frames_of(scoped)] == [0]
@@ -95,8 +99,12 @@ def test_a_commit_publishes_the_new_records_of_each_page_as_one_string(service: 
     pubsub = service.redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("analytics:live:events")
     now = int(time.time())  # one timestamp: one page per type
-    accepted = service.events.track_many([{"type": etype, "userId": "u-1", "messageId": f"m-{n}", "timestamp": now}
-                        for n, etype in enumerate(["click", "click", "login", "click"])]).accepted
+    accepted = service.events.track_many(
+        [
+            {"type": etype, "userId": "u-1", "messageId": f"m-{n}", "timestamp": now}
+            for n, etype in enumerate(["click", "click", "login", "click"])
+        ]
+    ).accepted
     assert accepted == 4
     service.processor.process(service.queue.read("c-1", 10))  # unless the test session's worker was first
     message = None
@@ -111,8 +119,9 @@ def test_a_commit_publishes_the_new_records_of_each_page_as_one_string(service: 
     assert flat[0::2] == [b"click", b"login"]  # one string per page, not one per record
     assert [r["m"] for r in live_records(message)] == ["m-0", "m-1", "m-3", "m-2"]
     # The form published before (one blob per record) is still read.
-    one_by_one = [part for k in range(0, len(flat), 2)
-                  for _, blob in split_page(flat[k + 1]) for part in (flat[k], blob)]
+    one_by_one = [
+        part for k in range(0, len(flat), 2) for _, blob in split_page(flat[k + 1]) for part in (flat[k], blob)
+    ]
     assert len(one_by_one) == 8
     assert live_records(msgpack.packb(one_by_one)) == live_records(message)
 
@@ -122,8 +131,20 @@ def test_hub_throttles_metrics_per_series_and_flushes_the_latest(hub: LiveHub) -
     hub.register(client)
 
     def update(count: int, route: str = "/a") -> bytes:
-        return orjson.dumps([{"name": "lat", "tags": {"route": route}, "bucket": 60, "resolution": 60,
-                              "count": count, "sum": count, "min": 1, "max": count}])
+        return orjson.dumps(
+            [
+                {
+                    "name": "lat",
+                    "tags": {"route": route},
+                    "bucket": 60,
+                    "resolution": 60,
+                    "count": count,
+                    "sum": count,
+                    "min": 1,
+                    "max": count,
+                }
+            ]
+        )
 
     hub.handle("analytics:live:metrics", update(1))
     hub.handle("analytics:live:metrics", update(2))
@@ -145,8 +166,8 @@ def test_ws_totals_sum_the_live_processes(data: Any) -> None:
     write_ws_stats(data, "host-1", a.snapshot())
     write_ws_stats(data, "host-2", b.snapshot())
     totals = ws_totals(data)
-    assert {k: totals[k] for k in ("clients", "messages_total", "errors_total", "auth_failures_total",
-                                   "processes")} == {"clients": 5, "messages_total": 150, "errors_total": 1,
-                                                     "auth_failures_total": 3, "processes": 2}
+    assert {
+        k: totals[k] for k in ("clients", "messages_total", "errors_total", "auth_failures_total", "processes")
+    } == {"clients": 5, "messages_total": 150, "errors_total": 1, "auth_failures_total": 3, "processes": 2}
     assert totals["updated"] is not None and abs(totals["updated"] - time.time()) < 5
     assert 0 < data.ttl("analytics:stats:ws:host-1") <= 30

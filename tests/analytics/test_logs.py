@@ -1,4 +1,5 @@
 """The one scrubbing filter: PHI-looking values never reach a log line."""
+
 from __future__ import annotations
 
 import logging
@@ -7,8 +8,7 @@ import pytest
 
 from analytics.logs import PhiScrubbingFilter, configure_logging
 
-PHI = ["jane.doe.7f3c@example.org", "078-05-1120", "+1 555-010-7731", "(555) 010-7731",
-       "patient-7f3c9a"]
+PHI = ["jane.doe.7f3c@example.org", "078-05-1120", "+1 555-010-7731", "(555) 010-7731", "patient-7f3c9a"]
 
 
 @pytest.fixture
@@ -16,20 +16,23 @@ def scrub():
     return PhiScrubbingFilter(["diagnosis"]).scrub
 
 
-@pytest.mark.parametrize("text", [
-    "contact jane.doe.7f3c@example.org now",
-    "ssn 078-05-1120 given",
-    "call +1 555-010-7731 or (555) 010-7731",
-    "userId=patient-7f3c9a rejected",
-    "{'userId': 'patient-7f3c9a', 'n': 1}",
-    '{"userId": "patient-7f3c9a"}',
-    '{"USERID":"patient-7f3c9a"}',
-    "anonymousId: patient-7f3c9a",
-    "GET /v1/events?type=click&userId=patient-7f3c9a HTTP/1.1",
-    "KeyError('jane.doe.7f3c@example.org')",
-    'name="patient-7f3c9a smith"',
-    "Authorization: Bearer ak_patient-7f3c9a0123456789",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "contact jane.doe.7f3c@example.org now",
+        "ssn 078-05-1120 given",
+        "call +1 555-010-7731 or (555) 010-7731",
+        "userId=patient-7f3c9a rejected",
+        "{'userId': 'patient-7f3c9a', 'n': 1}",
+        '{"userId": "patient-7f3c9a"}',
+        '{"USERID":"patient-7f3c9a"}',
+        "anonymousId: patient-7f3c9a",
+        "GET /v1/events?type=click&userId=patient-7f3c9a HTTP/1.1",
+        "KeyError('jane.doe.7f3c@example.org')",
+        'name="patient-7f3c9a smith"',
+        "Authorization: Bearer ak_patient-7f3c9a0123456789",
+    ],
+)
 def test_phi_values_are_redacted(scrub, text) -> None:
     out = scrub(text)
     assert "[redacted]" in out
@@ -39,8 +42,10 @@ def test_phi_values_are_redacted(scrub, text) -> None:
 
 def test_configured_fields_and_harmless_text(scrub) -> None:
     assert "flu" not in scrub("diagnosis=flu")
-    harmless = ("stored 50 events in 0.0123 s; queue analytics:events:queue "
-                "entry 1732790000000-0 task 8f3a2b1c-1d2e-4f50-9a8b-7c6d5e4f3a2b")
+    harmless = (
+        "stored 50 events in 0.0123 s; queue analytics:events:queue "
+        "entry 1732790000000-0 task 8f3a2b1c-1d2e-4f50-9a8b-7c6d5e4f3a2b"
+    )
     assert scrub(harmless) == harmless
     assert scrub(scrub("email=a@b.co")) == scrub("email=a@b.co")
 

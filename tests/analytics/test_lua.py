@@ -1,6 +1,7 @@
 """The Lua scripts Redis runs live in ``analytics/lua/*.lua``, one file per
 script (or shared helper), loaded with :func:`analytics.lua_scripts.lua_source`:
 none is written inline in a Python module, and none is left unused."""
+
 from __future__ import annotations
 
 import ast
@@ -39,10 +40,12 @@ def _file_names(call: ast.Call, module: Path) -> tuple[str, ...]:
 
 def _lua_source_calls() -> list[tuple[Path, tuple[str, ...]]]:
     """Each ``lua_source(...)`` call under analytics/: (module, file names)."""
-    return [(module, _file_names(node, module))
-            for module in MODULES
-            for node in ast.walk(ast.parse(module.read_text(), str(module)))
-            if isinstance(node, ast.Call) and _called(node) == "lua_source"]
+    return [
+        (module, _file_names(node, module))
+        for module in MODULES
+        for node in ast.walk(ast.parse(module.read_text(), str(module)))
+        if isinstance(node, ast.Call) and _called(node) == "lua_source"
+    ]
 
 
 def test_there_are_scripts() -> None:
@@ -59,8 +62,7 @@ def test_every_lua_file_is_loaded() -> None:
 @pytest.mark.parametrize("module", MODULES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
 def test_no_inline_lua(module: Path) -> None:
     text = module.read_text()
-    found = [f"{module.name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
-             for m in INLINE_LUA.finditer(text)]
+    found = [f"{module.name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}" for m in INLINE_LUA.finditer(text)]
     assert found == [], "inline Lua: move it to a file of analytics/lua (lua_source)"
 
 
@@ -79,10 +81,8 @@ def test_scripts_come_from_lua_files(module: Path) -> None:
         assert loads, f"{where}: not loaded with lua_source"
         file_names = {id(a) for call in loads for a in call.args}
         for const in ast.walk(source):
-            if (isinstance(const, ast.Constant) and isinstance(const.value, str)
-                    and id(const) not in file_names):
-                assert re.fullmatch(r"#![^\n]*\n", const.value), \
-                    f"{where}: Lua text beside lua_source: {const.value!r}"
+            if isinstance(const, ast.Constant) and isinstance(const.value, str) and id(const) not in file_names:
+                assert re.fullmatch(r"#![^\n]*\n", const.value), f"{where}: Lua text beside lua_source: {const.value!r}"
 
 
 def test_the_scripts_compile(data: redis.Redis) -> None:

@@ -1,5 +1,6 @@
 """Metrics through the service on a private Redis with no worker running, so
 that each test decides when batches are committed (and commits some twice)."""
+
 from __future__ import annotations
 
 import math
@@ -56,16 +57,28 @@ def test_percentiles_within_one_percent_and_other_aggregates_exact(quiet) -> Non
     samples = []
     for i in range(6000):
         route = "/login" if i % 3 else "/home"
-        samples.append({"name": "api.latency", "value": rng.lognormvariate(4, 1.1),
-                        "tags": {"route": route, "env": "prod"}, "timestamp": t0 + (i % 1800)})
+        samples.append(
+            {
+                "name": "api.latency",
+                "value": rng.lognormvariate(4, 1.1),
+                "tags": {"route": route, "env": "prod"},
+                "timestamp": t0 + (i % 1800),
+            }
+        )
     for part in range(0, len(samples), 1000):  # several queue entries and batches
-        assert quiet.metrics.track_metrics(samples[part:part + 1000]).accepted == 1000
+        assert quiet.metrics.track_metrics(samples[part : part + 1000]).accepted == 1000
     quiet.processor.drain("tester")
     values = [s["value"] for s in samples]
     window = {"start": t0, "end": t0 + HOUR, "bucket": HOUR}
-    for agg, truth in (("count", len(values)), ("sum", math.fsum(values)), ("min", min(values)),
-                       ("max", max(values)), ("avg", math.fsum(values) / len(values)),
-                       ("stddev", statistics.pstdev(values)), ("rate", math.fsum(values) / HOUR)):
+    for agg, truth in (
+        ("count", len(values)),
+        ("sum", math.fsum(values)),
+        ("min", min(values)),
+        ("max", max(values)),
+        ("avg", math.fsum(values) / len(values)),
+        ("stddev", statistics.pstdev(values)),
+        ("rate", math.fsum(values) / HOUR),
+    ):
         [[ts, value]] = points(query(quiet, "api.latency", agg=agg, **window))
         assert ts == t0
         assert value == pytest.approx(truth, rel=1e-9), agg
@@ -75,8 +88,7 @@ def test_percentiles_within_one_percent_and_other_aggregates_exact(quiet) -> Non
         assert abs(value - truth) / truth <= 0.01, (agg, value, truth)
     # Per minute (1 min tier, one route): percentiles merge across 10 s buckets too.
     login = [s for s in samples if s["tags"]["route"] == "/login"]
-    per_minute = points(query(quiet, "api.latency", agg="p90", start=t0, end=t0 + 1800,
-                              bucket=60, tags="route:/login"))
+    per_minute = points(query(quiet, "api.latency", agg="p90", start=t0, end=t0 + 1800, bucket=60, tags="route:/login"))
     assert len(per_minute) == 30
     for ts, value in per_minute:
         minute = [s["value"] for s in login if ts <= s["timestamp"] < ts + 60]
@@ -89,18 +101,22 @@ def test_quantiles_equal_the_sketch_of_the_merged_samples(quiet) -> None:
     exactly what one sketch of the same samples gives, signs and zero included."""
     rng = random.Random(5)
     t0 = hour_ago()
-    samples = [{"name": "delta", "value": rng.choice([0.0, rng.gauss(0, 50), rng.expovariate(0.1)]),
-                "tags": {"shard": f"s{i % 3}"}, "timestamp": t0 + rng.randrange(0, 300)}
-               for i in range(1500)]
+    samples = [
+        {
+            "name": "delta",
+            "value": rng.choice([0.0, rng.gauss(0, 50), rng.expovariate(0.1)]),
+            "tags": {"shard": f"s{i % 3}"},
+            "timestamp": t0 + rng.randrange(0, 300),
+        }
+        for i in range(1500)
+    ]
     for part in range(0, 1500, 300):  # five commits: buckets are merged in Redis
-        quiet.metrics.track_metrics(samples[part:part + 300])
+        quiet.metrics.track_metrics(samples[part : part + 300])
         quiet.processor.drain("tester")
     for agg, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
-        got = points(query(quiet, "delta", agg=agg, start=t0, end=t0 + 300, bucket=60,
-                           tags="shard:s1"))
+        got = points(query(quiet, "delta", agg=agg, start=t0, end=t0 + 300, bucket=60, tags="shard:s1"))
         for ts, value in got:
-            values = [s["value"] for s in samples
-                      if ts <= s["timestamp"] < ts + 60 and s["tags"]["shard"] == "s1"]
+            values = [s["value"] for s in samples if ts <= s["timestamp"] < ts + 60 and s["tags"]["shard"] == "s1"]
             expected = Sketch.of(values).quantile(q, min(values), max(values))
             assert value == pytest.approx(expected, rel=1e-12, abs=1e-12), (agg, ts)
 
@@ -111,9 +127,15 @@ def test_quantiles_across_chunks_groups_gaps_and_partial_ranges(quiet) -> None:
     empty buckets in the middle, one group per tag value."""
     rng = random.Random(11)
     t0 = hour_ago()
-    samples = [{"name": "spread", "value": rng.choice([0.0, -rng.expovariate(0.5), rng.lognormvariate(2, 2)]),
-                "tags": {"shard": f"s{i % 2}"}, "timestamp": t0 + rng.randrange(0, 3000)}
-               for i in range(3000)]
+    samples = [
+        {
+            "name": "spread",
+            "value": rng.choice([0.0, -rng.expovariate(0.5), rng.lognormvariate(2, 2)]),
+            "tags": {"shard": f"s{i % 2}"},
+            "timestamp": t0 + rng.randrange(0, 3000),
+        }
+        for i in range(3000)
+    ]
     samples = [s for s in samples if not 1500 <= s["timestamp"] - t0 < 1620]  # a gap
     quiet.metrics.track_metrics(samples)
     quiet.processor.drain("tester")
@@ -125,8 +147,7 @@ def test_quantiles_across_chunks_groups_gaps_and_partial_ranges(quiet) -> None:
             got = series["points"]
             assert [ts for ts, _ in got] == list(range(t0 + 600, end, 30))
             for ts, value in got:
-                values = [s["value"] for s in samples if ts <= s["timestamp"] < ts + 30
-                          and s["tags"] == series["tags"]]
+                values = [s["value"] for s in samples if ts <= s["timestamp"] < ts + 30 and s["tags"] == series["tags"]]
                 if not values:
                     assert value is None, (agg, ts)
                     continue
@@ -137,9 +158,13 @@ def test_quantiles_across_chunks_groups_gaps_and_partial_ranges(quiet) -> None:
 
 def test_points_are_aligned_and_empty_buckets_are_null(quiet) -> None:
     t0 = hour_ago()
-    quiet.metrics.track_metrics([{"name": "jobs", "value": 2, "timestamp": t0 + 65},
-                         {"name": "jobs", "value": 3, "timestamp": t0 + 70},
-                         {"name": "jobs", "value": 7, "timestamp": t0 + 250}])
+    quiet.metrics.track_metrics(
+        [
+            {"name": "jobs", "value": 2, "timestamp": t0 + 65},
+            {"name": "jobs", "value": 3, "timestamp": t0 + 70},
+            {"name": "jobs", "value": 7, "timestamp": t0 + 250},
+        ]
+    )
     quiet.processor.drain("tester")
     got = points(query(quiet, "jobs", agg="sum", start=t0 + 30, end=t0 + 300, bucket=60))
     assert got == [[t0, None], [t0 + 60, 5.0], [t0 + 120, None], [t0 + 180, None], [t0 + 240, 7.0]]
@@ -152,30 +177,31 @@ def test_tag_filter_and_group_by(quiet) -> None:
     t0 = hour_ago()
     batch = []
     for route, env, n in (("/login", "prod", 5), ("/login", "staging", 3), ("/home", "prod", 2)):
-        batch += [{"name": "hits", "value": 1, "tags": {"route": route, "env": env},
-                   "timestamp": t0 + 5}] * n
+        batch += [{"name": "hits", "value": 1, "tags": {"route": route, "env": env}, "timestamp": t0 + 5}] * n
     batch.append({"name": "hits", "value": 1, "tags": {"env": "prod"}, "timestamp": t0 + 5})
-    batch.append({"name": "hits", "value": 1, "tags": {"route": "/home", "env": "prod"},
-                  "timestamp": t0 + 125})
+    batch.append({"name": "hits", "value": 1, "tags": {"route": "/home", "env": "prod"}, "timestamp": t0 + 125})
     assert quiet.metrics.track_metrics(batch).accepted == 12
     quiet.processor.drain("tester")
     window = {"agg": "count", "start": t0, "end": t0 + 60, "bucket": 60}
 
     def counts(**params: Any) -> dict[str, Any]:
         result = query(quiet, "hits", **window, **params)
-        return {orjson.dumps(s["tags"], option=orjson.OPT_SORT_KEYS).decode(): s["points"][0][1]
-                for s in result["series"]}
+        return {
+            orjson.dumps(s["tags"], option=orjson.OPT_SORT_KEYS).decode(): s["points"][0][1] for s in result["series"]
+        }
 
     assert counts() == {"{}": 11}
     assert counts(tags="route:/login") == {'{"route":"/login"}': 8}
     assert counts(tags="route:/login,env:prod") == {'{"env":"prod","route":"/login"}': 5}
     assert counts(groupBy="route") == {'{"route":"/home"}': 2, '{"route":"/login"}': 8, "{}": 1}
     assert counts(tags="env:prod", groupBy="route") == {
-        '{"env":"prod","route":"/home"}': 2, '{"env":"prod","route":"/login"}': 5, '{"env":"prod"}': 1}
+        '{"env":"prod","route":"/home"}': 2,
+        '{"env":"prod","route":"/login"}': 5,
+        '{"env":"prod"}': 1,
+    }
     # Groups without data in the range are left out; a plain query keeps its series.
     later = {"agg": "count", "start": t0 + 120, "end": t0 + 180, "bucket": 60}
-    assert [s["tags"] for s in query(quiet, "hits", groupBy="route", **later)["series"]] == [
-        {"route": "/home"}]
+    assert [s["tags"] for s in query(quiet, "hits", groupBy="route", **later)["series"]] == [{"route": "/home"}]
     assert points(query(quiet, "hits", tags="route:/login", **later)) == [[t0 + 120, None]]
     # Never written: an empty list, not an error.
     assert counts(tags="route:/nope") == {}
@@ -206,8 +232,10 @@ def test_a_redelivered_batch_is_never_counted_twice(quiet) -> None:
 
 def test_malformed_queue_records_are_dead_lettered_not_retried(quiet) -> None:
     t0 = hour_ago()
-    quiet.data.xadd(keyspace.METRICS_QUEUE, {"e": orjson.dumps([
-        {"n": "ok", "v": 2, "g": {}, "ts": t0 * 1000}, {"n": "ok", "v": "x"}, "junk"])})
+    quiet.data.xadd(
+        keyspace.METRICS_QUEUE,
+        {"e": orjson.dumps([{"n": "ok", "v": 2, "g": {}, "ts": t0 * 1000}, {"n": "ok", "v": "x"}, "junk"])},
+    )
     report = quiet.processor.drain("tester")
     assert (report.metrics.samples, report.metrics.invalid) == (1, 2)
     assert quiet.dead_letters.length("metrics") == 2
@@ -217,8 +245,10 @@ def test_malformed_queue_records_are_dead_lettered_not_retried(quiet) -> None:
 
 def test_records_are_dead_lettered_in_the_step_that_commits_their_entry(quiet) -> None:
     t0 = hour_ago()
-    quiet.data.xadd(keyspace.METRICS_QUEUE, {"e": orjson.dumps([
-        {"n": "ok", "v": 1, "g": {}, "ts": t0 * 1000}, {"n": "ok", "v": "x"}, "junk"])})
+    quiet.data.xadd(
+        keyspace.METRICS_QUEUE,
+        {"e": orjson.dumps([{"n": "ok", "v": 1, "g": {}, "ts": t0 * 1000}, {"n": "ok", "v": "x"}, "junk"])},
+    )
     quiet.data.set(dlq_key("metrics"), "not a stream")  # the dead letters cannot be written...
     held = quiet.metrics_queue.read("worker-a", 10)
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -231,8 +261,7 @@ def test_records_are_dead_lettered_in_the_step_that_commits_their_entry(quiet) -
     first = quiet.metric_store.commit(held)
     again = quiet.metric_store.commit(held)  # a second worker holding the same entry
     assert (first.samples, first.invalid, again.invalid, again.skipped_entries) == (1, 2, 0, 1)
-    assert [item["record"] for item in quiet.dead_letters.entries("metrics")] == [
-        {"n": "ok", "v": "x"}, "junk"]
+    assert [item["record"] for item in quiet.dead_letters.entries("metrics")] == [{"n": "ok", "v": "x"}, "junk"]
     assert points(query(quiet, "ok", agg="count", **window)) == [[t0, 1]]
 
 
@@ -245,8 +274,7 @@ def test_an_unreadable_metrics_entry_is_set_aside_whole_and_sealed(quiet) -> Non
     assert quiet.metrics_queue.pending() == 0 and quiet.metrics_queue.length() == 0
     [letter] = quiet.dead_letters.entries("metrics")
     assert letter["reason"] == "malformed_entry" and "sealed" in letter and "record" not in letter
-    assert b"a@b.c" not in b"".join(v for _, f in quiet.data.xrange(dlq_key("metrics"))
-                                    for v in f.values())
+    assert b"a@b.c" not in b"".join(v for _, f in quiet.data.xrange(dlq_key("metrics")) for v in f.values())
     assert quiet.dead_letters.open_sealed(letter).startswith(b'[{"n": "ok"')
     # Still unreadable on replay: it stays, and nothing is counted.
     assert quiet.ops.replay_dead_letters("metrics", actor="test").still_invalid == 1
@@ -285,11 +313,19 @@ def test_a_metrics_entry_that_keeps_failing_does_not_block_its_batch(quiet) -> N
 def test_metric_dead_letters_are_validated_again_and_replayed_once(quiet) -> None:
     t0 = hour_ago()
     # Queued by an older writer: the commit sets aside what it cannot read.
-    quiet.data.xadd(keyspace.METRICS_QUEUE, {"e": orjson.dumps([
-        {"n": "ok", "v": 2, "g": {}, "ts": t0 * 1000},
-        {"n": "untagged", "v": 3, "ts": t0 * 1000},
-        {"n": "untimed", "v": 4, "g": {"env": "prod"}},
-        {"n": "ok", "v": "x", "g": {}, "ts": t0 * 1000}])})
+    quiet.data.xadd(
+        keyspace.METRICS_QUEUE,
+        {
+            "e": orjson.dumps(
+                [
+                    {"n": "ok", "v": 2, "g": {}, "ts": t0 * 1000},
+                    {"n": "untagged", "v": 3, "ts": t0 * 1000},
+                    {"n": "untimed", "v": 4, "g": {"env": "prod"}},
+                    {"n": "ok", "v": "x", "g": {}, "ts": t0 * 1000},
+                ]
+            )
+        },
+    )
     report = quiet.processor.drain("tester")
     assert (report.metrics.samples, report.metrics.invalid) == (1, 3)
     listing = quiet.ops.dead_letter_list("metrics")
@@ -306,8 +342,7 @@ def test_metric_dead_letters_are_validated_again_and_replayed_once(quiet) -> Non
     assert (again.replayed, again.already_gone) == (0, 2)
     for _ in range(2):  # a later replay finds only the invalid one: nothing counts twice
         quiet.processor.drain("tester")
-        assert points(query(quiet, "untagged", agg="sum", start=t0, end=t0 + 10, bucket=10)) == [
-            [t0, 3.0]]
+        assert points(query(quiet, "untagged", agg="sum", start=t0, end=t0 + 10, bucket=10)) == [[t0, 3.0]]
         # A sample queued without a time counts when it was set aside.
         window = {"start": set_aside - 60, "end": set_aside + 60, "bucket": 60}
         assert sum(v or 0 for _, v in points(query(quiet, "untimed", agg="count", **window))) == 1
@@ -324,8 +359,7 @@ def test_metric_dead_letters_still_breaking_current_rules_stay(quiet) -> None:
     queued = quiet.metrics_queue.length()
     # A tag key that names a PHI field, and one series more than the limit.
     for tags, name in (({"email": "a@b.example"}, "visits"), ({"ref": "one-more"}, "per.ref")):
-        quiet.dead_letters.add_record("metrics", {"n": name, "v": 1, "g": tags, "ts": t0 * 1000},
-                                      "invalid_record", 1)
+        quiet.dead_letters.add_record("metrics", {"n": name, "v": 1, "g": tags, "ts": t0 * 1000}, "invalid_record", 1)
     report = quiet.ops.replay_dead_letters("metrics")
     assert (report.replayed, report.still_invalid) == (0, 2)
     assert quiet.dead_letters.length("metrics") == 2 and quiet.metrics_queue.length() == queued
@@ -363,21 +397,19 @@ def test_cardinality_limit_is_a_clear_per_sample_error(quiet) -> None:
 
 def test_event_counts_are_a_metric(quiet) -> None:
     t0 = hour_ago()
-    events = [{"type": "page_view", "userId": "u1", "timestamp": t0 + i, "messageId": f"m{i}"}
-              for i in range(25)]
+    events = [{"type": "page_view", "userId": "u1", "timestamp": t0 + i, "messageId": f"m{i}"} for i in range(25)]
     quiet.events.track_many(events)
     quiet.events.track_many(events[:5])  # retried messageIds are stored, and counted, once
     quiet.processor.drain("tester")
     got = points(query(quiet, "events.page_view", agg="count", start=t0, end=t0 + 60, bucket=10))
-    assert got == [[t0, 10], [t0 + 10, 10], [t0 + 20, 5], [t0 + 30, None], [t0 + 40, None],
-                   [t0 + 50, None]]
-    assert points(query(quiet, "events.page_view", agg="rate", start=t0, end=t0 + 60,
-                        bucket=60)) == [[t0, 25 / 60]]
+    assert got == [[t0, 10], [t0 + 10, 10], [t0 + 20, 5], [t0 + 30, None], [t0 + 40, None], [t0 + 50, None]]
+    assert points(query(quiet, "events.page_view", agg="rate", start=t0, end=t0 + 60, bucket=60)) == [[t0, 25 / 60]]
     # A registered type without events: one series of nulls, not an error.
     assert query(quiet, "events.click", agg="count", start=t0, end=t0 + 20, bucket=10) == {
-        "name": "events.click", "series": [{"tags": {}, "points": [[t0, None], [t0 + 10, None]]}]}
-    assert query(quiet, "events.no_such_type", agg="count", start=t0, end=t0 + 20,
-                 bucket=10)["series"] == []
+        "name": "events.click",
+        "series": [{"tags": {}, "points": [[t0, None], [t0 + 10, None]]}],
+    }
+    assert query(quiet, "events.no_such_type", agg="count", start=t0, end=t0 + 20, bucket=10)["series"] == []
 
 
 def test_live_fan_out_of_updated_buckets(quiet) -> None:
@@ -395,8 +427,9 @@ def test_live_fan_out_of_updated_buckets(quiet) -> None:
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    quiet.metrics.track_metrics([{"name": "temp", "value": v, "tags": {"room": "a"}, "timestamp": t0 + 3}
-                         for v in (2.5, 4.0)])
+    quiet.metrics.track_metrics(
+        [{"name": "temp", "value": v, "tags": {"room": "a"}, "timestamp": t0 + 3} for v in (2.5, 4.0)]
+    )
     quiet.processor.drain("tester")
     quiet.metrics.track_metric("temp", -1.0, {"room": "a"}, t0 + 7)
     quiet.processor.drain("tester")
@@ -404,23 +437,56 @@ def test_live_fan_out_of_updated_buckets(quiet) -> None:
     quiet.processor.drain("tester")
     listener.join(10)
     first, second, events = messages
-    assert first == [{"name": "temp", "tags": {"room": "a"}, "bucket": t0, "resolution": 10,
-                      "count": 2, "sum": 6.5, "min": 2.5, "max": 4.0}]
-    assert second == [{"name": "temp", "tags": {"room": "a"}, "bucket": t0, "resolution": 10,
-                       "count": 3, "sum": 5.5, "min": -1.0, "max": 4.0}]
-    assert events == [{"name": "events.login", "tags": {}, "bucket": t0 + 10, "resolution": 10,
-                       "count": 1, "sum": 1, "min": 1, "max": 1}]
+    assert first == [
+        {
+            "name": "temp",
+            "tags": {"room": "a"},
+            "bucket": t0,
+            "resolution": 10,
+            "count": 2,
+            "sum": 6.5,
+            "min": 2.5,
+            "max": 4.0,
+        }
+    ]
+    assert second == [
+        {
+            "name": "temp",
+            "tags": {"room": "a"},
+            "bucket": t0,
+            "resolution": 10,
+            "count": 3,
+            "sum": 5.5,
+            "min": -1.0,
+            "max": 4.0,
+        }
+    ]
+    assert events == [
+        {
+            "name": "events.login",
+            "tags": {},
+            "bucket": t0 + 10,
+            "resolution": 10,
+            "count": 1,
+            "sum": 1,
+            "min": 1,
+            "max": 1,
+        }
+    ]
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"bucket": "15"}, "bucket"),
-    ({"agg": "p42"}, "agg"),
-    ({"start": "2026-01-02", "end": "2026-01-01"}, "start"),
-    ({"start": "0", "end": "1000000", "bucket": "10"}, "bucket"),
-    ({"tags": "route"}, "tags"),
-    ({"groupBy": "a b"}, "groupBy"),
-    ({"surprise": "1"}, "surprise"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"bucket": "15"}, "bucket"),
+        ({"agg": "p42"}, "agg"),
+        ({"start": "2026-01-02", "end": "2026-01-01"}, "start"),
+        ({"start": "0", "end": "1000000", "bucket": "10"}, "bucket"),
+        ({"tags": "route"}, "tags"),
+        ({"groupBy": "a b"}, "groupBy"),
+        ({"surprise": "1"}, "surprise"),
+    ],
+)
 def test_bad_queries_are_validation_errors(quiet, params, field) -> None:
     with pytest.raises(ValidationError) as caught:
         quiet.metrics.get_metric("api.latency", params)

@@ -21,9 +21,16 @@ POLICY = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
 
 
 def test_split_finds_phi_at_any_depth_case_insensitively() -> None:
-    event = {"type": "x", "userId": "u-1", "properties": {
-        "plan": "pro", "EMAIL": "a@b.c", "visits": [{"Phone": "555"}, {"ok": 1}],
-        "deep": {"deeper": {"ssn": "123-45-6789"}}}}
+    event = {
+        "type": "x",
+        "userId": "u-1",
+        "properties": {
+            "plan": "pro",
+            "EMAIL": "a@b.c",
+            "visits": [{"Phone": "555"}, {"ok": 1}],
+            "deep": {"deeper": {"ssn": "123-45-6789"}},
+        },
+    }
     clear, pairs = phi.split(event, POLICY)
     assert "userId" not in clear
     assert clear["properties"] == {"plan": "pro", "visits": [{}, {"ok": 1}], "deep": {"deeper": {}}}
@@ -53,9 +60,18 @@ def test_tampered_token_is_refused() -> None:
 
 def test_record_holds_no_clear_phi_and_decodes_for_allowed_readers() -> None:
     codec = RecordCodec(Vault([generate_key()]), POLICY, 86_400_000)
-    event = {"type": "login", "userId": "patient-42", "anonymousId": None, "messageId": "m-1",
-             "properties": {"email": "jane@example.org", "plan": "pro"}, "context": None,
-             "traits": None, "metadata": None, "priority": None, "timestamp": None}
+    event = {
+        "type": "login",
+        "userId": "patient-42",
+        "anonymousId": None,
+        "messageId": "m-1",
+        "properties": {"email": "jane@example.org", "plan": "pro"},
+        "context": None,
+        "traits": None,
+        "metadata": None,
+        "priority": None,
+        "timestamp": None,
+    }
     record = codec.encode(event, "normal", 1_000_000, None)
     assert "patient-42" not in str(record) and "jane@example.org" not in str(record)
     assert record["u"] == codec.user_hash("patient-42")
@@ -125,7 +141,7 @@ def test_nonces_are_never_repeated_across_threads_and_forks() -> None:
     seen.extend(_nonce(vault.seal(b"x")) for _ in range(100))  # the parent goes on too
     os.waitpid(pid, 0)
     child = os.read(read, 1200)
-    seen.extend(child[i:i + 12] for i in range(0, len(child), 12))
+    seen.extend(child[i : i + 12] for i in range(0, len(child), 12))
     assert len(seen) == 8200
     assert len(set(seen)) == len(seen)
 
@@ -161,8 +177,10 @@ def _reference_split(event: dict[str, Any], names: frozenset[str]) -> tuple[dict
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(["a", "Email", "email", "zip", "x", "SSN", "list"]), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(["a", "Email", "email", "zip", "x", "SSN", "list"]), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -170,9 +188,19 @@ _json = st.recursive(
 _objects = st.dictionaries(st.sampled_from(["a", "Email", "zip", "x", "list"]), _json, max_size=4)
 
 
-@given(st.fixed_dictionaries({"type": st.just("click")}, optional={
-    "userId": st.text(max_size=3), "anonymousId": st.none() | st.text(max_size=3),
-    "properties": _objects, "context": _objects, "traits": _objects, "metadata": _objects}))
+@given(
+    st.fixed_dictionaries(
+        {"type": st.just("click")},
+        optional={
+            "userId": st.text(max_size=3),
+            "anonymousId": st.none() | st.text(max_size=3),
+            "properties": _objects,
+            "context": _objects,
+            "traits": _objects,
+            "metadata": _objects,
+        },
+    )
+)
 @settings(max_examples=300, deadline=None)
 def test_split_agrees_with_its_plain_definition(event: dict[str, Any]) -> None:
     policy = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))

@@ -1,5 +1,6 @@
 """The Redis client: its command packer sends what redis-py's own would;
 its pool and the dedicated connections of the hot path."""
+
 from __future__ import annotations
 
 import itertools
@@ -18,15 +19,18 @@ from analytics.settings import Settings
 from testkit import in_forked_child
 
 
-@pytest.mark.parametrize("args", [
-    ("SET", "key", "value"),
-    ("EVALSHA", "ab" * 20, 3, "k1", b"k2", "k3", 1, 2.5, 1764379200123, -7, b"\x00\xff blob"),
-    ("HSET", "h", "f", memoryview(b"view")),
-    ("XADD", "s", "*", "r", bytearray(b"\x93\x01\x02\x03")),  # redis-py turns it into bytes
-    ("CLIENT SETNAME", "name"),  # a command name of two words
-    (b"PING",),
-    ("SET", "k", "x" * 100_000),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("SET", "key", "value"),
+        ("EVALSHA", "ab" * 20, 3, "k1", b"k2", "k3", 1, 2.5, 1764379200123, -7, b"\x00\xff blob"),
+        ("HSET", "h", "f", memoryview(b"view")),
+        ("XADD", "s", "*", "r", bytearray(b"\x93\x01\x02\x03")),  # redis-py turns it into bytes
+        ("CLIENT SETNAME", "name"),  # a command name of two words
+        (b"PING",),
+        ("SET", "k", "x" * 100_000),
+    ],
+)
 def test_packs_the_bytes_redis_py_packs(args: tuple[Any, ...]) -> None:
     assert b"".join(CommandPacker().pack(*args)) == b"".join(HiredisRespSerializer().pack(*args))
 

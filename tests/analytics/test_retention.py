@@ -1,5 +1,6 @@
 """Retention cleanup with an injected clock, on a private Redis (so that no
 beat runs a cleanup of its own meanwhile)."""
+
 from __future__ import annotations
 
 import threading
@@ -29,12 +30,15 @@ def rollup_keys(data: Any, resolution: int) -> list[bytes]:
 
 def seed(service: Any, now: int) -> None:
     old, fresh = (now - 40 * DAY) // 60 * 60, now - 60
-    service.events.track_many([{"type": "click", "userId": "u1", "timestamp": old, "messageId": f"old{i}"}
-                        for i in range(7)])
-    service.events.track_many([{"type": "click", "userId": "u1", "timestamp": fresh, "messageId": f"new{i}"}
-                        for i in range(2)])
-    service.metrics.track_metrics([{"name": "m", "value": 1, "timestamp": old},
-                           {"name": "m", "value": 2, "timestamp": fresh}])
+    service.events.track_many(
+        [{"type": "click", "userId": "u1", "timestamp": old, "messageId": f"old{i}"} for i in range(7)]
+    )
+    service.events.track_many(
+        [{"type": "click", "userId": "u1", "timestamp": fresh, "messageId": f"new{i}"} for i in range(2)]
+    )
+    service.metrics.track_metrics(
+        [{"name": "m", "value": 1, "timestamp": old}, {"name": "m", "value": 2, "timestamp": fresh}]
+    )
     service.processor.drain("tester")
 
 
@@ -58,9 +62,11 @@ def test_cleanup_removes_what_expired_and_keeps_the_rest(quiet) -> None:
     assert report.rollup_chunks == 4  # m and events.click, in two tiers
     assert len(rollup_keys(data, 10)) == len(rollup_keys(data, 60)) == 2  # the fresh ones
     assert len(rollup_keys(data, 3600)) in (2, 4)  # old and fresh (maybe one chunk)
+
     def series(start: int, bucket: int) -> list[Any]:
-        return quiet.metrics.get_metric("m", {"start": str(start), "end": str(start + bucket),
-                                      "bucket": str(bucket), "agg": "sum"})["series"][0]["points"]
+        return quiet.metrics.get_metric(
+            "m", {"start": str(start), "end": str(start + bucket), "bucket": str(bucket), "agg": "sum"}
+        )["series"][0]["points"]
 
     old_hour = (now - 40 * DAY) // 3600 * 3600
     assert series(old_hour, 3600) == [[old_hour, 1.0]]
@@ -86,10 +92,12 @@ def test_cleanup_removes_what_expired_and_keeps_the_rest(quiet) -> None:
 def test_series_whose_rollups_all_expired_are_forgotten(quiet) -> None:
     now = int(time.time())
     data = quiet.data
-    quiet.metrics.track_metrics([{"name": "api", "value": 1, "tags": {"route": "/a", "env": "prod"},
-                          "timestamp": now - 900 * DAY},
-                         {"name": "api", "value": 1, "tags": {"route": "/b", "env": "prod"},
-                          "timestamp": now - 60}])
+    quiet.metrics.track_metrics(
+        [
+            {"name": "api", "value": 1, "tags": {"route": "/a", "env": "prod"}, "timestamp": now - 900 * DAY},
+            {"name": "api", "value": 1, "tags": {"route": "/b", "env": "prod"}, "timestamp": now - 60},
+        ]
+    )
     quiet.processor.drain("tester")
     assert data.hlen(keyspace.metric_series("api")) == 2
     report = quiet.ops.cleanup(now=now)
@@ -127,8 +135,7 @@ def test_runs_at_the_same_time_do_the_work_once(quiet) -> None:
     data.delete(keyspace.CLEANUP_LOCK)
 
     reports: list[Any] = []
-    threads = [threading.Thread(target=lambda: reports.append(quiet.ops.cleanup(now=now)))
-               for _ in range(4)]
+    threads = [threading.Thread(target=lambda: reports.append(quiet.ops.cleanup(now=now))) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -145,10 +152,21 @@ def test_records_of_the_first_layout_are_queued_again_into_pages(quiet) -> None:
     user erased since is not."""
     data = quiet.data
     now = int(time.time())
-    legacy = [quiet.codec.encode({"type": "click", "userId": user, "messageId": f"legacy-{n}",
-                                  "timestamp": (now - 100 + n) * 1000, "properties": {"n": n}},
-                                 "normal", (now - 50) * 1000, None)
-              for n, user in enumerate(["keep", "keep", "erased"])]
+    legacy = [
+        quiet.codec.encode(
+            {
+                "type": "click",
+                "userId": user,
+                "messageId": f"legacy-{n}",
+                "timestamp": (now - 100 + n) * 1000,
+                "properties": {"n": n},
+            },
+            "normal",
+            (now - 50) * 1000,
+            None,
+        )
+        for n, user in enumerate(["keep", "keep", "erased"])
+    ]
     for record in legacy:
         data.hset(keyspace.processed("click"), record["i"], orjson.dumps(record))
         data.zadd(keyspace.time_index("click"), {record["i"]: record["ts"]})

@@ -1,5 +1,6 @@
 """Key rotation: everything stored is re-encrypted under the newest key, in
 slices, resumably, without clobbering concurrent changes; user hashes stay."""
+
 from __future__ import annotations
 
 import time
@@ -31,15 +32,14 @@ def db(redis_server) -> Iterator[Any]:
 
 
 def make_service(redis_server, keys: str) -> Analytics:
-    settings = Settings.from_env({"REDIS_URL": redis_server.url(3),
-                                  "ANALYTICS_ENCRYPTION_KEYS": keys})
+    settings = Settings.from_env({"REDIS_URL": redis_server.url(3), "ANALYTICS_ENCRYPTION_KEYS": keys})
     return Analytics(settings, connect(settings))
 
 
 def stored(db: Any) -> list[dict[str, Any]]:
     found = []
     for key in db.scan_iter(match=keyspace.EVENTS_PROCESSED + "*"):
-        found += records_in(db, key.decode()[len(keyspace.EVENTS_PROCESSED):])
+        found += records_in(db, key.decode()[len(keyspace.EVENTS_PROCESSED) :])
     return found
 
 
@@ -51,12 +51,21 @@ def key_ids(db: Any, vault: Any) -> set[bytes]:
 
 
 def fill(service: Analytics, n: int) -> None:
-    service.events.track_many([{"type": "click" if i % 2 else "login", "userId": f"{USER}-{i % 7}",
-                         "properties": {"email": f"p{i}@example.org"}} for i in range(n)])
+    service.events.track_many(
+        [
+            {
+                "type": "click" if i % 2 else "login",
+                "userId": f"{USER}-{i % 7}",
+                "properties": {"email": f"p{i}@example.org"},
+            }
+            for i in range(n)
+        ]
+    )
     service.processor.drain("test", budget=10)
     for i in range(5):
-        service.dead_letters.add_raw("events", {"userId": USER, "i": i}, "invalid_message",
-                                     service.codec.user_hash(USER))
+        service.dead_letters.add_raw(
+            "events", {"userId": USER, "i": i}, "invalid_message", service.codec.user_hash(USER)
+        )
 
 
 def test_rotation_re_encrypts_everything_and_keeps_hashes(redis_server, db) -> None:
@@ -68,8 +77,7 @@ def test_rotation_re_encrypts_everything_and_keeps_hashes(redis_server, db) -> N
 
     # CLI: progress bar on stderr, summary on stdout
     env = {"REDIS_URL": redis_server.url(3), "ANALYTICS_ENCRYPTION_KEYS": f"{NEW},{OLD}"}
-    result = CliRunner().invoke(cli, ["keys", "rotate-encryption", "--slice", "50"], env=env,
-                                catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["keys", "rotate-encryption", "--slice", "50"], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "re-encrypted 305" in result.output
     assert key_ids(db, rotated.vault) == {rotated.vault.current_key_id}
@@ -124,9 +132,12 @@ def test_compare_and_set_leaves_a_value_changed_since_it_was_read(redis_server, 
     assert service.store.rewrite("click", page_id, read, lambda fields, blob: None) == -1
     assert sorted(r["m"] for r in records_in(db, "click")) == ["one", "two"]
     entry = db.xadd("analytics:dlq:events", {"sealed": "x", "ts": "1"})
-    assert rotator._cas_stream(keys=["analytics:dlq:events"],
-                               args=[entry, "sealed", "stale", "sealed", "y", "ts", "1"]) == 0
-    assert rotator._cas_stream(keys=["analytics:dlq:events"],
-                               args=[entry, "sealed", "x", "sealed", "y", "ts", "1"]) == 1
+    assert (
+        rotator._cas_stream(keys=["analytics:dlq:events"], args=[entry, "sealed", "stale", "sealed", "y", "ts", "1"])
+        == 0
+    )
+    assert (
+        rotator._cas_stream(keys=["analytics:dlq:events"], args=[entry, "sealed", "x", "sealed", "y", "ts", "1"]) == 1
+    )
     [(_, fields)] = db.xrange("analytics:dlq:events")
     assert fields == {b"sealed": b"y", b"ts": b"1"}

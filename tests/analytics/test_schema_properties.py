@@ -1,5 +1,6 @@
 """Property tests (hypothesis) of the boundary: the schemas, PHI splitting and
 sealing hold for any input, not just the examples we thought of."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,11 +32,26 @@ VAULT = Vault([Fernet.generate_key().decode()])
 planted = st.text(max_size=20).map(lambda s: "\u00a7" + s)
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | planted
 json_values = st.recursive(
-    scalars, lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5), max_leaves=30)
-field_names = st.sampled_from(["type", "userId", "anonymousId", "properties", "metadata",
-                               "context", "traits", "priority", "timestamp", "messageId",
-                               "email", "x"])
+    scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=30,
+)
+field_names = st.sampled_from(
+    [
+        "type",
+        "userId",
+        "anonymousId",
+        "properties",
+        "metadata",
+        "context",
+        "traits",
+        "priority",
+        "timestamp",
+        "messageId",
+        "email",
+        "x",
+    ]
+)
 events = st.dictionaries(field_names, json_values, max_size=8)
 
 
@@ -68,9 +84,13 @@ def test_event_schema_only_raises_validation_errors_and_never_echoes(raw: Any) -
 
 
 @SETTINGS
-@given(query=st.dictionaries(st.sampled_from(["type", "start", "end", "userId", "priority",
-                                              "limit", "cursor", "other"]),
-                             st.text(max_size=30), max_size=6))
+@given(
+    query=st.dictionaries(
+        st.sampled_from(["type", "start", "end", "userId", "priority", "limit", "cursor", "other"]),
+        st.text(max_size=30),
+        max_size=6,
+    )
+)
 def test_query_schemas_only_raise_validation_errors(query: dict[str, str]) -> None:
     for schema in (event_query_schema, audit_query_schema, erase_schema):
         try:
@@ -95,8 +115,11 @@ def _size(value: Any) -> int:
     return 0
 
 
-deep = st.recursive(st.integers(), lambda c: st.lists(c, max_size=3)
-                    | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=60)
+deep = st.recursive(
+    st.integers(),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=60,
+)
 
 
 @SETTINGS
@@ -116,16 +139,22 @@ clear_names = st.sampled_from(["path", "count", "plan", "step", "ok"])
 nested = st.recursive(
     st.text(max_size=10) | st.integers(),
     lambda c: st.lists(c, max_size=3) | st.dictionaries(phi_names | clear_names, c, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 @SETTINGS
-@given(event=st.fixed_dictionaries(
-    {"type": st.just("click")},
-    optional={"userId": st.text(min_size=1, max_size=10),
-              "anonymousId": st.text(min_size=1, max_size=10),
-              "properties": st.dictionaries(phi_names | clear_names, nested, max_size=4),
-              "metadata": st.dictionaries(phi_names | clear_names, nested, max_size=4)}))
+@given(
+    event=st.fixed_dictionaries(
+        {"type": st.just("click")},
+        optional={
+            "userId": st.text(min_size=1, max_size=10),
+            "anonymousId": st.text(min_size=1, max_size=10),
+            "properties": st.dictionaries(phi_names | clear_names, nested, max_size=4),
+            "metadata": st.dictionaries(phi_names | clear_names, nested, max_size=4),
+        },
+    )
+)
 def test_split_removes_every_phi_value_and_merge_restores_it(event: dict[str, Any]) -> None:
     clear, pairs = phi.split(event, POLICY)
 

@@ -1,4 +1,5 @@
 """The quantile sketch alone: accuracy, merging, encoding."""
+
 from __future__ import annotations
 
 import math
@@ -23,9 +24,10 @@ def close(estimate: float, truth: float, rel: float = ALPHA) -> bool:
 
 
 values_st = st.lists(
-    st.one_of(st.floats(min_value=1e-6, max_value=1e12), st.floats(min_value=-1e12, max_value=-1e-6),
-              st.just(0.0)),
-    min_size=1, max_size=300)
+    st.one_of(st.floats(min_value=1e-6, max_value=1e12), st.floats(min_value=-1e12, max_value=-1e-6), st.just(0.0)),
+    min_size=1,
+    max_size=300,
+)
 
 
 @settings(max_examples=200, deadline=None)

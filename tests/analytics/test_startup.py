@@ -1,5 +1,6 @@
 """Without encryption keys (outside dev mode) every process refuses to start
 with one clear line and no traceback; dev mode starts with a loud warning."""
+
 from __future__ import annotations
 
 import logging
@@ -33,24 +34,38 @@ def test_create_app_exits_with_one_line(env) -> None:
 def test_dev_mode_starts_with_a_loud_warning(env, caplog) -> None:
 
     with caplog.at_level(logging.WARNING):
-        app = create_app({**env, "ANALYTICS_ENCRYPTION_KEYS": "", "ANALYTICS_DEV": "1",
-                          "TESTING": True})
+        app = create_app({**env, "ANALYTICS_ENCRYPTION_KEYS": "", "ANALYTICS_DEV": "1", "TESTING": True})
     assert app.extensions["analytics"].vault is not None
     assert "DEVELOPMENT MODE" in caplog.text and "NOT protected" in caplog.text
 
 
-@pytest.mark.parametrize("process, argv", [
-    ("cli", [sys.executable, "-m", "cli.main", "keys", "list"]),
-    ("web", [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "web:create_app()"]),
-    ("worker", [sys.executable, "-m", "celery", "-A", "tasks", "worker", "--concurrency", "1",
-                "--without-mingle", "--without-gossip"]),
-    ("beat", [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--schedule", "{tmp}/schedule"]),
-])
+@pytest.mark.parametrize(
+    "process, argv",
+    [
+        ("cli", [sys.executable, "-m", "cli.main", "keys", "list"]),
+        ("web", [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "web:create_app()"]),
+        (
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks",
+                "worker",
+                "--concurrency",
+                "1",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+        ),
+        ("beat", [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--schedule", "{tmp}/schedule"]),
+    ],
+)
 def test_processes_refuse_to_start_without_keys(env, process, argv, tmp_path) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     environ = {**no_keys(env), "PORT": str(free_port())}
-    done = subprocess.run(argv, env=environ, cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(argv, env=environ, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0
     output = (done.stdout + done.stderr).strip()
     assert "Traceback" not in output, output
@@ -78,17 +93,25 @@ print("frozen", gc.get_freeze_count())
 """
 
 
-@pytest.mark.parametrize("start", [
-    # gunicorn's hook, once the worker has loaded the app
-    "import runpy; runpy.run_path('gunicorn.conf.py')['post_worker_init'](None)",
-    # Celery's signal in each pool process
-    "import tasks.celery; from celery import signals; signals.worker_process_init.send(sender=None)",
-])
+@pytest.mark.parametrize(
+    "start",
+    [
+        # gunicorn's hook, once the worker has loaded the app
+        "import runpy; runpy.run_path('gunicorn.conf.py')['post_worker_init'](None)",
+        # Celery's signal in each pool process
+        "import tasks.celery; from celery import signals; signals.worker_process_init.send(sender=None)",
+    ],
+)
 def test_processes_freeze_their_startup_heap(start: str) -> None:
     """Web and worker processes take what they loaded at start out of the
     collector's full passes (bench/HISTORY.rst, 2026-11-29: 20-30 ms pauses)."""
-    out = subprocess.run([sys.executable, "-c", FREEZE_CHECK.format(start=start)],
-                         cwd=ROOT, env=python_env({"ANALYTICS_DEV": "1"}), capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", FREEZE_CHECK.format(start=start)],
+        cwd=ROOT,
+        env=python_env({"ANALYTICS_DEV": "1"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("frozen")

@@ -2,6 +2,7 @@
 pages (late events, several types, users, filters, scan limits) checked by
 hypothesis against a sorted list; dedupe; erasure and retention inside
 shared pages; the compact record form."""
+
 from __future__ import annotations
 
 import copy
@@ -45,8 +46,7 @@ def db(redis_server) -> Iterator[Any]:
 
 @pytest.fixture
 def store_service(redis_server, encryption_keys) -> Analytics:
-    settings = Settings.from_env({"REDIS_URL": redis_server.url(DB),
-                                  "ANALYTICS_ENCRYPTION_KEYS": encryption_keys})
+    settings = Settings.from_env({"REDIS_URL": redis_server.url(DB), "ANALYTICS_ENCRYPTION_KEYS": encryption_keys})
     service = Analytics(settings, connect(settings))
     service.store.page_bytes = 600  # a few records per page: many pages per minute
     return service
@@ -57,13 +57,11 @@ def ingest(service: Analytics, events: list[dict[str, Any]]) -> None:
     service.processor.drain("test", budget=0)
 
 
-def page_through(service: Analytics, types: list[str], limit: int, max_scan: int,
-                 **query: Any) -> list[str]:
+def page_through(service: Analytics, types: list[str], limit: int, max_scan: int, **query: Any) -> list[str]:
     ids: list[str] = []
     cursor = None
     for _ in range(1000):
-        found, cursor = service.store.query(types, limit=limit, cursor=cursor, max_scan=max_scan,
-                                            **query)
+        found, cursor = service.store.query(types, limit=limit, cursor=cursor, max_scan=max_scan, **query)
         assert len(found) <= limit
         ids += [r["i"] for r in found]
         if cursor is None:
@@ -71,23 +69,30 @@ def page_through(service: Analytics, types: list[str], limit: int, max_scan: int
     raise AssertionError("the cursor never ended")
 
 
-event_spec = st.tuples(st.sampled_from(["click", "login"]),
-                       st.integers(0, 4 * BUCKET_MS),  # ms after BASE: a few pages' minutes
-                       st.integers(0, 3),  # user
-                       st.integers(0, 2))  # a property to filter on
+event_spec = st.tuples(
+    st.sampled_from(["click", "login"]),
+    st.integers(0, 4 * BUCKET_MS),  # ms after BASE: a few pages' minutes
+    st.integers(0, 3),  # user
+    st.integers(0, 2),
+)  # a property to filter on
 
 
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(batches=st.lists(st.lists(event_spec, min_size=1, max_size=25), min_size=1, max_size=3),
-       types=st.sampled_from([["click"], ["click", "login"]]),
-       user=st.sampled_from([None, 0, 2]),
-       start=st.sampled_from([None, BASE + 30_000, BASE + 61_000]),
-       end=st.sampled_from([None, BASE + 120_000, BASE + 3 * BUCKET_MS + 1]),
-       prop=st.sampled_from([None, 0]),
-       limit=st.integers(1, 9), max_scan=st.sampled_from([2, 5, 10_000]))
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    batches=st.lists(st.lists(event_spec, min_size=1, max_size=25), min_size=1, max_size=3),
+    types=st.sampled_from([["click"], ["click", "login"]]),
+    user=st.sampled_from([None, 0, 2]),
+    start=st.sampled_from([None, BASE + 30_000, BASE + 61_000]),
+    end=st.sampled_from([None, BASE + 120_000, BASE + 3 * BUCKET_MS + 1]),
+    prop=st.sampled_from([None, 0]),
+    limit=st.integers(1, 9),
+    max_scan=st.sampled_from([2, 5, 10_000]),
+)
 def test_queries_walk_pages_in_exact_order_with_exact_cursors(
-        db, store_service, batches, types, user, start, end, prop, limit, max_scan) -> None:
+    db, store_service, batches, types, user, start, end, prop, limit, max_scan
+) -> None:
     db.flushdb()
     service = store_service
     expected: list[tuple[int, str, str, int, int]] = []
@@ -99,18 +104,32 @@ def test_queries_walk_pages_in_exact_order_with_exact_cursors(
         for etype, offset, who, value in batch:
             message_id = f"m{n}"
             n += 1
-            events.append({"type": etype, "userId": f"user-{who}", "messageId": message_id,
-                           "timestamp": format_time_ms(BASE + offset),
-                           "properties": {"v": value, "email": f"p{who}@example.org"}})
+            events.append(
+                {
+                    "type": etype,
+                    "userId": f"user-{who}",
+                    "messageId": message_id,
+                    "timestamp": format_time_ms(BASE + offset),
+                    "properties": {"v": value, "email": f"p{who}@example.org"},
+                }
+            )
             expected.append((BASE + offset, service.vault.event_id(message_id), etype, who, value))
         ingest(service, events)
     assert stored_events(db) == n
 
-    wanted = sorted((e for e in expected
-                     if e[2] in types and (user is None or e[3] == user)
-                     and (start is None or e[0] >= start) and (end is None or e[0] <= end)
-                     and (prop is None or e[4] == prop)),
-                    key=lambda e: (e[0], e[1]), reverse=True)
+    wanted = sorted(
+        (
+            e
+            for e in expected
+            if e[2] in types
+            and (user is None or e[3] == user)
+            and (start is None or e[0] >= start)
+            and (end is None or e[0] <= end)
+            and (prop is None or e[4] == prop)
+        ),
+        key=lambda e: (e[0], e[1]),
+        reverse=True,
+    )
     query: dict[str, Any] = {"start": start, "end": end}
     if user is not None:
         query["user_hash"] = service.codec.user_hash(f"user-{user}")
@@ -122,9 +141,19 @@ def test_queries_walk_pages_in_exact_order_with_exact_cursors(
 
 def test_the_api_pages_events_of_several_types_and_decodes_them(db, store_service) -> None:
     service = store_service
-    ingest(service, [{"type": "click" if i % 2 else "login", "userId": f"u{i % 3}",
-                      "messageId": f"api-{i}", "timestamp": format_time_ms(BASE + i * 997),
-                      "properties": {"i": i, "email": "x@example.org"}} for i in range(40)])
+    ingest(
+        service,
+        [
+            {
+                "type": "click" if i % 2 else "login",
+                "userId": f"u{i % 3}",
+                "messageId": f"api-{i}",
+                "timestamp": format_time_ms(BASE + i * 997),
+                "properties": {"i": i, "email": "x@example.org"},
+            }
+            for i in range(40)
+        ],
+    )
     events, cursor = service.events.get_events({"limit": 15})
     assert [e["messageId"] for e in events] == [f"api-{i}" for i in range(39, 24, -1)]
     assert events[0]["userId"] == "u0" and events[0]["properties"] == {"i": 39, "email": "x@example.org"}
@@ -134,17 +163,27 @@ def test_the_api_pages_events_of_several_types_and_decodes_them(db, store_servic
     pages = db.hvals(keyspace.processed("click"))
     assert len(pages) > 1  # really several pages; the full ones compressed
     assert any(records.is_compressed(p) for p in pages) and not records.is_compressed(
-        service.store.page("click", db.hget(keyspace.open_pages("click"),
-                                            str((BASE + 39 * 997) // BUCKET_MS)).decode()) or b"")
+        service.store.page("click", db.hget(keyspace.open_pages("click"), str((BASE + 39 * 997) // BUCKET_MS)).decode())
+        or b""
+    )
 
 
 def test_erasure_and_rotation_keep_full_pages_compressed(db, store_service) -> None:
     service = store_service
-    ingest(service, [{"type": "click", "userId": f"u{i % 2}", "messageId": f"z{i}",
-                      "timestamp": format_time_ms(BASE + i), "properties": {"email": "x@example.org"}}
-                     for i in range(30)])
-    compressed = [p for p, page in db.hgetall(keyspace.processed("click")).items()
-                  if records.is_compressed(page)]
+    ingest(
+        service,
+        [
+            {
+                "type": "click",
+                "userId": f"u{i % 2}",
+                "messageId": f"z{i}",
+                "timestamp": format_time_ms(BASE + i),
+                "properties": {"email": "x@example.org"},
+            }
+            for i in range(30)
+        ],
+    )
+    compressed = [p for p, page in db.hgetall(keyspace.processed("click")).items() if records.is_compressed(page)]
     assert compressed
     assert service.privacy.erase_user("u0", "test").records == 15
     pages = db.hgetall(keyspace.processed("click"))
@@ -169,9 +208,19 @@ def test_a_message_id_is_stored_once_in_integer_set_shards(db, store_service) ->
 def test_erasure_rewrites_shared_pages_and_keeps_other_users(db, store_service) -> None:
     service = store_service
     service.store.page_bytes = 16_000  # every event in one page
-    ingest(service, [{"type": "click", "userId": "gone" if i % 3 == 0 else "stays",
-                      "messageId": f"e{i}", "timestamp": format_time_ms(BASE + i),
-                      "properties": {"email": "x@example.org"}} for i in range(12)])
+    ingest(
+        service,
+        [
+            {
+                "type": "click",
+                "userId": "gone" if i % 3 == 0 else "stays",
+                "messageId": f"e{i}",
+                "timestamp": format_time_ms(BASE + i),
+                "properties": {"email": "x@example.org"},
+            }
+            for i in range(12)
+        ],
+    )
     assert db.hlen(keyspace.processed("click")) == 1
     report = service.privacy.erase_user("gone", "test")
     assert report.records == 4 and stored_events(db) == 8
@@ -183,8 +232,7 @@ def test_erasure_rewrites_shared_pages_and_keeps_other_users(db, store_service) 
     assert service.events.get_events({"userId": "gone", "limit": 100}) == ([], None)
     # the dedupe marks went too: the same messageIds sent again are new events
     time.sleep(0.01)  # after the tombstone
-    ingest(service, [{"type": "click", "userId": "gone", "messageId": "e0",
-                      "timestamp": format_time_ms(BASE)}])
+    ingest(service, [{"type": "click", "userId": "gone", "messageId": "e0", "timestamp": format_time_ms(BASE)}])
     assert stored_events(db) == 9
 
 
@@ -193,13 +241,16 @@ def test_retention_trims_the_page_that_straddles_the_cutoff(db, store_service) -
     service.store.page_bytes = 16_000
     cutoff_ms = BASE + 30_000  # the middle of a minute
     now = cutoff_ms / 1000 + service.settings.retention_days * 86400
-    ingest(service, [
-        {"type": "click", "userId": "old", "messageId": "o1", "timestamp": format_time_ms(cutoff_ms - 20_000)},
-        {"type": "click", "userId": "both", "messageId": "o2", "timestamp": format_time_ms(cutoff_ms - 1)},
-        {"type": "click", "userId": "both", "messageId": "n1", "timestamp": format_time_ms(cutoff_ms)},
-        {"type": "click", "userId": "new", "messageId": "n2", "timestamp": format_time_ms(cutoff_ms + 20_000)},
-        {"type": "click", "userId": "old", "messageId": "o3", "timestamp": format_time_ms(cutoff_ms - 90_000)},
-    ])
+    ingest(
+        service,
+        [
+            {"type": "click", "userId": "old", "messageId": "o1", "timestamp": format_time_ms(cutoff_ms - 20_000)},
+            {"type": "click", "userId": "both", "messageId": "o2", "timestamp": format_time_ms(cutoff_ms - 1)},
+            {"type": "click", "userId": "both", "messageId": "n1", "timestamp": format_time_ms(cutoff_ms)},
+            {"type": "click", "userId": "new", "messageId": "n2", "timestamp": format_time_ms(cutoff_ms + 20_000)},
+            {"type": "click", "userId": "old", "messageId": "o3", "timestamp": format_time_ms(cutoff_ms - 90_000)},
+        ],
+    )
     assert db.hlen(keyspace.processed("click")) == 2
     report = service.ops.cleanup(now=now)
     assert report.events == 3 and stored_events(db) == 2
@@ -220,16 +271,30 @@ def test_retention_keeps_the_index_of_anonymous_visitors_by_page(db, store_servi
     service.store.page_bytes = 16_000
     cutoff_ms = BASE + 30_000
     now = cutoff_ms / 1000 + service.settings.retention_days * 86400
-    ingest(service, [
-        {"type": "click", "anonymousId": "gone-visitor", "messageId": "v1",
-         "timestamp": format_time_ms(cutoff_ms - 90_000)},
-        {"type": "click", "anonymousId": "kept-visitor", "messageId": "v2",
-         "timestamp": format_time_ms(cutoff_ms - 90_000)},
-        {"type": "click", "anonymousId": "kept-visitor", "messageId": "v3",
-         "timestamp": format_time_ms(cutoff_ms + 1_000)},
-    ])
-    gone, kept = (keyspace.user_index(service.codec.user_hash(v))
-                  for v in ("gone-visitor", "kept-visitor"))
+    ingest(
+        service,
+        [
+            {
+                "type": "click",
+                "anonymousId": "gone-visitor",
+                "messageId": "v1",
+                "timestamp": format_time_ms(cutoff_ms - 90_000),
+            },
+            {
+                "type": "click",
+                "anonymousId": "kept-visitor",
+                "messageId": "v2",
+                "timestamp": format_time_ms(cutoff_ms - 90_000),
+            },
+            {
+                "type": "click",
+                "anonymousId": "kept-visitor",
+                "messageId": "v3",
+                "timestamp": format_time_ms(cutoff_ms + 1_000),
+            },
+        ],
+    )
+    gone, kept = (keyspace.user_index(service.codec.user_hash(v)) for v in ("gone-visitor", "kept-visitor"))
     assert db.zcard(gone) == 1 and db.zcard(kept) == 2
     assert service.ops.cleanup(now=now).events == 2
     assert not db.exists(gone) and db.zcard(kept) == 1
@@ -238,8 +303,12 @@ def test_retention_keeps_the_index_of_anonymous_visitors_by_page(db, store_servi
 
 def test_the_queue_carries_packed_items_the_worker_does_not_decode(db, store_service) -> None:
     service = store_service
-    event = {"type": "click", "userId": "u1", "timestamp": format_time_ms(BASE),
-             "properties": {"plan": "pro", "email": "a@example.org"}}
+    event = {
+        "type": "click",
+        "userId": "u1",
+        "timestamp": format_time_ms(BASE),
+        "properties": {"plan": "pro", "email": "a@example.org"},
+    }
     service.events.track(event)
     [entry] = service.queue.read("test", 10)
     [item] = entry.items
@@ -254,29 +323,45 @@ def test_the_queue_carries_packed_items_the_worker_does_not_decode(db, store_ser
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(record=st.fixed_dictionaries(
-    {"i": st.one_of(st.binary(min_size=12, max_size=12).map(
-        lambda b: records._b64_text(b)), st.text(min_size=1, max_size=20)),
-     "m": st.one_of(st.uuids().map(str), st.text(min_size=1, max_size=40)),
-     "t": st.just("click"),
-     "p": st.sampled_from(keyspace.PRIORITIES),
-     "ts": st.integers(-2**40, 2**45), "rt": st.integers(0, 2**45),
-     "u": st.one_of(st.just(""), st.binary(min_size=16, max_size=16).map(bytes.hex), st.text(max_size=40)),
-     "a": st.one_of(st.just(""), st.binary(min_size=16, max_size=16).map(bytes.hex))},
-    optional={"pr": st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=4),
-              "cx": st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=2),
-              "tr": st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=2),
-              "md": st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=2),
-              "s": st.one_of(st.binary(min_size=33, max_size=80).map(records._b64_text),
-                             st.text(alphabet="!~. é", min_size=1, max_size=20))}),
-    skew=st.one_of(st.none(), st.tuples(st.integers(0, 2**45), st.integers(0, 2**45))))
+@given(
+    record=st.fixed_dictionaries(
+        {
+            "i": st.one_of(
+                st.binary(min_size=12, max_size=12).map(lambda b: records._b64_text(b)),
+                st.text(min_size=1, max_size=20),
+            ),
+            "m": st.one_of(st.uuids().map(str), st.text(min_size=1, max_size=40)),
+            "t": st.just("click"),
+            "p": st.sampled_from(keyspace.PRIORITIES),
+            "ts": st.integers(-(2**40), 2**45),
+            "rt": st.integers(0, 2**45),
+            "u": st.one_of(st.just(""), st.binary(min_size=16, max_size=16).map(bytes.hex), st.text(max_size=40)),
+            "a": st.one_of(st.just(""), st.binary(min_size=16, max_size=16).map(bytes.hex)),
+        },
+        optional={
+            "pr": st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=4),
+            "cx": st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=2),
+            "tr": st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=2),
+            "md": st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=2),
+            "s": st.one_of(
+                st.binary(min_size=33, max_size=80).map(records._b64_text),
+                st.text(alphabet="!~. é", min_size=1, max_size=20),
+            ),
+        },
+    ),
+    skew=st.one_of(st.none(), st.tuples(st.integers(0, 2**45), st.integers(0, 2**45))),
+)
 def test_a_record_packs_and_unpacks_to_itself(record, skew) -> None:
     if skew is not None:
         record["ot"], record["sa"] = skew
@@ -284,11 +369,13 @@ def test_a_record_packs_and_unpacks_to_itself(record, skew) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(value=st.recursive(
-    json_values | st.binary(max_size=20) | st.integers(0, 2**64 - 1),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children,
-                                                                       max_size=4),
-    max_leaves=12))
+@given(
+    value=st.recursive(
+        json_values | st.binary(max_size=20) | st.integers(0, 2**64 - 1),
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+        max_leaves=12,
+    )
+)
 def test_blobs_are_packed_to_the_bytes_msgpack_gives(value) -> None:
     """records.packb (msgspec, for speed) gives msgpack's own bytes for every
     shape a record, a PHI pair list or a queue item has."""
@@ -300,15 +387,26 @@ def test_the_ingest_encoding_equals_the_record_encoding() -> None:
     """encode_item (raw bytes, the hot path) and queue_item(encode(...)) (the
     record dict, other paths) give the same item and the same record."""
 
-
-    codec = RecordCodec(Vault([Fernet.generate_key().decode()]), phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(",")),
-                                3_600_000)
+    codec = RecordCodec(
+        Vault([Fernet.generate_key().decode()]), phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(",")), 3_600_000
+    )
     events = [
         {"type": "click", "userId": "u-1", "messageId": "m-1", "properties": {"email": "a@b.c", "n": 1}},
-        {"type": "click", "anonymousId": "a-1", "timestamp": "2026-01-01T00:00:00Z",
-         "messageId": "6f1c1d3e-8a55-4b8e-9c55-5a1d3a9b9c11", "context": {"ip": "10.0.0.1"}},
-        {"type": "click", "userId": "u-2", "anonymousId": "a-2", "timestamp": 1_700_000_000,
-         "traits": {"list": [1, {"name": "N"}]}, "metadata": {"k": "v"}},
+        {
+            "type": "click",
+            "anonymousId": "a-1",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "messageId": "6f1c1d3e-8a55-4b8e-9c55-5a1d3a9b9c11",
+            "context": {"ip": "10.0.0.1"},
+        },
+        {
+            "type": "click",
+            "userId": "u-2",
+            "anonymousId": "a-2",
+            "timestamp": 1_700_000_000,
+            "traits": {"list": [1, {"name": "N"}]},
+            "metadata": {"k": "v"},
+        },
     ]
     for raw, fast in itertools.product(events, (False, True)):
         loaded = load_split(raw, codec.policy)
@@ -328,9 +426,12 @@ def test_the_ingest_encoding_equals_the_record_encoding() -> None:
 
 def test_a_record_without_user_id_is_queued_under_its_anonymous_hash(db, store_service) -> None:
     service = store_service
-    service.events.track_many([{"type": "click", "anonymousId": "visitor-1", "timestamp": format_time_ms(BASE)},
-                        {"type": "click", "userId": "u1", "anonymousId": "visitor-1",
-                         "timestamp": format_time_ms(BASE)}])
+    service.events.track_many(
+        [
+            {"type": "click", "anonymousId": "visitor-1", "timestamp": format_time_ms(BASE)},
+            {"type": "click", "userId": "u1", "anonymousId": "visitor-1", "timestamp": format_time_ms(BASE)},
+        ]
+    )
     [entry] = service.queue.read("test", 10)
     owners = [item[2] for item in entry.items]
     assert owners == [service.codec.user_hash("visitor-1"), service.codec.user_hash("u1")]

@@ -1,5 +1,6 @@
 """rediss:// (TLS) for the data store and the Celery broker: the clients are
 built with SSL connections that verify the server's certificate."""
+
 from __future__ import annotations
 
 import ssl
@@ -22,8 +23,9 @@ def test_rediss_data_store_uses_a_verifying_ssl_connection() -> None:
 
 def test_rediss_broker_uses_a_verifying_ssl_connection() -> None:
 
-    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0",
-                                  "CELERY_BROKER_URL": "rediss://broker.internal:6380/1"})
+    settings = Settings.from_env(
+        {"REDIS_URL": "redis://127.0.0.1:1/0", "CELERY_BROKER_URL": "rediss://broker.internal:6380/1"}
+    )
     celery = create_celery_app(settings)
     connection = celery.connection_for_write()
     assert connection.transport_cls == "rediss"
@@ -38,7 +40,6 @@ def test_rediss_broker_uses_a_verifying_ssl_connection() -> None:
 
 def test_an_explicit_cert_option_in_the_broker_url_is_kept() -> None:
 
-    settings = Settings.from_env({"CELERY_BROKER_URL":
-                                  "rediss://broker.internal:6380/1?ssl_cert_reqs=optional"})
+    settings = Settings.from_env({"CELERY_BROKER_URL": "rediss://broker.internal:6380/1?ssl_cert_reqs=optional"})
     connection = create_celery_app(settings).connection_for_write()
     assert connection.ssl["ssl_cert_reqs"] == ssl.CERT_OPTIONAL

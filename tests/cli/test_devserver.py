@@ -1,5 +1,6 @@
 """``analytics run`` (what ``make run`` starts): the whole stack comes up on
 one machine, takes an event and stores it, and stops cleanly."""
+
 from __future__ import annotations
 
 import os
@@ -48,10 +49,10 @@ def test_analytics_run_serves_and_processes(env, data, tmp_path) -> None:
     workdir.mkdir()
     for name in ("Procfile", "gunicorn.conf.py"):
         shutil.copy(ROOT / name, workdir / name)
-    command = shlex.join([sys.executable, "-m", "cli.main", "run", "--no-flower",
-                          "--port", str(port)])
-    proc = Process("analytics-run", ["bash", "-c", f"cd {shlex.quote(str(workdir))} && exec {command}"],
-                   environ, tmp_path).start()
+    command = shlex.join([sys.executable, "-m", "cli.main", "run", "--no-flower", "--port", str(port)])
+    proc = Process(
+        "analytics-run", ["bash", "-c", f"cd {shlex.quote(str(workdir))} && exec {command}"], environ, tmp_path
+    ).start()
     pids: list[int] = []
     try:
         proc.wait_for_log(r"development admin key: \S+", timeout=60)
@@ -66,11 +67,9 @@ def test_analytics_run_serves_and_processes(env, data, tmp_path) -> None:
 
         wait_until(ready, 90, 0.2, "the web process of `analytics run`")
         pids = descendants(proc.pid)
-        reply = requests.post(f"{url}/v1/track", auth=(key, ""), timeout=10,
-                              json={"userId": "u-1", "event": "click"})
+        reply = requests.post(f"{url}/v1/track", auth=(key, ""), timeout=10, json={"userId": "u-1", "event": "click"})
         assert reply.status_code == 200 and reply.json() == {"success": True}
-        wait_until(lambda: stored_events(data) == 1, 60, 0.2,
-                   "the event to be stored")
+        wait_until(lambda: stored_events(data) == 1, 60, 0.2, "the event to be stored")
     finally:
         pids = pids or descendants(proc.pid)
         proc.stop(timeout=20)

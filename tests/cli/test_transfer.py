@@ -1,5 +1,6 @@
 """``analytics export`` and ``analytics import`` with click's CliRunner,
 against the test Redis and the session's worker."""
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,8 @@ from testkit import stored_events, wait_until
 @pytest.fixture
 def run_cli(env: dict[str, str]) -> Any:
     def run(*args: str, input: str | bytes | None = None, environ: dict[str, str] | None = None) -> Any:
-        return CliRunner(env=environ or env).invoke(main, list(args), input=input,
-                                                     catch_exceptions=False)
+        return CliRunner(env=environ or env).invoke(main, list(args), input=input, catch_exceptions=False)
+
     return run
 
 
@@ -30,11 +31,16 @@ def stored(data: Any) -> int:
 
 @pytest.fixture
 def some_events(service, data, worker) -> list[dict[str, Any]]:
-    events = [{"type": "click" if i % 2 else "page_view", "userId": f"u-{i % 3}",
-               "messageId": f"m{i:02d}", "timestamp": 1_790_000_000 + i,
-               "properties": {"n": i, "plan": "pro" if i < 4 else "free",
-                              "email": f"p{i}@example.org"}}
-              for i in range(12)]
+    events = [
+        {
+            "type": "click" if i % 2 else "page_view",
+            "userId": f"u-{i % 3}",
+            "messageId": f"m{i:02d}",
+            "timestamp": 1_790_000_000 + i,
+            "properties": {"n": i, "plan": "pro" if i < 4 else "free", "email": f"p{i}@example.org"},
+        }
+        for i in range(12)
+    ]
     assert service.events.track_many(events).accepted == 12
     wait_until(lambda: stored(data) == 12, 15, message="12 stored events")
     return events
@@ -124,10 +130,12 @@ def test_import_csv_with_a_subset_of_columns(run_cli, data, worker, tmp_path) ->
 def test_import_waits_while_the_queue_is_full(run_cli, make_stack, tmp_path) -> None:
     stack = make_stack()  # no worker yet: nothing drains the queue
     source = tmp_path / "many.ndjson"
-    source.write_bytes(b"".join(orjson.dumps({"type": "click", "userId": "u", "messageId": f"x{i}"})
-                                + b"\n" for i in range(40)))
-    result = run_cli("import", str(source), "--batch-size", "5", "--max-queue", "2",
-                 "--max-wait", "0.5", environ=stack.env)
+    source.write_bytes(
+        b"".join(orjson.dumps({"type": "click", "userId": "u", "messageId": f"x{i}"}) + b"\n" for i in range(40))
+    )
+    result = run_cli(
+        "import", str(source), "--batch-size", "5", "--max-queue", "2", "--max-wait", "0.5", environ=stack.env
+    )
     assert result.exit_code == 1
     assert "queue stayed above 2 entries" in result.stderr and "worker" in result.stderr
     service = stack.app().extensions["analytics"]
@@ -137,8 +145,9 @@ def test_import_waits_while_the_queue_is_full(run_cli, make_stack, tmp_path) -> 
     outcome: dict[str, Any] = {}
 
     def run_import() -> None:
-        outcome["result"] = run_cli("import", str(source), "--batch-size", "5", "--max-queue", "2",
-                                "--max-wait", "120", environ=stack.env)
+        outcome["result"] = run_cli(
+            "import", str(source), "--batch-size", "5", "--max-queue", "2", "--max-wait", "120", environ=stack.env
+        )
 
     thread = threading.Thread(target=run_import)
     thread.start()
@@ -148,16 +157,18 @@ def test_import_waits_while_the_queue_is_full(run_cli, make_stack, tmp_path) -> 
     result = outcome["result"]
     assert result.exit_code == 0, result.output
     assert "imported 40 events, rejected 0" in result.stdout and "waiting:" in result.stderr
-    wait_until(lambda: stored_events(service.redis) == 40, 30,
-               message="all 40 events stored once")
+    wait_until(lambda: stored_events(service.redis) == 40, 30, message="all 40 events stored once")
 
 
-@pytest.mark.parametrize("args", [
-    ["export", "--format", "xml"],
-    ["export", "--where", "no-equals-sign"],
-    ["import"],
-    ["import", "x.ndjson", "--batch-size", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "--format", "xml"],
+        ["export", "--where", "no-equals-sign"],
+        ["import"],
+        ["import", "x.ndjson", "--batch-size", "0"],
+    ],
+)
 def test_usage_errors_exit_2(run_cli, args) -> None:
     assert run_cli(*args).exit_code == 2
 
@@ -173,5 +184,4 @@ def test_bad_filters_and_missing_files_exit_1_with_one_line(run_cli, tmp_path) -
 def test_redis_down_is_one_clear_line(run_cli, env) -> None:
     result = run_cli("export", environ={**env, "REDIS_URL": "redis://127.0.0.1:1/0"})
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == [
-        "error: Redis at REDIS_URL failed (ConnectionError): is it running?"]
+    assert result.stderr.strip().splitlines() == ["error: Redis at REDIS_URL failed (ConnectionError): is it running?"]

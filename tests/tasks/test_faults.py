@@ -3,6 +3,7 @@
 Every test here is ``slow`` (it starts its own Redis and Celery processes)
 and runs in CI.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,28 +22,44 @@ from testkit import RedisServer, pages_indexed, records_in, service_env, stored_
 from web import create_app
 
 
-def send_events(client: Any, headers: dict[str, str], prefix: str, total: int,
-                accepted: list[int], batch_size: int = 100, pause: float = 0.01) -> None:
+def send_events(
+    client: Any,
+    headers: dict[str, str],
+    prefix: str,
+    total: int,
+    accepted: list[int],
+    batch_size: int = 100,
+    pause: float = 0.01,
+) -> None:
     """Stream ``total`` events with messageIds ``{prefix}-{n}``, in batches
     ``pause`` s apart; adds each batch's accepted count to ``accepted``."""
     for start in range(0, total, batch_size):
-        batch = [{"type": "click", "userId": f"u{n % 13}", "messageId": f"{prefix}-{n}",
-                  "properties": {"n": n}}
-                 for n in range(start, min(total, start + batch_size))]
+        batch = [
+            {"type": "click", "userId": f"u{n % 13}", "messageId": f"{prefix}-{n}", "properties": {"n": n}}
+            for n in range(start, min(total, start + batch_size))
+        ]
         response = client.post("/v1/events", json={"batch": batch}, headers=headers)
         assert response.status_code == 202, response.data
         accepted.append(response.json["accepted"])
         time.sleep(pause)
 
 
-def send_metric_samples(client: Any, headers: dict[str, str], t0: int, total: int,
-                        accepted: list[int], batch_size: int = 200, pause: float = 0.01) -> None:
+def send_metric_samples(
+    client: Any,
+    headers: dict[str, str],
+    t0: int,
+    total: int,
+    accepted: list[int],
+    batch_size: int = 200,
+    pause: float = 0.01,
+) -> None:
     """Stream ``total`` samples of metric ``load`` (timestamps within the hour
     from ``t0``), in batches; adds each batch's accepted count to ``accepted``."""
     for start in range(0, total, batch_size):
-        batch = [{"name": "load", "value": n % 13, "tags": {"shard": f"s{n % 5}"},
-                  "timestamp": t0 + n % 3600}
-                 for n in range(start, min(total, start + batch_size))]
+        batch = [
+            {"name": "load", "value": n % 13, "tags": {"shard": f"s{n % 5}"}, "timestamp": t0 + n % 3600}
+            for n in range(start, min(total, start + batch_size))
+        ]
         response = client.post("/v1/metrics", json={"batch": batch}, headers=headers)
         assert response.status_code == 202, response.data
         accepted.append(response.json["accepted"])
@@ -81,10 +98,10 @@ def test_worker_sigkill_repeatedly_during_a_stream_of_20000_events_and_samples(m
     sampled: list[int] = []
     t0 = int(time.time()) // 3600 * 3600 - 3600  # a whole past hour
     # One sender per kind of input; each runs while the workers are killed.
-    senders = [threading.Thread(target=send_events,
-                                args=(app.test_client(), headers, "ev", 20_000, accepted)),
-               threading.Thread(target=send_metric_samples,
-                                args=(app.test_client(), headers, t0, 20_000, sampled))]
+    senders = [
+        threading.Thread(target=send_events, args=(app.test_client(), headers, "ev", 20_000, accepted)),
+        threading.Thread(target=send_metric_samples, args=(app.test_client(), headers, t0, 20_000, sampled)),
+    ]
     for sender in senders:
         sender.start()
     kills = mid_batch = during_stream = 0
@@ -102,12 +119,21 @@ def test_worker_sigkill_repeatedly_during_a_stream_of_20000_events_and_samples(m
         sender.join(120)
     assert sum(accepted) == 20_000 and sum(sampled) == 20_000
     assert mid_batch >= 1 and during_stream >= 1, (
-        f"{kills} kills, {mid_batch} mid-batch, {during_stream} during the stream: proved nothing")
+        f"{kills} kills, {mid_batch} mid-batch, {during_stream} during the stream: proved nothing"
+    )
     data = stack.redis.client()
-    wait_until(lambda: stored_events(data) >= 20_000 and service.queue.pending() == 0
-               and service.queue.length() == 0 and service.metrics_queue.length() == 0
-               and service.metrics_queue.pending() == 0, 90, 0.2,
-               "every accepted event and sample to be stored")
+    wait_until(
+        lambda: (
+            stored_events(data) >= 20_000
+            and service.queue.pending() == 0
+            and service.queue.length() == 0
+            and service.metrics_queue.length() == 0
+            and service.metrics_queue.pending() == 0
+        ),
+        90,
+        0.2,
+        "every accepted event and sample to be stored",
+    )
     assert_events_stored_once(data, 20_000)
     assert_samples_counted_once(service, t0, 20_000)
 
@@ -128,8 +154,7 @@ def test_redis_restart_answers_503_logs_one_line_and_loses_nothing(make_stack, c
     headers = {"Authorization": f"Bearer {secret}"}
 
     def batch(tag: str) -> dict:
-        return {"batch": [{"type": "login", "userId": f"u{i}", "messageId": f"{tag}-{i}"}
-                          for i in range(50)]}
+        return {"batch": [{"type": "login", "userId": f"u{i}", "messageId": f"{tag}-{i}"} for i in range(50)]}
 
     assert client.post("/v1/events", json=batch("before"), headers=headers).status_code == 202
     worker_log, beat_log = len(worker.log()), len(beat.log())
@@ -150,12 +175,16 @@ def test_redis_restart_answers_503_logs_one_line_and_loses_nothing(make_stack, c
     wait_until(lambda: client.get("/readyz").status_code == 200, 30, 0.2, "readyz")
     assert client.post("/v1/events", json=batch("after"), headers=headers).status_code == 202
     data = stack.redis.client()
-    wait_until(lambda: stored_events(data) == 100, 90, 0.2,
-               "events accepted before and after the outage to be stored")
+    wait_until(lambda: stored_events(data) == 100, 90, 0.2, "events accepted before and after the outage to be stored")
     # Worker and beat reconnected by themselves (the worker keeps heartbeating).
-    wait_until(lambda: any(w["status"] == "alive" and w["seconds_since_seen"] < 5
-                           for w in service.ops.stats_snapshot()["workers"]), 30, 0.5,
-               "a worker heartbeat after the outage")
+    wait_until(
+        lambda: any(
+            w["status"] == "alive" and w["seconds_since_seen"] < 5 for w in service.ops.stats_snapshot()["workers"]
+        ),
+        30,
+        0.5,
+        "a worker heartbeat after the outage",
+    )
 
     web = [r for r in caplog.records if r.name == "analytics.outage"]
     assert [r.levelname for r in web] == ["ERROR", "WARNING"], [r.getMessage() for r in web]
@@ -179,8 +208,10 @@ def test_redis_full_answers_503_and_keeps_everything_accepted(tmp_path, encrypti
         service.queue.ensure_groups()  # as a running worker has
         accepted, n = 0, 0
         for _ in range(200):
-            batch = [{"type": "click", "userId": "u", "messageId": f"full-{n + j}",
-                      "properties": {"pad": "x" * 2000}} for j in range(50)]
+            batch = [
+                {"type": "click", "userId": "u", "messageId": f"full-{n + j}", "properties": {"pad": "x" * 2000}}
+                for j in range(50)
+            ]
             response = client.post("/v1/events", json={"batch": batch}, headers=headers)
             if response.status_code != 202:
                 break
@@ -192,8 +223,7 @@ def test_redis_full_answers_503_and_keeps_everything_accepted(tmp_path, encrypti
         assert accepted > 0
         # Nothing accepted was evicted: every accepted event is still queued.
         data = server.client()
-        queued = sum(len(msgpack.unpackb(fields[b"r"]))
-                     for _, fields in data.xrange(keyspace.EVENT_QUEUE))
+        queued = sum(len(msgpack.unpackb(fields[b"r"])) for _, fields in data.xrange(keyspace.EVENT_QUEUE))
         assert queued == accepted
         assert data.info("memory")["maxmemory_policy"] == "noeviction"
         assert client.get("/readyz").status_code == 200

@@ -1,4 +1,5 @@
 """Flower, as the Procfile runs it, sees the worker and the processed tasks."""
+
 from __future__ import annotations
 
 import sys
@@ -17,12 +18,14 @@ def test_flower_with_basic_auth_shows_workers_and_tasks(make_stack, tmp_path) ->
     client = app.test_client()
     secret, _ = app.extensions["analytics"].access.create("ingest")
     port = free_port()
-    flower_env = python_env({**stack.env, "FLOWER_BASIC_AUTH": "ops:s3cret-pass",
-                             "FLOWER_PORT": str(port)})
+    flower_env = python_env({**stack.env, "FLOWER_BASIC_AUTH": "ops:s3cret-pass", "FLOWER_PORT": str(port)})
     # The Procfile line, with the address pinned to loopback for the test.
-    flower = Process("flower", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
-                                f"--port={port}", "--address=127.0.0.1"],
-                     flower_env, tmp_path).start()
+    flower = Process(
+        "flower",
+        [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}", "--address=127.0.0.1"],
+        flower_env,
+        tmp_path,
+    ).start()
     try:
         base = f"http://127.0.0.1:{port}"
         auth = ("ops", "s3cret-pass")
@@ -47,14 +50,19 @@ def test_flower_with_basic_auth_shows_workers_and_tasks(make_stack, tmp_path) ->
 
         for i in range(3):  # each request wakes a processing task
             batch = [{"type": "click", "userId": "u", "messageId": f"flower-{i}-{j}"} for j in range(5)]
-            assert client.post("/v1/events", json={"batch": batch},
-                               headers={"Authorization": f"Bearer {secret}"}).status_code == 202
+            assert (
+                client.post(
+                    "/v1/events", json={"batch": batch}, headers={"Authorization": f"Bearer {secret}"}
+                ).status_code
+                == 202
+            )
 
         def processed() -> list:
             reply = requests.get(f"{base}/api/tasks", auth=auth, timeout=10)
             assert reply.status_code == 200
-            return [t for t in reply.json().values()
-                    if t["name"] == "analytics.process_events" and t["state"] == "SUCCESS"]
+            return [
+                t for t in reply.json().values() if t["name"] == "analytics.process_events" and t["state"] == "SUCCESS"
+            ]
 
         done = wait_until(processed, 60, 0.5, "flower to see processed tasks")
         assert done[0]["worker"].startswith("worker1@")
@@ -66,9 +74,12 @@ def test_flower_with_basic_auth_shows_workers_and_tasks(make_stack, tmp_path) ->
 def test_flower_refuses_to_start_without_authentication(env, tmp_path) -> None:
     flower_env = python_env(env)
     flower_env.pop("FLOWER_BASIC_AUTH", None)
-    flower = Process("flower-noauth", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
-                                       f"--port={free_port()}", "--address=127.0.0.1"],
-                     flower_env, tmp_path).start()
+    flower = Process(
+        "flower-noauth",
+        [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={free_port()}", "--address=127.0.0.1"],
+        flower_env,
+        tmp_path,
+    ).start()
     try:
         assert flower.proc is not None and flower.proc.wait(60) != 0
         assert "set FLOWER_BASIC_AUTH=user:password" in flower.log()

@@ -1,4 +1,5 @@
 """The processing pipeline with real workers: priorities, crashes, outages."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """Tasks retry only when Redis is away, with backoff and jitter; never bad input."""
+
 from __future__ import annotations
 
 import redis

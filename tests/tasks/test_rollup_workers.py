@@ -1,4 +1,5 @@
 """Metric rollups and the cleanup task with real Celery workers."""
+
 from __future__ import annotations
 
 import signal
@@ -35,9 +36,15 @@ def test_worker_sigkill_mid_batch_never_double_counts_a_rollup(make_stack) -> No
     kills_mid_batch = 0
     for round_ in range(4):
         for i in range(30):
-            batch = [{"name": "load", "value": (round_ * 7 + i + j) % 13,
-                      "tags": {"shard": f"s{j % 5}"}, "timestamp": t0 + (i * 37 + j) % 3600}
-                     for j in range(200)]
+            batch = [
+                {
+                    "name": "load",
+                    "value": (round_ * 7 + i + j) % 13,
+                    "tags": {"shard": f"s{j % 5}"},
+                    "timestamp": t0 + (i * 37 + j) % 3600,
+                }
+                for j in range(200)
+            ]
             response = client.post("/v1/metrics", json={"batch": batch}, headers=headers)
             assert response.status_code == 202
             total += response.json["accepted"]
@@ -50,8 +57,12 @@ def test_worker_sigkill_mid_batch_never_double_counts_a_rollup(make_stack) -> No
         worker.proc.wait(10)
         worker = stack.worker(concurrency=2)
     assert kills_mid_batch >= 1, "no kill landed mid-batch: the test proved nothing"
-    wait_until(lambda: service.metrics_queue.length() == 0 and service.metrics_queue.pending() == 0,
-               90, 0.2, "every metric entry to be committed")
+    wait_until(
+        lambda: service.metrics_queue.length() == 0 and service.metrics_queue.pending() == 0,
+        90,
+        0.2,
+        "every metric entry to be committed",
+    )
     params = {"start": str(t0), "end": str(t0 + 3600), "bucket": "3600"}
     for bucket in ("3600", "60", "10"):  # every tier counted each sample once
         params["bucket"] = bucket

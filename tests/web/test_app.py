@@ -1,4 +1,5 @@
 """The app factory's Flask subclass."""
+
 from __future__ import annotations
 
 import gc

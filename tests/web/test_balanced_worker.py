@@ -1,5 +1,6 @@
 """The slot table of :mod:`web.balanced_worker` (the worker itself is
 tested under gunicorn in ``test_gunicorn.py``)."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,9 @@ from web import balanced_worker
 
 
 def test_slots_are_claimed_released_and_taken_back_from_dead_workers() -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(dead.stdout)
     first = balanced_worker.claim_slot(dead_pid)
     try:

@@ -3,6 +3,7 @@ playwright), against a real gunicorn server, the session's Celery worker
 and Redis: a person types a read key, events are ingested, the feed and the
 chart show them, a web restart is survived. Screenshots go to
 ``test-artifacts/``."""
+
 from __future__ import annotations
 
 import shutil
@@ -39,8 +40,7 @@ def page(web: WebServer) -> Iterator[Any]:
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         # The page must work under its own Content-Security-Policy.
-        page.on("console", lambda msg: errors.append(msg.text)
-                if "Content Security Policy" in msg.text else None)
+        page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
         page.errors = errors
         yield page
         context.close()
@@ -48,21 +48,25 @@ def page(web: WebServer) -> Iterator[Any]:
 
 
 def ingest(web: WebServer, key: str, events: list[dict[str, Any]]) -> None:
-    response = requests.post(web.url + "/v1/events", json={"batch": events},
-                             headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    response = requests.post(
+        web.url + "/v1/events", json={"batch": events}, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
     assert response.status_code == 202, response.text
 
 
 def drawn_pixels(page: Any, selector: str) -> int:
     """Pixels of the chart's canvas that are not blank."""
-    return page.evaluate("""(selector) => {
+    return page.evaluate(
+        """(selector) => {
         const canvas = document.querySelector(selector + ' canvas');
         if (!canvas) return 0;
         const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
         let n = 0;
         for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
         return n;
-    }""", selector)
+    }""",
+        selector,
+    )
 
 
 def test_dashboard_shows_live_events_and_charts_and_survives_a_restart(web, page, service) -> None:
@@ -72,25 +76,30 @@ def test_dashboard_shows_live_events_and_charts_and_survives_a_restart(web, page
     assert page.title().startswith("Analytics")
     page.fill("#key", read_key)
     page.click("#connect")
-    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Live')",
-                           timeout=15_000)
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Live')", timeout=15_000)
     # The key is in this tab's session storage, never in the address.
     assert read_key not in page.url
     assert page.evaluate("sessionStorage.getItem('analytics.readKey')") == read_key
 
-    ingest(web, ingest_key, [
-        {"type": "page_view", "userId": "u-1", "properties": {"path": f"/p{i}"}} for i in range(5)
-    ] + [{"type": "click", "userId": "u-2", "properties": {"button": "buy"}} for _ in range(3)])
+    ingest(
+        web,
+        ingest_key,
+        [{"type": "page_view", "userId": "u-1", "properties": {"path": f"/p{i}"}} for i in range(5)]
+        + [{"type": "click", "userId": "u-2", "properties": {"button": "buy"}} for _ in range(3)],
+    )
     page.wait_for_function("() => document.querySelectorAll('#feed li').length >= 8", timeout=20_000)
     feed = page.inner_text("#feed")
     assert "page_view" in feed and "click" in feed and "/p4" in feed
 
     # The events-per-minute chart drew points for both types.
-    page.wait_for_function("""() => {
+    page.wait_for_function(
+        """() => {
         const chart = window.analyticsDashboard.charts.rate;
         return chart && chart.series.length === 3
             && chart.data.slice(1).some(s => s.some(v => v > 0));
-    }""", timeout=10_000)
+    }""",
+        timeout=10_000,
+    )
     counts = page.evaluate("""() => {
         const chart = window.analyticsDashboard.charts.rate;
         const out = {};
@@ -104,15 +113,19 @@ def test_dashboard_shows_live_events_and_charts_and_survives_a_restart(web, page
 
     # Filter the feed by type.
     page.select_option("#type-filter", "click")
-    page.wait_for_function("""() => {
+    page.wait_for_function(
+        """() => {
         const rows = [...document.querySelectorAll('#feed li')];
         return rows.length === 3 && rows.every(r => r.dataset.type === 'click');
-    }""", timeout=5_000)
+    }""",
+        timeout=5_000,
+    )
     page.select_option("#type-filter", "")
 
     # The monitoring figures of /v1/stats, workers listed by name.
-    page.wait_for_function("() => document.getElementById('figures-note').textContent.includes('Updated')",
-                           timeout=10_000)
+    page.wait_for_function(
+        "() => document.getElementById('figures-note').textContent.includes('Updated')", timeout=10_000
+    )
     figures = page.inner_text("#figures")
     assert "rate_per_second" in figures and "batch_ms_p99" in figures
     assert "[object Object]" not in figures
@@ -121,29 +134,38 @@ def test_dashboard_shows_live_events_and_charts_and_survives_a_restart(web, page
     page.fill("#metric-name", "api.latency")
     page.click("#metric-form button")
     page.wait_for_function(
-        "() => document.getElementById('metric-note').textContent.startsWith('No samples')", timeout=10_000)
-    response = requests.post(web.url + "/v1/metrics", headers={"Authorization": f"Bearer {ingest_key}"},
-                             json={"batch": [{"name": "api.latency", "value": v} for v in (12, 40, 95)]},
-                             timeout=10)
+        "() => document.getElementById('metric-note').textContent.startsWith('No samples')", timeout=10_000
+    )
+    response = requests.post(
+        web.url + "/v1/metrics",
+        headers={"Authorization": f"Bearer {ingest_key}"},
+        json={"batch": [{"name": "api.latency", "value": v} for v in (12, 40, 95)]},
+        timeout=10,
+    )
     assert response.status_code == 202
-    page.wait_for_function("""() => {
+    page.wait_for_function(
+        """() => {
         document.querySelector('#metric-form button').click();
         return document.getElementById('metric-note').textContent.startsWith('Per minute');
-    }""", timeout=20_000, polling=500)
+    }""",
+        timeout=20_000,
+        polling=500,
+    )
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
     # A web restart: the page says it lost the stream, reconnects by itself.
     web.stop()
-    page.wait_for_function("() => /Reconnecting|Cannot connect|Connection lost/.test("
-                           "document.getElementById('status').textContent)", timeout=10_000)
+    page.wait_for_function(
+        "() => /Reconnecting|Cannot connect|Connection lost/.test(document.getElementById('status').textContent)",
+        timeout=10_000,
+    )
     page.screenshot(path=str(ARTIFACTS / "dashboard-reconnecting.png"), full_page=True)
     web.start()
     page.wait_for_function(
-        "() => document.getElementById('status').textContent === 'Live (reconnected)'",
-                           timeout=40_000)
+        "() => document.getElementById('status').textContent === 'Live (reconnected)'", timeout=40_000
+    )
     ingest(web, ingest_key, [{"type": "logout", "userId": "u-1", "properties": {"after": "restart"}}])
-    page.wait_for_function("() => document.getElementById('feed').textContent.includes('restart')",
-                           timeout=20_000)
+    page.wait_for_function("() => document.getElementById('feed').textContent.includes('restart')", timeout=20_000)
     page.screenshot(path=str(ARTIFACTS / "dashboard-reconnected.png"), full_page=True)
     assert page.errors == []
 

@@ -1,5 +1,6 @@
 """The contract's ingest and query shapes, through the real app and Redis.
 Processing is done by the session's real Celery worker."""
+
 from __future__ import annotations
 
 import gzip
@@ -19,9 +20,17 @@ def stored_count(data: Any) -> int:
 
 
 def test_single_event_is_accepted_queued_and_processed(client, keys, data, worker) -> None:
-    response = client.post("/v1/events", headers=keys["ingest"], json={
-        "type": "page_view", "userId": "u-17", "properties": {"path": "/home"},
-        "timestamp": "2026-11-28T10:00:00.123Z", "messageId": "msg-1"})
+    response = client.post(
+        "/v1/events",
+        headers=keys["ingest"],
+        json={
+            "type": "page_view",
+            "userId": "u-17",
+            "properties": {"path": "/home"},
+            "timestamp": "2026-11-28T10:00:00.123Z",
+            "messageId": "msg-1",
+        },
+    )
     assert response.status_code == 202
     assert response.json == {"accepted": 1, "rejected": [], "ids": ["msg-1"]}
     wait_until(lambda: stored_count(data) == 1, 10, message="the worker to store the event")
@@ -53,23 +62,29 @@ def test_batch_reports_rejections_by_index(client, keys) -> None:
     assert "priority" in rejected[3] and "surprise" in rejected[5]
 
 
-@pytest.mark.parametrize("body, status, code", [
-    (b"{not json", 400, "validation_error"),
-    (b"", 400, "validation_error"),
-    (b'{"type": "nope", "userId": "u"}', 400, "validation_error"),
-    (b'{"batch": "no"}', 400, "validation_error"),
-])
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        (b"{not json", 400, "validation_error"),
+        (b"", 400, "validation_error"),
+        (b'{"type": "nope", "userId": "u"}', 400, "validation_error"),
+        (b'{"batch": "no"}', 400, "validation_error"),
+    ],
+)
 def test_bad_bodies_get_json_errors(client, keys, body, status, code) -> None:
-    response = client.post("/v1/events", headers=keys["ingest"], data=body,
-                           content_type="application/json")
+    response = client.post("/v1/events", headers=keys["ingest"], data=body, content_type="application/json")
     assert response.status_code == status
     assert response.json["error"]["code"] == code
 
 
 def test_gzip_and_text_plain_bodies_are_read(client, keys) -> None:
     raw = orjson.dumps({"type": "click", "userId": "u"})
-    response = client.post("/v1/events", headers={**keys["ingest"], "Content-Encoding": "gzip"},
-                           data=gzip.compress(raw), content_type="text/plain")
+    response = client.post(
+        "/v1/events",
+        headers={**keys["ingest"], "Content-Encoding": "gzip"},
+        data=gzip.compress(raw),
+        content_type="text/plain",
+    )
     assert response.status_code == 202 and response.json["accepted"] == 1
 
 
@@ -96,8 +111,7 @@ def test_same_message_id_three_times_is_stored_once(client, keys, data, worker) 
     event = {"type": "click", "userId": "u", "messageId": "dup-1"}
     for _ in range(2):
         assert client.post("/v1/events", json=event, headers=keys["ingest"]).status_code == 202
-    client.post("/v1/events", json={"batch": [event, {**event, "messageId": "other"}]},
-                headers=keys["ingest"])
+    client.post("/v1/events", json={"batch": [event, {**event, "messageId": "other"}]}, headers=keys["ingest"])
     wait_until(lambda: stored_count(data) == 2, 10, message="both distinct events stored")
     wait_until(lambda: data.xlen("analytics:events:queue") == 0, 10, message="queue drained")
     events = client.get("/v1/events?type=click", headers=keys["read"]).json["events"]
@@ -108,10 +122,12 @@ def test_event_types_can_be_registered_and_used(client, keys) -> None:
     types = client.get("/v1/event-types", headers=keys["read"]).json["eventTypes"]
     names = {t["name"] for t in types}
     assert {"page_view", "click", "form_submit", "api_call", "login", "logout", "error", "custom"} <= names
-    assert client.post("/v1/events", json={"type": "signup", "userId": "u"},
-                       headers=keys["ingest"]).status_code == 400
-    created = client.post("/v1/event-types", headers=keys["admin"], json={
-        "name": "signup", "priority": "high", "description": "A new account"})
+    assert client.post("/v1/events", json={"type": "signup", "userId": "u"}, headers=keys["ingest"]).status_code == 400
+    created = client.post(
+        "/v1/event-types",
+        headers=keys["admin"],
+        json={"name": "signup", "priority": "high", "description": "A new account"},
+    )
     assert created.status_code == 201 and created.json["priority"] == "high"
     bad = client.post("/v1/event-types", headers=keys["admin"], json={"name": "bad name!"})
     assert bad.status_code == 400 and "name" in bad.json["error"]["details"]
@@ -120,9 +136,16 @@ def test_event_types_can_be_registered_and_used(client, keys) -> None:
 
 
 def test_query_filters_order_and_cursor(client, keys, service, data) -> None:
-    batch = [{"type": "api_call", "userId": f"user-{i % 2}", "messageId": f"m{i}",
-              "priority": "high" if i % 3 == 0 else "normal",
-              "timestamp": f"2026-11-28T10:00:{i:02d}Z"} for i in range(30)]
+    batch = [
+        {
+            "type": "api_call",
+            "userId": f"user-{i % 2}",
+            "messageId": f"m{i}",
+            "priority": "high" if i % 3 == 0 else "normal",
+            "timestamp": f"2026-11-28T10:00:{i:02d}Z",
+        }
+        for i in range(30)
+    ]
     assert service.events.track_many(batch).accepted == 30
     service.processor.drain("test-consumer")
     # The session worker may hold part of the batch: wait until it is stored.
@@ -137,8 +160,9 @@ def test_query_filters_order_and_cursor(client, keys, service, data) -> None:
         if cursor is None:
             break
     assert got == [f"m{i}" for i in reversed(range(30))]  # newest first, no gaps, no repeats
-    window = client.get("/v1/events?type=api_call&start=2026-11-28T10:00:10Z"
-                        "&end=2026-11-28T10:00:19Z", headers=keys["read"]).json["events"]
+    window = client.get(
+        "/v1/events?type=api_call&start=2026-11-28T10:00:10Z&end=2026-11-28T10:00:19Z", headers=keys["read"]
+    ).json["events"]
     assert [e["messageId"] for e in window] == [f"m{i}" for i in reversed(range(10, 20))]
     mine = client.get("/v1/events?userId=user-1", headers=keys["read"]).json["events"]
     assert {e["userId"] for e in mine} == {"user-1"} and len(mine) == 15
@@ -159,16 +183,19 @@ def test_user_scoped_key_sees_only_its_user(client, service) -> None:
     assert client.get("/v1/events?userId=bob", headers=headers).json["events"] == []
 
 
-def test_anonymous_only_events_are_not_read_as_a_user_id_of_the_same_string(
-        client, keys, service, data) -> None:
+def test_anonymous_only_events_are_not_read_as_a_user_id_of_the_same_string(client, keys, service, data) -> None:
     # An anonymous-only event is indexed under its anonymous hash, which is
     # the hash of a userId of the same string: reads by userId must still
     # go by the user field. Both in one page, and one anonymous-only event
     # alone in a page of its own type.
     same = "visitor-or-user-5e1"
-    service.events.track_many([{"type": "login", "anonymousId": same, "messageId": "anon-login"},
-                        {"type": "login", "userId": same, "messageId": "user-login"},
-                        {"type": "click", "anonymousId": same, "messageId": "anon-click"}])
+    service.events.track_many(
+        [
+            {"type": "login", "anonymousId": same, "messageId": "anon-login"},
+            {"type": "login", "userId": same, "messageId": "user-login"},
+            {"type": "click", "anonymousId": same, "messageId": "anon-click"},
+        ]
+    )
     service.processor.drain("test-consumer")
     wait_until(lambda: stored_events(data) == 3, 30, 0.05, "the events to be stored")
     index = data.zrange(keyspace.user_index(service.codec.user_hash(same)), 0, -1)
@@ -176,8 +203,7 @@ def test_anonymous_only_events_are_not_read_as_a_user_id_of_the_same_string(
 
     mine = client.get(f"/v1/events?userId={same}", headers=keys["read"]).json["events"]
     assert [e["messageId"] for e in mine] == ["user-login"]
-    assert client.get(f"/v1/events?userId={same}&type=click",
-                      headers=keys["read"]).json["events"] == []
+    assert client.get(f"/v1/events?userId={same}&type=click", headers=keys["read"]).json["events"] == []
     assert service.store.count(["click", "login"], user_hash=service.codec.user_hash(same)) == 1
     secret, _ = service.access.create("read", user_id=same)
     scoped = client.get("/v1/events", headers={"Authorization": f"Bearer {secret}"}).json["events"]
@@ -191,8 +217,11 @@ def test_sent_at_corrects_client_clock(client, keys, service) -> None:
     # The client's clock runs one hour fast; it sent the event 10 s after it happened.
     client_now = int(time.time() * 1000) + 3_600_000
     sent_at, happened = format_time_ms(client_now), format_time_ms(client_now - 10_000)
-    response = client.post("/v1/events", headers=keys["ingest"], json={
-        "sentAt": sent_at, "batch": [{"type": "click", "userId": "u", "timestamp": happened}]})
+    response = client.post(
+        "/v1/events",
+        headers=keys["ingest"],
+        json={"sentAt": sent_at, "batch": [{"type": "click", "userId": "u", "timestamp": happened}]},
+    )
     assert response.status_code == 202
     service.processor.drain("test-consumer")
     [event] = client.get("/v1/events", headers=keys["read"]).json["events"]

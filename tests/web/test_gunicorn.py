@@ -1,4 +1,5 @@
 """The web process as the Procfile runs it: gunicorn, several workers."""
+
 from __future__ import annotations
 
 import base64
@@ -32,14 +33,21 @@ from web import create_app
 from web.balanced_worker import STALE_S
 
 
-def start_gunicorn(env: dict[str, str], log_dir: Path, port: int, workers: int = 2,
-                   name: str = "gunicorn") -> Process:
-    proc = Process(name, [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
-                          "web:create_app()"],
-                   python_env({**env, "PORT": str(port), "WEB_CONCURRENCY": str(workers),
-                               "WEB_THREADS": "4",
-                               "PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"prometheus-{port}")}),
-                   log_dir).start()
+def start_gunicorn(env: dict[str, str], log_dir: Path, port: int, workers: int = 2, name: str = "gunicorn") -> Process:
+    proc = Process(
+        name,
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "web:create_app()"],
+        python_env(
+            {
+                **env,
+                "PORT": str(port),
+                "WEB_CONCURRENCY": str(workers),
+                "WEB_THREADS": "4",
+                "PROMETHEUS_MULTIPROC_DIR": str(log_dir / f"prometheus-{port}"),
+            }
+        ),
+        log_dir,
+    ).start()
 
     def up() -> bool:
         try:
@@ -69,8 +77,12 @@ def test_metrics_sum_every_gunicorn_worker(env, tmp_path) -> None:
         for _ in range(60):
             assert requests.get(f"{base}/healthz", timeout=10).status_code == 200
         # Each worker hands its request counts over within a second.
-        wait_until(lambda: counter(requests.get(f"{base}/metrics", timeout=10).text,
-                                   "health.healthz") >= 60, 10, 0.2, "every worker's counts")
+        wait_until(
+            lambda: counter(requests.get(f"{base}/metrics", timeout=10).text, "health.healthz") >= 60,
+            10,
+            0.2,
+            "every worker's counts",
+        )
         for scrapes in range(1, 61):  # whichever worker answers, the count is the total
             if len(pids) >= 2 and scrapes > 12:
                 break
@@ -87,8 +99,7 @@ def test_metrics_sum_every_gunicorn_worker(env, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_web_process_sigkilled_mid_request_while_client_retries_stores_no_duplicates(
-        make_stack, tmp_path) -> None:
+def test_web_process_sigkilled_mid_request_while_client_retries_stores_no_duplicates(make_stack, tmp_path) -> None:
     stack = make_stack()
     stack.beat()
     stack.worker()
@@ -109,13 +120,11 @@ def test_web_process_sigkilled_mid_request_while_client_retries_stores_no_duplic
         """A client that retries each batch, same messageIds, until it gets a 202."""
         session = requests.Session()
         for b in range(batches):
-            batch = [{"type": "click", "userId": f"u{j}", "messageId": f"retry-{b}-{j}"}
-                     for j in range(size)]
+            batch = [{"type": "click", "userId": f"u{j}", "messageId": f"retry-{b}-{j}"} for j in range(size)]
             while True:
                 try:
                     in_flight.set()
-                    if session.post(url, json={"batch": batch}, headers=headers,
-                                    timeout=5).status_code == 202:
+                    if session.post(url, json={"batch": batch}, headers=headers, timeout=5).status_code == 202:
                         break
                 except requests.RequestException:
                     interrupted.append(b)
@@ -146,8 +155,12 @@ def test_web_process_sigkilled_mid_request_while_client_retries_stores_no_duplic
     assert kills >= 1 and interrupted, "no request was cut short: the test proved nothing"
     data = stack.redis.client()
     total = batches * size
-    wait_until(lambda: stored_events(data) >= total and service.queue.length() == 0
-               and service.queue.pending() == 0, 60, 0.2, "every event to be stored")
+    wait_until(
+        lambda: stored_events(data) >= total and service.queue.length() == 0 and service.queue.pending() == 0,
+        60,
+        0.2,
+        "every event to be stored",
+    )
     assert stored_events(data) == total
     assert len(records_in(data, "click")) == total
     assert pages_indexed(data, "click")
@@ -158,9 +171,13 @@ def _silent_websocket(port: int, token: str) -> socket.socket:
     closes (a stalled or vanished peer)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /v1/stream?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET /v1/stream?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     reply = b""
     while b"\r\n\r\n" not in reply:
         reply += sock.recv(4096)

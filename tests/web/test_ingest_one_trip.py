@@ -2,6 +2,7 @@
 paths in one Redis round trip (``lua/admit_events.lua``): the answers of
 the two-trip path, in the same order, and nothing queued unless the request
 was admitted."""
+
 from __future__ import annotations
 
 import base64
@@ -30,8 +31,7 @@ def bearer(secret: str) -> dict[str, str]:
 
 def queued(data: redis.Redis) -> int:
     """Events in every queue lane."""
-    return sum(len(msgpack.unpackb(fields[b"r"]))
-               for lane in keyspace.EVENT_QUEUES for _, fields in data.xrange(lane))
+    return sum(len(msgpack.unpackb(fields[b"r"])) for lane in keyspace.EVENT_QUEUES for _, fields in data.xrange(lane))
 
 
 def entries_added(data: redis.Redis) -> int:
@@ -69,6 +69,7 @@ def round_trip(server: RedisServer, send: Callable[[], Any]) -> tuple[Any, list[
     data.ping()  # connected before MONITOR starts
     commands: list[dict[str, Any]] = []
     with watcher.monitor() as monitor:
+
         def listen() -> None:
             for command in monitor.listen():
                 if command["command"] == "ECHO done":
@@ -80,8 +81,11 @@ def round_trip(server: RedisServer, send: Callable[[], Any]) -> tuple[Any, list[
         response = send()
         data.echo("done")
         listener.join(10)
-    sent = [c["command"].split()[0] for c in commands
-            if c["db"] == 0 and c["client_type"] != "lua" and "ECHO" not in c["command"]]
+    sent = [
+        c["command"].split()[0]
+        for c in commands
+        if c["db"] == 0 and c["client_type"] != "lua" and "ECHO" not in c["command"]
+    ]
     inside = [" ".join(c["command"].split()[:2]) for c in commands if c["client_type"] == "lua"]
     return response, sent, inside
 
@@ -91,8 +95,7 @@ def test_one_event_costs_one_round_trip(private) -> None:
     client = app.test_client()
     headers = bearer(app.extensions["analytics"].access.create("ingest")[0])
     assert client.post("/v1/events", json=EVENT, headers=headers).status_code == 202  # warm
-    response, sent, inside = round_trip(server, lambda: client.post("/v1/events", json=EVENT,
-                                                                    headers=headers))
+    response, sent, inside = round_trip(server, lambda: client.post("/v1/events", json=EVENT, headers=headers))
     assert response.status_code == 202 and response.json["accepted"] == 1
     assert sent == ["EVALSHA"], sent
     assert f"XADD {keyspace.event_queue('normal')}" in inside
@@ -118,11 +121,13 @@ def test_the_rate_limit_stays_out_of_the_aof(private) -> None:
 def test_bad_key_wins_over_a_bad_body(client, keys, service, data) -> None:
     bad = bearer("ak_not-a-key")
     invalid_event = {"type": "no-such-type", "userId": "u"}
-    for kwargs in ({"data": b"{not json", "content_type": "application/json"},
-                   {"json": invalid_event},
-                   {"json": {"batch": [invalid_event]}},
-                   {"json": {"batch": "not a list"}},
-                   {"json": EVENT}):
+    for kwargs in (
+        {"data": b"{not json", "content_type": "application/json"},
+        {"json": invalid_event},
+        {"json": {"batch": [invalid_event]}},
+        {"json": {"batch": "not a list"}},
+        {"json": EVENT},
+    ):
         assert client.post("/v1/events", headers=bad, **kwargs).status_code == 401, kwargs
         assert client.post("/v1/events", **kwargs).status_code == 401, kwargs
         assert client.post("/v1/events", headers=keys["read"], **kwargs).status_code == 403, kwargs
@@ -152,8 +157,7 @@ def rate_limited(env: dict[str, str]) -> tuple[Any, Any, redis.Redis, dict[str, 
     """A test client of an app whose keys get 3 requests, then one per 100 s;
     its service, data client, and an ingest key's headers."""
 
-    app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.01",
-                      "ANALYTICS_RATE_BURST": "3"})
+    app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.01", "ANALYTICS_RATE_BURST": "3"})
     service = app.extensions["analytics"]
     return app.test_client(), service, service.redis, bearer(service.access.create("ingest")[0])
 
@@ -168,13 +172,11 @@ def test_the_rate_limit_counts_every_request_and_refuses_before_queueing(env) ->
     assert refused.status_code == 429 and refused.json["error"]["code"] == "rate_limited"
     assert 1 <= int(refused.headers["Retry-After"]) <= 300
     # once limited, a bad body is still a 429 (the key is checked first)
-    assert client.post("/v1/events", data=b"[", headers=headers,
-                       content_type="application/json").status_code == 429
+    assert client.post("/v1/events", data=b"[", headers=headers, content_type="application/json").status_code == 429
     assert entries_added(data) == 2
     # a key of the wrong role takes a token too, and queues nothing
     reader = bearer(service.access.create("read")[0])
-    assert [client.post("/v1/events", json=EVENT, headers=reader).status_code
-            for _ in range(4)] == [403, 403, 403, 429]
+    assert [client.post("/v1/events", json=EVENT, headers=reader).status_code for _ in range(4)] == [403, 403, 403, 429]
     assert entries_added(data) == 2
 
 
@@ -193,8 +195,7 @@ def nothing_written_while_full(data: redis.Redis) -> Iterator[None]:
     even a token, no kick flag (whose expiry alone may move)."""
 
     def everything_but_the_kick() -> dict[bytes, Any]:
-        return {key: data.dump(key) for key in data.keys("analytics:*")
-                if key != keyspace.KICK_EVENTS.encode()}
+        return {key: data.dump(key) for key in data.keys("analytics:*") if key != keyspace.KICK_EVENTS.encode()}
 
     before = everything_but_the_kick()
     data.config_set("maxmemory", 1)
@@ -232,11 +233,13 @@ SAMPLE = {"name": "api.latency", "value": 12.5, "tags": {"route": "/home"}}
 DLQ = "analytics:dlq:segment"
 #: A Segment batch of three messages, one of which cannot be mapped (a dead
 #: letter) and two with different sentAt (two calls of prepare_events).
-SEGMENT_BATCH = {"batch": [
-    {"type": "track", "event": "click", "userId": "u-1", "properties": {"n": 1}},
-    {"type": "track", "userId": "u-2"},  # a track call without an event name
-    {"type": "page", "name": "Home", "anonymousId": "a-1", "sentAt": "2026-01-01T00:00:00Z"},
-]}
+SEGMENT_BATCH = {
+    "batch": [
+        {"type": "track", "event": "click", "userId": "u-1", "properties": {"n": 1}},
+        {"type": "track", "userId": "u-2"},  # a track call without an event name
+        {"type": "page", "name": "Home", "anonymousId": "a-1", "sentAt": "2026-01-01T00:00:00Z"},
+    ]
+}
 
 
 def metric_entries(data: redis.Redis) -> int:
@@ -268,8 +271,7 @@ def test_one_metric_post_costs_one_round_trip(private) -> None:
     for _ in range(2):
         assert client.post("/v1/metrics", json=SAMPLE, headers=headers).status_code == 202
     batch = {"batch": [SAMPLE, {**SAMPLE, "value": 3}, {"name": "bad name!", "value": 1}]}
-    response, sent, inside = round_trip(server, lambda: client.post("/v1/metrics", json=batch,
-                                                                    headers=headers))
+    response, sent, inside = round_trip(server, lambda: client.post("/v1/metrics", json=batch, headers=headers))
     assert response.status_code == 202, response.json
     assert sent == ["EVALSHA"], sent
     assert f"HGET {keyspace.API_KEYS}" in inside
@@ -283,11 +285,14 @@ def test_one_metric_post_costs_one_round_trip(private) -> None:
     assert metric_entries(data) == 3
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/v1/batch", SEGMENT_BATCH),
-    ("/v1/track", {"event": "click", "userId": "u-1"}),
-    ("/v1/t", {"userId": "u-1"}),  # dead-lettered only (no event name)
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/batch", SEGMENT_BATCH),
+        ("/v1/track", {"event": "click", "userId": "u-1"}),
+        ("/v1/t", {"userId": "u-1"}),  # dead-lettered only (no event name)
+    ],
+)
 def test_one_segment_post_costs_one_round_trip(private, path, body) -> None:
     server, app = private
     client = app.test_client()
@@ -295,8 +300,7 @@ def test_one_segment_post_costs_one_round_trip(private, path, body) -> None:
     assert client.post("/v1/batch", json=SEGMENT_BATCH, headers=headers).status_code == 200  # warm
     data = server.client()
     before = written(data)
-    response, sent, inside = round_trip(server, lambda: client.post(path, json=body,
-                                                                    headers=headers))
+    response, sent, inside = round_trip(server, lambda: client.post(path, json=body, headers=headers))
     assert response.status_code == 200 and response.json == {"success": True}
     assert sent == ["EVALSHA"], sent  # dead letters in the same script
     events, _, letters = written(data)
@@ -309,28 +313,28 @@ def test_one_segment_post_costs_one_round_trip(private, path, body) -> None:
         assert f"SET {keyspace.KICK_EVENTS}" not in inside
 
 
-def test_segment_keeps_messages_and_dead_letters_of_a_one_trip_batch(client, keys, data,
-                                                                     worker) -> None:
+def test_segment_keeps_messages_and_dead_letters_of_a_one_trip_batch(client, keys, data, worker) -> None:
 
-    response = client.post("/v1/batch", json={**SEGMENT_BATCH, "sentAt": "2026-01-01T00:00:01Z"},
-                           headers=keys["ingest"])
+    response = client.post(
+        "/v1/batch", json={**SEGMENT_BATCH, "sentAt": "2026-01-01T00:00:01Z"}, headers=keys["ingest"]
+    )
     assert response.status_code == 200
     assert sorted(r["t"] for r in records(data, 2)) == ["click", "page"]
-    (_, letter), = data.xrange(DLQ)
+    ((_, letter),) = data.xrange(DLQ)
     assert letter[b"reason"] == b"invalid_message" and b"event" in letter[b"details"]
 
 
 @pytest.mark.parametrize("path", ["/v1/metrics", "/v1/batch", "/v1/track"])
-def test_bad_key_wins_over_a_bad_body_on_metrics_and_segment(client, keys, service, data,
-                                                             path) -> None:
+def test_bad_key_wins_over_a_bad_body_on_metrics_and_segment(client, keys, service, data, path) -> None:
     bad = bearer("ak_not-a-key")
-    good = {"/v1/metrics": SAMPLE, "/v1/batch": SEGMENT_BATCH,
-            "/v1/track": {"event": "click", "userId": "u"}}[path]
-    bodies = [{"data": b"{not json", "content_type": "application/json"},
-              {"json": {"batch": "not a list"}}, {"json": good}]
+    good = {"/v1/metrics": SAMPLE, "/v1/batch": SEGMENT_BATCH, "/v1/track": {"event": "click", "userId": "u"}}[path]
+    bodies = [
+        {"data": b"{not json", "content_type": "application/json"},
+        {"json": {"batch": "not a list"}},
+        {"json": good},
+    ]
     if path == "/v1/metrics":
-        bodies += [{"json": {"name": "bad name!", "value": 1}},
-                   {"json": {"batch": [{"value": "x"}]}}]
+        bodies += [{"json": {"name": "bad name!", "value": 1}}, {"json": {"batch": [{"value": "x"}]}}]
     for kwargs in bodies:
         assert client.post(path, headers=bad, **kwargs).status_code == 401, kwargs
         # Segment may find the key in the body: a body that is not JSON is a
@@ -343,15 +347,15 @@ def test_bad_key_wins_over_a_bad_body_on_metrics_and_segment(client, keys, servi
     assert client.post(path, headers=keys["read"], **too_large).status_code == 403
     # Segment answers 400 where the others answer 413
     assert client.post(path, headers=keys["ingest"], **too_large).status_code in (400, 413)
-    assert client.post(path, headers=keys["ingest"], data=b"{not json",
-                       content_type="application/json").status_code == 400
+    assert (
+        client.post(path, headers=keys["ingest"], data=b"{not json", content_type="application/json").status_code == 400
+    )
     assert written(data) == (0, 0, 0)  # not even a dead letter for a refused key
     assert service.auditor.auth_failures() == 2 * len(bodies) + 1 - (path != "/v1/metrics")
     assert [(e["reason"], e["where"]) for e in audited_failures(service)] == [("invalid", "http")]
 
 
-def test_a_segment_write_key_in_the_body_is_checked_in_the_same_trip(client, service,
-                                                                    data) -> None:
+def test_a_segment_write_key_in_the_body_is_checked_in_the_same_trip(client, service, data) -> None:
     secret, key = service.access.create("ingest")
     body = {**SEGMENT_BATCH, "writeKey": secret}
     assert client.post("/v1/batch", json=body).status_code == 200
@@ -361,28 +365,24 @@ def test_a_segment_write_key_in_the_body_is_checked_in_the_same_trip(client, ser
     assert written(data) == (1, 0, 1)
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/v1/metrics", SAMPLE), ("/v1/batch", SEGMENT_BATCH),
-    ("/v1/track", {"event": "click", "userId": "u"})])
-def test_metrics_and_segment_take_a_token_per_request_and_queue_nothing_refused(
-        env, path, body) -> None:
+@pytest.mark.parametrize(
+    "path, body",
+    [("/v1/metrics", SAMPLE), ("/v1/batch", SEGMENT_BATCH), ("/v1/track", {"event": "click", "userId": "u"})],
+)
+def test_metrics_and_segment_take_a_token_per_request_and_queue_nothing_refused(env, path, body) -> None:
     client, service, data, headers = rate_limited(env)
     # a 400 takes its token like a 202
-    assert client.post(path, data=b"[", headers=headers,
-                       content_type="application/json").status_code == 400
+    assert client.post(path, data=b"[", headers=headers, content_type="application/json").status_code == 400
     ok = 202 if path == "/v1/metrics" else 200
-    assert [client.post(path, json=body, headers=headers).status_code
-            for _ in range(2)] == [ok, ok]
+    assert [client.post(path, json=body, headers=headers).status_code for _ in range(2)] == [ok, ok]
     after = written(data)
     refused = client.post(path, json=body, headers=headers)
     assert refused.status_code == 429 and refused.headers["Retry-After"].isdigit()
     assert 1 <= int(refused.headers["Retry-After"]) <= 300
-    assert client.post(path, data=b"[", headers=headers,
-                       content_type="application/json").status_code == 429
+    assert client.post(path, data=b"[", headers=headers, content_type="application/json").status_code == 429
     assert written(data) == after
     reader = bearer(service.access.create("read")[0])
-    assert [client.post(path, json=body, headers=reader).status_code
-            for _ in range(4)] == [403, 403, 403, 429]
+    assert [client.post(path, json=body, headers=reader).status_code for _ in range(4)] == [403, 403, 403, 429]
     assert written(data) == after
 
 
@@ -391,8 +391,11 @@ def test_metrics_and_segment_when_redis_is_full_are_503_with_nothing_written(pri
     assert client.post("/v1/metrics", json=SAMPLE, headers=headers).status_code == 202
     assert client.post("/v1/batch", json=SEGMENT_BATCH, headers=headers).status_code == 200
     with nothing_written_while_full(data):
-        for path, body in (("/v1/metrics", {"batch": [SAMPLE] * 3}), ("/v1/batch", SEGMENT_BATCH),
-                           ("/v1/t", {"userId": "u"})):
+        for path, body in (
+            ("/v1/metrics", {"batch": [SAMPLE] * 3}),
+            ("/v1/batch", SEGMENT_BATCH),
+            ("/v1/t", {"userId": "u"}),
+        ):
             full = client.post(path, json=body, headers=headers)
             assert full.status_code == 503, (path, full.json)
     assert client.post("/v1/metrics", json=SAMPLE, headers=headers).status_code == 202

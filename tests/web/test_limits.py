@@ -1,4 +1,5 @@
 """Size limits and the per-key rate limit: clear JSON errors, never a 5xx."""
+
 from __future__ import annotations
 
 import gzip
@@ -18,15 +19,17 @@ def error_code(response: Any) -> str:
 
 def test_body_larger_than_the_limit_is_413(client, keys) -> None:
     big = {"type": "click", "userId": "u", "properties": {"x": "a" * 600_000}}
-    response = client.post("/v1/events", headers=keys["ingest"], data=orjson.dumps(big),
-                           content_type="application/json")
+    response = client.post(
+        "/v1/events", headers=keys["ingest"], data=orjson.dumps(big), content_type="application/json"
+    )
     assert response.status_code == 413 and error_code(response) == "payload_too_large"
 
 
 def test_gzip_bomb_is_413(client, keys) -> None:
     bomb = gzip.compress(b'{"batch": [' + b" " * 5_000_000 + b"]}")
-    response = client.post("/v1/events", headers={**keys["ingest"], "Content-Encoding": "gzip"},
-                           data=bomb, content_type="application/json")
+    response = client.post(
+        "/v1/events", headers={**keys["ingest"], "Content-Encoding": "gzip"}, data=bomb, content_type="application/json"
+    )
     assert response.status_code == 413 and error_code(response) == "payload_too_large"
 
 
@@ -75,17 +78,21 @@ def nested(depth: int) -> dict[str, Any]:
     return node
 
 
-@pytest.mark.parametrize("properties, ok", [
-    (nested(MAX_DEPTH), True),
-    (nested(MAX_DEPTH + 1), False),
-    ({f"k{i}": i for i in range(MAX_KEYS)}, True),
-    ({f"k{i}": i for i in range(MAX_KEYS + 1)}, False),
-    ({"list": list(range(MAX_KEYS + 1))}, False),
-    ({"k" * 129: 1}, False),
-])
+@pytest.mark.parametrize(
+    "properties, ok",
+    [
+        (nested(MAX_DEPTH), True),
+        (nested(MAX_DEPTH + 1), False),
+        ({f"k{i}": i for i in range(MAX_KEYS)}, True),
+        ({f"k{i}": i for i in range(MAX_KEYS + 1)}, False),
+        ({"list": list(range(MAX_KEYS + 1))}, False),
+        ({"k" * 129: 1}, False),
+    ],
+)
 def test_properties_depth_and_key_count(client, keys, properties, ok) -> None:
-    response = client.post("/v1/events", headers=keys["ingest"],
-                           json={"type": "click", "anonymousId": "a", "properties": properties})
+    response = client.post(
+        "/v1/events", headers=keys["ingest"], json={"type": "click", "anonymousId": "a", "properties": properties}
+    )
     assert response.status_code == (202 if ok else 400), response.json
     if not ok:
         assert "properties" in response.json["error"]["details"]
@@ -93,8 +100,7 @@ def test_properties_depth_and_key_count(client, keys, properties, ok) -> None:
 
 def test_rate_limit_answers_429_with_retry_after(env) -> None:
 
-    app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.5",
-                      "ANALYTICS_RATE_BURST": "3"})
+    app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.5", "ANALYTICS_RATE_BURST": "3"})
     client = app.test_client()
     service = app.extensions["analytics"]
     limited = {"Authorization": f"Bearer {service.access.create('read')[0]}"}
@@ -109,14 +115,14 @@ def test_rate_limit_answers_429_with_retry_after(env) -> None:
     # per key: another key is not affected
     assert client.get("/v1/event-types", headers=other).status_code == 200
     # the bucket refills (0.5 token/s: within a few seconds)
-    wait_until(lambda: client.get("/v1/event-types", headers=limited).status_code == 200,
-               10, 0.5, "the bucket to refill")
+    wait_until(
+        lambda: client.get("/v1/event-types", headers=limited).status_code == 200, 10, 0.5, "the bucket to refill"
+    )
 
 
 def test_retry_after_is_capped_at_300_seconds(env) -> None:
 
-    app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.001",
-                      "ANALYTICS_RATE_BURST": "1"})
+    app = create_app({**env, "TESTING": True, "ANALYTICS_RATE_LIMIT": "0.001", "ANALYTICS_RATE_BURST": "1"})
     client = app.test_client()
     headers = {"Authorization": f"Bearer {app.extensions['analytics'].access.create('read')[0]}"}
     assert client.get("/v1/event-types", headers=headers).status_code == 200

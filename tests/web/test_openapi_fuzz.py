@@ -1,5 +1,6 @@
 """The OpenAPI document, and schemathesis fuzzing the real app through it:
 no 5xx, and no planted PHI in any response that is not an authorized read."""
+
 from __future__ import annotations
 
 import itertools
@@ -14,8 +15,7 @@ from schemathesis.checks import not_a_server_error
 
 from testkit import ARTIFACTS
 
-PLANTED = {"userId": "patient-fuzz-4e1d0c", "email": "fuzz.4e1d0c@example.org",
-           "ssn": "219-09-9999"}
+PLANTED = {"userId": "patient-fuzz-4e1d0c", "email": "fuzz.4e1d0c@example.org", "ssn": "219-09-9999"}
 EXAMPLES = 100
 NO_INPUT = {"GET /healthz", "GET /readyz", "GET /v1/openapi.json", "GET /v1/event-types"}
 CASES: dict[str, int] = {}
@@ -26,8 +26,7 @@ def test_document_covers_the_api(client) -> None:
     assert response.status_code == 200
     document = response.json
     assert document["openapi"].startswith("3.")
-    assert {"/v1/events", "/v1/event-types", "/v1/audit", "/v1/erase", "/healthz",
-            "/readyz"} <= set(document["paths"])
+    assert {"/v1/events", "/v1/event-types", "/v1/audit", "/v1/erase", "/healthz", "/readyz"} <= set(document["paths"])
     event = document["components"]["schemas"]["Event"]
     # built from the real marshmallow schema: its fields and limits
     assert event["additionalProperties"] is False and event["required"] == ["type"]
@@ -40,8 +39,14 @@ def _plant(case: Any) -> None:
     body = case.body
     if isinstance(body, dict):
         if "batch" in body and isinstance(body["batch"], list):
-            body["batch"].append({"type": "click", "userId": PLANTED["userId"],
-                                  "metadata": {"ssn": PLANTED["ssn"]}, "bogus": PLANTED["email"]})
+            body["batch"].append(
+                {
+                    "type": "click",
+                    "userId": PLANTED["userId"],
+                    "metadata": {"ssn": PLANTED["ssn"]},
+                    "bogus": PLANTED["email"],
+                }
+            )
         else:
             body.setdefault("userId", PLANTED["userId"])
             body["email"] = PLANTED["email"]
@@ -66,8 +71,7 @@ def _check(case: Any, headers: dict[str, str], mode: str) -> None:
     label = f"{case.method} {case.path} ({mode})"
     CASES[label] = CASES.get(label, 0) + 1
     text = response.text
-    authorized_read = case.method == "GET" and case.path == "/v1/events" \
-        and response.status_code == 200
+    authorized_read = case.method == "GET" and case.path == "/v1/events" and response.status_code == 200
     if not authorized_read:
         for value in PLANTED.values():
             assert value not in text, (label, response.status_code, text[:500])
@@ -77,8 +81,7 @@ def _check(case: Any, headers: dict[str, str], mode: str) -> None:
         # schemathesis also feeds our own messages back as inputs: skip those.)
         error = response.json()["error"]
         ours = error["message"] + error["code"] + json.dumps(list(_keys(error["details"])))
-        echoed = [s for s in _values(case.body) + _values(case.query)
-                  if len(s) >= 8 and s not in ours and s in text]
+        echoed = [s for s in _values(case.body) + _values(case.query) if len(s) >= 8 and s not in ours and s in text]
         assert not echoed, (label, echoed, text[:500])
 
 
@@ -92,8 +95,9 @@ def _keys(value: Any) -> list[str]:
 
 def _fuzzer(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> Any:
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+    )
     def run(case: Any) -> None:
         _check(case, headers, mode.value)
 

@@ -1,5 +1,6 @@
 """No PHI in clear anywhere: not at rest (every Redis key name and value in
 every database, the AOF files), not in responses, not in logs."""
+
 from __future__ import annotations
 
 import base64
@@ -19,8 +20,12 @@ PHI = {
     "userId": f"patient-{TAG}",
     "anonymousId": f"anon-{TAG}",
     "email": f"jane.{TAG}@example.org",
-    "phone": f"+1 555-{TAG[:3]}-7731".replace("a", "1").replace("b", "2").replace("c", "3")
-             .replace("d", "4").replace("e", "5").replace("f", "6"),
+    "phone": f"+1 555-{TAG[:3]}-7731".replace("a", "1")
+    .replace("b", "2")
+    .replace("c", "3")
+    .replace("d", "4")
+    .replace("e", "5")
+    .replace("f", "6"),
     "ssn": "078-05-1120",
     "name": f"Jane {TAG} Doe",
     "ip": "203.0.113.77",
@@ -36,7 +41,7 @@ def variants(value: str) -> list[bytes]:
     out = [raw]
     for pad in range(3):
         encoded = base64.b64encode(b"x" * pad + raw)
-        out.append(encoded[4 if pad else 0:-4])
+        out.append(encoded[4 if pad else 0 : -4])
     return [v for v in out if len(v) >= 8]
 
 
@@ -46,12 +51,25 @@ def find_phi(blob: bytes) -> list[str]:
 
 def planted_events() -> list[dict[str, Any]]:
     return [
-        {"type": "page_view", "userId": PHI["userId"], "messageId": f"m1-{TAG}",
-         "properties": {"path": "/visit", "note": CLEAR_MARKER, "email": PHI["email"],
-                        "contact": {"Phone": PHI["phone"], "list": [{"DOB": PHI["dob"]}]}},
-         "metadata": {"SSN": PHI["ssn"]}},
-        {"type": "form_submit", "anonymousId": PHI["anonymousId"], "messageId": f"m2-{TAG}",
-         "traits": {"name": PHI["name"]}, "context": {"ip": PHI["ip"]}},
+        {
+            "type": "page_view",
+            "userId": PHI["userId"],
+            "messageId": f"m1-{TAG}",
+            "properties": {
+                "path": "/visit",
+                "note": CLEAR_MARKER,
+                "email": PHI["email"],
+                "contact": {"Phone": PHI["phone"], "list": [{"DOB": PHI["dob"]}]},
+            },
+            "metadata": {"SSN": PHI["ssn"]},
+        },
+        {
+            "type": "form_submit",
+            "anonymousId": PHI["anonymousId"],
+            "messageId": f"m2-{TAG}",
+            "traits": {"name": PHI["name"]},
+            "context": {"ip": PHI["ip"]},
+        },
     ]
 
 
@@ -88,39 +106,54 @@ def aof_bytes(directory: Path) -> bytes:
     return b"".join(p.read_bytes() for p in files)
 
 
-def test_planted_phi_is_nowhere_in_clear_at_rest(client, keys, service, data, worker,
-                                                 redis_server) -> None:
+def test_planted_phi_is_nowhere_in_clear_at_rest(client, keys, service, data, worker, redis_server) -> None:
     raw = redis.Redis(host="127.0.0.1", port=redis_server.port, single_connection_client=True)
     # DUMP compresses long strings (LZF), which could hide a clear value from
     # the scan: turn compression off on this private server for the test.
     raw.config_set("rdbcompression", "no")
     try:
-        response = client.post("/v1/events", headers=keys["ingest"],
-                               json={"batch": planted_events()})
+        response = client.post("/v1/events", headers=keys["ingest"], json={"batch": planted_events()})
         assert response.status_code == 202 and response.json["accepted"] == 2
         # The Segment path too: an identify with traits, and a bad message
         # (no event name) that goes to the dead-letter stream.
-        segment = client.post("/v1/batch", headers=keys["ingest"], json={"batch": [
-            {"type": "identify", "userId": PHI["userId"], "messageId": f"s1-{TAG}",
-             "traits": {"email": PHI["email"], "phone": PHI["phone"], "plan": CLEAR_MARKER},
-             "context": {"ip": PHI["ip"]}},
-            {"type": "track", "userId": PHI["userId"], "properties": {"ssn": PHI["ssn"]}}]})
+        segment = client.post(
+            "/v1/batch",
+            headers=keys["ingest"],
+            json={
+                "batch": [
+                    {
+                        "type": "identify",
+                        "userId": PHI["userId"],
+                        "messageId": f"s1-{TAG}",
+                        "traits": {"email": PHI["email"], "phone": PHI["phone"], "plan": CLEAR_MARKER},
+                        "context": {"ip": PHI["ip"]},
+                    },
+                    {"type": "track", "userId": PHI["userId"], "properties": {"ssn": PHI["ssn"]}},
+                ]
+            },
+        )
         assert segment.status_code == 200 and find_phi(segment.data) == []
         wait_until(lambda: stored_events(data) == 3, 20, message="events stored")
         assert data.xlen("analytics:dlq:segment") == 1
-        service.dead_letters.add_raw("events", {"userId": PHI["userId"], "email": PHI["email"]},
-                                     "invalid_message", service.codec.user_hash(PHI["userId"]))
+        service.dead_letters.add_raw(
+            "events",
+            {"userId": PHI["userId"], "email": PHI["email"]},
+            "invalid_message",
+            service.codec.user_hash(PHI["userId"]),
+        )
         # reads (audited, filter by userId) return the PHI to the allowed key
-        read = client.get(f"/v1/events?type=page_view&userId={PHI['userId']}", headers=keys["read"],
-                          environ_base={"REMOTE_ADDR": PHI["ip"]})
+        read = client.get(
+            f"/v1/events?type=page_view&userId={PHI['userId']}",
+            headers=keys["read"],
+            environ_base={"REMOTE_ADDR": PHI["ip"]},
+        )
         [event] = read.json["events"]
         assert event["properties"]["contact"]["Phone"] == PHI["phone"]
         assert event["metadata"]["SSN"] == PHI["ssn"] and event["userId"] == PHI["userId"]
         all_events = client.get("/v1/events", headers=keys["read"]).json["events"]
         assert {e["type"] for e in all_events} == {"page_view", "form_submit", "identify"}
         # a failed login from the same address (audited with it, sealed)
-        client.get("/v1/events", headers={"Authorization": "Bearer wrong"},
-                   environ_base={"REMOTE_ADDR": PHI["ip"]})
+        client.get("/v1/events", headers={"Authorization": "Bearer wrong"}, environ_base={"REMOTE_ADDR": PHI["ip"]})
 
         blob, count = dump_everything(raw)
         assert count > 10 and CLEAR_MARKER.encode() in blob  # the scan does see clear text
@@ -142,13 +175,31 @@ BAD_INPUTS: list[tuple[str, str, Any]] = [
     ("post", "/v1/events", {"type": "click", "userId": PHI["userId"], "priority": PHI["ssn"]}),
     ("post", "/v1/events", {"type": "click", "userId": PHI["userId"], "timestamp": PHI["email"]}),
     ("post", "/v1/events", {"type": "click", "userId": PHI["userId"] * 40}),
-    ("post", "/v1/events", {"type": "click", "anonymousId": PHI["userId"],
-                            "properties": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {
-                                "email": PHI["email"]}}}}}}}}}}),
-    ("post", "/v1/events", {"type": "click", "anonymousId": "a",
-                            "properties": {"email": PHI["email"], "x": float("nan")}}),
-    ("post", "/v1/events", {"batch": [{"type": PHI["name"], "userId": PHI["userId"]},
-                                      PHI["ssn"], {"userId": PHI["userId"], "ssn": PHI["ssn"]}]}),
+    (
+        "post",
+        "/v1/events",
+        {
+            "type": "click",
+            "anonymousId": PHI["userId"],
+            "properties": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"email": PHI["email"]}}}}}}}}},
+        },
+    ),
+    (
+        "post",
+        "/v1/events",
+        {"type": "click", "anonymousId": "a", "properties": {"email": PHI["email"], "x": float("nan")}},
+    ),
+    (
+        "post",
+        "/v1/events",
+        {
+            "batch": [
+                {"type": PHI["name"], "userId": PHI["userId"]},
+                PHI["ssn"],
+                {"userId": PHI["userId"], "ssn": PHI["ssn"]},
+            ]
+        },
+    ),
     ("post", "/v1/events", {"batch": PHI["email"], "sentAt": PHI["phone"]}),
     ("post", "/v1/events", f'{{"type": "click", "userId": "{PHI["userId"]}", "email": '),
     ("post", "/v1/event-types", {"name": PHI["email"], "priority": PHI["ssn"]}),
@@ -165,8 +216,7 @@ BAD_INPUTS: list[tuple[str, str, Any]] = [
 
 
 @pytest.mark.parametrize("method, url, body", BAD_INPUTS)
-def test_bad_inputs_never_echo_phi_in_responses_or_logs(client, keys, caplog,
-                                                        method, url, body) -> None:
+def test_bad_inputs_never_echo_phi_in_responses_or_logs(client, keys, caplog, method, url, body) -> None:
     kwargs: dict[str, Any] = {"headers": keys["admin"]}
     if isinstance(body, str):
         kwargs["data"] = body

@@ -1,5 +1,6 @@
 """Audit log (reads, keys, auth failures, tamper evidence) and erasure,
 through the real app, Redis and the session's Celery worker."""
+
 from __future__ import annotations
 
 import time
@@ -34,22 +35,21 @@ def ingest(client: Any, keys: dict[str, Any], data: Any, events: list[dict[str, 
     before = stored_events(data)
     response = client.post("/v1/events", headers=keys["ingest"], json={"batch": events})
     assert response.status_code == 202, response.json
-    wait_until(lambda: stored_events(data) == before + len(events), 20,
-               message="the worker to store the events")
+    wait_until(lambda: stored_events(data) == before + len(events), 20, message="the worker to store the events")
 
 
-def test_reads_are_audited_with_hashed_user_ids_and_sealed_address(
-        client, keys, service, data, worker) -> None:
-    ingest(client, keys, data, [{"type": "click", "userId": USER, "properties": {"n": i}}
-                                for i in range(3)])
+def test_reads_are_audited_with_hashed_user_ids_and_sealed_address(client, keys, service, data, worker) -> None:
+    ingest(client, keys, data, [{"type": "click", "userId": USER, "properties": {"n": i}} for i in range(3)])
     secret, key = service.access.create("read", name="auditor-test")
-    response = client.get(f"/v1/events?type=click&userId={USER}&limit=10", headers=bearer(secret),
-                          environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    response = client.get(
+        f"/v1/events?type=click&userId={USER}&limit=10",
+        headers=bearer(secret),
+        environ_base={"REMOTE_ADDR": "10.1.2.3"},
+    )
     assert response.status_code == 200 and len(response.json["events"]) == 3
     [entry] = [e for e in audit(service, "events.read") if e["actor"] == key.id]
     assert entry["count"] == 3 and entry["scoped"] is False
-    assert entry["filters"] == {"type": "click", "limit": "10",
-                                "userIdHash": service.codec.user_hash(USER)}
+    assert entry["filters"] == {"type": "click", "limit": "10", "userIdHash": service.codec.user_hash(USER)}
     assert entry["remote"] == "10.1.2.3" and entry["remoteHash"]
     stored = raw_audit(data)
     assert USER.encode() not in stored and b"10.1.2.3" not in stored
@@ -64,7 +64,9 @@ def test_auth_failures_are_all_counted_but_audited_once_per_window(client, servi
     assert service.auditor.auth_failures() == 6
     entries = audit(service, "auth.failure")
     assert [(e["remote"], e["reason"], e["where"]) for e in entries] == [
-        ("127.0.0.1", "invalid", "http"), ("10.9.9.9", "missing", "http")]
+        ("127.0.0.1", "invalid", "http"),
+        ("10.9.9.9", "missing", "http"),
+    ]
     # the WebSocket (and any other) face reports through the same helper
     service.access.audit_failure("websocket", "10.9.9.10")
     assert audit(service, "auth.failure")[-1]["where"] == "websocket"
@@ -93,8 +95,7 @@ def run_cli(env: dict[str, str], *args: str) -> Any:
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
 
-def test_cli_key_create_and_revoke_are_audited_and_revocation_is_immediate(
-        client, env, service, data) -> None:
+def test_cli_key_create_and_revoke_are_audited_and_revocation_is_immediate(client, env, service, data) -> None:
     created = run_cli(env, "keys", "create", "--role", "read", "--user", USER)
     assert created.exit_code == 0
     secret = created.output.strip().splitlines()[-1]
@@ -156,15 +157,14 @@ def test_audit_verify_reports_where_the_chain_breaks(env, service, data) -> None
 
 
 def test_erase_endpoint_removes_every_trace(client, keys, service, data, worker) -> None:
-    events = [{"type": t, "userId": u, "properties": {"email": f"{u}@example.org", "n": i},
-               "messageId": f"{u}-{i}"}
-              for i, (t, u) in enumerate([("click", USER), ("login", USER), ("click", USER),
-                                          ("click", OTHER)])]
+    events = [
+        {"type": t, "userId": u, "properties": {"email": f"{u}@example.org", "n": i}, "messageId": f"{u}-{i}"}
+        for i, (t, u) in enumerate([("click", USER), ("login", USER), ("click", USER), ("click", OTHER)])
+    ]
     ingest(client, keys, data, events)
     user_hash = service.codec.user_hash(USER)
     service.dead_letters.add_raw("segment", {"userId": USER}, "invalid_message", user_hash)
-    service.dead_letters.add_raw("events", {"userId": OTHER}, "invalid_message",
-                                 service.codec.user_hash(OTHER))
+    service.dead_letters.add_raw("events", {"userId": OTHER}, "invalid_message", service.codec.user_hash(OTHER))
     scoped_secret, scoped = service.access.create("read", user_id=USER)
 
     assert client.post("/v1/erase", headers=keys["read"], json={"userId": USER}).status_code == 403
@@ -192,23 +192,32 @@ def test_erase_endpoint_removes_every_trace(client, keys, service, data, worker)
     ingest(client, keys, data, events[:1])
 
 
-def test_erasure_takes_the_anonymous_events_linked_to_the_user(client, keys, service, data,
-                                                                worker) -> None:
+def test_erasure_takes_the_anonymous_events_linked_to_the_user(client, keys, service, data, worker) -> None:
     visitor, stranger = "anon-device-4b1e", "anon-stranger-90c2"
-    before_login = [{"type": "page_view", "anonymousId": visitor, "messageId": f"pre-{i}",
-                     "properties": {"path": f"/p{i}"}} for i in range(3)]
-    ingest(client, keys, data, [
-        *before_login,
-        # logging in links the visitor's anonymous id to the user
-        {"type": "login", "userId": USER, "anonymousId": visitor, "messageId": "link"},
-        {"type": "click", "userId": USER, "messageId": "after"},
-        {"type": "page_view", "userId": OTHER, "anonymousId": "anon-other-1", "messageId": "o-1"},
-        {"type": "page_view", "anonymousId": stranger, "messageId": "s-1"},
-    ])
+    before_login = [
+        {"type": "page_view", "anonymousId": visitor, "messageId": f"pre-{i}", "properties": {"path": f"/p{i}"}}
+        for i in range(3)
+    ]
+    ingest(
+        client,
+        keys,
+        data,
+        [
+            *before_login,
+            # logging in links the visitor's anonymous id to the user
+            {"type": "login", "userId": USER, "anonymousId": visitor, "messageId": "link"},
+            {"type": "click", "userId": USER, "messageId": "after"},
+            {"type": "page_view", "userId": OTHER, "anonymousId": "anon-other-1", "messageId": "o-1"},
+            {"type": "page_view", "anonymousId": stranger, "messageId": "s-1"},
+        ],
+    )
     # A Segment message of the visitor that fails validation (no event name),
     # and one of the stranger: dead-lettered under their anonymous hashes.
-    response = client.post("/v1/batch", headers=keys["ingest"], json={"batch": [
-        {"type": "track", "anonymousId": visitor}, {"type": "track", "anonymousId": stranger}]})
+    response = client.post(
+        "/v1/batch",
+        headers=keys["ingest"],
+        json={"batch": [{"type": "track", "anonymousId": visitor}, {"type": "track", "anonymousId": stranger}]},
+    )
     assert response.status_code == 200 and data.xlen("analytics:dlq:segment") == 2
     visitor_hash = service.codec.user_hash(visitor)
     assert data.exists(keyspace.user_index(visitor_hash))

@@ -1,4 +1,5 @@
 """Request counts and durations: added up per process, exact in ``/metrics``."""
+
 from __future__ import annotations
 
 import re
@@ -32,38 +33,42 @@ def test_each_duration_lands_in_the_bucket_histogram_observe_would_choose() -> N
         tally.add("GET", endpoint, 200, seconds)
     tally.add("GET", endpoint, 200, None)  # no start time: counted, not timed
     tally.flush()
-    assert sample("analytics_http_requests_total",
-                  method="GET", endpoint=endpoint, status="200") == len(durations) + 1
-    cumulative = {bound: sample("analytics_http_request_duration_seconds_bucket",
-                                endpoint=endpoint, le=repr(float(bound)) if bound != float("inf") else "+Inf")
-                  for bound in BUCKETS}
+    assert sample("analytics_http_requests_total", method="GET", endpoint=endpoint, status="200") == len(durations) + 1
+    cumulative = {
+        bound: sample(
+            "analytics_http_request_duration_seconds_bucket",
+            endpoint=endpoint,
+            le=repr(float(bound)) if bound != float("inf") else "+Inf",
+        )
+        for bound in BUCKETS
+    }
     assert cumulative[0.005] == 2 and cumulative[0.01] == 3 and cumulative[0.25] == 3
     assert cumulative[0.5] == 4 and cumulative[10.0] == 5 and cumulative[float("inf")] == 6
     assert sample("analytics_http_request_duration_seconds_count", endpoint=endpoint) == 6
-    assert sample("analytics_http_request_duration_seconds_sum",
-                  endpoint=endpoint) == sum(durations)
+    assert sample("analytics_http_request_duration_seconds_sum", endpoint=endpoint) == sum(durations)
 
 
 def test_the_tally_reaches_prometheus_within_its_interval_without_a_scrape() -> None:
     tally = RequestTally(interval=0.1)
     tally.add("POST", "test.flusher", 202, 0.001)
-    wait_until(lambda: sample("analytics_http_requests_total", method="POST",
-                              endpoint="test.flusher", status="202") == 1, 5, 0.05,
-               "the flusher thread")
+    wait_until(
+        lambda: sample("analytics_http_requests_total", method="POST", endpoint="test.flusher", status="202") == 1,
+        5,
+        0.05,
+        "the flusher thread",
+    )
     tally.flush()  # nothing left: counted once
-    assert sample("analytics_http_requests_total", method="POST",
-                  endpoint="test.flusher", status="202") == 1
+    assert sample("analytics_http_requests_total", method="POST", endpoint="test.flusher", status="202") == 1
 
 
 def test_metrics_count_every_request_served_until_the_scrape(client: Any, keys: Any) -> None:
     def counted() -> tuple[float, float, float]:
         text = client.get("/metrics").get_data(as_text=True)
-        return (scraped(text, "analytics_http_requests_total",
-                        endpoint="api.post_events", method="POST", status="202"),
-                scraped(text, "analytics_http_requests_total",
-                        endpoint="api.post_events", method="POST", status="401"),
-                scraped(text, "analytics_http_request_duration_seconds_count",
-                        endpoint="api.post_events"))
+        return (
+            scraped(text, "analytics_http_requests_total", endpoint="api.post_events", method="POST", status="202"),
+            scraped(text, "analytics_http_requests_total", endpoint="api.post_events", method="POST", status="401"),
+            scraped(text, "analytics_http_request_duration_seconds_count", endpoint="api.post_events"),
+        )
 
     before = counted()
     event = {"type": "page_view", "userId": "u-1"}

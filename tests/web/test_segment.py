@@ -1,4 +1,5 @@
 """Segment-compatible ingestion through the real app, Redis and worker."""
+
 from __future__ import annotations
 
 import base64
@@ -41,26 +42,33 @@ def records(data: Any, count: int) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: (r["rt"], r["m"]))
 
 
-def post(client: Any, path: str, body: Any, headers: dict[str, str] | None = None,
-         **kwargs: Any) -> Any:
+def post(client: Any, path: str, body: Any, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     return client.post(path, data=raw, headers=headers or {}, **kwargs)
 
 
 def test_batch_is_accepted_with_segment_answer_and_stored(client, keys, data, worker) -> None:
     batch = [
-        {"type": "track", "event": "Signed Up", "userId": "u-1", "messageId": "s-1",
-         "properties": {"plan": "pro", "amount": 12}},
-        {"type": "identify", "userId": "u-1", "messageId": "s-2",
-         "traits": {"email": "a@example.org", "plan": "pro"}},
-        {"type": "page", "anonymousId": "an-1", "name": "Home", "messageId": "s-3",
-         "properties": {"path": "/"}},
+        {
+            "type": "track",
+            "event": "Signed Up",
+            "userId": "u-1",
+            "messageId": "s-1",
+            "properties": {"plan": "pro", "amount": 12},
+        },
+        {"type": "identify", "userId": "u-1", "messageId": "s-2", "traits": {"email": "a@example.org", "plan": "pro"}},
+        {"type": "page", "anonymousId": "an-1", "name": "Home", "messageId": "s-3", "properties": {"path": "/"}},
         {"type": "screen", "userId": "u-1", "name": "Main", "messageId": "s-4"},
         {"type": "group", "userId": "u-1", "groupId": "g-1", "messageId": "s-5"},
         {"type": "alias", "userId": "u-2", "previousId": "u-1", "messageId": "s-6"},
     ]
-    response = post(client, "/v1/batch", {"batch": batch, "context": {"app": {"build": "7"}}},
-                    basic(keys["ingest"]), content_type="text/plain")
+    response = post(
+        client,
+        "/v1/batch",
+        {"batch": batch, "context": {"app": {"build": "7"}}},
+        basic(keys["ingest"]),
+        content_type="text/plain",
+    )
     assert response.status_code == 200 and response.json == {"success": True}
     wait_until(lambda: stored(data) == 6, 15, message="the worker to store 6 events")
 
@@ -83,9 +91,9 @@ def test_batch_is_accepted_with_segment_answer_and_stored(client, keys, data, wo
 def test_one_bad_message_is_dead_lettered_and_the_rest_accepted(client, keys, data) -> None:
     batch = [
         {"type": "track", "event": "click", "userId": "u"},
-        {"type": "track", "userId": "u"},                       # no event name
-        {"type": "launch", "userId": "u"},                      # no such call
-        {"type": "identify"},                                   # no identity
+        {"type": "track", "userId": "u"},  # no event name
+        {"type": "launch", "userId": "u"},  # no such call
+        {"type": "identify"},  # no identity
         "not an object",
         {"type": "track", "event": "click", "userId": "u", "properties": {"x": "y" * 40_000}},
         {"type": "identify", "userId": "u", "timestamp": "not a time"},
@@ -106,15 +114,27 @@ def data_open(client: Any, sealed: bytes) -> bytes:
     return client.application.extensions["analytics"].vault.open(sealed.decode())
 
 
-@pytest.mark.parametrize("path, call", [
-    ("/v1/track", "track"), ("/v1/t", "track"), ("/v1/identify", "identify"),
-    ("/v1/i", "identify"), ("/v1/page", "page"), ("/v1/p", "page"), ("/v1/screen", "screen"),
-    ("/v1/s", "screen"), ("/v1/group", "group"), ("/v1/g", "group"), ("/v1/alias", "alias"),
-    ("/v1/a", "alias"), ("/v1/import", "batch"), ("/v1/batch/", "batch"),
-])
+@pytest.mark.parametrize(
+    "path, call",
+    [
+        ("/v1/track", "track"),
+        ("/v1/t", "track"),
+        ("/v1/identify", "identify"),
+        ("/v1/i", "identify"),
+        ("/v1/page", "page"),
+        ("/v1/p", "page"),
+        ("/v1/screen", "screen"),
+        ("/v1/s", "screen"),
+        ("/v1/group", "group"),
+        ("/v1/g", "group"),
+        ("/v1/alias", "alias"),
+        ("/v1/a", "alias"),
+        ("/v1/import", "batch"),
+        ("/v1/batch/", "batch"),
+    ],
+)
 def test_every_path_takes_its_call(client, keys, data, worker, path, call) -> None:
-    message = {"userId": "u", "event": "click", "groupId": "g", "previousId": "p",
-               "messageId": f"id-{path}"}
+    message = {"userId": "u", "event": "click", "groupId": "g", "previousId": "p", "messageId": f"id-{path}"}
     body = {"batch": [{**message, "type": "track"}]} if call == "batch" else message
     response = post(client, path, body, keys["ingest"])
     assert response.status_code == 200 and response.json == {"success": True}
@@ -138,8 +158,7 @@ def test_limits_are_answered_as_segment_does(client, keys, service, data, worker
     many = {"batch": [{"type": "track", "event": "click", "userId": "u"}] * 2501}
     response = post(client, "/v1/batch", many, keys["ingest"])
     assert response.status_code == 400 and response.json["success"] is False
-    big = {"batch": [{"type": "track", "event": "click", "userId": "u",
-                      "properties": {"x": "y" * 30_000}}] * 18}
+    big = {"batch": [{"type": "track", "event": "click", "userId": "u", "properties": {"x": "y" * 30_000}}] * 18}
     response = post(client, "/v1/batch", big, keys["ingest"])
     assert response.status_code == 400 and response.json["code"] == "payload_too_large"
     bomb = gzip.compress(orjson.dumps(big))
@@ -168,13 +187,16 @@ def test_sent_at_corrects_clock_skew_and_message_ids_dedupe(client, keys, data, 
     now = time.time()
     skewed = now + 3600  # the client's clock is an hour ahead
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(skewed)) + "Z"
-    body = {"batch": [{"type": "track", "event": "click", "userId": "u", "messageId": "dup",
-                       "timestamp": iso}], "sentAt": iso}
+    body = {
+        "batch": [{"type": "track", "event": "click", "userId": "u", "messageId": "dup", "timestamp": iso}],
+        "sentAt": iso,
+    }
     for _ in range(2):
         assert post(client, "/v1/batch", body, keys["ingest"]).status_code == 200
     # The second copy is a duplicate: the worker drops it (and deletes its entry).
-    wait_until(lambda: stored(data) == 1 and data.xlen("analytics:events:queue") == 0, 15,
-               message="both copies processed")
+    wait_until(
+        lambda: stored(data) == 1 and data.xlen("analytics:events:queue") == 0, 15, message="both copies processed"
+    )
     [event] = client.get("/v1/events?type=click", headers=keys["read"]).json["events"]
     assert stored(data) == 1
     assert event["originalTimestamp"] == iso.replace("Z", ".000Z")
@@ -185,8 +207,9 @@ def test_sent_at_corrects_clock_skew_and_message_ids_dedupe(client, keys, data, 
 @pytest.mark.parametrize("policy", ["register", "custom", "reject"])
 def test_unknown_track_names_follow_the_policy(env, data, worker, policy) -> None:
 
-    app = create_app({**env, "TESTING": True, "ANALYTICS_SEGMENT_UNKNOWN_EVENTS": policy,
-                      "ANALYTICS_SEGMENT_MAX_TYPES": "2"})
+    app = create_app(
+        {**env, "TESTING": True, "ANALYTICS_SEGMENT_UNKNOWN_EVENTS": policy, "ANALYTICS_SEGMENT_MAX_TYPES": "2"}
+    )
     service = app.extensions["analytics"]
     headers = {"Authorization": f"Bearer {service.access.create('ingest')[0]}"}
     names = ["Plan Chosen", "Cart Viewed", "Third One", "Bad (name)"]
@@ -196,8 +219,7 @@ def test_unknown_track_names_follow_the_policy(env, data, worker, policy) -> Non
     types = sorted(r["t"] for r in found)
     if policy == "register":
         assert types == ["Cart Viewed", "Plan Chosen", "custom", "custom"]
-        assert sorted(r["md"]["event"] for r in found if r["t"] == "custom") == [
-            "Bad (name)", "Third One"]
+        assert sorted(r["md"]["event"] for r in found if r["t"] == "custom") == ["Bad (name)", "Third One"]
         assert service.registry.get("Plan Chosen") is not None
         assert data.scard(SEGMENT_TYPES) == 2
     elif policy == "custom":
@@ -214,17 +236,16 @@ def test_service_unavailable_is_503_so_sdks_retry(make_stack) -> None:
     service = app.extensions["analytics"]
     headers = {"Authorization": f"Bearer {service.access.create('ingest')[0]}"}
     stack.redis.stop()
-    response = post(app.test_client(), "/v1/batch",
-                    {"batch": [{"type": "track", "event": "click", "userId": "u"}]}, headers)
+    response = post(
+        app.test_client(), "/v1/batch", {"batch": [{"type": "track", "event": "click", "userId": "u"}]}, headers
+    )
     assert response.status_code == 503 and response.json["success"] is False
 
 
 @pytest.mark.parametrize("retry_after, header", [(0.2, "1"), (7, "7"), (1000, "300")])
-def test_rate_limited_answers_carry_an_integer_retry_after_the_sdk_honours(
-        app, retry_after, header) -> None:
+def test_rate_limited_answers_carry_an_integer_retry_after_the_sdk_honours(app, retry_after, header) -> None:
     """Whatever limiter raises RateLimited on these paths, the Segment answer
     is a 429 whose Retry-After the Python SDK accepts (an integer <= 300)."""
-
 
     with app.test_request_context("/v1/batch", method="POST"):
         response = _segment_error(RateLimited("too many requests", retry_after))
@@ -241,8 +262,7 @@ def test_malformed_batches_are_400(client, keys, body) -> None:
 
 def test_a_single_call_uses_its_own_sent_at(client, keys, data, worker) -> None:
     # analytics.js sends sentAt in each message of a single call.
-    body = {"userId": "u", "event": "click", "timestamp": "2026-11-28T10:00:00Z",
-            "sentAt": "2026-11-28T10:00:01Z"}
+    body = {"userId": "u", "event": "click", "timestamp": "2026-11-28T10:00:00Z", "sentAt": "2026-11-28T10:00:01Z"}
     assert post(client, "/v1/t", body, keys["ingest"]).status_code == 200
     [record] = records(data, 1)
     assert record["ot"] == 1_795_860_000_000 and record["sa"] == 1_795_860_001_000

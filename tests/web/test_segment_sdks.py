@@ -1,5 +1,6 @@
 """The real Segment and RudderStack Python SDKs, unchanged, against a live
 gunicorn web process; the session worker stores what they send."""
+
 from __future__ import annotations
 
 import importlib
@@ -34,12 +35,13 @@ def stored(data: Any) -> int:
 def exercise(client: Any, errors: list[Any], name: str) -> int:
     """The calls an app makes; returns how many messages were sent."""
     for i in range(25):
-        client.track(user_id=f"user-{i % 3}", event=name,
-                     properties={"order": i, "plan": "pro" if i % 2 else "free",
-                                 "email": f"p{i}@example.org"})
+        client.track(
+            user_id=f"user-{i % 3}",
+            event=name,
+            properties={"order": i, "plan": "pro" if i % 2 else "free", "email": f"p{i}@example.org"},
+        )
     client.identify(user_id="user-0", traits={"plan": "pro", "email": "p0@example.org"})
-    client.page(user_id="user-0", category="Docs", name="Getting started",
-                properties={"path": "/docs"})
+    client.page(user_id="user-0", category="Docs", name="Getting started", properties={"path": "/docs"})
     client.screen(user_id="user-1", name="Home")
     client.group(user_id="user-1", group_id="clinic-9", traits={"size": 12})
     client.alias(previous_id="anon-7", user_id="user-2")
@@ -69,10 +71,14 @@ def check_stored(url: str, headers: dict[str, str], data: Any, sent: int, name: 
 
 
 @pytest.mark.parametrize("use_gzip", [False, True], ids=["plain", "gzip"])
-@pytest.mark.parametrize("module, event_name", [
-    ("segment.analytics", "Order Completed"),    # segment-analytics-python
-    ("rudderstack.analytics", "Order Placed"),   # rudder-sdk-python
-], ids=["segment", "rudderstack"])
+@pytest.mark.parametrize(
+    "module, event_name",
+    [
+        ("segment.analytics", "Order Completed"),  # segment-analytics-python
+        ("rudderstack.analytics", "Order Placed"),  # rudder-sdk-python
+    ],
+    ids=["segment", "rudderstack"],
+)
 def test_python_sdk(web_server, worker, keys, data, use_gzip, module, event_name) -> None:
     client_class = importlib.import_module(module).Client
     # A new type name per test: it is registered on first sight (policy
@@ -80,8 +86,14 @@ def test_python_sdk(web_server, worker, keys, data, use_gzip, module, event_name
     name = f"{event_name} {use_gzip}"
     errors: list[Any] = []
     write_key = keys["ingest"]["Authorization"].split()[1]
-    client = client_class(write_key, host=web_server, gzip=use_gzip, upload_size=10,
-                          on_error=lambda error, batch: errors.append(error), max_retries=1)
+    client = client_class(
+        write_key,
+        host=web_server,
+        gzip=use_gzip,
+        upload_size=10,
+        on_error=lambda error, batch: errors.append(error),
+        max_retries=1,
+    )
     try:
         sent = exercise(client, errors, name)
     finally:

@@ -1,6 +1,7 @@
 """``WS /v1/stream`` against real gunicorn servers, the session's Celery
 worker and Redis: auth, subscriptions, user scope, fan-out across two web
 processes, metric throttling, slow clients, automatic logoff, restarts."""
+
 from __future__ import annotations
 
 import itertools
@@ -105,8 +106,9 @@ def nothing_more(ws: websocket.WebSocket, wait: float = 1.0) -> None:
 
 
 def post(web: WebServer, key: str, *events: dict[str, Any]) -> None:
-    response = requests.post(web.url + "/v1/events", json={"batch": list(events)},
-                             headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    response = requests.post(
+        web.url + "/v1/events", json={"batch": list(events)}, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
     assert response.status_code == 202, response.text
     assert response.json()["accepted"] == len(events)
 
@@ -120,15 +122,19 @@ def test_missing_or_bad_key_closes_1008_within_a_second(server, service, data) -
         assert time.monotonic() - started < 1.0
         assert code == 1008 and "authentication" in reason and messages == []
     # Counted as authentication failures in the process's monitoring figures.
-    wait_until(lambda: ws_totals(data)["auth_failures_total"] >= 4, 10,
-               message="auth failures in analytics:stats:ws:*")
+    wait_until(lambda: ws_totals(data)["auth_failures_total"] >= 4, 10, message="auth failures in analytics:stats:ws:*")
     # ... and in the audit log (throttled per address: at least one entry).
     failures = [e for e in service.audit.entries(count=1000) if e["action"] == "auth.failure"]
     assert any(e.get("where") == "websocket" for e in failures)
     [name] = data.keys("analytics:stats:ws:*")
     assert 0 < data.ttl(name) <= 30
-    assert set(data.hgetall(name)) >= {b"clients", b"messages_total", b"errors_total",
-                                       b"auth_failures_total", b"updated"}
+    assert set(data.hgetall(name)) >= {
+        b"clients",
+        b"messages_total",
+        b"errors_total",
+        b"auth_failures_total",
+        b"updated",
+    }
 
 
 def test_events_reach_clients_and_subscriptions_narrow_them(server, service) -> None:
@@ -138,9 +144,12 @@ def test_events_reach_clients_and_subscriptions_narrow_them(server, service) -> 
     clicks = connect(server, read_key)
     assert subscribe(clicks, events=["click"]) == {"events": ["click"], "metrics": []}
     subscribe(everything, events=["*"], metrics=["*"])
-    post(server, ingest_key,
-         {"type": "page_view", "userId": "u-1", "properties": {"path": "/a", "email": "a@example.org"}},
-         {"type": "click", "userId": "u-1", "properties": {"button": "ok"}})
+    post(
+        server,
+        ingest_key,
+        {"type": "page_view", "userId": "u-1", "properties": {"path": "/a", "email": "a@example.org"}},
+        {"type": "click", "userId": "u-1", "properties": {"button": "ok"}},
+    )
     [message] = receive(clicks, 1)
     assert message["kind"] == "event"
     event = message["data"]
@@ -168,18 +177,25 @@ def test_user_scoped_key_receives_only_its_users_events(server, service) -> None
     everyone = connect(server, all_key)
     subscribe(mine, events=["*"], metrics=["*"])
     subscribe(everyone, events=["*"])
-    post(server, ingest_key,
-         {"type": "login", "userId": "patient-2", "properties": {"n": 1}},
-         {"type": "login", "userId": "patient-1", "properties": {"n": 2}},
-         {"type": "login", "anonymousId": "anon-9", "properties": {"n": 3}},
-         {"type": "logout", "userId": "patient-2", "properties": {"n": 4}})
+    post(
+        server,
+        ingest_key,
+        {"type": "login", "userId": "patient-2", "properties": {"n": 1}},
+        {"type": "login", "userId": "patient-1", "properties": {"n": 2}},
+        {"type": "login", "anonymousId": "anon-9", "properties": {"n": 3}},
+        {"type": "logout", "userId": "patient-2", "properties": {"n": 4}},
+    )
     [own] = receive(mine, 1)
     assert own["data"]["userId"] == "patient-1" and own["data"]["properties"] == {"n": 2}
     seen = receive(everyone, 4)
     assert sorted(m["data"]["properties"]["n"] for m in seen) == [1, 2, 3, 4]
     # Aggregates of everyone's data are not for a user-scoped key.
-    service.redis.publish("analytics:live:metrics", orjson.dumps([
-        {"name": "visits", "tags": {}, "bucket": 0, "resolution": 60, "count": 1, "sum": 1, "min": 1, "max": 1}]))
+    service.redis.publish(
+        "analytics:live:metrics",
+        orjson.dumps(
+            [{"name": "visits", "tags": {}, "bucket": 0, "resolution": 60, "count": 1, "sum": 1, "min": 1, "max": 1}]
+        ),
+    )
     nothing_more(mine, 1.0)
     mine.close()
     everyone.close()
@@ -202,8 +218,16 @@ def test_a_client_on_one_web_process_receives_events_ingested_through_another(se
 
 
 def metric(count: int, bucket: int = 1_700_000_000, name: str = "api.latency") -> dict[str, Any]:
-    return {"name": name, "tags": {"route": "/login"}, "bucket": bucket, "resolution": 60,
-            "count": count, "sum": count * 10.0, "min": 1.0, "max": float(count)}
+    return {
+        "name": name,
+        "tags": {"route": "/login"},
+        "bucket": bucket,
+        "resolution": 60,
+        "count": count,
+        "sum": count * 10.0,
+        "min": 1.0,
+        "max": float(count),
+    }
 
 
 def test_metric_updates_are_throttled_per_series_and_the_last_state_arrives(server, service) -> None:
@@ -232,8 +256,16 @@ def test_metric_updates_are_throttled_per_series_and_the_last_state_arrives(serv
     assert len(got) <= 2 + published
     times = [t for t, _ in got]
     assert all(b - a >= 0.9 for a, b in itertools.pairwise(times))
-    assert got[-1][1] == {"name": "api.latency", "tags": {"route": "/login"}, "bucket": 1_700_000_000,
-                          "resolution": 60, "count": 30, "sum": 300.0, "min": 1.0, "max": 30.0}
+    assert got[-1][1] == {
+        "name": "api.latency",
+        "tags": {"route": "/login"},
+        "bucket": 1_700_000_000,
+        "resolution": 60,
+        "count": 30,
+        "sum": 300.0,
+        "min": 1.0,
+        "max": 30.0,
+    }
     nothing_more(ws, 1.2)
     ws.close()
 
@@ -252,8 +284,15 @@ def test_a_slow_client_is_dropped_without_slowing_the_others(tight_server, servi
 
     def publish_and_read() -> bool:
         nonlocal total
-        records = [service.codec.encode({"type": "custom", "anonymousId": "a", "properties": {
-            "i": total + i, "pad": filler}}, "normal", int(time.time() * 1000), None) for i in range(10)]
+        records = [
+            service.codec.encode(
+                {"type": "custom", "anonymousId": "a", "properties": {"i": total + i, "pad": filler}},
+                "normal",
+                int(time.time() * 1000),
+                None,
+            )
+            for i in range(10)
+        ]
         total += len(records)
         service.redis.publish("analytics:live:events", orjson.dumps(records))
         received.extend(receive(fast, len(records), timeout=10))
@@ -264,8 +303,12 @@ def test_a_slow_client_is_dropped_without_slowing_the_others(tight_server, servi
     code, reason, _ = close_of(slow, timeout=10)
     assert code == 1013 and "too slow" in reason
     # The fast client goes on.
-    service.redis.publish("analytics:live:events", orjson.dumps([service.codec.encode(
-        {"type": "custom", "anonymousId": "a", "properties": {"i": -1}}, "normal", 0, None)]))
+    service.redis.publish(
+        "analytics:live:events",
+        orjson.dumps(
+            [service.codec.encode({"type": "custom", "anonymousId": "a", "properties": {"i": -1}}, "normal", 0, None)]
+        ),
+    )
     assert receive(fast, 1)[0]["data"]["properties"] == {"i": -1}
     wait_until(lambda: ws_totals(data)["clients"] == 1, 10, message="the dropped client to be gone")
     fast.close()
@@ -313,8 +356,9 @@ def test_streams_survive_a_redis_restart(make_stack, tmp_path) -> None:
         subscribe(ws, events=["custom"])
 
         def publish(n: int) -> int:
-            record = service.codec.encode({"type": "custom", "anonymousId": "a", "properties": {"n": n}},
-                                          "normal", int(time.time() * 1000), None)
+            record = service.codec.encode(
+                {"type": "custom", "anonymousId": "a", "properties": {"n": n}}, "normal", int(time.time() * 1000), None
+            )
             return stack.redis.client().publish("analytics:live:events", orjson.dumps([record]))
 
         assert publish(1) == 1  # the process's hub is the one subscriber
@@ -353,7 +397,7 @@ def test_pings_drop_a_peer_that_stopped_answering(tight_server, service, data) -
     frames, pos = [], 0
     while pos < len(raw):
         size = raw[pos + 1] & 0x7F  # control frames are short
-        frames.append((raw[pos] & 0x0F, raw[pos + 2:pos + 2 + size]))
+        frames.append((raw[pos] & 0x0F, raw[pos + 2 : pos + 2 + size]))
         pos += 2 + size
     assert [op for op, _ in frames][:-1] == [0x9] * (len(frames) - 1)  # pings, then the close
     opcode, payload = frames[-1]
