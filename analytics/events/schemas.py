@@ -6,7 +6,8 @@ silently dropped data.
 
 :class:`EventSchema` is the one declaration of an event: the hot path's
 validator (:mod:`analytics.events.fastpath`) reads its tables from the
-schema's fields at import, so a rule is changed here and nowhere else.
+schema's fields at import, so a field's rule is changed here and nowhere
+else (its one-pass walk of the free objects checks the limits below).
 """
 
 from __future__ import annotations

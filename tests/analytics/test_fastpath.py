@@ -17,7 +17,7 @@ from marshmallow import fields, validate
 
 from analytics.events import fastpath
 from analytics.events.fastpath import load_split, read_schema
-from analytics.events.schemas import EventSchema, FreeObject, event_schema
+from analytics.events.schemas import EventSchema, FreeObject, Timestamp, event_schema
 from analytics.privacy import phi
 from analytics.settings import DEFAULT_PHI_FIELDS
 
@@ -167,9 +167,10 @@ def test_a_list_or_object_where_a_string_goes_is_declined() -> None:
 
 
 class Narrower(EventSchema):
-    """The event with two rules changed: a type of 2 to 5 characters, and
-    other priorities ("low" when missing)."""
+    """The event with three rules changed: a type of 2 to 5 characters, other
+    priorities ("low" when missing), and only an anonymous id identifies."""
 
+    identified_by = ("anonymousId",)
     type = fields.String(required=True, validate=validate.Length(min=2, max=5))
     priority = fields.String(load_default="low", allow_none=True, validate=validate.OneOf(["low", "top"]))
 
@@ -179,7 +180,7 @@ def test_a_rule_changed_in_the_schema_changes_both_paths(monkeypatch: pytest.Mon
     strings, _, defaults = read_schema(narrower)
     monkeypatch.setattr(fastpath, "_STRINGS", strings)
     monkeypatch.setattr(fastpath, "_DEFAULTS", defaults)
-    base = {"type": "click", "userId": "u"}
+    base = {"type": "click", "anonymousId": "a"}
     changes: list[tuple[dict[str, Any], bool]] = [
         ({}, True),
         ({"type": "c"}, False),
@@ -187,17 +188,18 @@ def test_a_rule_changed_in_the_schema_changes_both_paths(monkeypatch: pytest.Mon
         ({"priority": "top"}, True),
         ({"priority": "high"}, False),
         ({"priority": None}, True),
+        ({"anonymousId": None, "userId": "u"}, False),
     ]
     for change, valid in changes:
         raw = {**base, **change}
         got = load_split(raw, POLICY)
         if valid:
-            assert got is not None and got[0] == {**narrower.load(raw), "userId": "u"}, change
+            assert got is not None and got[0] == narrower.load(raw), change
         else:
             assert got is None, change
             with pytest.raises(marshmallow.ValidationError):
                 narrower.load(raw)
-    assert load_split(base, POLICY) == ({**narrower.load(base), "userId": "u"}, [[["userId"], "u"]])
+    assert load_split(base, POLICY) == (narrower.load(base), [[["anonymousId"], "a"]])
     assert narrower.load(base)["priority"] == "low"
 
 
@@ -211,6 +213,9 @@ def test_a_rule_the_fast_path_cannot_check_stops_the_import() -> None:
     class Renamed(EventSchema):
         type = fields.String(required=True, data_key="kind")
 
-    for schema in (Patterned(), MoreObjects(), Renamed()):
+    class TwoTimes(EventSchema):
+        received = Timestamp(load_default=None, allow_none=True)
+
+    for schema in (Patterned(), MoreObjects(), Renamed(), TwoTimes()):
         with pytest.raises(TypeError):
             read_schema(schema)
