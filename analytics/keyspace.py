@@ -135,6 +135,9 @@ ROTATION = "analytics:rotation"
 WS_STATS = "analytics:stats:ws:"
 LIVE_EVENTS = "analytics:live:events"
 LIVE_METRICS = "analytics:live:metrics"
+#: Pub/sub: key ids revoked and user hashes erased (JSON ``{"keys", "users"}``),
+#: so every web process closes the streams they opened at once.
+LIVE_REVOKED = "analytics:live:revoked"
 METRICS_QUEUE = "analytics:metrics:queue"
 METRICS = "analytics:metrics:"
 METRIC_TAGS = "analytics:metrics:tags:"
