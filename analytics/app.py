@@ -89,7 +89,9 @@ class Analytics:
         self.access = AccessService(self.api_keys, rate_limiter, self.auditor, self.vault)
         self.admitter = Admitter(client, rate_limiter, KICK_TTL_MS, settings.redis_max_connections)
         self.intake = Intake(client, self.admitter, self.access, kick)
-        self.events = EventService(settings, self.codec, self.registry, self.queue, self.store, self.intake)
+        self.events = EventService(
+            settings, self.codec, self.registry, self.queue, self.store, self.intake, self.stats.record_unreadable
+        )
         self.metrics = MetricService(
             settings, self.metric_store, self.metrics_queue, self.intake, self.events, self.policy.names
         )

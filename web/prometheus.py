@@ -74,6 +74,7 @@ class RedisCollector(Collector):
             "analytics_redis_maxmemory_bytes", "Redis maxmemory (0: none)", figures["redis"]["maxmemory_bytes"]
         )
         yield from self._queue(figures["queue"])
+        yield _gauge("analytics_unreadable_records", "Records read that no key opens", figures["unreadable_records"])
         yield from self._workers(figures["workers"])
         ws = figures["websocket"]
         yield _gauge("analytics_websocket_clients", "Connected WebSocket clients", ws["clients"])

@@ -5,7 +5,7 @@ followed by one admission round trip (:meth:`EventService.track_as`)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from analytics.pipeline.admission import StreamEntry
 from analytics.pipeline.intake import Intake
 from analytics.pipeline.queue import EventQueue
 from analytics.privacy.apikeys import ApiKey
+from analytics.privacy.crypto import DecryptionError
 from analytics.privacy.phi import Pairs
 from analytics.redis_client import unavailable_as_error
 from analytics.settings import Settings
@@ -72,8 +73,11 @@ class EventService:
         queue: EventQueue,
         store: EventStore,
         intake: Intake,
+        on_unreadable: Callable[[int], None] = lambda n: None,
     ) -> None:
         self._settings = settings
+        #: Told how many records of a page no configured key opened.
+        self._on_unreadable = on_unreadable
         self._codec = codec
         self._registry = registry
         self._queue = queue
@@ -207,7 +211,23 @@ class EventService:
                 cursor=params["cursor"],
                 where=where,
             )
-        return [self._codec.decode(r, reveal_phi) for r in records], cursor
+        return self._decode_page(records, reveal_phi), cursor
+
+    def _decode_page(self, records: list[dict[str, Any]], reveal_phi: bool) -> list[dict[str, Any]]:
+        """The API form of ``records``. A record whose seal no configured key
+        opens (sealed under a key since removed) comes back as its clear part
+        marked ``"phi": "unavailable"`` and is counted: one bad record never
+        fails a page."""
+        page, unreadable = [], 0
+        for record in records:
+            try:
+                page.append(self._codec.decode(record, reveal_phi))
+            except DecryptionError:
+                unreadable += 1
+                page.append({**self._codec.decode({**record, "s": None}, reveal_phi), "phi": "unavailable"})
+        if unreadable:
+            self._on_unreadable(unreadable)
+        return page
 
     def count(
         self,

@@ -10,6 +10,8 @@ key                                            type    holds
                                                        5 min): rates over the last minute
 ``analytics:stats:totals``                     hash    the same, since the start, plus
                                                        ``seconds`` (for Prometheus counters)
+                                                       and ``unreadable_records`` (records
+                                                       read that no configured key opens)
 ``analytics:stats:batch-ms``                   list    ``epoch:ms`` of the last 512 batches
                                                        (p50/p99 of the processing time)
 ``analytics:stats:batch-hist``                 hash    batch duration histogram: count per
@@ -123,6 +125,14 @@ class Stats:
         pipe.ltrim(BATCH_MS, 0, RESERVOIR - 1)
         pipe.execute()
 
+    def record_unreadable(self, records: int) -> None:
+        """Count records a read met that no configured key opens (each
+        time one is read: a rising figure says a key is missing)."""
+        try:
+            self._redis.hincrby(TOTALS, "unreadable_records", records)
+        except TRANSIENT_ERRORS:
+            pass  # a figure, not worth failing the read that is being answered
+
     def heartbeat(self, name: str, processed: int, now: float | None = None) -> None:
         """Say that worker process ``name`` is alive."""
         now = time.time() if now is None else now
@@ -145,12 +155,13 @@ class Stats:
         try:
             figures["redis"] = self._redis_figures()
             figures["queue"] = self._queue_figures(queue, dead_letters, now)
+            figures["unreadable_records"] = figures["queue"]["totals"].get("unreadable_records", 0)
             figures["workers"] = self._workers(now)
             figures["websocket"] = self._websocket(now)
             figures["cleanup"] = self._cleanup()
         except TRANSIENT_ERRORS:
             figures["redis"] = {"status": "unavailable"}
-            for key in ("queue", "workers", "websocket", "cleanup"):
+            for key in ("queue", "workers", "websocket", "cleanup", "unreadable_records"):
                 figures.pop(key, None)
         return figures
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 from click.testing import CliRunner
 from cryptography.fernet import Fernet
@@ -16,6 +17,7 @@ from analytics.privacy.rotation import Rotator
 from analytics.redis_client import connect
 from cli.main import main as cli
 from testkit import records_in
+from web import create_app
 
 OLD = Fernet.generate_key().decode()
 NEW = Fernet.generate_key().decode()
@@ -141,3 +143,73 @@ def test_compare_and_set_leaves_a_value_changed_since_it_was_read(redis_server, 
     )
     [(_, fields)] = db.xrange("analytics:dlq:events")
     assert fields == {b"sealed": b"y", b"ts": b"1"}
+
+
+HASH = Fernet.generate_key().decode()
+
+
+def test_a_record_under_a_removed_key_comes_back_marked_and_counted(redis_server, db, env, tmp_path) -> None:
+    """One record sealed under a key no longer configured, in a page of good
+    ones: the page is answered (API, service and export), that record as its
+    clear part marked ``"phi": "unavailable"``, and it is counted."""
+    keys = {"REDIS_URL": redis_server.url(3), "ANALYTICS_HASH_KEY": HASH}
+    minute = int(time.time()) // 60 * 60  # one page: one type, one minute
+    old = Analytics(Settings.from_env({**keys, "ANALYTICS_ENCRYPTION_KEYS": OLD}), connect(Settings.from_env(keys)))
+    old.events.track(
+        {
+            "type": "click",
+            "userId": USER,
+            "messageId": "lost",
+            "timestamp": minute,
+            "properties": {"email": "lost@example.org", "plan": "pro"},
+        }
+    )
+    old.processor.drain("test", budget=1)
+    new_env = {**keys, "ANALYTICS_ENCRYPTION_KEYS": NEW}
+    new = Analytics(Settings.from_env(new_env), connect(Settings.from_env(new_env)))
+    new.events.track_many(
+        [
+            {
+                "type": "click",
+                "userId": USER,
+                "messageId": f"good-{i}",
+                "timestamp": minute + 1 + i,
+                "properties": {"email": f"g{i}@example.org", "plan": "free"},
+            }
+            for i in range(4)
+        ]
+    )
+    new.processor.drain("test", budget=1)
+    assert len(db.hkeys(keyspace.processed("click"))) == 1  # all five in one page
+
+    events, _ = new.events.get_events({"limit": 100})
+    by_id = {e["messageId"]: e for e in events}
+    assert sorted(by_id) == ["good-0", "good-1", "good-2", "good-3", "lost"]
+    assert all(by_id[f"good-{i}"]["properties"]["email"] == f"g{i}@example.org" for i in range(4))
+    assert all("phi" not in by_id[f"good-{i}"] for i in range(4))
+    lost = by_id["lost"]
+    assert lost["phi"] == "unavailable" and lost["type"] == "click"
+    assert "email" not in lost["properties"] and "lost@example.org" not in str(lost)
+    assert new.ops.stats_snapshot()["unreadable_records"] == 1
+
+    # the HTTP API: 200 with the page, the figure in /v1/stats and /metrics
+    app = create_app({**env, **new_env, "TESTING": True})
+    http = app.test_client()
+    read = {"Authorization": f"Bearer {new.access.create('read')[0]}"}
+    response = http.get("/v1/events?limit=100", headers=read)
+    assert response.status_code == 200, response.get_json()
+    marked = [e for e in response.get_json()["events"] if e.get("phi") == "unavailable"]
+    assert [e["messageId"] for e in marked] == ["lost"] and len(response.get_json()["events"]) == 5
+    assert http.get("/v1/stats", headers=read).get_json()["unreadable_records"] == 2
+    assert "analytics_unreadable_records 2.0" in http.get("/metrics").get_data(as_text=True)
+
+    # analytics export
+    target = tmp_path / "out.ndjson"
+    result = CliRunner().invoke(
+        cli, ["export", "-o", str(target), "-q"], env={**env, **new_env}, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    exported = {e["messageId"]: e for e in map(orjson.loads, target.read_text().splitlines())}
+    assert len(exported) == 5 and exported["lost"]["phi"] == "unavailable"
+    assert exported["good-2"]["properties"]["email"] == "g2@example.org"
+    assert new.ops.stats_snapshot()["unreadable_records"] == 3
