@@ -130,6 +130,10 @@ class Settings:
     #: ``ANALYTICS_WS_IDLE_SECONDS``: a WebSocket client that sends nothing for
     #: this long is logged off (HIPAA automatic logoff); 0 disables.
     ws_idle_seconds: float = 900.0
+    #: ``ANALYTICS_WS_MAX_SESSION_SECONDS``: a WebSocket stream is logged off
+    #: this long after it opened, whatever the client sends (``active``
+    #: proves a program is there, not a person); 0 disables.
+    ws_max_session_seconds: float = 28800.0
     #: ``ANALYTICS_WS_PING_SECONDS``: interval of WebSocket pings; a peer that
     #: has not answered the previous ping by the next one is dropped.
     ws_ping_seconds: float = 20.0
@@ -203,6 +207,7 @@ class Settings:
             ("ANALYTICS_REGISTRY_TTL", "registry_ttl"),
             ("ANALYTICS_RATE_LIMIT", "rate_limit"),
             ("ANALYTICS_WS_IDLE_SECONDS", "ws_idle_seconds"),
+            ("ANALYTICS_WS_MAX_SESSION_SECONDS", "ws_max_session_seconds"),
             ("ANALYTICS_WS_PING_SECONDS", "ws_ping_seconds"),
             ("ANALYTICS_WS_METRIC_INTERVAL", "ws_metric_interval"),
             ("ANALYTICS_CLEANUP_INTERVAL", "cleanup_interval"),
