@@ -11,9 +11,16 @@ What is re-encrypted:
   again (same fields, the original ``ts``) and the old entry deleted, in
   one script: its stream id changes, nothing else.
 
-Not re-encrypted: the queue streams. Their entries live for seconds (a
-worker stores and deletes them), so they drain by themselves; keep the old
-key configured until the rotation is done and the queue has drained.
+* the queue streams (``analytics:events:queue*``), walked the same way and
+  re-appended the same way, under one rule: only entries **no worker has
+  been given yet** (newer than the consumer group's last-delivered id) are
+  re-appended, and the check and the re-append are one script, so no worker
+  can read an entry between them. An entry a worker holds (pending) is left
+  as it is and counted in ``pending``: re-appending it would pull it from
+  under that worker or store its records twice. It drains into the stored
+  records within seconds, sealed under the old key; so keep the old key
+  configured until a run reports ``pending`` 0 (run the command again once
+  the queue has drained: a run only rewrites what is not current yet).
 
 Safe while the service runs: each slice is written by a Lua script that
 replaces a value only if it is still exactly the value that was read
@@ -38,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import msgpack
 import orjson
 import redis
 
@@ -67,6 +75,8 @@ class RotationReport:
     #: values changed by someone else between read and write (left alone;
     #: a new write is sealed under the newest key anyway)
     raced: int = 0
+    #: queue entries a worker held (left to drain; see the module docstring)
+    pending: int = 0
     resumed: bool = False
     seconds: float = 0.0
 
@@ -77,6 +87,7 @@ class Rotator:
         self._vault = vault
         self.slice_size = slice_size
         self._cas_stream = client.register_script(lua_source("reappend_stream_entry.lua"))
+        self._cas_queue = client.register_script(lua_source("reappend_queue_entry.lua"))
         self._store = EventStore(client)
         self.key_id = vault.current_key_id.hex()
 
@@ -89,13 +100,14 @@ class Rotator:
         streams = sorted(
             k.decode() for k in self._redis.scan_iter(match=keyspace.DLQ_PREFIX + "*", count=200, _type="stream")
         )
-        return [("hash", k) for k in hashes] + [("stream", k) for k in streams]
+        lanes = [lane for lane in keyspace.EVENT_QUEUES if self._redis.exists(lane)]
+        return [("hash", k) for k in hashes] + [("stream", k) for k in streams] + [("queue", k) for k in lanes]
 
     def total(self) -> int:
         """Records and dead letters to examine (for a progress bar)."""
         pipe = self._redis.pipeline(transaction=False)
         for kind, key in self.targets():
-            if kind == "stream":
+            if kind != "hash":
                 pipe.xlen(key)
         return self._store.stored_count() + sum(pipe.execute())
 
@@ -136,6 +148,44 @@ class Rotator:
         record["s"] = new
         return orjson.dumps(record)
 
+    def _reseal_blob(self, fields: list[Any], blob: bytes, report: RotationReport) -> bytes:
+        """A record's blob (decoded: ``fields``) with its seal under the
+        newest key; ``blob`` itself when it already is (or has none)."""
+        report.examined += 1
+        sealed = fields[11] if len(fields) > 11 else None
+        if not isinstance(sealed, bytes):
+            report.current += 1
+            return blob
+        new = self._reseal(base64.urlsafe_b64encode(sealed).decode(), report)
+        if new is None:
+            return blob
+        report.rotated += 1
+        return packb([*fields[:11], base64.urlsafe_b64decode(new), *fields[12:]])
+
+    def _reseal_entry(self, fields: dict[str, bytes], attempt: RotationReport) -> tuple[str, bytes, bytes] | None:
+        """(field, old value, new value) of a queue entry with its records
+        re-sealed; None when there is nothing to change."""
+        if "r" in fields:  # queue items: [type, ts, owner, shard, member, blob]
+            items = msgpack.unpackb(fields["r"])
+            for item in items:
+                item[5] = self._reseal_blob(msgpack.unpackb(item[5]), item[5], attempt)
+            name, new = "r", packb(items)
+        elif "e" in fields:  # records of an older version, JSON
+            records = orjson.loads(fields["e"])
+            for record in records:
+                attempt.examined += 1
+                sealed = record.get("s") if isinstance(record, dict) else None
+                resealed = self._reseal(sealed, attempt) if sealed else None
+                if resealed is None:
+                    attempt.current += 0 if sealed else 1
+                    continue
+                record["s"] = resealed
+                attempt.rotated += 1
+            name, new = "e", orjson.dumps(records)
+        else:
+            return None
+        return (name, fields[name], new) if attempt.rotated else None
+
     # -- walking -------------------------------------------------------------
     def _rotate_page(self, event_type: str, page_id: str, page: bytes | None, report: RotationReport) -> int:
         """Re-seal the records of one page; returns the records examined."""
@@ -145,16 +195,7 @@ class Rotator:
             attempt = RotationReport()
 
             def keep(fields: list[Any], blob: bytes, attempt: RotationReport = attempt) -> bytes:
-                attempt.examined += 1
-                sealed = fields[11] if len(fields) > 11 else None
-                if not isinstance(sealed, bytes):
-                    attempt.current += 1
-                    return blob
-                new = self._reseal(base64.urlsafe_b64encode(sealed).decode(), attempt)
-                if new is None:
-                    return blob
-                attempt.rotated += 1
-                return packb([*fields[:11], base64.urlsafe_b64decode(new), *fields[12:]])
+                return self._reseal_blob(fields, blob, attempt)
 
             if self._store.rewrite(event_type, page_id, page, keep) >= 0:
                 report.examined += attempt.examined
@@ -213,6 +254,43 @@ class Rotator:
                 self._save(key, DONE)
                 return
 
+    def _rotate_queue(self, key: str, after: str, report: RotationReport, progress: Callable[[int], None]) -> None:
+        # As _rotate_stream; the script re-appends only undelivered entries.
+        start = f"({after}" if after else "-"
+        while True:
+            chunk = cast(StreamChunk, self._redis.xrange(key, start, "+", count=self.slice_size))
+            for entry_id, raw in chunk:
+                fields = {k.decode(): v for k, v in raw.items()}
+                attempt = RotationReport()
+                try:
+                    change = self._reseal_entry(fields, attempt)
+                except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                    change = None  # not a readable entry: the worker sets it aside
+                    attempt.unreadable += 1
+                report.examined += attempt.examined
+                report.current += attempt.current
+                report.unreadable += attempt.unreadable
+                if change is None:
+                    continue
+                name, old, new = change
+                flat: list[Any] = []
+                for k, v in {**fields, name: new}.items():
+                    flat += (k, v)
+                done = self._cas_queue(keys=[key], args=[keyspace.GROUP, entry_id, name, old, *flat])
+                if done == 1:
+                    report.rotated += attempt.rotated
+                elif done == -1:
+                    report.pending += 1
+                else:
+                    report.raced += 1
+            progress(len(chunk))
+            if chunk:
+                start = "(" + chunk[-1][0].decode()
+                self._save(key, chunk[-1][0].decode())
+            if len(chunk) < self.slice_size:
+                self._save(key, DONE)
+                return
+
     def run(self, progress: Callable[[int], None] = lambda n: None, stop_after: int | None = None) -> RotationReport:
         """Re-encrypt everything not yet under the newest key.
 
@@ -231,6 +309,8 @@ class Rotator:
                 continue
             if kind == "hash":
                 self._rotate_hash(key, int(position or 0), report, progress)
+            elif kind == "queue":
+                self._rotate_queue(key, position, report, progress)
             else:
                 self._rotate_stream(key, position, report, progress)
         self._redis.delete(keyspace.ROTATION)

@@ -3,10 +3,12 @@ slices, resumably, without clobbering concurrent changes; user hashes stay."""
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -213,3 +215,55 @@ def test_a_record_under_a_removed_key_comes_back_marked_and_counted(redis_server
     assert len(exported) == 5 and exported["lost"]["phi"] == "unavailable"
     assert exported["good-2"]["properties"]["email"] == "g2@example.org"
     assert new.ops.stats_snapshot()["unreadable_records"] == 3
+
+
+def queued_key_ids(db: Any, vault: Any) -> dict[bytes, set[bytes]]:
+    """Entry id -> the key ids of the seals its records carry."""
+    found: dict[bytes, set[bytes]] = {}
+    for entry_id, fields in db.xrange(keyspace.EVENT_QUEUE):
+        found[entry_id] = set()
+        for item in msgpack.unpackb(fields[b"r"]):
+            sealed = msgpack.unpackb(item[5])[11]
+            found[entry_id].add(vault.key_id_of(base64.urlsafe_b64encode(sealed).decode()))
+    return found
+
+
+def test_rotation_re_seals_undelivered_queue_entries_and_leaves_pending_ones(redis_server, db) -> None:
+    """Queue entries no worker has been given are re-appended re-sealed;
+    an entry a worker holds is left to that worker (counted as pending)."""
+    old = make_service(redis_server, OLD)
+    for i in range(4):  # four entries (one per call) of two events each
+        old.events.track_many(
+            [
+                {"type": "click", "userId": f"{USER}-{i}", "properties": {"email": f"q{i}{j}@example.org"}}
+                for j in range(2)
+            ]
+        )
+    old.queue.ensure_groups()
+    [held] = old.queue.read("worker-a", 1)  # delivered: pending in worker-a's hands
+    fill_dead = {"userId": USER, "i": 1}
+    old.dead_letters.add_raw("events", fill_dead, "invalid_message", old.codec.user_hash(USER))
+
+    new = make_service(redis_server, f"{NEW},{OLD}")
+    before = queued_key_ids(db, new.vault)
+    assert set().union(*before.values()) == {old.vault.current_key_id} and len(before) == 4
+    report = new.privacy.rotate_encryption()
+    assert report.pending == 1 and report.raced == 0 and report.unreadable == 0
+    assert report.rotated == 3 * 2 + 1  # three undelivered entries of two, one dead letter
+
+    after = queued_key_ids(db, new.vault)
+    assert len(after) == 4
+    assert after[held.id.encode()] == {old.vault.current_key_id}  # left as it was, same id
+    assert [ids for entry, ids in after.items() if entry != held.id.encode()] == [{new.vault.current_key_id}] * 3
+    pending = db.xpending_range(keyspace.EVENT_QUEUE, keyspace.GROUP, "-", "+", 10)
+    assert [p["message_id"] for p in pending] == [held.id.encode()]  # still worker-a's
+    assert key_ids(db, new.vault) == {new.vault.current_key_id}  # the dead letter too
+
+    # The re-appended entries are delivered and stored as usual, and open
+    # with the new key alone.
+    new.processor.drain("test", budget=2)
+    stored_records = stored(db)
+    assert len(stored_records) == 6
+    assert {new.vault.key_id_of(r["s"]) for r in stored_records} == {new.vault.current_key_id}
+    again = new.privacy.rotate_encryption()
+    assert again.rotated == 0 and again.pending == 1
