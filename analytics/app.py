@@ -41,6 +41,7 @@ from analytics.privacy.audit import AuditLog
 from analytics.privacy.auditor import Auditor
 from analytics.privacy.crypto import Vault
 from analytics.privacy.erasure import Eraser
+from analytics.privacy.fingerprints import KeyFingerprints
 from analytics.privacy.phi import PhiPolicy
 from analytics.privacy.ratelimit import RateLimiter
 from analytics.privacy.service import PrivacyService
@@ -81,6 +82,8 @@ class Analytics:
         self.store.metric_args = self.metric_store.event_metric_args()
         self.api_keys = ApiKeyStore(client)
         self.audit = AuditLog(client, self.vault)
+        # Development mode's well-known key is not fingerprinted.
+        self.fingerprints = KeyFingerprints(client, self.vault, enabled=bool(settings.encryption_keys))
         self.auditor = Auditor(client, self.audit, self.vault, self.policy, settings.auth_failure_window)
         self.dead_letters = DeadLetters(client, self.vault)
         self.stats = Stats(client)

@@ -64,6 +64,9 @@ key                                          type     holds
                                                       throttling; expires)
 ``analytics:stats:auth_failures``            string   authentication failures, all counted
 ``analytics:rotation``                       hash     progress of a key rotation (resume)
+``analytics:keys:fingerprints``              hash     ``hash`` and ``enc:{fingerprint}``:
+                                                      fingerprints of the keys stored data
+                                                      needs (:mod:`analytics.privacy.fingerprints`)
 ``analytics:stats:ws:{host-pid}``            hash     one web process's WebSocket figures
                                                       (clients, messages, errors, auth
                                                       failures); TTL 30 s, rewritten every 2 s
@@ -132,6 +135,7 @@ RATE_BUCKET = "analytics:rate:"
 AUTH_FAILURES_BY_REMOTE = "analytics:authfail:"
 AUTH_FAILURES_TOTAL = "analytics:stats:auth_failures"
 ROTATION = "analytics:rotation"
+KEY_FINGERPRINTS = "analytics:keys:fingerprints"
 WS_STATS = "analytics:stats:ws:"
 LIVE_EVENTS = "analytics:live:events"
 LIVE_METRICS = "analytics:live:metrics"

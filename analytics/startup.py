@@ -4,7 +4,9 @@ its heap once started (:func:`freeze_startup_heap`).
 Outside development mode a process without ``ANALYTICS_ENCRYPTION_KEYS``
 refuses to start with one clear line on standard error and exit status 1:
 no traceback, no half-started server. In development mode it starts with a
-loud warning (the well-known key protects nothing).
+loud warning (the well-known key protects nothing). A process whose keys do
+not fit the stored data (another user hash key, an old encryption key
+dropped) refuses the same way (:mod:`analytics.privacy.fingerprints`).
 
 Called by ``create_app`` (web), gunicorn's ``on_starting`` hook (so the
 master stops instead of respawning failing workers), Celery's
@@ -17,9 +19,13 @@ import gc
 import logging
 from collections.abc import Mapping
 
+import redis
+
 from analytics.errors import ConfigurationError
 from analytics.logs import configure_logging, install
 from analytics.privacy.crypto import Vault
+from analytics.privacy.fingerprints import KeyFingerprints
+from analytics.redis_client import connect
 from analytics.settings import Settings
 
 log = logging.getLogger("analytics.startup")
@@ -40,11 +46,27 @@ def check_settings(settings: Settings, process: str) -> None:
         if settings.encryption_keys:
             # Builds the vault once: a malformed key is reported here, in one
             # line, rather than as a traceback at the first request.
-            Vault(settings.encryption_keys, settings.hash_key)
+            check_fingerprints(settings, Vault(settings.encryption_keys, settings.hash_key))
     except ConfigurationError as exc:
         raise SystemExit(f"analytics {process}: {exc.message}") from None
     if not settings.encryption_keys:
         log.warning(DEV_WARNING)
+
+
+def check_fingerprints(settings: Settings, vault: Vault) -> None:
+    """The configured keys against the fingerprints stored in Redis
+    (:class:`ConfigurationError` when they do not fit).
+
+    Redis away at start is not a reason to refuse (processes wait for it
+    elsewhere); it is said, and the next start checks.
+    """
+    client = connect(settings)
+    try:
+        KeyFingerprints(client, vault).check()
+    except redis.RedisError as exc:
+        log.warning("could not check the key fingerprints (%s): is Redis running?", type(exc).__name__)
+    finally:
+        client.connection_pool.disconnect()
 
 
 def start_process(

@@ -125,7 +125,8 @@ def keys_rotate_encryption(slice_size: int) -> None:
     ANALYTICS_ENCRYPTION_KEYS). Safe while the service runs; resumable: run it
     again after an interruption and it continues where it stopped. Keep the
     old keys configured until it has finished and the queue has drained."""
-    privacy = analytics().privacy
+    app = analytics()
+    privacy = app.privacy
     total = privacy.rotation_total()
     with click.progressbar(length=max(total, 1), label="re-encrypting", file=sys.stderr, show_pos=True) as bar:
         report = privacy.rotate_encryption(bar.update, slice_size=slice_size)
@@ -138,6 +139,9 @@ def keys_rotate_encryption(slice_size: int) -> None:
     if report.unreadable:
         click.echo("error: some values open with no configured key (see docs/security.rst: key rotation)", err=True)
         sys.exit(1)
+    # Everything stored is sealed under the newest key now: the older keys
+    # may leave ANALYTICS_ENCRYPTION_KEYS (once the queue has drained).
+    app.fingerprints.retire_all_but_newest()
 
 
 @main.group()

@@ -17,6 +17,7 @@ def analytics(*, wake_workers: bool = False) -> Analytics:
     settings = Settings.from_env()
     kick: Kick | None = wakeup(create_celery_app(settings)) if wake_workers else None
     app = Analytics.create(settings, kick=kick)
+    app.fingerprints.check()  # keys that do not fit the stored data: one line, exit 1
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.call_on_close(app.redis.close)

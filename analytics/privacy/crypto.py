@@ -54,17 +54,28 @@ def generate_key() -> str:
     return Fernet.generate_key().decode()
 
 
-def _decode_key(raw: str) -> bytes:
+def _decode_key(raw: str, setting: str = "ANALYTICS_ENCRYPTION_KEYS") -> bytes:
     try:
         key = base64.urlsafe_b64decode(raw.encode())
     except (ValueError, TypeError):
         key = b""
     if len(key) != 32:
         raise ConfigurationError(
-            "ANALYTICS_ENCRYPTION_KEYS holds a key that is not 32 bytes of URL-safe "
+            f"{setting} holds a key that is not 32 bytes of URL-safe "
             "base64 (make one with `analytics keys generate-encryption-key`)"
         )
     return key
+
+
+def decode_audit_key(raw: str) -> bytes:
+    """``ANALYTICS_AUDIT_KEY`` as its 32 bytes (same format as the encryption keys)."""
+    return _derive(_decode_key(raw, "ANALYTICS_AUDIT_KEY"), b"analytics/audit-checkpoint/hmac/v1")
+
+
+def _fingerprint(key: bytes) -> str:
+    # An HMAC of a fixed label under the key: it identifies the key, and
+    # reveals nothing of it (what analytics.privacy.fingerprints stores).
+    return hmac.new(key, b"analytics/key-fingerprint/v1", hashlib.sha256).hexdigest()[:32]
 
 
 class _Nonces:
@@ -132,6 +143,13 @@ class Vault:
         self._hash_state = hashlib.blake2b(key=self._hash_key, digest_size=32)
         self._nonces = _Nonces()
         self._audit_key = _derive(hash_source, b"analytics/audit/hmac/v1")
+        #: Fingerprints of the configured encryption keys (newest first) and
+        #: of the key user hashes come from (:mod:`analytics.privacy.fingerprints`).
+        self.key_fingerprints = tuple(_fingerprint(key) for key in raw)
+        self.hash_fingerprint = _fingerprint(hash_source)
+        # Signs audit checkpoints when ANALYTICS_AUDIT_KEY is not set: kept
+        # apart from the chain's key by its own HKDF label.
+        self.derived_checkpoint_key = _derive(hash_source, b"analytics/audit-checkpoint/hmac/v1")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Vault:
