@@ -74,26 +74,50 @@ def keys() -> None:
     "--user", "user_id", default=None, help="Scope a read key to one user's data (USER_ID as sent in events)."
 )
 @click.option("--name", default="", help="A label to recognise the key by.")
-def keys_create(role: str, user_id: str | None, name: str) -> None:
+@click.option(
+    "--no-phi",
+    "no_phi",
+    is_flag=True,
+    help="A read key without PHI access: sealed values come back redacted (minimum necessary).",
+)
+@click.option(
+    "--expires",
+    default=None,
+    metavar="DURATION|DATE",
+    help="Refuse the key from then on: a duration (30d, 12h, 90m, 2w) or an ISO date/time (UTC unless given).",
+)
+def keys_create(role: str, user_id: str | None, name: str, no_phi: bool, expires: str | None) -> None:
     """Create a key. The key itself is printed once, alone on the last line."""
-    secret, key = analytics().access.create(role, user_id=user_id, name=name, actor="cli")
-    click.echo(f"created key id {key.id} (role {key.role}{', user-scoped' if key.user_hash else ''})")
+    secret, key = analytics().access.create(
+        role, user_id=user_id, name=name, actor="cli", phi=not no_phi, expires=expires
+    )
+    notes = [f"role {key.role}"]
+    if key.user_hash:
+        notes.append("user-scoped")
+    if not key.phi:
+        notes.append("no PHI")
+    if key.expires:
+        notes.append(f"expires {_utc(key.expires)} UTC")
+    click.echo(f"created key id {key.id} ({', '.join(notes)})")
     click.echo(secret)
+
+
+def _utc(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @keys.command("list")
 def keys_list() -> None:
-    """List keys: id, role, scope, name, created, revoked."""
+    """List keys: id, role, scope, PHI access, created, expires, revoked, name
+    (times in UTC; an expiry in the past is marked ``(expired)``)."""
     rows = analytics().access.list()
-    click.echo(f"{'ID':<14}{'ROLE':<8}{'SCOPED':<8}{'CREATED':<22}{'REVOKED':<22}NAME")
+    click.echo(f"{'ID':<14}{'ROLE':<8}{'SCOPED':<8}{'PHI':<5}{'CREATED':<22}{'EXPIRES':<32}{'REVOKED':<22}NAME")
     for k in rows:
-        created = datetime.datetime.fromtimestamp(k.created, datetime.UTC)
-        revoked = (
-            datetime.datetime.fromtimestamp(k.revoked, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S") if k.revoked else "-"
-        )
+        revoked = _utc(k.revoked) if k.revoked else "-"
+        expires = (_utc(k.expires) + (" (expired)" if k.expired() else "")) if k.expires else "-"
         click.echo(
-            f"{k.id:<14}{k.role:<8}{'yes' if k.user_hash else 'no':<8}"
-            f"{created:%Y-%m-%d %H:%M:%S}   {revoked:<22}{k.name}"
+            f"{k.id:<14}{k.role:<8}{'yes' if k.user_hash else 'no':<8}{'yes' if k.phi else 'no':<5}"
+            f"{_utc(k.created):<22}{expires:<32}{revoked:<22}{k.name}"
         )
 
 

@@ -104,15 +104,20 @@ def get_events() -> ResponseReturnValue:
     # Property filters may repeat (properties.amount=gte:10&properties.amount=lt:20).
     query.update({k: request.args.getlist(k) for k in query if k.startswith("properties.")})
     service = get_analytics()
-    events, cursor = service.events.get_events(query, reveal_phi=True, scope_user_hash=key.user_hash)
-    service.privacy.audit_read(key.id, query, len(events), request.remote_addr, scoped=bool(key.user_hash))
+    # A key created without PHI access gets sealed values redacted.
+    events, cursor = service.events.get_events(query, reveal_phi=key.reveal_phi, scope_user_hash=key.user_hash)
+    service.privacy.audit_read(key.id, query, len(events), request.remote_addr, scoped=key.scoped, phi=key.reveal_phi)
     return jsonify(events=events, next=cursor)
 
 
 @api.get("/event-types")
 @require("read")
 def list_event_types() -> ResponseReturnValue:
+    key = g.api_key
     types = [asdict(t) for t in get_analytics().events.event_types()]
+    if key.scoped:  # names and priorities only: the rest describes everyone's data
+        types = [{"name": t["name"], "priority": t["priority"]} for t in types]
+    get_analytics().privacy.record("eventTypes.read", key.id, request.remote_addr, count=len(types), scoped=key.scoped)
     return jsonify(eventTypes=types)
 
 

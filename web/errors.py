@@ -8,13 +8,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from analytics.errors import AnalyticsError, RateLimited, StoreUnavailable
+from analytics.errors import AnalyticsError, PermissionDenied, RateLimited, StoreUnavailable
 from analytics.logs import scrubbing_filter
 from analytics.outage import OutageLog
+from analytics.privacy.apikeys import KeyForbidden
 from analytics.redis_client import store_error
+from web.extensions import get_analytics
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,20 @@ def _analytics_error(exc: AnalyticsError) -> Response:
         response.headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, StoreUnavailable):
         outage(current_app).went_down(exc.message)
+    if isinstance(exc, PermissionDenied):
+        _audit_denied(exc)
     return response
+
+
+def _audit_denied(exc: PermissionDenied) -> None:
+    """Every 403 is audited (``access.denied``): the key, the route's
+    pattern (``/v1/metrics/<path:name>``: never the values in the path)
+    and what was required."""
+    key = g.get("api_key")
+    key_id = exc.key_id if isinstance(exc, KeyForbidden) and exc.key_id else (key.id if key else "")
+    required = exc.required if isinstance(exc, KeyForbidden) else ""
+    rule = request.url_rule.rule if request.url_rule is not None else "-"
+    get_analytics().access.audit_denied(key_id, rule, required, request.remote_addr)
 
 
 def outage(app: Flask) -> OutageLog:

@@ -4,7 +4,7 @@ authorize and shape; the work is in :class:`analytics.Analytics`."""
 from __future__ import annotations
 
 import orjson
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 from flask.typing import ResponseReturnValue
 
 from analytics.metrics.schemas import metric_batch_schema
@@ -27,7 +27,23 @@ def post_metrics() -> ResponseReturnValue:
 @metrics_api.get("/metrics/<path:name>")
 @require("read")
 def get_metric(name: str) -> ResponseReturnValue:
+    key = g.api_key
+    query = request.args.to_dict()
+    service = get_analytics()
+    # A user-scoped key gets the metric's aggregate only (no groupBy, no
+    # tag filters: a 403), see MetricService.get_metric.
+    body = service.metrics.get_metric(name, query, scoped=key.scoped)
+    # Audited before it leaves, as an event read: no entry, no data.
+    service.privacy.audit_read(
+        key.id,
+        {},
+        len(body["series"]),
+        request.remote_addr,
+        action="metrics.read",
+        metric=name,
+        scoped=key.scoped,
+        **service.auditor.metric_query(query),
+    )
     # orjson: a day of 1-minute points is thousands of numbers, and the
     # stdlib encoder behind jsonify costs more than the query itself.
-    body = get_analytics().metrics.get_metric(name, request.args.to_dict())
     return Response(orjson.dumps(body), mimetype="application/json")

@@ -1,7 +1,9 @@
 """Operations API: monitoring figures and dead letters.
 
-``GET /v1/stats`` (read role), ``GET /v1/dlq`` and ``POST /v1/dlq/replay``
-(admin role). Views only parse, authorize and shape.
+``GET /v1/stats`` (read role, unscoped: the figures are of the whole
+service and cannot be limited to one user, so a user-scoped key gets a 403),
+``GET /v1/dlq`` and ``POST /v1/dlq/replay`` (admin role). Views only parse,
+authorize and shape.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ ops = Blueprint("ops", __name__, url_prefix="/v1")
 @ops.get("/stats")
 @require("read")
 def stats() -> ResponseReturnValue:
+    g.api_key.require_unscoped("read the service's figures")
     return jsonify(get_analytics().ops.stats_snapshot())
 
 

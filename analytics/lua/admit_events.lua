@@ -19,7 +19,8 @@
 -- rate, role), and only an admitted request writes an entry. Returns
 -- {verdict, key record or false, ms until a token is back, kicked (1/0),
 -- the ids of the entries added (in KEYS order)};
--- verdict: 0 unknown key, 1 queued, 2 revoked, 3 rate limited, 4 role.
+-- verdict: 0 unknown key, 1 queued, 2 revoked (or expired: ``expires``,
+-- epoch seconds, at or before Redis's clock), 3 rate limited, 4 role.
 --
 -- All entries or none: the script declares itself (#!lua, admission.py),
 -- so when maxmemory is reached Redis refuses it whole before it runs, and
@@ -29,6 +30,10 @@ if not record then return {0, false, 0, 0, {}} end
 local allowed, wait = take_tokens(KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])
 local key = cjson.decode(record)
 if key.revoked and key.revoked ~= 0 then return {2, record, 0, 0, {}} end
+-- TIME only for a key that expires: most do not, and they pay nothing.
+if type(key.expires) == 'number' and key.expires > 0 and key.expires <= tonumber(redis.call('TIME')[1]) then
+  return {2, record, 0, 0, {}}
+end
 if allowed == 0 then return {3, record, wait, 0, {}} end
 if type(key.role) ~= 'string' or not string.find(ARGV[6], ' ' .. key.role .. ' ', 1, true) then
   return {4, record, 0, 0, {}}

@@ -19,7 +19,7 @@ from analytics.metrics.store import EMPTY_SERIES, MetricStore, auto_bucket, buck
 from analytics.pipeline.admission import StreamEntry
 from analytics.pipeline.intake import Intake
 from analytics.pipeline.queue import EventQueue
-from analytics.privacy.apikeys import ApiKey
+from analytics.privacy.apikeys import ApiKey, KeyForbidden
 from analytics.redis_client import unavailable_as_error
 from analytics.settings import Settings
 
@@ -163,13 +163,24 @@ class MetricService:
         return records
 
     # -- queries -------------------------------------------------------------
-    def get_metric(self, name: str, query: dict[str, Any], *, now_ms: int | None = None) -> dict[str, Any]:
+    def get_metric(
+        self, name: str, query: dict[str, Any], *, now_ms: int | None = None, scoped: bool = False
+    ) -> dict[str, Any]:
         """The ``GET /v1/metrics/{name}`` answer for ``query`` (raw strings
-        or loaded values). A tag combination never written gives no series."""
+        or loaded values). A tag combination never written gives no series.
+
+        ``scoped`` (a user-scoped key): only the aggregate over every series
+        of the metric. Tag values may be per user whatever their key is
+        called (``user``, ``patient``, ``acct``...), so such a key may
+        neither group by a tag (it would list other users' values) nor
+        filter on one (a probe of whether a value exists): both are a 403.
+        """
         try:
             params = metric_query_schema.load(query)
         except marshmallow.ValidationError as exc:
             raise ValidationError("invalid query", exc.normalized_messages()) from None
+        if scoped and (params["groupBy"] is not None or params["tags"]):
+            raise KeyForbidden("a user-scoped key may not group or filter metrics by tag", "unscoped read")
         event_type = name[len(EVENT_METRIC_PREFIX) :] if name.startswith(EVENT_METRIC_PREFIX) else None
         if event_type is None:
             problems = check_name(name, ingest=False)

@@ -56,6 +56,21 @@ class Auditor:
                 out[name] = str(value)[:MAX_FILTER_CHARS]
         return out
 
+    def metric_query(self, query: Mapping[str, Any]) -> dict[str, Any]:
+        """A metric query (``GET /v1/metrics/{name}`` parameters, validated)
+        as an entry may hold it: the aggregation, range and ``groupBy`` (a
+        tag key) as given; tag filter values as keyed hashes (a tag value may
+        be an id), their keys clear."""
+        out: dict[str, Any] = {"agg": str(query.get("agg") or "avg")[:MAX_FILTER_CHARS]}
+        for name in ("start", "end", "bucket", "groupBy"):
+            if query.get(name) not in (None, ""):
+                out[name] = str(query[name])[:MAX_FILTER_CHARS]
+        tags = query.get("tags")
+        if tags:
+            pairs = tags.items() if isinstance(tags, Mapping) else (p.partition(":")[::2] for p in str(tags).split(","))
+            out["tagHashes"] = {k.strip(): self._vault.pseudonym(str(v).strip()) for k, v in pairs}
+        return out
+
     # -- entries -------------------------------------------------------------
     def record(self, action: str, actor: str, remote: str | None = None, **fields: Any) -> str:
         return self.log.record(action, actor, **fields, **self.remote_fields(remote))
