@@ -23,6 +23,7 @@ from kombu.exceptions import OperationalError
 
 from analytics.redis_client import TRANSIENT_ERRORS
 from tasks.base import analytics
+from tasks.celery_app import RECOVER
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,24 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, kinds)
 
 
+class RoutineSweepsAtDebug(logging.Filter):
+    """Beat sends the recovery sweep every few seconds, and Celery logs each
+    send, receipt and success at INFO: most of an idle stack's log. Those
+    lines go to DEBUG; a sweep that recovers something says so itself, at
+    WARNING (:func:`tasks.pipeline.recover`)."""
+
+    ROUTINE = (RECOVER, "recover-abandoned-work")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and any(name in record.getMessage() for name in self.ROUTINE):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def quiet_connection_tracebacks(logger: logging.Logger, **_: object) -> None:
     for handler in logger.handlers:
         handler.addFilter(ConnectionErrorsOnOneLine())
+        handler.addFilter(RoutineSweepsAtDebug())
