@@ -178,3 +178,15 @@ def test_a_rejected_key_is_forgotten_and_asked_for_again(web, page) -> None:
     assert "rejected" in page.inner_text("#login-error")
     assert page.evaluate("sessionStorage.getItem('analytics.readKey')") is None
     assert page.is_visible("#key")
+
+
+def test_a_user_scoped_key_is_told_why_the_figures_are_missing(web, page, service) -> None:
+    read_key, _ = service.access.create("read", user_id="u-scoped-dash", phi=False)
+    page.goto(web.url + "/")
+    page.fill("#key", read_key)
+    page.click("#connect")
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Live')", timeout=15_000)
+    page.wait_for_function(
+        "() => document.getElementById('figures-note').textContent.includes('user-scoped')", timeout=10_000
+    )
+    assert page.errors == []

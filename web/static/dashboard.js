@@ -415,8 +415,10 @@
       $("figures-note").textContent = "Updated " + new Date().toLocaleTimeString() + ".";
     }).catch(function (status) {
       renderFigures(null);
+      // 403: a user-scoped key (the figures are the whole service's).
       $("figures-note").textContent = "n/a: /v1/stats " +
-        (status === 404 ? "is not available on this server" : "could not be loaded") + ".";
+        (status === 404 ? "is not available on this server"
+          : status === 403 ? "is not available to a user-scoped key" : "could not be loaded") + ".";
     });
   }
 
