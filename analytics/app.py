@@ -39,6 +39,7 @@ from analytics.privacy.access import AccessService
 from analytics.privacy.apikeys import ApiKeyStore
 from analytics.privacy.audit import AuditLog
 from analytics.privacy.auditor import Auditor
+from analytics.privacy.checkpoints import CheckpointFile
 from analytics.privacy.crypto import Vault
 from analytics.privacy.erasure import Eraser
 from analytics.privacy.fingerprints import KeyFingerprints
@@ -81,7 +82,7 @@ class Analytics:
         self.store = EventStore(client)
         self.store.metric_args = self.metric_store.event_metric_args()
         self.api_keys = ApiKeyStore(client)
-        self.audit = AuditLog(client, self.vault)
+        self.audit = AuditLog(client, self.vault, CheckpointFile.from_settings(settings, self.vault))
         # Development mode's well-known key is not fingerprinted.
         self.fingerprints = KeyFingerprints(client, self.vault, enabled=bool(settings.encryption_keys))
         self.auditor = Auditor(client, self.audit, self.vault, self.policy, settings.auth_failure_window)

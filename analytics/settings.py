@@ -82,6 +82,15 @@ class Settings:
     hash_key: str = ""
     #: ``ANALYTICS_DEV``: development mode (well-known key allowed, loudly).
     dev_mode: bool = False
+    #: ``ANALYTICS_AUDIT_CHECKPOINTS``: the file signed audit checkpoints are
+    #: appended to, outside Redis (:mod:`analytics.privacy.checkpoints`);
+    #: empty: none are written (truncating the audit log would not show).
+    audit_checkpoints: str = ""
+    #: ``ANALYTICS_AUDIT_KEY``: the key checkpoints are signed with (format of
+    #: an encryption key); default derived from the hash key, with a warning.
+    audit_key: str = ""
+    #: ``ANALYTICS_AUDIT_CHECKPOINT_INTERVAL``: seconds between checkpoints (beat).
+    audit_checkpoint_interval: float = 60.0
     #: ``ANALYTICS_RETENTION_DAYS``: how long raw events live.
     retention_days: int = 30
     #: ``ANALYTICS_PHI_FIELDS``: field names treated as PHI (case-insensitive).
@@ -169,6 +178,10 @@ class Settings:
             values["encryption_keys"] = _list(get("ANALYTICS_ENCRYPTION_KEYS", ""))
         if get("ANALYTICS_HASH_KEY"):
             values["hash_key"] = get("ANALYTICS_HASH_KEY")
+        if get("ANALYTICS_AUDIT_CHECKPOINTS"):
+            values["audit_checkpoints"] = get("ANALYTICS_AUDIT_CHECKPOINTS", "").strip()
+        if get("ANALYTICS_AUDIT_KEY"):
+            values["audit_key"] = get("ANALYTICS_AUDIT_KEY")
         if get("ANALYTICS_DEV") is not None:
             values["dev_mode"] = _bool("ANALYTICS_DEV", get("ANALYTICS_DEV", ""))
         if get("ANALYTICS_PHI_FIELDS"):
@@ -211,6 +224,7 @@ class Settings:
             ("ANALYTICS_WS_PING_SECONDS", "ws_ping_seconds"),
             ("ANALYTICS_WS_METRIC_INTERVAL", "ws_metric_interval"),
             ("ANALYTICS_CLEANUP_INTERVAL", "cleanup_interval"),
+            ("ANALYTICS_AUDIT_CHECKPOINT_INTERVAL", "audit_checkpoint_interval"),
         ):
             if get(name):
                 values[field] = _float(name, get(name, ""))

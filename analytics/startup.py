@@ -23,7 +23,7 @@ import redis
 
 from analytics.errors import ConfigurationError
 from analytics.logs import configure_logging, install
-from analytics.privacy.crypto import Vault
+from analytics.privacy.crypto import Vault, decode_audit_key
 from analytics.privacy.fingerprints import KeyFingerprints
 from analytics.redis_client import connect
 from analytics.settings import Settings
@@ -33,6 +33,12 @@ log = logging.getLogger("analytics.startup")
 DEV_WARNING = (
     "!!! DEVELOPMENT MODE (ANALYTICS_DEV=1, no ANALYTICS_ENCRYPTION_KEYS): PHI is sealed "
     "with a well-known key and is NOT protected. Never put real data in this instance. !!!"
+)
+
+
+CHECKPOINTS_OFF = (
+    "ANALYTICS_AUDIT_CHECKPOINTS is not set: no audit checkpoints are written outside Redis, "
+    "so removing the newest audit entries or the whole log would not show (docs/security.rst)"
 )
 
 
@@ -47,10 +53,14 @@ def check_settings(settings: Settings, process: str) -> None:
             # Builds the vault once: a malformed key is reported here, in one
             # line, rather than as a traceback at the first request.
             check_fingerprints(settings, Vault(settings.encryption_keys, settings.hash_key))
+        if settings.audit_key:
+            decode_audit_key(settings.audit_key)  # malformed: one line now
     except ConfigurationError as exc:
         raise SystemExit(f"analytics {process}: {exc.message}") from None
     if not settings.encryption_keys:
         log.warning(DEV_WARNING)
+    if process == "beat" and not settings.audit_checkpoints and not settings.dev_mode:
+        log.warning(CHECKPOINTS_OFF)
 
 
 def check_fingerprints(settings: Settings, vault: Vault) -> None:

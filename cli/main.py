@@ -175,11 +175,17 @@ def audit() -> None:
 
 @audit.command("verify")
 def audit_verify() -> None:
-    """Check the HMAC chain of the audit log; exit 1 and say where it breaks."""
+    """Check the HMAC chain of the audit log and that it extends the last
+    signed checkpoint (ANALYTICS_AUDIT_CHECKPOINTS); exit 1 and say where it
+    breaks. When intact, a new checkpoint is written."""
     result = analytics().privacy.verify_audit()
     if result.ok:
-        click.echo(f"audit log intact: {result.checked} entries verified")
+        click.echo(f"audit log intact: {result.checked} entries verified; {result.anchor}")
         return
+    if result.unanchored:
+        # truncation, a wiped log, a forged checkpoint: not at one entry
+        click.echo(f"audit log BROKEN: {result.reason}", err=True)
+        sys.exit(1)
     where = (
         f"entry #{result.checked + 1} (id {result.broken_at})"
         if result.broken_at

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 PROCESS_EVENTS = "analytics.process_events"
 RECOVER = "analytics.recover"
 CLEANUP = "analytics.cleanup"
+AUDIT_CHECKPOINT = "analytics.audit_checkpoint"
 
 
 def create_celery_app(settings: Settings) -> Celery:
@@ -32,6 +33,7 @@ def create_celery_app(settings: Settings) -> Celery:
     app.conf.beat_schedule = {
         "recover-abandoned-work": {"task": RECOVER, "schedule": settings.recovery_interval},
         "cleanup-expired-data": {"task": CLEANUP, "schedule": settings.cleanup_interval},
+        "audit-checkpoint": {"task": AUDIT_CHECKPOINT, "schedule": settings.audit_checkpoint_interval},
     }
     return app
 
