@@ -6,8 +6,12 @@ Registered on the ``analytics`` group in :mod:`cli.main`; the work is in
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from typing import Any
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
 
 import click
 
@@ -21,6 +25,31 @@ PAGE_SIZE = 500
 def _stderr() -> Any:
     # Looked up at call time: click's test runner swaps sys.stderr.
     return sys.stderr
+
+
+@contextlib.contextmanager
+def private_file(path: str) -> Iterator[IO[str]]:
+    """A text file at ``path`` that only its owner may read or write (0600:
+    an export holds PHI, decrypted), written atomically: under a temporary
+    name in the same directory (``mkstemp`` makes it 0600 whatever the
+    umask), renamed over ``path`` once complete, removed on failure. A file
+    already at ``path`` is replaced, its mode with it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".export-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            yield out
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _output(path: str) -> contextlib.AbstractContextManager[IO[str]]:
+    if path == "-":
+        return click.open_file(path, "w", encoding="utf-8")
+    return private_file(path)
 
 
 @click.command("export")
@@ -79,7 +108,7 @@ def export_events(
     app.events.get_events({**{k: v for k, v in query.items() if v}, "limit": 1})
     total = transfer.estimate(app.events, query)
     count = 0
-    with click.open_file(output, "w", encoding="utf-8", atomic=output != "-") as out:
+    with _output(output) as out:
         writer = transfer.writer_for(fmt, out)
         with click.progressbar(length=total, label="exporting", file=_stderr(), hidden=quiet) as bar:
             for event in transfer.iter_events(app.events, query, PAGE_SIZE):

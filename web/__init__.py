@@ -9,15 +9,16 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, request
 
 from analytics.startup import start_process
-from web import dashboard, errors, extensions, prometheus, stream
+from web import cors, dashboard, errors, extensions, prometheus, stream
 from web.api import api
 from web.health import health
 from web.metrics_api import metrics_api
 from web.openapi import openapi
 from web.ops import ops
+from web.posthog import posthog
 from web.privacy import privacy
 from web.segment import segment
 
@@ -48,6 +49,16 @@ class AnalyticsFlask(Flask):
             return sync
 
 
+def no_store(response: Response) -> Response:
+    """``Cache-Control: no-store`` on every API answer (``/v1/...``): they
+    may carry event data, PHI, which no browser or proxy cache may keep.
+    Errors too (same header whatever the outcome), and the stream's refusals
+    before its upgrade."""
+    if request.path.startswith("/v1/"):
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app. ``config`` entries override the environment: any
     setting's variable (``REDIS_URL``, ``ANALYTICS_...``) and Flask keys."""
@@ -65,9 +76,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     extensions.init_app(app)
     errors.init_app(app)
+    app.after_request(no_store)
     app.register_blueprint(health)
     app.register_blueprint(api)
     app.register_blueprint(segment)
+    app.register_blueprint(posthog)
     app.register_blueprint(privacy)
     app.register_blueprint(openapi)
     stream.init_app(app)
@@ -75,4 +88,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(metrics_api)
     app.register_blueprint(ops)
     prometheus.init_app(app)
+    cors.init_app(app)
     return app

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import stat
 import threading
 from typing import Any
 
@@ -185,3 +187,23 @@ def test_redis_down_is_one_clear_line(run_cli, env) -> None:
     result = run_cli("export", environ={**env, "REDIS_URL": "redis://127.0.0.1:1/0"})
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == ["error: Redis at REDIS_URL failed (ConnectionError): is it running?"]
+
+
+def test_export_files_are_created_readable_by_their_owner_only(run_cli, some_events, tmp_path) -> None:
+    """An export holds PHI in clear: 0600 whatever the umask, also when it
+    replaces a file that was readable by others; no temporary file left."""
+    old_umask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.ndjson"
+        assert run_cli("export", "-o", str(fresh), "-q").exit_code == 0
+        existing = tmp_path / "existing.csv"
+        existing.write_text("old\n")
+        existing.chmod(0o644)
+        assert run_cli("export", "-o", str(existing), "-q").exit_code == 0
+    finally:
+        os.umask(old_umask)
+    for path in (fresh, existing):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, oct(os.stat(path).st_mode)
+    assert len(lines(fresh.read_text())) == 12
+    assert existing.read_text().startswith("id,messageId,")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.csv", "fresh.ndjson"]

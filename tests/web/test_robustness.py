@@ -129,3 +129,22 @@ def test_a_good_chunked_body_is_still_accepted_on_gunicorn(web_server, service) 
     chunks = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     status, _, answer = raw_request(web_server, chunked("/v1/events", token, chunks))
     assert status == 202, answer
+
+
+def test_every_api_answer_says_no_store(client, keys) -> None:
+    """Answers that may carry event data are kept by no cache: every
+    ``/v1`` answer, errors and the stream's refusal included."""
+    answers = [
+        client.post("/v1/events", json={"type": "click", "anonymousId": "a"}, headers=keys["ingest"]),
+        client.get("/v1/events", headers=keys["read"]),
+        client.get("/v1/events"),  # 401
+        client.get("/v1/events?limit=nope", headers=keys["read"]),  # 400
+        client.get("/v1/stats", headers=keys["admin"]),
+        client.get("/v1/event-types", headers=keys["read"]),
+        client.get("/v1/no-such-thing", headers=keys["read"]),  # 404
+        client.post("/v1/events", data=deep(300), headers=keys["ingest"], content_type="application/json"),
+        client.get("/v1/stream"),  # no key: refused before any upgrade
+    ]
+    for response in answers:
+        assert response.headers.get("Cache-Control") == "no-store", (response.request.path, response.status)
+    assert answers[0].status_code == 202 and answers[1].status_code == 200 and answers[2].status_code == 401
