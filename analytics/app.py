@@ -90,7 +90,7 @@ class Analytics:
         self.stats = Stats(client)
         rate_limiter = RateLimiter(client, settings.rate_limit, settings.rate_burst)
 
-        self.access = AccessService(self.api_keys, rate_limiter, self.auditor, self.vault)
+        self.access = AccessService(self.api_keys, rate_limiter, self.auditor, self.vault, notices=client)
         self.admitter = Admitter(client, rate_limiter, KICK_TTL_MS, settings.redis_max_connections)
         self.intake = Intake(client, self.admitter, self.access, kick)
         self.events = EventService(

@@ -16,10 +16,19 @@ One connection, in its own gunicorn thread:
 * pings every ``ANALYTICS_WS_PING_SECONDS`` (simple-websocket's pinger): a
   peer that has not answered the previous ping is dropped (``1008``
   "Ping/Pong timeout"), and idle proxies keep the connection open.
-* automatic logoff: a client that sends no message for
+* automatic logoff: a client that sends no valid message for
   ``ANALYTICS_WS_IDLE_SECONDS`` is closed with ``4408`` ("idle timeout").
-  Pongs do not count: they prove the machine is there, not the person. The
-  dashboard sends ``{"action": "active"}`` while someone uses it.
+  Pongs and invalid messages do not count: they prove the machine is there,
+  not the person. The dashboard sends ``{"action": "active"}`` while someone
+  uses it; since a program can send that forever too, a stream is also
+  closed with ``4408`` ``ANALYTICS_WS_MAX_SESSION_SECONDS`` after it opened,
+  and the person has to give the key again.
+* revocation: the hub closes a client whose key is revoked (or whose user is
+  erased) with ``1008``, its waiting frames dropped (see
+  :mod:`analytics.live.hub`).
+* errors: an invalid client message is answered with an error frame that
+  names only the protocol's own fields; an unexpected failure closes the
+  stream with ``1011``, never an HTTP 500 written into the socket.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from analytics.errors import (
     StoreUnavailable,
     ValidationError,
 )
-from analytics.live.hub import CLOSE_GOING_AWAY, LiveClient, LiveHub, parse_client_message
+from analytics.live.hub import CLOSE_GOING_AWAY, CLOSE_POLICY, LiveClient, LiveHub, parse_client_message
 from analytics.privacy.apikeys import ApiKey
 from analytics.processing.service import consumer_name
 from web.auth import bearer_token
@@ -58,7 +67,6 @@ sock = Sock()
 #: The hubs of this process (one per app), for the SIGTERM handler.
 _HUBS: weakref.WeakSet[LiveHub] = weakref.WeakSet()
 
-CLOSE_POLICY = 1008
 CLOSE_UNAVAILABLE = 1011
 CLOSE_IDLE = 4408
 #: Longest a connection thread sleeps when nothing wakes it: only a safety
@@ -161,7 +169,18 @@ def stream(ws: Any) -> None:
     if key is None:
         ws.close(CLOSE_POLICY, "authentication failed: a read key is required")
         return
-    Connection(ws, hub, key).run()
+    try:
+        Connection(ws, hub, key).run()
+    except ConnectionClosed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Flask would write a 500 into the upgraded socket
+        # Only the type: the failure may concern a message carrying PHI.
+        log.error("WebSocket stream failed (%s)", type(exc).__name__)
+        hub.counters.add(errors=1)
+        try:
+            ws.close(CLOSE_UNAVAILABLE, "internal error; reconnect")
+        except Exception:  # noqa: BLE001 - the peer may be gone already
+            pass
 
 
 class _SerializedWrites:
@@ -202,7 +221,10 @@ class Connection:
         self.hub = hub
         self.key = key
         self.idle_seconds = settings.ws_idle_seconds
-        self.client = LiveClient(key.id, key.user_hash, settings.ws_buffer, abort=self._abort)
+        self.max_session = settings.ws_max_session_seconds
+        self.client = LiveClient(
+            key.id, key.user_hash, settings.ws_buffer, abort=self._abort, reveal_phi=key.reveal_phi
+        )
 
     def _abort(self) -> None:
         try:
@@ -225,13 +247,13 @@ class Connection:
             self.ws.close(CLOSE_UNAVAILABLE, "data store unavailable; retry later")
             return
         self.hub.register(self.client)
-        heard = time.monotonic()
+        heard = opened = time.monotonic()
         reason = "client closed"
         self.ws.event.wake = self.client.wake
         self.client.wake()  # for input that came before wake was set
         try:
             while True:
-                frames, closing = self.client.take(self._sleep(heard))
+                frames, closing = self.client.take(self._sleep(heard, opened))
                 if frames:
                     self._send(frames)
                 if closing is not None:
@@ -248,6 +270,13 @@ class Connection:
                         CLOSE_IDLE, f"idle timeout: no client message for {self.idle_seconds:g} s (automatic logoff)"
                     )
                     break
+                if self.max_session and time.monotonic() - opened >= self.max_session:
+                    reason = "session limit"
+                    self.ws.close(
+                        CLOSE_IDLE,
+                        f"session limit: open for {self.max_session:g} s (automatic logoff); give the key again",
+                    )
+                    break
         except ConnectionClosed:
             pass
         except OSError as exc:
@@ -261,26 +290,32 @@ class Connection:
             except Exception as exc:  # noqa: BLE001 - the stream is over either way
                 log.warning("could not audit a stream's end (%s)", type(exc).__name__)
 
-    def _sleep(self, heard: float) -> float:
-        """How long the loop may sleep: until the idle clock runs out."""
-        if not self.idle_seconds:
-            return MAX_SLEEP_SECONDS
-        left = self.idle_seconds - (time.monotonic() - heard)
-        return min(MAX_SLEEP_SECONDS, max(0.0, left))
+    def _sleep(self, heard: float, opened: float) -> float:
+        """How long the loop may sleep: until the idle clock or the session
+        limit runs out."""
+        now = time.monotonic()
+        left = MAX_SLEEP_SECONDS
+        if self.idle_seconds:
+            left = min(left, self.idle_seconds - (now - heard))
+        if self.max_session:
+            left = min(left, self.max_session - (now - opened))
+        return max(0.0, left)
 
     def _read_messages(self) -> bool:
-        """Handle every message the client sent; ``True`` if there was any."""
+        """Handle every message the client sent; ``True`` if there was a
+        valid one (an invalid one does not hold the idle logoff off)."""
         heard = False
         while True:
             raw = self.ws.receive(timeout=0)
             if raw is None:
                 return heard
-            heard = True
             try:
                 message = parse_client_message(raw)
             except ValidationError as exc:
+                # Its details name only the protocol's fields, in fixed words.
                 self._send([json_frame("error", {"message": exc.message, "details": exc.details})])
                 continue
+            heard = True
             if message["action"] == "subscribe":
                 self.client.subscribe(message["events"], message["metrics"])
                 self._send(

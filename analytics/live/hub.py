@@ -31,6 +31,15 @@ Per client (:class:`LiveClient`):
   in between are coalesced and the latest is sent when the interval ends,
   so the last state of a bucket is never lost.
 
+Revocation: :meth:`analytics.privacy.access.AccessService.revoke` and
+erasure publish the revoked key ids and erased user hashes on
+``analytics:live:revoked`` (:func:`analytics.privacy.access.publish_revocation`);
+the same thread closes the clients opened with them (``1008``) as the
+message arrives, their waiting frames discarded. As a safety net for a
+message missed (Redis reconnecting), it also re-reads the key record of
+every client every :data:`KEY_CHECK_INTERVAL` seconds, and at once after a
+reconnect, and closes those whose key is revoked, expired or gone.
+
 The thread also writes this process's WebSocket figures
 (:mod:`analytics.live.stats`) every two seconds. If Redis goes away it says
 so in one line, retries with backoff and resubscribes; messages published
@@ -53,15 +62,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import marshmallow
 import orjson
 import redis
-from marshmallow import fields, validate
 
 from analytics import keyspace
 from analytics.errors import ValidationError
 from analytics.events.codec import RecordCodec, live_records
 from analytics.live.stats import STATS_INTERVAL, WsCounters, write_ws_stats
+from analytics.privacy.apikeys import parse_record
 from analytics.redis_client import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
@@ -72,40 +80,66 @@ ABORT_GRACE = 10.0
 CLOSE_TOO_SLOW = 1013
 #: Close code sent when the server shuts down (clients should reconnect).
 CLOSE_GOING_AWAY = 1001
+#: Close code of a client whose key was revoked (or whose user was erased).
+CLOSE_POLICY = 1008
+#: Seconds between two re-reads of the connected clients' keys (the safety
+#: net behind the revocation channel).
+KEY_CHECK_INTERVAL = 2.0
+#: Seconds a revocation is remembered, for a client that authenticated just
+#: before it and registers just after.
+REVOKED_MEMORY = 60.0
 
 ALL = "*"
 
 
-class _ClientMessageSchema(marshmallow.Schema):
-    class Meta:
-        unknown = marshmallow.RAISE
-
-    action = fields.String(required=True, validate=validate.OneOf(["subscribe", "active"]))
-    events = fields.List(
-        fields.String(validate=validate.Length(1, 200)), validate=validate.Length(max=500), load_default=None
-    )
-    metrics = fields.List(
-        fields.String(validate=validate.Length(1, 200)), validate=validate.Length(max=500), load_default=None
-    )
+#: What each name list may hold (fixed text: an error frame never echoes
+#: the client's input, which may be anything, PHI included).
+_NAMES_RULE = "A list of at most 500 names, each a string of 1 to 200 characters."
+_MAX_NAMES = 500
+_MAX_NAME_LENGTH = 200
+_FIELDS = frozenset({"action", "events", "metrics"})
 
 
-_client_message_schema = _ClientMessageSchema()
+def _names(value: Any) -> frozenset[str] | None:
+    """A validated name list: ``None`` for all (``"*"``); raises ``ValueError``."""
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or len(value) > _MAX_NAMES:
+        raise ValueError
+    for name in value:
+        if not isinstance(name, str) or not 1 <= len(name) <= _MAX_NAME_LENGTH:
+            raise ValueError
+    return None if ALL in value else frozenset(value)
 
 
 def parse_client_message(raw: str | bytes) -> dict[str, Any]:
     """A client's message, validated: ``action`` and for ``subscribe`` the
-    ``events`` and ``metrics`` filters (``None`` meaning all)."""
+    ``events`` and ``metrics`` filters (``None`` meaning all).
+
+    A :class:`ValidationError` names only our own fields with fixed
+    messages: nothing the client sent (unknown field names, bad values) is
+    repeated back, and no input makes it fail otherwise.
+    """
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ValidationError("message is not JSON", {"_schema": ["Send a JSON object."]}) from None
-    try:
-        message = _client_message_schema.load(data if isinstance(data, dict) else {"_": data})
-    except marshmallow.ValidationError as exc:
-        raise ValidationError("invalid message", exc.normalized_messages()) from None
+    if not isinstance(data, dict):
+        raise ValidationError("invalid message", {"_schema": ["Send a JSON object."]})
+    errors: dict[str, list[str]] = {}
+    if not _FIELDS.issuperset(data):
+        errors["_schema"] = ["Unknown field: only action, events and metrics are read."]
+    action = data.get("action")
+    if action not in ("subscribe", "active"):
+        errors["action"] = ['Required: "subscribe" or "active".']
+    message: dict[str, Any] = {"action": action}
     for kind in ("events", "metrics"):
-        names = message.get(kind)
-        message[kind] = None if names is not None and ALL in names else frozenset(names or ())
+        try:
+            message[kind] = _names(data.get(kind))
+        except ValueError:
+            errors[kind] = [_NAMES_RULE]
+    if errors:
+        raise ValidationError("invalid message", errors)
     return message
 
 
@@ -116,9 +150,19 @@ class LiveClient:
     connection thread; they meet under one condition variable.
     """
 
-    def __init__(self, key_id: str, user_hash: str, max_buffer: int, abort: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        key_id: str,
+        user_hash: str,
+        max_buffer: int,
+        abort: Callable[[], None] | None = None,
+        *,
+        reveal_phi: bool = True,
+    ) -> None:
         self.key_id = key_id
         self.user_hash = user_hash
+        #: Whether the key may see sealed values (else they are redacted).
+        self.reveal_phi = reveal_phi
         self.max_buffer = max_buffer
         self.abort = abort
         #: ``None``: every type (or metric); else the subscribed names.
@@ -161,9 +205,13 @@ class LiveClient:
             self._cond.notify()
             return True
 
-    def close(self, code: int, reason: str) -> None:
-        """Ask the connection thread to close with ``code``."""
+    def close(self, code: int, reason: str, *, discard: bool = False) -> None:
+        """Ask the connection thread to close with ``code``; with
+        ``discard``, the frames still waiting are dropped (a revoked key
+        gets nothing more)."""
         with self._cond:
+            if discard:
+                self._frames.clear()
             if self._closing is None:
                 self._close(code, reason)
 
@@ -194,6 +242,10 @@ class LiveClient:
     @property
     def closing(self) -> tuple[int, str] | None:
         return self._closing
+
+
+#: Clients sharing the frames of an event: filter, user scope, PHI visible.
+_Group = tuple[frozenset[str] | None, str, bool]
 
 
 def _metric_key(item: dict[str, Any]) -> tuple[Any, ...]:
@@ -231,6 +283,9 @@ class LiveHub:
         self._stop = threading.Event()
         self._next_stats = 0.0
         self._next_flush = 0.0
+        self._next_key_check = 0.0
+        #: Revoked key ids and erased user hashes -> when heard (monotonic).
+        self._revoked: dict[str, float] = {}
         self.subscribed = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------
@@ -259,7 +314,12 @@ class LiveHub:
     def register(self, client: LiveClient) -> None:
         with self._lock:
             self._clients.add(client)
+            # Revoked between its authentication and now: the notice came
+            # before the client was here to be closed.
+            revoked = client.key_id in self._revoked or (client.user_hash and client.user_hash in self._revoked)
         self.counters.add(clients=1)
+        if revoked:
+            client.close(CLOSE_POLICY, "key revoked", discard=True)
 
     def unregister(self, client: LiveClient) -> None:
         with self._lock:
@@ -279,7 +339,10 @@ class LiveHub:
         while not self._stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(keyspace.LIVE_EVENTS, keyspace.LIVE_METRICS)
+                pubsub.subscribe(keyspace.LIVE_EVENTS, keyspace.LIVE_METRICS, keyspace.LIVE_REVOKED)
+                # Revocations published while unsubscribed are lost: re-read
+                # every client's key now rather than at the next check.
+                self._next_key_check = 0.0
                 if down_since is not None:
                     log.warning(
                         "live fan-out reached Redis again after %.0f s; streaming resumes",
@@ -329,12 +392,68 @@ class LiveHub:
             self.counters.add(errors=1)
             log.error("unreadable message on %s", name)
             return
+        if name == keyspace.LIVE_REVOKED:
+            if isinstance(items, dict):
+                self.revoke(items.get("keys") or (), items.get("users") or ())
+            return
         if not isinstance(items, list):
             items = [items]
         if name == keyspace.LIVE_EVENTS:
             self.dispatch_events(items)
         elif name == keyspace.LIVE_METRICS:
             self.dispatch_metrics(items)
+
+    # -- revocation ------------------------------------------------------------
+    def revoke(self, key_ids: Iterable[str], user_hashes: Iterable[str] = ()) -> int:
+        """Close (1008) the clients opened with one of ``key_ids`` or scoped
+        to one of ``user_hashes``; returns how many."""
+        now = time.monotonic()
+        keys = {k for k in key_ids if isinstance(k, str) and k}
+        users = {u for u in user_hashes if isinstance(u, str) and u}
+        with self._lock:
+            for name in keys | users:
+                self._revoked[name] = now
+            for name, heard in list(self._revoked.items()):
+                if now - heard > REVOKED_MEMORY:
+                    del self._revoked[name]
+        closed = 0
+        for client in self.clients():
+            if client.key_id in keys:
+                reason = "key revoked"
+            elif client.user_hash and client.user_hash in users:
+                reason = "access revoked: user erased"
+            else:
+                continue
+            if client.closing is None:
+                closed += 1
+            client.close(CLOSE_POLICY, reason, discard=True)
+        if closed:
+            log.info("closed %d WebSocket client(s) after a revocation", closed)
+        return closed
+
+    def check_keys(self) -> int:
+        """Re-read the key record of every open client (two round trips for
+        all of them) and close those whose key is revoked, expired or gone:
+        the safety net behind the revocation channel (and how an expiry
+        reaches an open stream). Returns how many."""
+        clients = [c for c in self.clients() if c.closing is None]
+        if not clients:
+            return 0
+        ids = sorted({c.key_id for c in clients})
+        digests = dict(zip(ids, self.redis.hmget(keyspace.API_KEY_IDS, ids), strict=True))
+        known = sorted({d for d in digests.values() if d is not None})
+        records = dict(zip(known, self.redis.hmget(keyspace.API_KEYS, known), strict=True)) if known else {}
+        revoked = []
+        for key_id, digest in digests.items():
+            raw = records.get(digest) if digest is not None else None
+            try:
+                key = parse_record(raw) if raw is not None else None
+                valid = key is not None and not key.revoked and not key.expired()
+            except (ValueError, TypeError):
+                valid = False
+            if not valid:
+                revoked.append(key_id)
+        return self.revoke(revoked) if revoked else 0
 
     def _deliver(self, batches: dict[LiveClient, list[bytes]]) -> None:
         for client, frames in batches.items():
@@ -347,34 +466,39 @@ class LiveHub:
                 )
 
     def dispatch_events(self, records: Iterable[dict[str, Any]]) -> None:
-        """Decode each record once and queue it for the clients that see it.
+        """Decode each record once per visibility (PHI revealed or
+        redacted) and queue it for the clients that see it.
 
-        Clients with the same filter and scope form a group that shares one
-        list of frames: the per-event work grows with the number of distinct
-        filters, not of clients.
+        Clients with the same filter, scope and visibility form a group that
+        shares one list of frames: the per-event work grows with the number
+        of distinct filters, not of clients.
         """
-        groups: dict[tuple[frozenset[str] | None, str], list[LiveClient]] = {}
+        groups: dict[_Group, list[LiveClient]] = {}
         for client in self.clients():
-            groups.setdefault((client.events, client.user_hash), []).append(client)
+            if client.closing is None:
+                groups.setdefault((client.events, client.user_hash, client.reveal_phi), []).append(client)
         if not groups:
             return
-        shared: dict[tuple[frozenset[str] | None, str], list[bytes]] = {g: [] for g in groups}
+        shared: dict[_Group, list[bytes]] = {g: [] for g in groups}
         for record in records:
             event_type, user_hash = record.get("t", ""), record.get("u", "")
-            frame = b""
+            frames_of: dict[bool, bytes] = {}
             for group, frames in shared.items():
-                events, scope = group
+                events, scope, reveal = group
                 if (scope and scope != user_hash) or (events is not None and event_type not in events):
                     continue
-                if not frame:
+                frame = frames_of.get(reveal)
+                if frame is None:
                     try:
-                        event = self.codec.decode(record, reveal_phi=True)
+                        event = self.codec.decode(record, reveal_phi=reveal)
                     except Exception as exc:  # noqa: BLE001 - one bad record must not stop the stream
                         self.counters.add(errors=1)
                         log.error("could not decode a live record (%s)", type(exc).__name__)
-                        break
-                    frame = self.encode(orjson.dumps({"kind": "event", "data": event}))
-                frames.append(frame)
+                        frames_of[reveal] = b""
+                        continue
+                    frame = frames_of[reveal] = self.encode(orjson.dumps({"kind": "event", "data": event}))
+                if frame:
+                    frames.append(frame)
         self._deliver(
             {client: shared[group] for group, members in groups.items() for client in members if shared[group]}
         )
@@ -437,6 +561,12 @@ class LiveHub:
         if now >= self._next_stats:
             self._next_stats = now + STATS_INTERVAL
             self.write_stats()
+        if now >= self._next_key_check:
+            self._next_key_check = now + KEY_CHECK_INTERVAL
+            try:
+                self.check_keys()
+            except redis.RedisError as exc:
+                log.debug("could not re-read the streams' keys (%s)", type(exc).__name__)
 
     def write_stats(self) -> None:
         try:

@@ -9,6 +9,7 @@ from typing import Any
 import redis
 
 from analytics.errors import ValidationError
+from analytics.privacy.access import publish_revocation
 from analytics.privacy.audit import AuditLog, VerifyResult
 from analytics.privacy.auditor import Auditor
 from analytics.privacy.crypto import Vault
@@ -74,6 +75,8 @@ class PrivacyService:
         """Remove every trace of ``user_id`` (see :mod:`analytics.privacy.erasure`).
 
         Audited as ``user.erase`` with the user's keyed hash, never the id.
+        Streams open with the user's keys are closed (1008) by every web
+        process (:func:`publish_revocation`).
         """
         if not isinstance(user_id, str) or not user_id:
             raise ValidationError("invalid user id", {"userId": ["A non-empty string is required."]})
@@ -85,6 +88,9 @@ class PrivacyService:
             self._auditor.record(
                 "user.erase", actor, remote, userHash=user_hash, records=report.records, deadLetters=report.deadLetters
             )
+        # Open streams of the user's keys close at once (their keys are
+        # revoked above; the hash also reaches streams scoped to the user).
+        publish_revocation(self._redis, key_ids=report.keysRevoked, user_hashes=[user_hash])
         return report
 
     def rotation_total(self) -> int:

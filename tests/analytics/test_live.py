@@ -22,17 +22,27 @@ from analytics.live.stats import WsCounters, write_ws_stats, ws_totals
     "raw, field",
     [
         ("not json", "_schema"),
-        ('["subscribe"]', "action"),
+        ('["subscribe"]', "_schema"),
         ('{"action": "unsubscribe"}', "action"),
         ('{"action": "subscribe", "events": "click"}', "events"),
         ('{"action": "subscribe", "events": [""]}', "events"),
-        ('{"action": "subscribe", "colour": "red"}', "colour"),
+        ('{"action": "subscribe", "events": [{"a": 1}]}', "events"),
+        ('{"action": "subscribe", "metrics": [1, 2]}', "metrics"),
+        ('{"action": "subscribe", "events": ["' + "x" * 10_000 + '"]}', "events"),
+        ('{"action": "subscribe", "colour": "red"}', "_schema"),
+        ('{"action": "subscribe", "patient jane@example.com": 1}', "_schema"),
     ],
 )
-def test_invalid_client_messages_are_rejected_by_field(raw: str, field: str) -> None:
+def test_invalid_client_messages_are_rejected_by_field_without_echo(raw: str, field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         parse_client_message(raw)
-    assert field in caught.value.details
+    details = caught.value.details
+    assert field in details
+    # Only the protocol's own fields, in fixed words: nothing of the input.
+    assert set(details) <= {"_schema", "action", "events", "metrics"}
+    text = orjson.dumps(details).decode()  # JSON-able: string keys only
+    for fragment in ("colour", '"red"', "jane", "unsubscribe", "xxxx", '"a"', "click"):
+        assert fragment not in text
 
 
 def test_subscriptions_star_means_all_and_absent_means_none() -> None:
@@ -171,3 +181,58 @@ def test_ws_totals_sum_the_live_processes(data: Any) -> None:
     } == {"clients": 5, "messages_total": 150, "errors_total": 1, "auth_failures_total": 3, "processes": 2}
     assert totals["updated"] is not None and abs(totals["updated"] - time.time()) < 5
     assert 0 < data.ttl("analytics:stats:ws:host-1") <= 30
+
+
+def test_a_revocation_notice_closes_the_clients_of_the_key_and_the_erased_user(hub: LiveHub, service: Any) -> None:
+    revoked = LiveClient("k-revoked", "", 100)
+    erased = LiveClient("k-erased-user", "u-hash-1", 100)
+    other = LiveClient("k-other", "u-hash-2", 100)
+    for client in (revoked, erased, other):
+        hub.register(client)
+    assert revoked.offer([b"waiting"])
+    hub.handle(b"analytics:live:revoked", orjson.dumps({"keys": ["k-revoked"], "users": ["u-hash-1"]}))
+    assert revoked.take(0) == ([], (1008, "key revoked"))  # the waiting frame is dropped
+    assert erased.take(0)[1] == (1008, "access revoked: user erased")
+    assert other.closing is None
+    # A client of that key registering just after (it authenticated before
+    # the notice) is closed too.
+    late = LiveClient("k-revoked", "", 100)
+    hub.register(late)
+    assert late.closing == (1008, "key revoked")
+    # Malformed notices are ignored.
+    hub.handle(b"analytics:live:revoked", b"[1, 2]")
+    hub.handle(b"analytics:live:revoked", b"not json")
+    assert other.closing is None
+
+
+def test_the_key_check_closes_clients_of_revoked_expired_or_unknown_keys(hub: LiveHub, service: Any) -> None:
+    _, good = service.access.create("read")
+    _, bad = service.access.create("read")
+    clients = [LiveClient(good.id, "", 100), LiveClient(bad.id, "", 100), LiveClient("no-such-key", "", 100)]
+    for client in clients:
+        hub.register(client)
+    assert hub.check_keys() == 1  # the unknown key
+    service.api_keys.revoke(bad.id)  # the store only: no notice published
+    assert hub.check_keys() == 1
+    assert [c.closing for c in clients] == [None, (1008, "key revoked"), (1008, "key revoked")]
+    # An expired key is closed as well (the check is how expiry reaches a stream).
+    _, expired = service.api_keys.create("read", expires=time.time() - 1)
+    late = LiveClient(expired.id, "", 100)
+    hub.register(late)
+    assert hub.check_keys() == 1 and late.closing == (1008, "key revoked")
+
+
+def test_events_are_redacted_for_a_client_without_phi_access(hub: LiveHub, service: Any) -> None:
+    full = LiveClient("k-full", "", 100)
+    redacted = LiveClient("k-redacted", "", 100, reveal_phi=False)
+    hub.register(full)
+    hub.register(redacted)
+    record = service.codec.encode(
+        {"type": "custom", "userId": "patient-9", "properties": {"n": 1}}, "normal", int(time.time() * 1000), None
+    )
+    hub.handle(b"analytics:live:events", orjson.dumps([record]))
+    [seen] = frames_of(full)
+    [hidden] = frames_of(redacted)
+    assert seen["data"]["userId"] == "patient-9"
+    assert "patient-9" not in orjson.dumps(hidden).decode()
+    assert hidden["data"] == service.codec.decode(record, reveal_phi=False)

@@ -406,3 +406,99 @@ def test_pings_drop_a_peer_that_stopped_answering(tight_server, service, data) -
     assert alive.connected
     wait_until(lambda: ws_totals(data)["clients"] == 1, 10, message="one client left")
     alive.close()
+
+
+def test_malformed_messages_get_scrubbed_error_frames_and_the_stream_goes_on(server, service) -> None:
+    read_key, _ = service.access.create("read")
+    ingest_key, _ = service.access.create("ingest")
+    ws = connect(server, read_key)
+    long_name = "patient-" + "9" * 10_000
+    bad = [
+        ('{"action": "subscribe", "events": [{"a": 1}]}', "events"),
+        (orjson.dumps({"action": "subscribe", "events": [long_name]}).decode(), "events"),
+        ('{"action": "subscribe", "metrics": [{"ssn": "123-45-6789"}]}', "metrics"),
+        ('{"action": "subscribe", "jane.doe@example.com": ["x"]}', "_schema"),
+        ('{"action": "call 555-201-0064"}', "action"),
+        ('["subscribe", {"a": 1}]', "_schema"),
+        ("{not json", "_schema"),
+    ]
+    for raw, field in bad:
+        ws.send(raw)
+        ws.settimeout(10)
+        opcode, frame = ws.recv_data()
+        assert opcode == websocket.ABNF.OPCODE_TEXT  # a frame, not an HTTP 500 written into the socket
+        reply = orjson.loads(frame)
+        assert reply["kind"] == "error"
+        assert reply["data"]["message"] in ("invalid message", "message is not JSON")
+        assert field in reply["data"]["details"]
+        assert set(reply["data"]["details"]) <= {"_schema", "action", "events", "metrics"}
+        for fragment in ('"a"', "999999", "ssn", "123-45", "jane", "555-201", "not json", "call"):
+            assert fragment.encode() not in frame, (fragment, frame)
+    # Still usable.
+    assert subscribe(ws, events=["custom"]) == {"events": ["custom"], "metrics": []}
+    post(server, ingest_key, {"type": "custom", "anonymousId": "a", "properties": {"ok": 1}})
+    assert receive(ws, 1)[0]["data"]["properties"] == {"ok": 1}
+    ws.close()
+
+
+def keep_sending(ws: websocket.WebSocket, raw: str, limit: float) -> tuple[int, str, list[dict[str, Any]], float]:
+    """Send ``raw`` every 0.2 s until the server closes (code, reason,
+    messages before the close, seconds it took)."""
+    started = time.monotonic()
+    messages = []
+    while time.monotonic() - started < limit:
+        ws.send(raw)
+        ws.settimeout(0.2)
+        try:
+            opcode, data = ws.recv_data(control_frame=True)
+        except websocket.WebSocketTimeoutException:
+            continue
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            ws.shutdown()
+            return struct.unpack("!H", data[:2])[0], data[2:].decode(), messages, time.monotonic() - started
+        if opcode == websocket.ABNF.OPCODE_TEXT:
+            messages.append(orjson.loads(data))
+    raise AssertionError(f"still open after {limit} s")
+
+
+def test_active_messages_cannot_hold_a_stream_open_past_the_session_limit(tight_server, service) -> None:
+    web = tight_server(ANALYTICS_WS_IDLE_SECONDS="1", ANALYTICS_WS_MAX_SESSION_SECONDS="3")
+    read_key, _ = service.access.create("read")
+    results: dict[str, Any] = {}
+
+    def run(name: str, raw: str) -> None:
+        results[name] = keep_sending(connect(web, read_key), raw, 15)
+
+    threads = [
+        threading.Thread(target=run, args=("active", '{"action": "active"}')),
+        # Only invalid messages: they are not activity.
+        threading.Thread(target=run, args=("noisy", '{"action": "wake up"}')),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    code, reason, messages, after = results["noisy"]
+    assert code == 4408 and "idle" in reason and after < 3
+    assert messages and all(m["kind"] == "error" for m in messages)
+    code, reason, messages, after = results["active"]
+    assert code == 4408 and "session limit" in reason and after >= 2.5
+    assert messages == []
+
+
+def test_a_key_without_phi_access_receives_events_redacted(server, service) -> None:
+    full_key, _ = service.access.create("read")
+    redacted_key, _ = service.access.create("read", phi=False)
+    ingest_key, _ = service.access.create("ingest")
+    full, redacted = connect(server, full_key), connect(server, redacted_key)
+    for ws in (full, redacted):
+        subscribe(ws, events=["custom"])
+    post(server, ingest_key, {"type": "custom", "userId": "patient-77@example.com", "properties": {"note": "x-ray"}})
+    [seen] = receive(full, 1)
+    [hidden] = receive(redacted, 1)
+    assert seen["data"]["userId"] == "patient-77@example.com" and seen["data"]["properties"]["note"] == "x-ray"
+    assert hidden["data"]["id"] == seen["data"]["id"]
+    text = orjson.dumps(hidden).decode()
+    assert "patient-77" not in text and "x-ray" not in text
+    full.close()
+    redacted.close()
