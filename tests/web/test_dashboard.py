@@ -180,6 +180,31 @@ def test_a_rejected_key_is_forgotten_and_asked_for_again(web, page) -> None:
     assert page.is_visible("#key")
 
 
+def test_the_dashboard_works_with_a_read_key_without_phi_access(web, page, service) -> None:
+    read_key, _ = service.access.create("read", phi=False)
+    ingest_key, _ = service.access.create("ingest")
+    page.goto(web.url + "/")
+    page.fill("#key", read_key)
+    page.click("#connect")
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Live')", timeout=15_000)
+    ingest(web, ingest_key, [{"type": "form_submit", "userId": "u-minimum-17", "properties": {"plan": "basic"}}] * 2)
+    page.wait_for_function("() => document.querySelectorAll('#feed li').length >= 2", timeout=20_000)
+    feed = page.inner_text("#feed")
+    # The user id is sealed: the feed shows the marker, never the id.
+    assert "form_submit" in feed and "[redacted]" in feed and "u-minimum-17" not in feed
+    page.wait_for_function(
+        "() => document.getElementById('figures-note').textContent.includes('Updated')", timeout=10_000
+    )
+    page.wait_for_function(
+        """() => {
+        const chart = window.analyticsDashboard.charts.rate;
+        return chart && chart.series.some(s => s.label === 'form_submit');
+    }""",
+        timeout=10_000,
+    )
+    assert page.errors == []
+
+
 def test_a_user_scoped_key_is_told_why_the_figures_are_missing(web, page, service) -> None:
     read_key, _ = service.access.create("read", user_id="u-scoped-dash", phi=False)
     page.goto(web.url + "/")
