@@ -89,7 +89,7 @@ class Settings:
     #: ``ANALYTICS_AUDIT_KEY``: the key checkpoints are signed with (format of
     #: an encryption key); default derived from the hash key, with a warning.
     audit_key: str = ""
-    #: ``ANALYTICS_AUDIT_CHECKPOINT_INTERVAL``: seconds between checkpoints (beat).
+    #: ``ANALYTICS_CHECKPOINT_SECONDS``: seconds between checkpoints (beat).
     audit_checkpoint_interval: float = 60.0
     #: ``ANALYTICS_RETENTION_DAYS``: how long raw events live.
     retention_days: int = 30
@@ -224,7 +224,7 @@ class Settings:
             ("ANALYTICS_WS_PING_SECONDS", "ws_ping_seconds"),
             ("ANALYTICS_WS_METRIC_INTERVAL", "ws_metric_interval"),
             ("ANALYTICS_CLEANUP_INTERVAL", "cleanup_interval"),
-            ("ANALYTICS_AUDIT_CHECKPOINT_INTERVAL", "audit_checkpoint_interval"),
+            ("ANALYTICS_CHECKPOINT_SECONDS", "audit_checkpoint_interval"),
         ):
             if get(name):
                 values[field] = _float(name, get(name, ""))

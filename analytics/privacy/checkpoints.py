@@ -25,7 +25,7 @@ checkpoint chain. Put it where Redis's operators cannot write, or on an
 append-only store (``chattr +a``, a WORM volume, a log shipper).
 
 What it cannot show: entries removed after the last checkpoint (up to one
-interval, ``ANALYTICS_AUDIT_CHECKPOINT_INTERVAL``), or the newest lines of
+interval, ``ANALYTICS_CHECKPOINT_SECONDS``), or the newest lines of
 the file removed by someone who can write it.
 """
 

@@ -199,7 +199,7 @@ def test_beat_writes_checkpoints(make_stack, tmp_path) -> None:
     stack = make_stack(
         ANALYTICS_AUDIT_CHECKPOINTS=str(path),
         ANALYTICS_AUDIT_KEY=AUDIT_KEY,
-        ANALYTICS_AUDIT_CHECKPOINT_INTERVAL="0.5",
+        ANALYTICS_CHECKPOINT_SECONDS="0.5",
     )
     settings = Settings.from_env(stack.env)
     service = Analytics(settings, connect(settings))
