@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from analytics.startup import start_process
 from testkit import ROOT, free_port, python_env
 from web import create_app
 
@@ -115,3 +116,53 @@ def test_processes_freeze_their_startup_heap(start: str) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("frozen")
+
+
+WRONG_HASH = "the user hash key is not the one the stored data was written with"
+
+
+@pytest.mark.parametrize(
+    "process, argv",
+    [
+        ("web", [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "web:create_app()"]),
+        (
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks",
+                "worker",
+                "--concurrency",
+                "1",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+        ),
+        ("beat", [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--schedule", "{tmp}/schedule"]),
+    ],
+)
+def test_processes_refuse_keys_that_do_not_fit_the_stored_data(
+    redis_server, encryption_keys, process, argv, tmp_path
+) -> None:
+    """Fingerprints stored by a start under the configured keys; the same
+    process started with the oldest key dropped (no ANALYTICS_HASH_KEY: the
+    user hash key changes) refuses with one line."""
+    db = redis_server.client(7)
+    db.flushdb()
+    base = {"REDIS_URL": redis_server.url(7), "CELERY_BROKER_URL": redis_server.url(8), "ANALYTICS_DEV": "0"}
+    start_process(process, environ={**base, "ANALYTICS_ENCRYPTION_KEYS": encryption_keys}, own_handler=False)
+    newest = encryption_keys.split(",")[0]
+    environ = python_env({**base, "ANALYTICS_ENCRYPTION_KEYS": newest, "PORT": str(free_port())})
+    environ.pop("ANALYTICS_HASH_KEY", None)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    try:
+        done = subprocess.run(argv, env=environ, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        db.flushdb()
+    assert done.returncode != 0
+    output = (done.stdout + done.stderr).strip()
+    assert "Traceback" not in output, output
+    last = output.splitlines()[-1]
+    assert f"analytics {process}: " in last and WRONG_HASH in last, output
