@@ -31,6 +31,10 @@ What is removed, for the user's keyed hash ``h``:
 4. Dead letters whose ``user`` field (their owner's hash) is ``h`` or one
    of the linked ``a``, in every ``analytics:dlq:*`` stream.
 5. API keys scoped to the user: revoked.
+6. The append-only file: a rewrite is started (``BGREWRITEAOF``) once the
+   rest is done, when Redis runs with AOF. Until then the AOF still holds
+   the commands that wrote the user's records; the rewrite replaces it with
+   the data as it is now, without them (:meth:`Eraser.rewrite_aof`).
 
 Rollups and metrics are anonymous aggregates and stay. The tombstones keep
 the keyed hashes (never the ids) so that the guarantee of step 1 holds; the
@@ -57,6 +61,8 @@ Limits:
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
@@ -70,11 +76,16 @@ from analytics.events.store import EventStore
 from analytics.privacy.apikeys import ApiKeyStore
 from analytics.redis_client import StreamChunk
 
+log = logging.getLogger(__name__)
+
 #: Index entries (pages) or dead letters read per step.
 SLICE = 500
 #: Attempts at rewriting a page that keeps changing under us (a commit
 #: appending to it) before giving up on this run.
 MAX_RACES = 50
+#: How long an erasure waits for an AOF rewrite already running (it began
+#: before the erasure, so it may keep the erased data) before starting its own.
+AOF_WAIT_SECONDS = 30.0
 
 # redis-py's annotations cover its async client too; these are what the
 # synchronous client (decode_responses off) returns.
@@ -134,7 +145,43 @@ class Eraser:
                 self._api_keys.revoke(key.id)
                 report.keysRevoked.append(key.id)
         self._redis.delete(links_key)
+        self.rewrite_aof()
         return report
+
+    def rewrite_aof(self, wait: float = AOF_WAIT_SECONDS) -> str:
+        """Start an AOF rewrite so that erased data leaves the disk: until
+        the AOF is rewritten it still holds the commands that wrote them.
+
+        Returns ``"started"`` (Redis may start it after a snapshot in
+        progress), ``"off"`` when Redis runs without AOF, or
+        ``"failed"`` (logged, with what to do; the erasure itself is done).
+        A rewrite already running forked before the erasure and may keep
+        the erased data, so this waits for it (up to ``wait`` s) and starts
+        another. Never raises: the erasure is complete either way.
+        """
+        deadline = time.monotonic() + wait
+        try:
+            if not int(self._info_persistence().get("aof_enabled", 0)):
+                return "off"
+            while True:
+                try:
+                    self._redis.bgrewriteaof()
+                except redis.ResponseError as exc:
+                    if "in progress" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)  # a rewrite from before the erasure: wait for it, then ours
+                    continue
+                return "started"
+        except redis.RedisError as exc:
+            log.warning(
+                "erasure done, but the AOF rewrite could not be started (%s): run BGREWRITEAOF "
+                "so that the erased data leave the disk",
+                type(exc).__name__,
+            )
+            return "failed"
+
+    def _info_persistence(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._redis.info("persistence"))
 
     def _erase_owned(
         self, owner: str, doomed: Callable[[list[Any]], bool], removing: Callable[[list[Any]], None] | None = None
