@@ -8,6 +8,16 @@ command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
 command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
+# Node packages of the browser tests (package-lock.json next to each
+# package.json), installed from the npm registry when missing.
+if command -v npm >/dev/null 2>&1; then
+  for dir in tests/web/axe; do
+    if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
+      echo "installing node packages in $dir"
+      (cd "$dir" && npm ci --no-audit --no-fund --silent)
+    fi
+  done
+fi
 [ -z "$missing" ] && exit 0
 echo "installing Debian packages:$missing"
 SUDO=""

@@ -8,7 +8,7 @@ served from here (``web/static``): no CDN.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template
+from flask import Blueprint, Response, current_app, render_template
 
 # Templates and static files are the app's own (web/templates, web/static).
 dashboard = Blueprint("dashboard", __name__)
@@ -28,3 +28,9 @@ def index() -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+@dashboard.get("/favicon.ico")
+def favicon() -> Response:
+    """Browsers ask for it whatever the page links: the page's SVG icon."""
+    return current_app.send_static_file("favicon.svg")

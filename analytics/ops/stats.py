@@ -200,9 +200,14 @@ class Stats:
             except ValueError:
                 continue
         p50, p99 = percentile(durations, 0.5), percentile(durations, 0.99)
+        lag, added = queue.backlog(int(now * 1000))
         return {
             "length": sum(lengths.values()),
             "lanes": {lane: n for lane, n in lengths.items()},
+            # Age of the oldest work not done, and queue entries (one per
+            # ingest request and lane) ever added: the dashboard's "in" rate.
+            "lag_seconds": round(lag, 3),
+            "entries_added": added,
             "pending": pending,
             "rate_per_second": round(window["events"] / seconds, 3),
             "error_rate_per_second": round((window["errors"] + window["dead"]) / seconds, 3),

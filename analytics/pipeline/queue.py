@@ -113,6 +113,24 @@ class EventQueue:
             pipe.xlen(lane)
         return sum(pipe.execute())
 
+    def backlog(self, now_ms: int) -> tuple[float, int]:
+        """How old the oldest queued entry is (seconds; 0 when none waits),
+        and how many entries were ever added (every lane). Entries leave the
+        stream once committed, so the first entry left is the oldest work
+        not yet done: its age is the queue's lag."""
+        pipe = self._redis.pipeline(transaction=False)
+        for lane in self.lanes:
+            pipe.xrange(lane, count=1)
+            pipe.xinfo_stream(lane)
+        replies = pipe.execute(raise_on_error=False)
+        oldest, added = now_ms, 0
+        for first, info in zip(replies[::2], replies[1::2], strict=True):
+            if isinstance(first, list) and first:
+                oldest = min(oldest, int(first[0][0].split(b"-")[0]))
+            if isinstance(info, dict):
+                added += int(info.get("entries-added", 0) or 0)
+        return max(0.0, (now_ms - oldest) / 1000), added
+
     def lengths(self) -> dict[str, int]:
         pipe = self._redis.pipeline(transaction=False)
         for lane in self.lanes:

@@ -32,7 +32,7 @@
     live: new Map(),        // type -> Map(minute epoch s -> count), from the stream
     backfill: new Map(),    // type -> Map(minute -> count), from /v1/metrics
     lastActive: 0, statsTimer: null, metricTimer: null, rateTimer: null,
-    chosenMetric: "", lastMetricRefresh: 0, rateNote: "", lastStats: null
+    chosenMetric: "", lastMetricRefresh: 0, rateNote: "", lastStats: null, prevStats: null
   };
   var charts = { rate: null, rateTypes: "", metric: null };
   window.analyticsDashboard = { state: state, charts: charts };
@@ -354,44 +354,111 @@
   }
 
   // -- system figures -----------------------------------------------------
-  var GROUPS = ["queue", "workers", "websocket", "redis"];
+  // The headline: the few figures an operator watches, from /v1/stats. The
+  // "in" rate is queue entries (one per ingest request and lane) added per
+  // second, from the difference between two polls.
+  var TILES = [
+    ["in", "requests/s in"], ["processed", "events/s processed"], ["depth", "queue depth"],
+    ["lag", "queue lag"], ["workers", "workers alive"], ["errors", "errors/s"],
+    ["clients", "WebSocket clients"], ["memory", "Redis memory"]
+  ];
+
+  function humanBytes(n) {
+    if (typeof n !== "number") { return "n/a"; }
+    var units = ["B", "KB", "MB", "GB", "TB"], i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return (i ? n.toFixed(1) : String(n)) + " " + units[i];
+  }
+
+  function humanSeconds(s) {
+    if (typeof s !== "number") { return "n/a"; }
+    if (s < 1) { return Math.round(s * 1000) + " ms"; }
+    if (s < 120) { return s.toFixed(1) + " s"; }
+    if (s < 7200) { return Math.round(s / 60) + " min"; }
+    return (s / 3600).toFixed(1) + " h";
+  }
+
+  function humanRate(r) { return typeof r === "number" ? (r < 10 ? r.toFixed(2) : Math.round(r).toLocaleString()) : "n/a"; }
+
+  function headline(stats) {
+    var q = (stats && stats.queue) || {};
+    var prev = state.prevStats;
+    var inRate = null;
+    if (prev && prev.queue && typeof q.entries_added === "number" && stats.time > prev.time) {
+      inRate = Math.max(0, q.entries_added - prev.queue.entries_added) / (stats.time - prev.time);
+    }
+    var workers = stats && Array.isArray(stats.workers) ? stats.workers : null;
+    return {
+      in: inRate === null ? "…" : humanRate(inRate),
+      processed: humanRate(q.rate_per_second),
+      depth: typeof q.length === "number" ? (q.length + (q.pending || 0)).toLocaleString() : "n/a",
+      lag: humanSeconds(q.lag_seconds),
+      workers: workers ? String(workers.filter(function (w) { return w.status === "alive"; }).length) : "n/a",
+      errors: humanRate(q.error_rate_per_second),
+      clients: stats && stats.websocket ? String(stats.websocket.clients || 0) : "n/a",
+      memory: stats && stats.redis ? humanBytes(stats.redis.used_memory_bytes) : "n/a"
+    };
+  }
+
+  function renderHeadline(stats) {
+    var values = headline(stats);
+    var out = document.createDocumentFragment();
+    TILES.forEach(function (tile) {
+      var box = document.createElement("div");
+      box.className = "tile";
+      box.dataset.figure = tile[0];
+      var dt = document.createElement("dt"); dt.textContent = tile[1];
+      var dd = document.createElement("dd"); dd.textContent = values[tile[0]];
+      box.appendChild(dt); box.appendChild(dd);
+      out.appendChild(box);
+    });
+    $("tiles").replaceChildren(out);
+  }
+
+  // A figure's value as a person reads it: times as dates or ages, bytes
+  // in KB/MB, rates with their unit; names without underscores.
+  function humanValue(name, v) {
+    if (v === null || v === undefined) { return "n/a"; }
+    if (typeof v !== "number") { return String(v); }
+    if (/bytes$/.test(name)) { return humanBytes(v); }
+    if (/(^|\.)(time|last_run|last_seen)$/.test(name) && v > 1e9) { return new Date(v * 1000).toLocaleString(); }
+    if (/seconds|duration/.test(name)) { return humanSeconds(v); }
+    if (/_ms(_|$)/.test(name)) { return (Math.round(v * 100) / 100) + " ms"; }
+    if (/rate/.test(name)) { return humanRate(v) + " /s"; }
+    return (Math.round(v * 100) / 100).toLocaleString();
+  }
 
   function renderFigures(stats) {
     state.lastStats = stats;
     var box = $("figures");
     var out = document.createDocumentFragment();
-    var groups = stats ? Object.keys(stats) : GROUPS;
-    groups.forEach(function (group) {
-      var title = document.createElement("div");
+    Object.keys(stats || {}).filter(function (g) { return g !== "time"; }).forEach(function (group) {
+      var title = document.createElement("h3");
       title.className = "group";
-      title.textContent = group;
+      title.textContent = group.replace(/_/g, " ");
       out.appendChild(title);
-      var value = stats ? stats[group] : null;
       var rows = [];
       (function flatten(prefix, v) {
         if (v !== null && typeof v === "object" && !Array.isArray(v)) {
           Object.keys(v).forEach(function (k) { flatten(prefix ? prefix + "." + k : k, v[k]); });
         } else if (Array.isArray(v) && v.length && typeof v[0] === "object") {
-          // e.g. workers: one group of rows per item, named by its "name"
           v.forEach(function (item, i) {
-            var name = item && item.name ? item.name : String(i);
-            flatten(prefix ? prefix + "." + name : name, item);
+            flatten((prefix ? prefix + "." : "") + (item && item.name ? item.name : String(i)), item);
           });
         } else {
-          rows.push([prefix || group, v === null || v === undefined ? "n/a" :
-                     typeof v === "number" ? (Math.round(v * 100) / 100).toString() : String(v)]);
+          rows.push([prefix || group, humanValue(prefix || group, v)]);
         }
-      })("", value);
+      })("", stats[group]);
       rows.forEach(function (row) {
         var div = document.createElement("div");
         div.className = "row";
-        var a = document.createElement("span"); a.textContent = row[0];
+        var a = document.createElement("span"); a.textContent = row[0].replace(/_/g, " ");
         var b = document.createElement("span"); b.textContent = row[1];
         div.appendChild(a); div.appendChild(b);
         out.appendChild(div);
       });
     });
-    var mine = document.createElement("div");
+    var mine = document.createElement("h3");
     mine.className = "group";
     mine.textContent = "this page";
     out.appendChild(mine);
@@ -411,12 +478,15 @@
       if (!r.ok) { throw r.status; }
       return r.json();
     }).then(function (stats) {
+      renderHeadline(stats);
       renderFigures(stats);
+      state.prevStats = stats;
       $("figures-note").textContent = "Updated " + new Date().toLocaleTimeString() + ".";
     }).catch(function (status) {
+      renderHeadline(null);
       renderFigures(null);
       // 403: a user-scoped key (the figures are the whole service's).
-      $("figures-note").textContent = "n/a: /v1/stats " +
+      $("figures-note").textContent = "System figures n/a: /v1/stats " +
         (status === 404 ? "is not available on this server"
           : status === 403 ? "is not available to a user-scoped key" : "could not be loaded") + ".";
     });
@@ -428,6 +498,7 @@
     $("main").hidden = false;
     $("forget").hidden = false;
     $("login-error").hidden = true;
+    renderHeadline(null);
     renderFigures(null);
     loadStats();
     state.statsTimer = setInterval(loadStats, 5000);
