@@ -160,6 +160,15 @@ class Settings:
     rollup_retention_days: tuple[float, float, float, float] = (1.0, 7.0, 90.0, 730.0)
     #: ``ANALYTICS_CLEANUP_INTERVAL``: seconds between beat's cleanup runs.
     cleanup_interval: float = 60.0
+    #: ``ANALYTICS_CORS_ORIGINS``: origins (``https://app.example.org``) whose
+    #: pages may post to the ingestion endpoints from a browser; ``*`` for any.
+    #: None by default: browsers then refuse cross-origin calls.
+    cors_origins: tuple[str, ...] = ()
+    #: ``ANALYTICS_CORS_CREDENTIALS``: answer ``Access-Control-Allow-Credentials``
+    #: (cookies and credentialed fetches); refused together with ``*``.
+    cors_credentials: bool = False
+    #: ``ANALYTICS_CORS_MAX_AGE``: seconds a browser may cache a preflight answer.
+    cors_max_age: int = 7200
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -195,6 +204,16 @@ class Settings:
                     f"ANALYTICS_SEGMENT_UNKNOWN_EVENTS must be register, custom or reject, got {policy!r}"
                 )
             values["segment_unknown_events"] = policy
+        if get("ANALYTICS_CORS_ORIGINS"):
+            values["cors_origins"] = tuple(o.rstrip("/") for o in _list(get("ANALYTICS_CORS_ORIGINS", "")))
+        if get("ANALYTICS_CORS_CREDENTIALS") is not None:
+            values["cors_credentials"] = _bool("ANALYTICS_CORS_CREDENTIALS", get("ANALYTICS_CORS_CREDENTIALS", ""))
+        if "*" in values.get("cors_origins", ()) and values.get("cors_credentials"):
+            # Browsers ignore "*" on credentialed requests; echoing every origin
+            # instead would let any site post with a user's cookies.
+            raise ConfigurationError(
+                "ANALYTICS_CORS_ORIGINS=* cannot be combined with ANALYTICS_CORS_CREDENTIALS: list the origins"
+            )
         for name, field, minimum in (
             ("REDIS_MAX_CONNECTIONS", "redis_max_connections", 1),
             ("ANALYTICS_SEGMENT_MAX_TYPES", "segment_max_types", 0),
@@ -209,6 +228,7 @@ class Settings:
             ("ANALYTICS_AUTH_FAILURE_WINDOW", "auth_failure_window", 1),
             ("ANALYTICS_WS_BUFFER", "ws_buffer", 1),
             ("ANALYTICS_MAX_SERIES_PER_METRIC", "max_series_per_metric", 1),
+            ("ANALYTICS_CORS_MAX_AGE", "cors_max_age", 0),
         ):
             if get(name):
                 values[field] = _int(name, get(name, ""), minimum)

@@ -34,7 +34,7 @@ from analytics.errors import (
     RateLimited,
 )
 from analytics.events.segment import SHORT_PATHS, PreparedSegment, SegmentIngest, SegmentResult
-from web.auth import bearer_token, prepare_after_key, read_credentials
+from web.auth import authenticate, bearer_token, prepare_after_key, read_credentials
 from web.body import json_body
 from web.errors import error_response
 from web.extensions import get_analytics
@@ -121,6 +121,47 @@ for _short, _call in SHORT_PATHS.items():
     _view = _single_view(_call)
     segment.add_url_rule(f"/{_call}", f"{_call}", _view, **_RULE)
     segment.add_url_rule(f"/{_short}", f"{_call}_{_short}", _view, **_RULE)
+
+
+def settings_for(write_key: str) -> dict[str, Any]:
+    """What analytics.js (``@segment/analytics-next``) loads before it starts
+    (from ``cdnURL``): only the "Segment.io" integration, pointed at this
+    server, and no other destination, middleware, edge function or remote
+    plugin (nothing is fetched from a CDN). Metrics sampling is off: the
+    library would post its own telemetry to ``metrics.host``."""
+    api_host = f"{request.host}{segment.url_prefix}"
+    return {
+        "integrations": {
+            "Segment.io": {
+                "apiKey": write_key,
+                "apiHost": api_host,
+                "protocol": request.scheme,
+                "unbundledIntegrations": [],
+                "addBundledMetadata": True,
+                "maybeBundledConfigIds": {},
+            }
+        },
+        "plan": {
+            "track": {"__default": {"enabled": True, "integrations": {}}},
+            "identify": {"__default": {"enabled": True}},
+            "group": {"__default": {"enabled": True}},
+        },
+        "edgeFunction": {},
+        "analyticsNextEnabled": True,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0, "host": api_host},
+        "legacyVideoPluginsEnabled": False,
+        "remotePlugins": [],
+    }
+
+
+@segment.get("/projects/<write_key>/settings", strict_slashes=False)
+def project_settings(write_key: str) -> Response:
+    """The settings analytics.js loads: for a valid ingest key only (the
+    check is counted, rate limited and audited like any other)."""
+    authenticate(write_key).require("ingest")
+    return jsonify(settings_for(write_key))
 
 
 def _segment_error(exc: AnalyticsError) -> Response:
