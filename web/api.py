@@ -104,7 +104,10 @@ def get_events() -> ResponseReturnValue:
     # Property filters may repeat (properties.amount=gte:10&properties.amount=lt:20).
     query.update({k: request.args.getlist(k) for k in query if k.startswith("properties.")})
     service = get_analytics()
-    # A key created without PHI access gets sealed values redacted.
+    # A key created without PHI access gets sealed values redacted, and may
+    # not pick a person's events out by their id (a lookup by identifier).
+    if query.get("userId"):
+        key.require_phi("select events by userId")
     events, cursor = service.events.get_events(query, reveal_phi=key.reveal_phi, scope_user_hash=key.user_hash)
     service.privacy.audit_read(key.id, query, len(events), request.remote_addr, scoped=key.scoped, phi=key.reveal_phi)
     return jsonify(events=events, next=cursor)

@@ -76,6 +76,11 @@ class ApiKey:
         if not self.allows(action):
             raise KeyForbidden(f"this key (role {self.role}) may not {action}", action, self.id)
 
+    def require_phi(self, what: str) -> None:
+        """Refuse a key without PHI access what would single a person out."""
+        if not self.phi:
+            raise KeyForbidden(f"a key without PHI access may not {what}", "phi", self.id)
+
     def require_unscoped(self, what: str) -> None:
         """Refuse a user-scoped key what cannot be limited to its user."""
         if self.user_hash:

@@ -157,6 +157,12 @@ def test_a_key_without_phi_access_reads_events_with_sealed_values_redacted(clien
     assert {e["properties"]["email"] for e in revealed} == {EMAIL}
     [entry] = [e for e in audit(service, "events.read") if e["actor"] == key.id]
     assert entry["phi"] is False and entry["count"] == 2
+    # Nor may it pick a person's events out by their id.
+    lookup = client.get(f"/v1/events?userId={USER}", headers=bearer(secret))
+    assert lookup.status_code == 403 and USER.encode() not in lookup.data
+    [denied] = [e for e in audit(service, "access.denied") if e["actor"] == key.id]
+    assert denied["path"] == "/v1/events" and denied["required"] == "phi"
+    assert USER.encode() not in raw_audit(data)
 
     # A user-scoped key without PHI: its user only, redacted.
     scoped_secret, _ = service.access.create("read", user_id=USER, phi=False)
