@@ -152,13 +152,15 @@ def test_records_of_the_first_layout_are_queued_again_into_pages(quiet) -> None:
     user erased since is not."""
     data = quiet.data
     now = int(time.time())
+    # All in one minute: the user index holds one member per page (minute).
+    minute = (now - 100) - (now - 100) % 60
     legacy = [
         quiet.codec.encode(
             {
                 "type": "click",
                 "userId": user,
                 "messageId": f"legacy-{n}",
-                "timestamp": (now - 100 + n) * 1000,
+                "timestamp": (minute + n) * 1000,
                 "properties": {"n": n},
             },
             "normal",
