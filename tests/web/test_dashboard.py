@@ -207,7 +207,7 @@ def test_the_dashboard_works_with_a_read_key_without_phi_access(web, page, servi
 
 
 def test_a_user_scoped_key_is_told_why_the_figures_are_missing(web, page, service) -> None:
-    read_key, _ = service.access.create("read", user_id="u-scoped-dash", phi=False)
+    read_key, key = service.access.create("read", user_id="u-scoped-dash", phi=False)
     page.goto(web.url + "/")
     page.fill("#key", read_key)
     page.click("#connect")
@@ -215,4 +215,8 @@ def test_a_user_scoped_key_is_told_why_the_figures_are_missing(web, page, servic
     page.wait_for_function(
         "() => document.getElementById('figures-note').textContent.includes('user-scoped')", timeout=10_000
     )
+    # The refusal does not change: the page stops asking (each is audited).
+    page.wait_for_timeout(6_000)
+    denied = [e for e in service.auditor.page(None, 1000)[0] if e["action"] == "access.denied" and e["actor"] == key.id]
+    assert [e["path"] for e in denied] == ["/v1/stats"]
     assert page.errors == []

@@ -485,7 +485,9 @@
     }).catch(function (status) {
       renderHeadline(null);
       renderFigures(null);
-      // 403: a user-scoped key (the figures are the whole service's).
+      // 403: a user-scoped key (the figures are the whole service's). It
+      // will not change: stop asking (each refusal is an audit entry).
+      if (status === 403) { clearInterval(state.statsTimer); }
       $("figures-note").textContent = "System figures n/a: /v1/stats " +
         (status === 404 ? "is not available on this server"
           : status === 403 ? "is not available to a user-scoped key" : "could not be loaded") + ".";
