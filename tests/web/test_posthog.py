@@ -1,5 +1,5 @@
 """PostHog compatibility: the real PostHog Python SDK, unchanged, against a
-live gunicorn web process (the session worker stores what it sends), and
+live gunicorn web process (the test run's worker stores what it sends), and
 the capture bodies posthog-js sends (gzip-js, base64 forms, bare arrays)."""
 
 from __future__ import annotations
