@@ -86,6 +86,9 @@ class Settings:
     #: appended to, outside Redis (:mod:`analytics.privacy.checkpoints`);
     #: empty: none are written (truncating the audit log would not show).
     audit_checkpoints: str = ""
+    #: ``ANALYTICS_AUDIT_SYSLOG``: syslog address (``/dev/log``, ``host:port``
+    #: over UDP) every checkpoint is also sent to: a copy off the host.
+    audit_syslog: str = ""
     #: ``ANALYTICS_AUDIT_KEY``: the key checkpoints are signed with (format of
     #: an encryption key); default derived from the hash key, with a warning.
     audit_key: str = ""
@@ -189,6 +192,8 @@ class Settings:
             values["hash_key"] = get("ANALYTICS_HASH_KEY")
         if get("ANALYTICS_AUDIT_CHECKPOINTS"):
             values["audit_checkpoints"] = get("ANALYTICS_AUDIT_CHECKPOINTS", "").strip()
+        if get("ANALYTICS_AUDIT_SYSLOG"):
+            values["audit_syslog"] = get("ANALYTICS_AUDIT_SYSLOG", "").strip()
         if get("ANALYTICS_AUDIT_KEY"):
             values["audit_key"] = get("ANALYTICS_AUDIT_KEY")
         if get("ANALYTICS_DEV") is not None:

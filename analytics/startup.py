@@ -23,6 +23,7 @@ import redis
 
 from analytics.errors import ConfigurationError
 from analytics.logs import configure_logging, install
+from analytics.privacy.checkpoints import syslog_handler
 from analytics.privacy.crypto import Vault, decode_audit_key
 from analytics.privacy.fingerprints import KeyFingerprints
 from analytics.redis_client import connect
@@ -55,6 +56,9 @@ def check_settings(settings: Settings, process: str) -> None:
             check_fingerprints(settings, Vault(settings.encryption_keys, settings.hash_key))
         if settings.audit_key:
             decode_audit_key(settings.audit_key)  # malformed: one line now
+        handler = syslog_handler(settings.audit_syslog)
+        if handler is not None:
+            handler.close()
     except ConfigurationError as exc:
         raise SystemExit(f"analytics {process}: {exc.message}") from None
     if not settings.encryption_keys:

@@ -174,11 +174,22 @@ def audit() -> None:
 
 
 @audit.command("verify")
-def audit_verify() -> None:
+@click.option(
+    "--checkpoints",
+    "against",
+    default="",
+    metavar="FILE",
+    help="Check against this copy of the checkpoints (an export of ANALYTICS_AUDIT_SYSLOG) instead.",
+)
+def audit_verify(against: str) -> None:
     """Check the HMAC chain of the audit log and that it extends the last
     signed checkpoint (ANALYTICS_AUDIT_CHECKPOINTS); exit 1 and say where it
     breaks. When intact, a new checkpoint is written."""
-    result = analytics().privacy.verify_audit()
+    app = analytics()
+    if against and app.audit.checkpoints is None:
+        click.echo("error: --checkpoints needs ANALYTICS_AUDIT_CHECKPOINTS (and its key) configured", err=True)
+        sys.exit(1)
+    result = app.audit.verify(against=against) if against else app.privacy.verify_audit()
     if result.ok:
         click.echo(f"audit log intact: {result.checked} entries verified; {result.anchor}")
         return

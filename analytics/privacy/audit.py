@@ -132,10 +132,14 @@ class AuditLog:
                 return prev, checked, watched
             start = "(" + chunk[-1][0].decode()
 
-    def verify(self, page: int = 1000, *, checkpoint: bool = True) -> VerifyResult:
+    def verify(self, page: int = 1000, *, checkpoint: bool = True, against: str = "") -> VerifyResult:
         """Walk the whole chain, say where it first breaks, then check it
         against the checkpoints: it must extend the last one. When it does,
-        a new checkpoint is written (``checkpoint``)."""
+        a new checkpoint is written (``checkpoint``). ``against``: check
+        against that copy of the checkpoints (a syslog export) instead, and
+        write none."""
+        if against and self.checkpoints is not None:
+            return AuditLog(self._redis, self._vault, self.checkpoints.copy_at(against)).verify(page, checkpoint=False)
         try:
             anchors = self.checkpoints.read() if self.checkpoints else []
         except CheckpointError as exc:

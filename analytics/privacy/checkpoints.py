@@ -24,9 +24,17 @@ next, so two writers (the beat's task, an ``audit verify``) never fork the
 checkpoint chain. Put it where Redis's operators cannot write, or on an
 append-only store (``chattr +a``, a WORM volume, a log shipper).
 
+With ``ANALYTICS_AUDIT_SYSLOG`` (``/dev/log``, or ``host:port`` over UDP)
+every checkpoint is also sent to syslog (stdlib ``SysLogHandler``,
+facility ``auth``, tag ``analytics-audit-checkpoint``): a copy off the host
+that whoever can write the file cannot take back. ``analytics audit verify
+--checkpoints EXPORT`` checks the log against such a copy; lines may carry
+a syslog prefix, the record is read from the first ``{``.
+
 What it cannot show: entries removed after the last checkpoint (up to one
 interval, ``ANALYTICS_CHECKPOINT_SECONDS``), or the newest lines of
-the file removed by someone who can write it.
+the file removed by someone who can write it (unless checked against the
+syslog copy).
 """
 
 from __future__ import annotations
@@ -36,12 +44,14 @@ import fcntl
 import hashlib
 import hmac
 import logging
+import logging.handlers
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import orjson
 
+from analytics.errors import ConfigurationError
 from analytics.privacy.crypto import Vault, decode_audit_key
 from analytics.settings import Settings
 
@@ -93,9 +103,14 @@ def _warn_once(message: str) -> None:
 class CheckpointFile:
     """The signed checkpoints, appended to a JSON-lines file."""
 
-    def __init__(self, path: str, key: bytes) -> None:
+    def __init__(self, path: str, key: bytes, syslog: str = "") -> None:
         self.path = path
         self._key = key
+        self._syslog = syslog
+
+    def copy_at(self, path: str) -> CheckpointFile:
+        """The same checkpoints' copy at ``path`` (a syslog export), to read."""
+        return CheckpointFile(path, self._key)
 
     @classmethod
     def from_settings(cls, settings: Settings, vault: Vault) -> CheckpointFile | None:
@@ -115,7 +130,7 @@ class CheckpointFile:
                 )
             else:
                 _warn_once("DEVELOPMENT MODE: audit checkpoints are signed with a well-known key and prove nothing")
-        return cls(settings.audit_checkpoints, key)
+        return cls(settings.audit_checkpoints, key, settings.audit_syslog)
 
     # -- signing -------------------------------------------------------------
     def _sign(self, body: bytes) -> str:
@@ -151,7 +166,9 @@ class CheckpointFile:
         """Every checkpoint, oldest first, each signature and link checked."""
         try:
             with open(self.path, "rb") as f:
-                lines = [line for line in f.read().split(b"\n") if line.strip()]
+                # From the first "{" to the last "}": a syslog export's lines
+                # carry a prefix (and perhaps a NUL).
+                lines = [_record(line) for line in f.read().split(b"\n") if line.strip()]
         except FileNotFoundError:
             return []
         out: list[Checkpoint] = []
@@ -193,8 +210,52 @@ class CheckpointFile:
                 record = orjson.loads(checkpoint.body())
                 record["sig"] = checkpoint.sig
                 # One write of one line: with O_APPEND it lands whole at the end.
-                os.write(fd, orjson.dumps(record, option=orjson.OPT_SORT_KEYS) + b"\n")
+                line = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+                os.write(fd, line + b"\n")
                 os.fsync(fd)
+                self._mirror(line)
             return checkpoint
         finally:
             os.close(fd)  # releases the lock
+
+    def _mirror(self, line: bytes) -> None:
+        # A handler per checkpoint (one a minute): no socket stays open
+        # between them, and a restarted syslog daemon is found again.
+        try:
+            handler = syslog_handler(self._syslog)
+        except ConfigurationError as exc:
+            log.error("audit checkpoint not sent to syslog: %s", exc.message)
+            return
+        if handler is not None:
+            try:
+                handler.emit(logging.makeLogRecord({"msg": line.decode(), "levelno": logging.INFO}))
+            finally:
+                handler.close()
+
+
+def _record(line: bytes) -> bytes:
+    start, end = line.find(b"{"), line.rfind(b"}")
+    return line[start : end + 1] if 0 <= start < end else line
+
+
+def syslog_handler(address: str) -> logging.Handler | None:
+    """The syslog copy of the checkpoints: ``/dev/log`` (a socket path) or
+    ``host:port`` (UDP); None for ``""``."""
+    if not address:
+        return None
+    target: str | tuple[str, int]
+    if address.startswith("/"):
+        target = address
+    else:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigurationError(f"ANALYTICS_AUDIT_SYSLOG must be a socket path or host:port, got {address!r}")
+        target = (host, int(port))
+    try:
+        # UDP to a host; a socket path: datagram, else stream (SysLogHandler tries both)
+        handler = logging.handlers.SysLogHandler(target, logging.handlers.SysLogHandler.LOG_AUTH)
+    except OSError as exc:
+        raise ConfigurationError(f"ANALYTICS_AUDIT_SYSLOG {address!r} cannot be reached ({exc.strerror})") from None
+    handler.ident = "analytics-audit-checkpoint: "
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return handler

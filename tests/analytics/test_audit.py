@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -211,3 +212,37 @@ def test_beat_writes_checkpoints(make_stack, tmp_path) -> None:
     wait_until(lambda: orjson.loads(path.read_bytes().splitlines()[-1])["count"] == 5, timeout=60)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert service.audit.verify(checkpoint=False).ok
+
+
+def test_a_syslog_copy_shows_what_the_file_no_longer_does(service, environ, db, tmp_path) -> None:
+    """Checkpoints are also sent to syslog (here a UDP listener); someone
+    who truncates the log *and* the checkpoint file is caught by the copy."""
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(10)
+    with_syslog = {**environ, "ANALYTICS_AUDIT_SYSLOG": f"127.0.0.1:{receiver.getsockname()[1]}"}
+    settings = Settings.from_env(with_syslog)
+    mirrored = Analytics(settings, connect(settings))
+    record(mirrored, 5)
+    assert mirrored.audit.checkpoint().written
+    record(mirrored, 5)
+    assert mirrored.audit.checkpoint().written
+    received = [receiver.recv(4096), receiver.recv(4096)]
+    receiver.close()
+    assert all(b"analytics-audit-checkpoint: {" in datagram for datagram in received)
+    export = tmp_path / "syslog-export.txt"
+    export.write_bytes(b"".join(b"Dec  7 21:00:00 host " + d.split(b">", 1)[1] + b"\n" for d in received))
+
+    # Truncated to 5 entries, and the second checkpoint cut from the file.
+    truncate(db, 5)
+    path = Path(environ["ANALYTICS_AUDIT_CHECKPOINTS"])
+    path.write_bytes(path.read_bytes().splitlines(keepends=True)[0])
+    assert verify(with_syslog)[0] == 0  # the local file alone is fooled
+    code, out = verify_against(with_syslog, export)
+    assert code == 1 and len(out) == 1 and "recorded 10: the newest entries were removed (truncated)" in out[0]
+
+
+def verify_against(environ: dict[str, str], export: Path) -> tuple[int, list[str]]:
+    args = ["audit", "verify", "--checkpoints", str(export)]
+    result = CliRunner().invoke(cli, args, env=environ, catch_exceptions=False)
+    return result.exit_code, result.output.strip().splitlines()
