@@ -163,9 +163,11 @@ def keys_rotate_encryption(slice_size: int) -> None:
     if report.unreadable:
         click.echo("error: some values open with no configured key (see docs/security.rst: key rotation)", err=True)
         sys.exit(1)
-    # Everything stored is sealed under the newest key now: the older keys
-    # may leave ANALYTICS_ENCRYPTION_KEYS (once the queue has drained).
-    app.fingerprints.retire_all_but_newest()
+    # Everything stored is sealed under the newest key now (bar queue
+    # entries a worker holds): the older keys may leave
+    # ANALYTICS_ENCRYPTION_KEYS, and processes start without them.
+    if not report.pending:
+        app.fingerprints.retire_all_but_newest()
 
 
 @main.group()

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
-from analytics import keyspace
+from analytics import Analytics, Settings, keyspace
+from analytics.redis_client import connect
 from analytics.startup import start_process
 from cli.main import main as cli
 from testkit import ROOT, python_env
@@ -113,3 +114,20 @@ def test_the_cli_refuses_with_one_line(redis_server, db) -> None:
 def test_development_mode_is_not_checked(redis_server, db) -> None:
     start_process("web", environ=environ(redis_server, f"{MID},{OLD}"), own_handler=False)
     start_process("web", environ=environ(redis_server, "", ANALYTICS_DEV="1"), own_handler=False)
+
+
+def test_a_rotation_with_entries_still_pending_keeps_the_old_keys_required(redis_server, db) -> None:
+    """A queue entry a worker holds stays sealed under the old key: the
+    rotation does not retire it then."""
+    with_hash = {"ANALYTICS_HASH_KEY": HASH}
+    start_process("web", environ=environ(redis_server, OLD, **with_hash), own_handler=False)
+    settings = Settings.from_env(environ(redis_server, OLD, **with_hash))
+    old = Analytics(settings, connect(settings))
+    old.events.track({"type": "click", "userId": "patient-9", "properties": {"email": "p9@example.org"}})
+    old.queue.ensure_groups()
+    assert len(old.queue.read("worker-a", 1)) == 1  # held by a worker
+
+    env = environ(redis_server, f"{NEW},{OLD}", **with_hash)
+    result = CliRunner().invoke(cli, ["keys", "rotate-encryption"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "lacks 1 key(s)" in refused(redis_server, NEW, **with_hash)
