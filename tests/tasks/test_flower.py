@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -86,3 +89,66 @@ def test_flower_refuses_to_start_without_authentication(env, tmp_path) -> None:
         assert "Traceback" not in flower.log()
     finally:
         flower.stop()
+
+
+def start_flower_in(directory: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """``celery -A tasks flower`` started in ``directory`` (not the
+    repository: no ``flowerconfig.py`` there), the project found as an
+    installed package is (no PYTHONPATH)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_") and k != "PYTHONPATH"}
+    environ.update(env)
+    with (directory / "flower.log").open("wb") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--port={port}", "--address=127.0.0.1"],
+            env=environ,
+            cwd=directory,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.slow
+def test_flower_started_outside_the_repository_requires_authentication_too(env, tmp_path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert not (elsewhere / "flowerconfig.py").exists()
+    broker = {k: v for k, v in env.items() if not k.startswith("FLOWER_")}
+    refused = start_flower_in(elsewhere, broker, free_port())
+    try:
+        assert refused.wait(60) != 0
+    finally:
+        stop(refused)
+    log = (elsewhere / "flower.log").read_text()
+    assert "set FLOWER_BASIC_AUTH=user:password" in log and "Traceback" not in log
+
+    # With authentication it serves, and asks for it (the settings of the
+    # project's flowerconfig apply there too).
+    port = free_port()
+    served = start_flower_in(elsewhere, {**broker, "FLOWER_BASIC_AUTH": "ops:s3cret-pass"}, port)
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            assert served.poll() is None, (elsewhere / "flower.log").read_text()
+            try:
+                return requests.get(f"{base}/healthcheck", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(up, 60, 0.2, "flower to answer")
+        assert requests.get(f"{base}/api/workers", timeout=10).status_code == 401
+        assert requests.get(f"{base}/", timeout=10).status_code == 401
+        assert requests.get(f"{base}/api/workers", auth=("ops", "s3cret-pass"), timeout=30).status_code == 200
+    finally:
+        stop(served)
