@@ -47,3 +47,30 @@ def get_metric(name: str) -> ResponseReturnValue:
     # orjson: a day of 1-minute points is thousands of numbers, and the
     # stdlib encoder behind jsonify costs more than the query itself.
     return Response(orjson.dumps(body), mimetype="application/json")
+
+
+@metrics_api.get("/metrics/<path:name>/forecast")
+@require("read")
+def get_forecast(name: str) -> ResponseReturnValue:
+    """Point forecasts with 80% and 95% intervals of the metric's next
+    buckets (:meth:`MetricService.forecast`), read and audited as a metric
+    query is."""
+    key = g.api_key
+    query = request.args.to_dict()
+    service = get_analytics()
+    body = service.metrics.forecast(name, query, scoped=key.scoped)
+    # The history read is a metric read: audited as one, before it leaves,
+    # with what was forecast (the query is valid by now).
+    fields = service.auditor.metric_query(query)
+    fields.update(bucket=str(body["bucket"]), forecastHorizon=int(query["horizon"]))
+    service.privacy.audit_read(
+        key.id,
+        {},
+        len(body["series"]),
+        request.remote_addr,
+        action="metrics.read",
+        metric=name,
+        scoped=key.scoped,
+        **fields,
+    )
+    return Response(orjson.dumps(body), mimetype="application/json")

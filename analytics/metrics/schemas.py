@@ -178,5 +178,24 @@ class MetricQuerySchema(Schema):
             raise ValidationError("Must be a multiple of 10 seconds (the finest rollup).", "bucket")
 
 
+#: Buckets a forecast may reach ahead.
+MAX_HORIZON = 500
+
+
+class MetricForecastSchema(MetricQuerySchema):
+    """Query string of ``GET /v1/metrics/{name}/forecast``: a metric query's
+    ``bucket``, ``agg``, ``tags`` and ``groupBy`` (no range: the history is
+    the recent past) and how many buckets ahead."""
+
+    class Meta:
+        unknown = RAISE
+        exclude = ("start", "end")
+
+    horizon = fields.Integer(required=True, validate=validate.Range(min=1, max=MAX_HORIZON))
+    # At most a day: longer buckets leave too little retained history.
+    bucket = fields.Integer(load_default=3600, validate=validate.Range(min=10, max=86_400))
+
+
 metric_batch_schema = MetricBatchSchema()
 metric_query_schema = MetricQuerySchema()
+metric_forecast_schema = MetricForecastSchema()

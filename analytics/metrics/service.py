@@ -14,6 +14,7 @@ from analytics import keyspace
 from analytics.errors import ValidationError
 from analytics.events.service import EventService, TrackResult
 from analytics.metrics.fastpath import load_sample
+from analytics.metrics.forecasting import forecast_metric
 from analytics.metrics.schemas import EVENT_METRIC_PREFIX, MetricSampleSchema, check_name, metric_query_schema
 from analytics.metrics.store import EMPTY_SERIES, MetricStore, auto_bucket, bucket_range, series_id
 from analytics.pipeline.admission import StreamEntry
@@ -213,6 +214,18 @@ class MetricService:
                 group_by=params["groupBy"],
             )
         return {"name": name, "series": found}
+
+    def forecast(
+        self, name: str, query: dict[str, Any], *, now_ms: int | None = None, scoped: bool = False
+    ) -> dict[str, Any]:
+        """The ``GET /v1/metrics/{name}/forecast`` answer for ``query`` (raw
+        strings): the history is read by :meth:`get_metric`, with its rules
+        (a user-scoped key neither groups nor filters by tag), see
+        :func:`analytics.metrics.forecasting.forecast_metric`."""
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        return forecast_metric(
+            name, query, lambda history: self.get_metric(name, history, now_ms=now, scoped=scoped), now_ms=now
+        )
 
 
 def _accepted(result: TrackResult, records: list[dict[str, Any]], entry_ids: tuple[str, ...]) -> TrackResult:
