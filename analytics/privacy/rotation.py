@@ -9,8 +9,7 @@ What is re-encrypted:
 * dead letters (``analytics:dlq:*``), walked with ``XRANGE``. A stream entry
   cannot be changed in place, so a re-encrypted dead letter is appended
   again (same fields, the original ``ts``) and the old entry deleted, in
-  one script: its stream id changes, nothing else.
-
+  one script: its stream id changes, nothing else;
 * the queue streams (``analytics:events:queue*``), walked the same way and
   re-appended the same way, under one rule: only entries **no worker has
   been given yet** (newer than the consumer group's last-delivered id) are
@@ -175,9 +174,11 @@ class Rotator:
             for record in records:
                 attempt.examined += 1
                 sealed = record.get("s") if isinstance(record, dict) else None
-                resealed = self._reseal(sealed, attempt) if sealed else None
-                if resealed is None:
-                    attempt.current += 0 if sealed else 1
+                if not sealed:
+                    attempt.current += 1
+                    continue
+                resealed = self._reseal(sealed, attempt)
+                if resealed is None:  # current already, or unreadable (counted)
                     continue
                 record["s"] = resealed
                 attempt.rotated += 1

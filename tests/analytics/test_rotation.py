@@ -268,3 +268,22 @@ def test_rotation_re_seals_undelivered_queue_entries_and_leaves_pending_ones(red
     assert {new.vault.key_id_of(r["s"]) for r in stored_records} == {new.vault.current_key_id}
     again = new.privacy.rotate_encryption()
     assert again.rotated == 0 and again.pending == 1
+
+
+def test_rotation_re_seals_queue_entries_of_the_older_json_form(redis_server, db) -> None:
+    old = make_service(redis_server, OLD)
+    record = old.codec.encode(
+        {"type": "click", "userId": USER, "messageId": "json-1", "properties": {"email": "j@example.org"}},
+        "normal",
+        1_700_000_000_000,
+        None,
+    )
+    assert record["s"]
+    db.xadd(keyspace.EVENT_QUEUE, {"e": orjson.dumps([record, {**record, "s": None}])})
+    new = make_service(redis_server, f"{NEW},{OLD}")
+    report = new.privacy.rotate_encryption()
+    assert (report.rotated, report.pending, report.unreadable) == (1, 0, 0)
+    [(_, fields)] = db.xrange(keyspace.EVENT_QUEUE)
+    first, second = orjson.loads(fields[b"e"])
+    assert new.vault.key_id_of(first["s"]) == new.vault.current_key_id and second["s"] is None
+    assert new.vault.open(first["s"]) == old.vault.open(record["s"])
