@@ -11,7 +11,7 @@ command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
 # Node packages of the browser tests (package-lock.json next to each
 # package.json), installed from the npm registry when missing.
 if command -v npm >/dev/null 2>&1; then
-  for dir in tests/web/axe; do
+  for dir in tests/web/axe tests/browser; do
     if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
       echo "installing node packages in $dir"
       (cd "$dir" && npm ci --no-audit --no-fund --silent)

@@ -1,8 +1,9 @@
 """PostHog-compatible ingestion: the paths PostHog SDKs post to.
 
 ``POST /batch/``, ``/capture/``, ``/e/``, ``/i/v0/e/`` (also without the
-trailing slash): the body is JSON, gzip (``Content-Encoding: gzip``, or
-posthog-js's ``?compression=gzip-js``), or a form whose ``data`` field is the
+trailing slash): the body is JSON, gzip (``Content-Encoding: gzip``,
+posthog-js's ``?compression=gzip-js``, or recognized by its magic number, as
+posthog-js now sends it), or a form whose ``data`` field is the
 JSON in base64 (posthog-js's older ``?compression=base64``). The project
 token (``api_key``, ``token`` or ``properties.token``) is an ingest key. The
 events are mapped (:mod:`analytics.events.posthog`) to Segment messages and
@@ -37,6 +38,7 @@ CAPTURE_PATHS = ("/batch", "/capture", "/e", "/i/v0/e", "/track")
 #: Deepest nesting accepted before the events are validated (their own
 #: limit is lower): deeper bodies could not be re-encoded as dead letters.
 MAX_BODY_DEPTH = 64
+GZIP_MAGIC = b"\x1f\x8b"
 #: PostHog's error ``type`` by our status.
 _ERROR_TYPES = {401: "authentication_error", 403: "authentication_error", 429: "rate_limited"}
 
@@ -91,7 +93,13 @@ def capture_body() -> Any:
         data = _form_data()
     else:
         data = request.get_data(cache=False)
-        if compression in ("gzip", "gzip-js") or request.headers.get("Content-Encoding", "").lower() == "gzip":
+        if (
+            compression in ("gzip", "gzip-js")
+            or request.headers.get("Content-Encoding", "").lower() == "gzip"
+            # posthog-js no longer says it gzips (no ``compression`` parameter):
+            # the gzip magic number tells, as PostHog's own capture reads it.
+            or data[:2] == GZIP_MAGIC
+        ):
             data = _gunzip(data, limit)
         elif compression and compression != "none":
             raise ValidationError(f"compression {compression!r} is not supported: use gzip-js, base64 or none")
@@ -103,7 +111,8 @@ def capture_body() -> Any:
         raise ValidationError("body is not valid JSON") from None
     if _too_deep(data, body):
         raise ValidationError(f"body nested deeper than {MAX_BODY_DEPTH} levels")
-    g.posthog_body = to_segment_batch(body, request.args.get("_"))
+    # posthog-js sends its clock as ``sent_at`` (POST) or ``_``, in ms.
+    g.posthog_body = to_segment_batch(body, request.args.get("sent_at") or request.args.get("_"))
     return g.posthog_body
 
 
