@@ -84,8 +84,10 @@ SLICE = 500
 #: appending to it) before giving up on this run.
 MAX_RACES = 50
 #: How long an erasure waits for an AOF rewrite already running (it began
-#: before the erasure, so it may keep the erased data) before starting its own.
-AOF_WAIT_SECONDS = 30.0
+#: before the erasure, so it may keep the erased data) before starting its
+#: own. Bounded: an erasure may be an HTTP request, and its audit entry is
+#: written after it; past it, a warning asks for a BGREWRITEAOF instead.
+AOF_WAIT_SECONDS = 10.0
 
 # redis-py's annotations cover its async client too; these are what the
 # synchronous client (decode_responses off) returns.
