@@ -79,3 +79,20 @@ def test_no_rewrite_is_asked_of_a_redis_without_aof(server) -> None:
     service = Analytics(settings, connect(settings))
     assert service.eraser.rewrite_aof() == "off"
     assert rewrites(server) == (0, 0)
+
+
+def test_a_rewrite_running_from_before_the_erasure_is_followed_by_another(server) -> None:
+    """A rewrite that began before the erasure may hold the erased records:
+    the erasure waits for it and starts its own; past the wait it warns."""
+    client = server.client()
+    settings = Settings.from_env({"REDIS_URL": server.url(), "ANALYTICS_ENCRYPTION_KEYS": KEY})
+    service = Analytics(settings, connect(settings))
+    for i in range(10):
+        client.set(f"filler:{i}", i)
+    client.config_set("rdb-key-save-delay", 100_000)  # 0.1 s per key: a rewrite of about a second
+    client.bgrewriteaof()
+    assert rewrites(server)[1] == 1
+    assert service.eraser.rewrite_aof(wait=0.2) == "failed"  # still running after 0.2 s
+    assert service.eraser.rewrite_aof() == "started"  # waited for it, then its own
+    client.config_set("rdb-key-save-delay", 0)
+    wait_until(lambda: rewrites(server) == (2, 0), 30, 0.05, "both rewrites")
