@@ -105,14 +105,16 @@ def test_a_forecast_follows_the_daily_pattern_of_the_history(client, keys, worke
 def test_event_counts_are_forecast_and_never_negative(client, keys, worker) -> None:
     bucket = 60
     last = int(time.time()) // bucket * bucket - bucket
-    # 30 minutes of a login count alternating 2 and 6 per minute.
+    # 30 minutes of a login count alternating 2 and 6 per minute, and the
+    # current minute too: should the clock reach the next one before the
+    # forecast, the history then ends with a full minute, not an empty one.
     batch = [
         {"type": "login", "userId": f"u{k}-{j}", "timestamp": last - k * bucket + 1 + j}
-        for k in range(30)
+        for k in range(-1, 30)
         for j in range(2 if k % 2 else 6)
     ]
     assert client.post("/v1/events", headers=keys["ingest"], json={"batch": batch}).status_code == 202
-    url = f"/v1/metrics/events.login?agg=count&bucket={bucket}&start={last - 29 * bucket}&end={last + bucket}"
+    url = f"/v1/metrics/events.login?agg=count&bucket={bucket}&start={last - 29 * bucket}&end={last + 2 * bucket}"
     wait_until(
         lambda: sum(v or 0 for _, v in client.get(url, headers=keys["read"]).json["series"][0]["points"]) == len(batch),
         30,
@@ -135,7 +137,12 @@ def test_too_little_history_gives_a_note_not_an_error(client, keys, worker) -> N
     batch = [{"name": "rare.metric", "value": v, "timestamp": t0 + 60 * v} for v in range(3)]
     assert client.post("/v1/metrics", headers=keys["ingest"], json={"batch": batch}).status_code == 202
     url = f"/v1/metrics/rare.metric?agg=count&bucket=60&start={t0}&end={t0 + 300}"
-    wait_until(lambda: client.get(url, headers=keys["read"]).json["series"], 20, 0.1, "the samples rolled up")
+    wait_until(
+        lambda: sum(v or 0 for _, v in client.get(url, headers=keys["read"]).json["series"][0]["points"]) == 3,
+        20,
+        0.1,
+        "the samples rolled up",
+    )
     response = client.get("/v1/metrics/rare.metric/forecast?horizon=10&bucket=60", headers=keys["read"])
     assert response.status_code == 200
     [series] = response.json["series"]
