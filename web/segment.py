@@ -13,6 +13,10 @@ module reads requests and answers as Segment does:
   ``429`` with an integer ``Retry-After`` (at most 300 s); ``503`` when Redis
   cannot take the messages (nothing was accepted: the SDK retries);
 * never a redirect: trailing and doubled slashes are served in place.
+
+``GET /v1/projects/<writeKey>/settings`` serves what analytics.js loads
+before it starts (:func:`settings_for`). Browsers post ``text/plain`` bodies
+(no preflight): they are read as JSON whatever the ``Content-Type``.
 """
 
 from __future__ import annotations
