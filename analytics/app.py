@@ -45,6 +45,7 @@ from analytics.privacy.erasure import Eraser
 from analytics.privacy.fingerprints import KeyFingerprints
 from analytics.privacy.phi import PhiPolicy
 from analytics.privacy.ratelimit import RateLimiter
+from analytics.privacy.screening import ScreenedCounter
 from analytics.privacy.service import PrivacyService
 from analytics.processing.service import Processor
 from analytics.redis_client import connect
@@ -73,9 +74,10 @@ class Analytics:
         self.settings = settings
         self.redis = client
         self.vault = vault or Vault.from_settings(settings)
-        self.policy = PhiPolicy(settings.phi_fields)
-        self.codec = RecordCodec(self.vault, self.policy, settings.max_clock_skew_seconds * 1000)
         self.registry = EventTypeRegistry(client, settings)
+        self.screened = ScreenedCounter(client)
+        self.policy = PhiPolicy(settings.phi_fields, self.registry.clear_tree, self.screened.add)
+        self.codec = RecordCodec(self.vault, self.policy, settings.max_clock_skew_seconds * 1000)
         self.queue = EventQueue(client)
         self.metrics_queue = EventQueue(client, lanes=(keyspace.METRICS_QUEUE,), packed=False)
         self.metric_store = MetricStore(client, settings)

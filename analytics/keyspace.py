@@ -134,6 +134,8 @@ ERASURE_LINKS = "analytics:erased:links:"
 RATE_BUCKET = "analytics:rate:"
 AUTH_FAILURES_BY_REMOTE = "analytics:authfail:"
 AUTH_FAILURES_TOTAL = "analytics:stats:auth_failures"
+#: A counter: clear values sealed anyway because they looked like identifiers.
+PHI_SCREENED = "analytics:stats:phi_screened"
 ROTATION = "analytics:rotation"
 KEY_FINGERPRINTS = "analytics:keys:fingerprints"
 WS_STATS = "analytics:stats:ws:"

@@ -11,7 +11,8 @@ The filter formats the message (``msg % args``) and the traceback, then
 replaces what looks like PHI:
 
 * e-mail addresses, US social security numbers, phone numbers written with
-  separators (``+1 555-010-7731``, ``(555) 010-7731``);
+  separators (``+1 555-010-7731``, ``(555) 010-7731``): the patterns of
+  :mod:`analytics.privacy.screening`, which screens clear values with them;
 * the value of any PHI field name (the configured ``ANALYTICS_PHI_FIELDS``
   plus ``userId``/``anonymousId``) in ``key=value``, ``key: value`` and
   JSON-ish ``"key": "value"`` text, whatever the value looks like;
@@ -30,16 +31,13 @@ import threading
 from collections.abc import Iterable
 
 from analytics.privacy.phi import IDENTITY_FIELDS
+from analytics.privacy.screening import EMAIL as _EMAIL
+from analytics.privacy.screening import PHONE as _PHONE
+from analytics.privacy.screening import SSN as _SSN
 from analytics.settings import DEFAULT_PHI_FIELDS
 
 REDACTED = "[redacted]"
 
-_EMAIL = re.compile(r"[\w.+%-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_SSN = re.compile(r"(?<!\d)\d{3}[- ]\d{2}[- ]\d{4}(?!\d)")
-_PHONE = re.compile(
-    r"(?<![\w-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3,4}[\s.-]\d{4}(?![\w-])"
-    r"|(?<![\w-])\+\d{1,3}[\s.-]?\d{3,14}(?![\w-])"
-)
 _API_KEY = re.compile(r"\bak_[A-Za-z0-9_-]{8,}")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]*:)[^/\s@]+@")

@@ -126,8 +126,9 @@ class Settings:
     registry_ttl: float = 1.0
     #: ``ANALYTICS_SEGMENT_UNKNOWN_EVENTS``: what Segment ``track`` calls with a
     #: name the registry does not know become: ``register``, ``custom`` or
-    #: ``reject`` (see :mod:`analytics.events.segment`).
-    segment_unknown_events: str = "register"
+    #: ``reject`` (see :mod:`analytics.events.segment`). ``custom`` by default:
+    #: a name is client text and may carry PHI; types come from the registry.
+    segment_unknown_events: str = "custom"
     #: ``ANALYTICS_SEGMENT_MAX_TYPES``: cap of types the ``register`` policy adds.
     segment_max_types: int = 200
     #: ``ANALYTICS_RATE_LIMIT``: requests per second per API key (token

@@ -12,11 +12,14 @@ import sys
 from typing import Any
 
 import click
+import marshmallow
 import orjson
 import redis
 from dotenv import load_dotenv
 
-from analytics.errors import AnalyticsError
+from analytics.errors import AnalyticsError, ValidationError
+from analytics.events.registry import check_clear_paths
+from analytics.events.schemas import event_type_schema
 from analytics.events.transfer import describe_errors
 from analytics.logs import configure_logging
 from analytics.ops.statsview import render_table
@@ -232,6 +235,40 @@ def erase(user_id: str, yes: bool) -> None:
         f"erased {report.records} events and {report.deadLetters} dead letters, "
         f"revoked {len(report.keysRevoked)} keys (user hash {report.userHash})"
     )
+
+
+@main.group("event-types")
+def event_types() -> None:
+    """Event types, and the fields that stay clear in their events."""
+
+
+@event_types.command("list")
+def event_types_list() -> None:
+    """Every type: name, priority, the paths declared clear."""
+    for event_type in analytics().registry.all():
+        click.echo(f"{event_type.name:<32}{event_type.priority:<10}{','.join(event_type.clear) or '-'}")
+
+
+@event_types.command("register")
+@click.argument("name")
+@click.option("--priority", default="normal", show_default=True, help="low, normal, high or critical.")
+@click.option("--description", default="")
+@click.option(
+    "--clear", "clear", multiple=True, help="A field path that stays clear, e.g. properties.plan (repeat the option)."
+)
+def event_types_register(name: str, priority: str, description: str, clear: tuple[str, ...]) -> None:
+    """Register a type (or replace its settings); audited."""
+    try:
+        data = event_type_schema.load({"name": name, "priority": priority, "description": description})
+    except marshmallow.ValidationError as exc:
+        raise ValidationError("invalid event type", exc.normalized_messages()) from None
+    service = analytics()
+    paths = check_clear_paths(list(clear), service.policy)
+    event_type = service.registry.register(data["name"], data["priority"], data["description"], paths)
+    service.privacy.record(
+        "event_type.register", "cli", name=event_type.name, priority=event_type.priority, clear=list(paths)
+    )
+    click.echo(f"registered {event_type.name} ({event_type.priority}), clear: {', '.join(paths) or 'none'}")
 
 
 @main.group()

@@ -19,7 +19,6 @@ from analytics.events.records import (
     dedupe_member,
     item_record,
     iter_blobs,
-    message_bytes,
     packb,
     unpack_fields,
 )
@@ -69,11 +68,8 @@ class RecordCodec:
         """
         vault = self.vault
         message_id = event.get("messageId")
-        stored_message: str | bytes
-        if message_id:
-            # Only a 36-character id can be a canonical UUID (a call less per event).
-            stored_message = message_bytes(message_id) if len(message_id) == 36 else message_id
-        else:
+        stored_message: bytes | None = None
+        if not message_id:
             generated = uuid.uuid4()
             message_id, stored_message = str(generated), generated.bytes
         event_id = vault.event_id_raw(message_id)
@@ -95,6 +91,9 @@ class RecordCodec:
         if pairs is None:
             clear, pairs = phi.split(event, self.policy)
         sealed = None
+        if stored_message is None:
+            # The client's messageId: sealed, kept in clear only as its keyed hash (the event id).
+            pairs.append([[phi.MESSAGE_ID], message_id])
         if pairs:
             for path, _ in pairs:  # fresh lists (phi.split, load_split): changed in place
                 path[0] = FIELD_CODES.get(path[0], path[0])
@@ -124,6 +123,7 @@ class RecordCodec:
         """The API form of a record; PHI opened only when ``reveal_phi``."""
         event: dict[str, Any] = {
             "id": record["i"],
+            # Without PHI access, a client's (sealed) messageId is the event id.
             "messageId": record["m"],
             "type": record["t"],
             "priority": record["p"],
@@ -140,7 +140,10 @@ class RecordCodec:
         sealed = record.get("s")
         if sealed:
             pairs = open_pairs(self.vault.open(sealed))
-            event = phi.merge(event, pairs) if reveal_phi else phi.redact(event, pairs)
+            if reveal_phi:
+                event = phi.merge(event, pairs)
+            else:
+                event = phi.redact(event, [pair for pair in pairs if pair[0] != [phi.MESSAGE_ID]])
         return event
 
 

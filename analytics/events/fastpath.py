@@ -21,10 +21,11 @@ cannot check stops the import rather than being skipped. The string rules
 are plain tuples checked in one loop, which also collects the identity PHI
 pairs: about 2% of a typical event over hand-unrolled checks.
 
-One pass, not two: checking an object's limits (depth, keys and items, key
-length, finite numbers: ``schemas._measure``) and finding its PHI
-(``phi._walk``) both visit every key; on the hot path each visit is a
-measurable share of the request.
+Sealing is default-deny (:mod:`analytics.privacy.phi`): an object with
+nothing declared clear is sealed whole as one pair, so the hot path only
+measures it (depth, keys and items, key length, finite numbers:
+``schemas._measure``) in one walk, and only declared-clear parts are walked
+again, by :func:`phi.split_object` itself (so the two paths cannot differ).
 """
 
 from __future__ import annotations
@@ -115,70 +116,36 @@ class _Declined(Exception):
     """Not valid, or not a plain JSON shape: the schema of record decides."""
 
 
-def _split(
-    node: dict[str, Any] | list[Any],
-    depth: int,
-    path: tuple[str | int, ...],
-    policy: phi.PhiPolicy,
-    found: list[list[Any]],
-) -> tuple[int, Any]:
-    """``_measure(node, depth)`` and ``phi._walk(node, path, ...)`` at once:
-    the keys and items below ``node``, and ``node`` without PHI (``node``
-    itself when it holds none). PHI values are only measured. Raises
-    :class:`_Declined` where ``_measure`` raises, and on other shapes."""
+def _measure(node: dict[str, Any] | list[Any], depth: int) -> int:
+    """``schemas._measure(node, depth)``: the keys and items below ``node``;
+    raises :class:`_Declined` where it raises, and on other shapes."""
     count = len(node)
     if type(node) is dict:
-        known = policy.known
-        clean: dict[str, Any] | None = None
         for key, value in node.items():
-            verdict = known.get(key)  # only names valid as keys are cached
-            if verdict is None:
-                if type(key) is not str or len(key) > MAX_KEY_LENGTH:
-                    raise _Declined
-                verdict = policy.is_phi(key)
+            if type(key) is not str or len(key) > MAX_KEY_LENGTH:
+                raise _Declined
             if type(value) not in _SCALARS:
-                # A PHI value goes whole: walked for its limits only.
-                inner_count, inner = _below(value, depth, (*path, key), policy, [] if verdict else found)
-                count += inner_count
-                if inner is not value and not verdict:
-                    if clean is None:
-                        clean = dict(node)
-                    clean[key] = inner
-            if verdict:
-                found.append([[*path, key], value])
-                if clean is None:
-                    clean = dict(node)  # copied where PHI is first met: most objects hold none
-                del clean[key]
-        if count > MAX_KEYS:
-            raise _Declined
-        return count, node if clean is None else clean
-    items: list[Any] | None = None
-    for i, item in enumerate(node):
-        if type(item) not in _SCALARS:
-            inner_count, inner = _below(item, depth, (*path, i), policy, found)
-            count += inner_count
-            if inner is not item:
-                if items is None:
-                    items = list(node)
-                items[i] = inner
+                count += _below(value, depth)
+    else:
+        for item in node:
+            if type(item) not in _SCALARS:
+                count += _below(item, depth)
     if count > MAX_KEYS:
         raise _Declined
-    return count, node if items is None else items
+    return count
 
 
-def _below(
-    value: Any, depth: int, path: tuple[str | int, ...], policy: phi.PhiPolicy, found: list[list[Any]]
-) -> tuple[int, Any]:
+def _below(value: Any, depth: int) -> int:
     """A value of a node at ``depth`` that is not a plain scalar: an object or
-    array one level down (:func:`_split`), or a finite float (0, itself)."""
+    array one level down (:func:`_measure`), or a finite float (0)."""
     kind = type(value)
     if kind is dict or kind is list:
         if depth >= MAX_DEPTH:
             raise _Declined
-        return _split(value, depth + 1, path, policy, found)
+        return _measure(value, depth + 1)
     if kind is not float or not math.isfinite(value):
         raise _Declined
-    return 0, value
+    return 0
 
 
 def load_split(raw: dict[str, Any], policy: phi.PhiPolicy) -> tuple[dict[str, Any], list[list[Any]]] | None:
@@ -208,6 +175,7 @@ def load_split(raw: dict[str, Any], policy: phi.PhiPolicy) -> tuple[dict[str, An
     if not identified:
         return None
     out = _DEFAULTS | raw
+    tree = policy.clear(raw["type"])
     for name in _OBJECTS:
         value = raw.get(name)
         if value is None:
@@ -215,9 +183,11 @@ def load_split(raw: dict[str, Any], policy: phi.PhiPolicy) -> tuple[dict[str, An
         if type(value) is not dict:
             return None
         try:
-            out[name] = _split(value, 1, (name,), policy, found)[1]
+            _measure(value, 1)
         except _Declined:
             return None
+        if value:
+            out[name] = phi.split_object(name, value, tree, policy, found)
     value = raw.get(_TIME)
     if value is not None:
         try:

@@ -24,8 +24,11 @@ same parameter may repeat (``properties.amount=gte:10&properties.amount=lt:100``
 
 Only ``properties`` can be filtered, after the records are read (nothing is
 indexed by property): a selective filter over many events pages slowly, but
-pages always come with a cursor. PHI fields are sealed in the store, so a
-filter on a PHI field name is refused with a 400.
+pages always come with a cursor. Only clear fields can be filtered (declared
+clear for the ``type`` queried, or for some type when no type is given:
+:meth:`analytics.privacy.phi.PhiPolicy.is_clear`); every other value is
+sealed in the store, so a filter on it is refused with a 400 naming the
+parameter.
 """
 
 from __future__ import annotations
@@ -95,8 +98,9 @@ def _number(text: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def parse_one(parameter: str, raw: str, policy: PhiPolicy) -> PropertyFilter:
-    """The filter of one ``properties.PATH=VALUE`` parameter.
+def parse_one(parameter: str, raw: str, policy: PhiPolicy, event_type: str | None = None) -> PropertyFilter:
+    """The filter of one ``properties.PATH=VALUE`` parameter on events of
+    ``event_type`` (None: of any type).
 
     Raises :class:`ValidationError` naming the parameter (never the value:
     it may be PHI).
@@ -110,8 +114,11 @@ def parse_one(parameter: str, raw: str, policy: PhiPolicy) -> PropertyFilter:
         raise invalid("Write properties.NAME (nested: properties.NAME.SUBNAME).")
     if len(path) > MAX_DEPTH:
         raise invalid(f"At most {MAX_DEPTH} levels.")
-    if any(policy.is_phi(step) for step in path):
-        raise invalid("PHI fields are stored encrypted and cannot be filtered on.")
+    if not policy.is_clear(event_type, ("properties", *path)):
+        raise invalid(
+            "Not a clear field: its values are sealed (encrypted) and cannot be filtered on. "
+            "Declare it clear for the event type (POST /v1/event-types, clear); PHI fields never are."
+        )
     op, sep, operand = raw.partition(":")
     if not sep or op not in OPERATORS:
         op, operand = "eq", raw
@@ -131,13 +138,15 @@ def parse_filters(query: Mapping[str, Any], policy: PhiPolicy) -> list[PropertyF
     """The filters among ``query``'s parameters (those starting with
     ``properties.``; a value may be a list when the parameter repeats)."""
     filters: list[PropertyFilter] = []
+    event_type = query.get("type")
+    event_type = event_type if isinstance(event_type, str) and event_type else None
     for parameter, values in query.items():
         if not parameter.startswith(PREFIX):
             continue
         for raw in values if isinstance(values, (list, tuple)) else [values]:
             if not isinstance(raw, str):
                 raise ValidationError("invalid property filter", {parameter: ["Not a string."]})
-            filters.append(parse_one(parameter, raw, policy))
+            filters.append(parse_one(parameter, raw, policy, event_type))
     if len(filters) > MAX_FILTERS:
         raise ValidationError("too many property filters", {"properties": [f"At most {MAX_FILTERS} conditions."]})
     return filters

@@ -8,8 +8,9 @@ short keys:
 ====  ===============================  ====  ==============================
 key   meaning                          key   meaning
 ====  ===============================  ====  ==============================
-i     event id (keyed hash of m)       u     keyed hash of userId, or ""
-m     messageId                        a     keyed hash of anonymousId, or ""
+i     event id (keyed hash of the      u     keyed hash of userId, or ""
+      messageId)                       a     keyed hash of anonymousId, or ""
+m     a generated messageId, else i
 t     type                             pr    properties without PHI
 p     priority                         cx    context without PHI
 ts    timestamp (ms, skew-corrected)   tr    traits without PHI
@@ -28,7 +29,9 @@ trailing absent fields left out, absent ones ``nil``; ``t`` is not in it
 (the page holding the blob belongs to one type). Binary where it is shorter:
 the 96-bit event id and the 128-bit user hashes as raw bytes (not base64 or
 hex), the sealed PHI as the raw AEAD blob (not base64), a generated
-(UUID) messageId as its 16 bytes, the priority as its index in
+(UUID) messageId as its 16 bytes (``nil`` for a client's messageId: the
+client chose it, so it may carry anything; it is among the sealed pairs
+and kept in clear only as its keyed hash, the event id), the priority as its index in
 :data:`analytics.keyspace.PRIORITIES`. A value that does not have the
 expected shape (a record built elsewhere) is kept as it is, so decoding
 always gives back the record that was encoded. The sealed PHI pairs are
@@ -75,7 +78,7 @@ NESTED = (("properties", "pr"), ("context", "cx"), ("traits", "tr"), ("metadata"
 PRIORITY_CODE = {p: n for n, p in enumerate(PRIORITIES)}
 #: Top-level fields of PHI paths, sealed as their index (a path's first step
 #: is always a field name, never a list index, so an int there is a code).
-FIELD_NAMES = (*phi.IDENTITY_FIELDS, *phi.NESTED_FIELDS)
+FIELD_NAMES = (*phi.IDENTITY_FIELDS, *phi.NESTED_FIELDS, phi.MESSAGE_ID)
 FIELD_CODES = {name: n for n, name in enumerate(FIELD_NAMES)}
 
 #: A queue item: type, ts, owner (user hash, else anonymous hash), dedupe
@@ -184,7 +187,7 @@ def pack(record: dict[str, Any], event_id: bytes | str | None = None) -> bytes:
     priority = record["p"]
     fields: list[Any] = [
         _b64_bytes(record["i"]) if event_id is None else event_id,
-        message_bytes(record["m"]),
+        None if record["m"] == record["i"] else message_bytes(record["m"]),
         PRIORITY_CODE.get(priority, priority),
         ts,
         record["rt"] - ts,
@@ -207,9 +210,11 @@ def unpack_fields(event_type: str, fields: list[Any]) -> dict[str, Any]:
     """The record of a decoded blob (``fields``) of type ``event_type``."""
     fields = fields + [None] * (14 - len(fields))
     i, m, p, ts, rt, u, a, pr, cx, tr, md, s, ot, sa = fields
+    event_id = _b64_text(i)
     record: dict[str, Any] = {
-        "i": _b64_text(i),
-        "m": str(uuid.UUID(bytes=m)) if isinstance(m, bytes) else m,
+        "i": event_id,
+        # nil: the client's messageId, sealed; its keyed hash (the id) stands in.
+        "m": str(uuid.UUID(bytes=m)) if isinstance(m, bytes) else (m or event_id),
         "t": event_type,
         "p": PRIORITIES[p] if isinstance(p, int) else p,
         "rt": ts + rt,

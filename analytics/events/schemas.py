@@ -21,7 +21,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from analytics.keyspace import PRIORITIES
 from analytics.limits import MAX_KEY_LENGTH
-from analytics.logs import scrubbing_filter
+from analytics.privacy.screening import looks_identifying
 
 #: Nesting and size limits for free-form objects (properties, traits, ...).
 MAX_DEPTH = 8
@@ -105,8 +105,8 @@ def _check_object(value: dict[str, Any]) -> None:
 
 
 def _not_phi_like(value: str) -> bool:
-    if scrubbing_filter().scrub(value) != value:
-        raise ValidationError("Must not look like personal data (e-mail, phone, SSN...).")
+    if looks_identifying(value):
+        raise ValidationError("Must not look like personal data (e-mail, phone, SSN, date, address...).")
     return True
 
 
@@ -178,6 +178,11 @@ class EventTypeSchema(Schema):
     name = fields.String(required=True, validate=[validate.Length(min=1, max=64), lambda v: _not_phi_like(v)])
     priority = fields.String(load_default="normal", validate=validate.OneOf(PRIORITIES))
     description = fields.String(load_default="", validate=validate.Length(max=500))
+    #: Paths whose values stay clear in events of this type (checked by
+    #: :func:`analytics.events.registry.check_clear_paths`).
+    clear = fields.List(
+        fields.String(validate=validate.Length(min=1, max=300)), load_default=list, validate=validate.Length(max=100)
+    )
 
 
 class EventQuerySchema(Schema):

@@ -30,15 +30,24 @@ Other top-level fields a library adds (``integrations``, ``channel``,
 ``version``, ``_metadata``...) are kept in ``metadata``. The ``writeKey`` is a
 secret and is never stored.
 
-Track names the registry does not know, by policy:
+Track names the registry does not know, by policy. Type names become Redis
+key names and clear labels, and a track name is client text that may carry
+PHI (``"Called 555-201-0064"``), so types come from the registry:
 
-* ``register`` (default): registered as new types of priority ``normal``
-  while fewer than ``ANALYTICS_SEGMENT_MAX_TYPES`` were registered this way;
-  past the cap, or for a name the registry cannot take (see
-  :func:`analytics.events.registry.check_type_name`), stored as ``custom`` with the
-  name in ``metadata.event``;
-* ``custom``: always stored as ``custom`` with the name in ``metadata.event``;
+* ``custom`` (default): stored as ``custom`` with the name in
+  ``metadata.event``, which is sealed like every free-form value
+  (:mod:`analytics.privacy.phi`);
+* ``register``: registered as new types of priority ``normal`` while fewer
+  than ``ANALYTICS_SEGMENT_MAX_TYPES`` were registered this way; past the
+  cap, for a name the registry cannot take (see
+  :func:`analytics.events.registry.check_type_name`) or for one the
+  identifier screen catches (:mod:`analytics.privacy.screening`), stored as
+  ``custom`` as above;
 * ``reject``: dead-lettered (reason ``unknown_event_type``).
+
+``name``, ``category``, ``groupId`` and ``previousId`` go to ``metadata``
+and are sealed there; the client's ``messageId`` is sealed too (kept in
+clear only as its keyed hash, the event id).
 
 One bad message never fails its batch: it goes to the dead-letter stream
 ``analytics:dlq:segment`` (sealed whole, since it may carry PHI anywhere)
@@ -71,6 +80,7 @@ from analytics.pipeline.admission import StreamEntry
 from analytics.pipeline.deadletters import DeadLetters
 from analytics.pipeline.intake import Intake
 from analytics.privacy.apikeys import ApiKey
+from analytics.privacy.screening import looks_identifying
 from analytics.settings import Settings
 
 #: Segment's call types, and the one-letter forms of their paths.
@@ -416,7 +426,7 @@ class SegmentIngest:
             return name, None
         if self.policy == "reject":
             raise ValidationError("unknown event type", {"event": ["Unknown event type (policy: reject)."]})
-        if self.policy == "register" and TYPE_NAME.match(name):
+        if self.policy == "register" and TYPE_NAME.match(name) and not looks_identifying(name):
             if not register:
                 return None
             if self._claim_type(name):

@@ -1,7 +1,10 @@
 """marshmallow schemas of metric samples and metric queries.
 
 Error messages name the field and the rule, never the offending value: a
-tag value could be PHI sent by mistake.
+tag value could be PHI sent by mistake. Metric names and tag values become
+key names and clear labels, so they pass the identifier screen
+(:mod:`analytics.privacy.screening`); tag keys that are PHI field names
+(compared normalized, :func:`analytics.privacy.phi.normalize`) are refused.
 
 The rules of a sample (:func:`check_name`, :func:`metric_value`,
 :func:`check_tags`) are functions that the schema and the fast path
@@ -17,6 +20,8 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from analytics.events.schemas import RawList, Timestamp
+from analytics.privacy.phi import normalize
+from analytics.privacy.screening import looks_identifying
 
 #: Metric names: no ``:`` (it separates key parts) and a bounded length.
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$")
@@ -76,6 +81,9 @@ def check_name(name: str, *, ingest: bool) -> list[str]:
         return ["This name is reserved."]
     if ingest and name.startswith(EVENT_METRIC_PREFIX):
         return ["Names starting with 'events.' are the event counts, written by the service."]
+    if looks_identifying(name):
+        # A metric name becomes Redis key names and a clear label.
+        return ["Must not look like an identifier (phone, record number, date, IP...)."]
     return []
 
 
@@ -119,12 +127,15 @@ def check_tags(tags: dict[Any, Any], phi_fields: frozenset[str]) -> dict[str, An
                 "Tag keys must start with a letter or '_' and hold only letters, digits, "
                 "'_', '.' or '-' (at most 64 characters)."
             ]
-        if key.lower() in phi_fields:
+        if normalize(key) in phi_fields:
             errors[key] = ["This tag key is a PHI field name: metric tags must not carry PHI."]
         elif not isinstance(value, str) or not TAG_VALUE.match(value):
             errors[key] = [
                 "Tag values must be strings of 1 to 128 letters, digits or '_', '.', ':', '/', '@', '+', '-'."
             ]
+        elif looks_identifying(value):
+            # Tag values are stored and listed in clear: refused, never echoed.
+            errors[key] = ["This tag value looks like an identifier (e-mail, phone, SSN, date, IP...)."]
     return errors
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 import redis
 
+from analytics.keyspace import PHI_SCREENED
 from analytics.pipeline.deadletters import DeadLetters
 from analytics.pipeline.queue import EventQueue
 from analytics.redis_client import TRANSIENT_ERRORS
@@ -156,12 +157,13 @@ class Stats:
             figures["redis"] = self._redis_figures()
             figures["queue"] = self._queue_figures(queue, dead_letters, now)
             figures["unreadable_records"] = figures["queue"]["totals"].get("unreadable_records", 0)
+            figures["phi_screened"] = int(self._redis.get(PHI_SCREENED) or 0)  # clear values sealed anyway
             figures["workers"] = self._workers(now)
             figures["websocket"] = self._websocket(now)
             figures["cleanup"] = self._cleanup()
         except TRANSIENT_ERRORS:
             figures["redis"] = {"status": "unavailable"}
-            for key in ("queue", "workers", "websocket", "cleanup", "unreadable_records"):
+            for key in ("queue", "workers", "websocket", "cleanup", "unreadable_records", "phi_screened"):
                 figures.pop(key, None)
         return figures
 

@@ -45,12 +45,15 @@ class Auditor:
         return {"remote": self._vault.seal(remote.encode()), "remoteHash": self._vault.pseudonym(remote, "remote")}
 
     def safe_filters(self, filters: Mapping[str, Any]) -> dict[str, Any]:
-        """Query filters as an entry may hold them: identifying values hashed."""
+        """Query filters as an entry may hold them: identifying values and
+        property filter values hashed (a repeated parameter: its list)."""
         out: dict[str, Any] = {}
         for name, value in filters.items():
             if value is None or value == "":
                 continue
-            if name in IDENTITY_FIELDS or self._policy.is_phi(name):
+            # Property filters hold values of events: never in clear, even
+            # on clear fields (a value the screen would seal may be asked for).
+            if name in IDENTITY_FIELDS or name.startswith("properties.") or self._policy.is_phi(name):
                 out[name + "Hash"] = self._vault.pseudonym(str(value))
             else:
                 out[name] = str(value)[:MAX_FILTER_CHARS]

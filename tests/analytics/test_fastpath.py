@@ -21,7 +21,10 @@ from analytics.events.schemas import EventSchema, FreeObject, Timestamp, event_s
 from analytics.privacy import phi
 from analytics.settings import DEFAULT_PHI_FIELDS
 
-POLICY = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
+#: Declared clear as a type would declare them: a leaf, a PHI name (sealed
+#: anyway), a whole subtree and a whole object, so that both paths walk.
+DECLARED = phi.clear_tree(["properties.plan", "properties.email", "properties.path", "context.app", "traits"])
+POLICY = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","), clear=lambda _type: phi.merge_trees(phi.BUILTIN_TREE, DECLARED))
 
 json_scalars = st.one_of(
     st.none(),
@@ -135,14 +138,27 @@ def test_it_accepts_a_typical_event() -> None:
         "type": "page_view",
         "userId": "u-17",
         "properties": {"path": "/", "email": "a@b.c"},
-        "context": {"app": {"Phone": "555"}, "locale": "en-US"},
+        "context": {"app": {"Phone": "555"}, "locale": "en-US", "page": {"search": "?q=1"}, "timezone": "1980-04-12"},
+        "metadata": {"category": "Cardiology"},
+        "traits": {"plan": "pro", "contact": {"phone": "555"}},
         "timestamp": "2026-11-28T10:00:00.123Z",
     }
     loaded = load_split(raw, POLICY)
     assert loaded is not None and loaded == reference(raw)
     event, pairs = loaded
+    # Declared (path, locale) stays; a PHI name, an undeclared field, an
+    # identifier-shaped value (the date) and undeclared objects are sealed.
     assert event["properties"] == {"path": "/"} and event["context"] == {"app": {}, "locale": "en-US"}
-    assert pairs == [[["userId"], "u-17"], [["properties", "email"], "a@b.c"], [["context", "app", "Phone"], "555"]]
+    assert event["metadata"] == {} and event["traits"] == {"plan": "pro", "contact": {}}
+    assert pairs == [
+        [["userId"], "u-17"],
+        [["properties", "email"], "a@b.c"],
+        [["traits", "contact", "phone"], "555"],
+        [["context", "app", "Phone"], "555"],
+        [["context", "page"], {"search": "?q=1"}],
+        [["context", "timezone"], "1980-04-12"],
+        [["metadata", "category"], "Cardiology"],
+    ]
 
 
 def test_unusual_shapes_are_left_to_the_schema_of_record() -> None:

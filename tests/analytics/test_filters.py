@@ -6,10 +6,18 @@ import pytest
 
 from analytics.errors import ValidationError
 from analytics.events.filters import matcher, parse_filters
-from analytics.privacy.phi import PhiPolicy
+from analytics.privacy.phi import BUILTIN_TREE, PhiPolicy, clear_tree, merge_trees
 from analytics.settings import DEFAULT_PHI_FIELDS
 
-POLICY = PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
+#: Every property of PROPS declared clear (for any type), and one PHI name.
+DECLARED = merge_trees(
+    BUILTIN_TREE,
+    clear_tree(
+        f"properties.{k}"
+        for k in ("plan", "amount", "count", "trial", "code", "nested", "none", "label", "contact", "email", "missing")
+    ),
+)
+POLICY = PhiPolicy(DEFAULT_PHI_FIELDS.split(","), clear=lambda _type: DECLARED)
 PROPS = {
     "plan": "pro",
     "amount": 12.5,
@@ -75,6 +83,7 @@ def test_conditions(query: dict, expected: bool) -> None:
         ("properties.a..b", "x", "properties.NAME"),
         ("properties.email", "x", "PHI"),
         ("properties.contact.Phone", "exists:true", "PHI"),
+        ("properties.undeclared", "x", "Not a clear field"),
     ],
 )
 def test_invalid_filters_name_the_parameter_not_the_value(parameter: str, value: str, fragment: str) -> None:
@@ -86,3 +95,15 @@ def test_invalid_filters_name_the_parameter_not_the_value(parameter: str, value:
 
 def test_no_filters_no_matcher_and_other_parameters_ignored() -> None:
     assert matcher(parse_filters({"type": "click", "limit": "5"}, POLICY)) is None
+
+
+def test_a_field_clear_for_one_type_filters_only_that_type() -> None:
+    policy = PhiPolicy(
+        DEFAULT_PHI_FIELDS.split(","),
+        clear=lambda event_type: clear_tree(["properties.plan"]) if event_type in ("click", None) else BUILTIN_TREE,
+    )
+    assert parse_filters({"type": "click", "properties.plan": "pro"}, policy)
+    assert parse_filters({"properties.plan": "pro"}, policy)  # clear for some type
+    with pytest.raises(ValidationError) as info:
+        parse_filters({"type": "login", "properties.plan": "pro"}, policy)
+    assert "properties.plan" in info.value.details

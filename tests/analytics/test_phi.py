@@ -15,9 +15,71 @@ from analytics.errors import ConfigurationError
 from analytics.events.codec import RecordCodec
 from analytics.privacy import phi
 from analytics.privacy.crypto import DecryptionError, Vault, generate_key
+from analytics.privacy.screening import screens
 from analytics.settings import DEFAULT_PHI_FIELDS, Settings
 
 POLICY = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
+#: A type that declares its whole ``properties`` clear: PHI names and
+#: identifier-shaped values are sealed anyway.
+DECLARED = phi.merge_trees(phi.BUILTIN_TREE, phi.clear_tree(["properties", "context.x", "traits.a"]))
+OPEN_POLICY = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","), clear=lambda _type: DECLARED)
+
+
+def test_everything_free_form_is_sealed_unless_declared() -> None:
+    event = {
+        "type": "x",
+        "userId": "u-1",
+        "properties": {"firstName": "Jane", "plan": "pro"},
+        "traits": {"emailAddress": "jane@example.org"},
+        "context": {
+            "library": {"name": "analytics.js", "version": "4.1.0"},
+            "locale": "en-US",
+            "page": {"path": "/patients/42", "search": "?mrn=123", "referrer": "https://x.test/?q=1"},
+            "device": {"id": "d-1", "advertisingId": "ad-1", "model": "Pixel 8"},
+            "location": {"latitude": 52.1, "longitude": 4.3},
+            "userAgent": "Mozilla/5.0",
+        },
+        "metadata": {"groupId": "g-1", "category": "Oncology", "channel": "server"},
+    }
+    clear, pairs = phi.split(event, POLICY)
+    assert clear["properties"] == {} and clear["traits"] == {}
+    assert clear["context"] == {
+        "library": {"name": "analytics.js", "version": "4.1.0"},
+        "locale": "en-US",
+        "device": {"model": "Pixel 8"},
+    }
+    assert clear["metadata"] == {"channel": "server"}
+    for value in ("Jane", "jane@example.org", "/patients/42", "d-1", "ad-1", "g-1", "Oncology", "Mozilla/5.0"):
+        assert value not in repr(clear)
+    assert phi.merge(copy.deepcopy(clear), pairs) == event
+
+
+def test_names_are_matched_normalized() -> None:
+    for name in ("firstName", "first-name", "FIRST_NAME", "e-mail", "emailAddress", "phoneNumber", "dateOfBirth"):
+        assert POLICY.is_phi(name), name
+    for name in ("zip_code", "patient_name", "full_name", "username", "birthday", "Date-Of-Birth"):
+        assert POLICY.is_phi(name), name
+    assert not POLICY.is_phi("plan") and not POLICY.is_phi("amount")
+
+
+def test_declared_clear_values_are_screened_and_counted() -> None:
+    screened: list[int] = []
+    policy = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","), clear=lambda _type: DECLARED, on_screened=screened.append)
+    values = {
+        "plan": "pro",
+        "note": "call 555-201-0064",
+        "born": "1980-04-12",
+        "where": "12 Elm Street",
+        "ip": "10.0.0.7",
+        "mrn": 12345678,
+        "tags": ["ok", "jane@example.org"],
+    }
+    clear, pairs = phi.split({"type": "x", "properties": values}, policy)
+    assert clear["properties"] == {"plan": "pro", "tags": ["ok", None]}
+    assert len(screened) == 4  # note, born, where, one tag; ip and mrn are PHI names
+    assert phi.merge(copy.deepcopy(clear), pairs)["properties"] == values
+    assert policy.is_clear("x", ("properties", "plan")) and not policy.is_clear("x", ("properties", "email"))
+    assert policy.is_clear("x", ("context", "library", "name")) and not policy.is_clear("x", ("context", "page"))
 
 
 def test_split_finds_phi_at_any_depth_case_insensitively() -> None:
@@ -31,7 +93,7 @@ def test_split_finds_phi_at_any_depth_case_insensitively() -> None:
             "deep": {"deeper": {"ssn": "123-45-6789"}},
         },
     }
-    clear, pairs = phi.split(event, POLICY)
+    clear, pairs = phi.split(event, OPEN_POLICY)
     assert "userId" not in clear
     assert clear["properties"] == {"plan": "pro", "visits": [{}, {"ok": 1}], "deep": {"deeper": {}}}
     assert sorted(v for _, v in pairs) == sorted(["u-1", "a@b.c", "555", "123-45-6789"])
@@ -77,8 +139,13 @@ def test_record_holds_no_clear_phi_and_decodes_for_allowed_readers() -> None:
     assert record["u"] == codec.user_hash("patient-42")
     shown = codec.decode(record, reveal_phi=True)
     assert shown["userId"] == "patient-42" and shown["properties"]["email"] == "jane@example.org"
+    assert shown["messageId"] == "m-1" and "m-1" not in str(record)
     hidden = codec.decode(record, reveal_phi=False)
-    assert hidden["userId"] == phi.REDACTED and hidden["properties"]["plan"] == "pro"
+    assert hidden["userId"] == phi.REDACTED and hidden["properties"] == {"email": phi.REDACTED, "plan": phi.REDACTED}
+    assert hidden["messageId"] == record["i"]  # the client's messageId only to PHI readers
+    declared = RecordCodec(codec.vault, OPEN_POLICY, 86_400_000)
+    hidden = declared.decode(declared.encode(event, "normal", 1_000_000, None), reveal_phi=False)
+    assert hidden["properties"] == {"email": phi.REDACTED, "plan": "pro"}
 
 
 def test_clock_skew_correction_is_capped_and_keeps_raw_times() -> None:
@@ -147,22 +214,40 @@ def test_nonces_are_never_repeated_across_threads_and_forks() -> None:
 
 
 def _reference_split(event: dict[str, Any], names: frozenset[str]) -> tuple[dict[str, Any], list[list[Any]]]:
-    """The plain definition :func:`phi.split` must agree with: copy everything,
-    dropping (and collecting) values under PHI names."""
+    """The plain definition :func:`phi.split` must agree with (under
+    :data:`DECLARED`): an object with nothing declared goes whole; below a
+    declared path, copy everything, dropping (and collecting) values under
+    PHI names and scalars that look like identifiers."""
     found: list[list[Any]] = []
 
     def walk(node: Any, path: list[Any]) -> Any:
         if isinstance(node, dict):
             clean = {}
             for key, value in node.items():
-                if key.lower() in names:
+                if phi.normalize(key) in names:
                     found.append([[*path, key], value])
                 else:
                     clean[key] = walk(value, [*path, key])
             return clean
         if isinstance(node, list):
             return [walk(item, [*path, i]) for i, item in enumerate(node)]
+        if screens(node):
+            found.append([path, node])
+            return _SEALED
         return node
+
+    def declared(field: str, value: dict[str, Any]) -> dict[str, Any]:
+        if field == "properties":
+            cleaned = walk(value, [field])
+        else:
+            allowed = {"context": "x", "traits": "a", "metadata": "channel"}[field]
+            cleaned = {}
+            for key, item in value.items():
+                if key == allowed and phi.normalize(key) not in names:
+                    cleaned[key] = walk(item, [field, key])
+                else:
+                    found.append([[field, key], item])
+        return _drop_sealed(cleaned)
 
     clear = dict(event)
     for field in phi.IDENTITY_FIELDS:
@@ -171,12 +256,24 @@ def _reference_split(event: dict[str, Any], names: frozenset[str]) -> tuple[dict
             found.append([[field], value])
     for field in phi.NESTED_FIELDS:
         if clear.get(field):
-            clear[field] = walk(clear[field], [field])
+            clear[field] = declared(field, clear[field])
     return clear, found
 
 
+_SEALED = object()
+
+
+def _drop_sealed(node: Any) -> Any:
+    """Sealed scalars leave nothing in a dict and None in a list."""
+    if isinstance(node, dict):
+        return {k: _drop_sealed(v) for k, v in node.items() if v is not _SEALED}
+    if isinstance(node, list):
+        return [None if v is _SEALED else _drop_sealed(v) for v in node]
+    return node
+
+
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.sampled_from(["a@b.co", "555-201-0064"]),
     lambda inner: (
         st.lists(inner, max_size=4)
         | st.dictionaries(st.sampled_from(["a", "Email", "email", "zip", "x", "SSN", "list"]), inner, max_size=4)
@@ -185,7 +282,7 @@ _json = st.recursive(
 )
 
 
-_objects = st.dictionaries(st.sampled_from(["a", "Email", "zip", "x", "list"]), _json, max_size=4)
+_objects = st.dictionaries(st.sampled_from(["a", "Email", "zip", "x", "list", "channel"]), _json, max_size=4)
 
 
 @given(
@@ -203,7 +300,7 @@ _objects = st.dictionaries(st.sampled_from(["a", "Email", "zip", "x", "list"]), 
 )
 @settings(max_examples=300, deadline=None)
 def test_split_agrees_with_its_plain_definition(event: dict[str, Any]) -> None:
-    policy = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
+    policy = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","), clear=lambda _type: DECLARED)
     before = copy.deepcopy(event)
     expected = _reference_split(event, policy.names)
     assert phi.split(event, policy) == expected  # names met for the first time
@@ -215,7 +312,7 @@ def test_phi_below_a_dict_subclass_is_found() -> None:
     class Attributes(dict):  # what a Python caller might pass; JSON never gives one
         pass
 
-    policy = phi.PhiPolicy(DEFAULT_PHI_FIELDS.split(","))
+    policy = OPEN_POLICY
     for _ in range(2):  # cold, then with every name's verdict known
         event = {"type": "x", "properties": {"plan": "pro", "who": Attributes(email="a@b.c")}}
         clear, pairs = phi.split(event, policy)

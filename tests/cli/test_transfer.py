@@ -43,6 +43,8 @@ def some_events(service, data, worker) -> list[dict[str, Any]]:
         }
         for i in range(12)
     ]
+    # Only declared fields stay clear, and only those filter (--where).
+    service.registry.register("click", clear=("properties.n", "properties.plan"))
     assert service.events.track_many(events).accepted == 12
     wait_until(lambda: stored(data) == 12, 15, message="12 stored events")
     return events

@@ -76,7 +76,7 @@ def test_backlog_drains_highest_priority_first(make_stack) -> None:
     def listen() -> None:
         for message in pubsub.listen():
             if message["type"] == "message":
-                order.extend(r["m"] for r in live_records(message["data"]))
+                order.extend(r["p"] for r in live_records(message["data"]))
             if len(order) >= 220:
                 return
 
@@ -86,7 +86,7 @@ def test_backlog_drains_highest_priority_first(make_stack) -> None:
     stack.worker(concurrency=1)
     listener.join(60)
     assert len(order) == 220
-    last_critical = max(i for i, m in enumerate(order) if m.startswith("crit"))
+    last_critical = max(i for i, priority in enumerate(order) if priority == "critical")
     assert last_critical < 40, f"critical events were stored late (last at {last_critical})"
 
 

@@ -112,6 +112,9 @@ def test_planted_phi_is_nowhere_in_clear_at_rest(client, keys, service, data, wo
     # the scan: turn compression off on this private server for the test.
     raw.config_set("rdbcompression", "no")
     try:
+        # The marker is declared clear (and screened: it is no identifier).
+        declared = {"name": "page_view", "clear": ["properties.note", "properties.path"]}
+        assert client.post("/v1/event-types", headers=keys["admin"], json=declared).status_code == 201
         response = client.post("/v1/events", headers=keys["ingest"], json={"batch": planted_events()})
         assert response.status_code == 202 and response.json["accepted"] == 2
         # The Segment path too: an identify with traits, and a bad message
@@ -212,6 +215,13 @@ BAD_INPUTS: list[tuple[str, str, Any]] = [
     ("get", f"/v1/events?cursor={PHI['ssn']}&{PHI['email']}=1", None),
     ("get", f"/v1/events?limit={PHI['phone']}", None),
     ("get", f"/v1/audit?cursor={PHI['email']}", None),
+    ("post", "/v1/event-types", {"name": "ok", "clear": [f"properties.{PHI['email']}"]}),
+    ("post", "/v1/event-types", {"name": "ok", "clear": ["properties.emailAddress", f"traits.{PHI['phone']}"]}),
+    ("post", "/v1/metrics", {"name": "visits", "value": 1, "tags": {"who": PHI["email"]}}),
+    ("post", "/v1/metrics", {"name": "visits", "value": 1, "tags": {"ssn_last4": "1120", "x": PHI["ssn"]}}),
+    ("post", "/v1/metrics", {"name": "visits", "value": 1, "tags": {"born": PHI["dob"][:10]}}),
+    ("get", f"/v1/events?type=click&properties.firstName={PHI['name']}", None),
+    ("get", f"/v1/events?properties.plan={PHI['email']}&properties.note.x={PHI['ssn']}", None),
 ]
 
 
@@ -241,3 +251,132 @@ def test_unexpected_errors_log_no_exception_message(app, keys, caplog) -> None:
     assert response.status_code == 500 and response.json["error"]["code"] == "internal_error"
     assert find_phi(response.data) == []
     assert "KeyError" in caplog.text and find_phi(caplog.text.encode()) == []
+
+
+#: Rows 1, 2 and 8 of the default-deny probes: identifiers under everyday
+#: field names, in free-form Segment fields, in a track name and a messageId.
+PROBE = {
+    "first": f"Janet{TAG}",
+    "last": f"Doe{TAG}",
+    "birthday": "1961-02-03",
+    "user": f"jdoe{TAG}",
+    "phone": "555-201-0064",
+    "email": f"jane.{TAG}@example.org",
+    "fullName": f"Janet {TAG} Doe",
+    "patient": f"Patient {TAG}",
+    "zip": f"zip{TAG}",
+    "path": f"/patients/{TAG}/chart",
+    "search": f"?mrn={TAG}",
+    "referrer": f"https://portal.example.org/?patient={TAG}",
+    "device": f"device-{TAG}",
+    "ad": f"ad-{TAG}",
+    "lat": "52.3731",
+    "group": f"clinic-{TAG}",
+    "category": f"Oncology-{TAG}",
+    "title": f"Chart of {TAG}",
+    "message": f"msg-jane.{TAG}@example.org",
+    "trackPhone": "Called 555-201-0064",
+    "screened": f"call 555-{TAG[:3]}-0199".replace("a", "1")
+    .replace("b", "2")
+    .replace("c", "3")
+    .replace("d", "4")
+    .replace("e", "5")
+    .replace("f", "6"),
+}
+
+
+def probe_leaks(blob: bytes) -> list[str]:
+    return [name for name, value in PROBE.items() if value.encode() in blob]
+
+
+def test_default_deny_probes_leave_no_identifier_in_clear(client, keys, service, data, worker, redis_server) -> None:
+    raw = redis.Redis(host="127.0.0.1", port=redis_server.port, single_connection_client=True)
+    raw.config_set("rdbcompression", "no")
+    try:
+        declared = {"name": "form_submit", "clear": ["properties.plan", "properties.note"]}
+        assert client.post("/v1/event-types", headers=keys["admin"], json=declared).status_code == 201
+        row1 = {
+            "firstName": PROBE["first"],
+            "lastName": PROBE["last"],
+            "birthday": PROBE["birthday"],
+            "dateOfBirth": PROBE["birthday"],
+            "username": PROBE["user"],
+            "phoneNumber": PROBE["phone"],
+            "emailAddress": PROBE["email"],
+            "e-mail": PROBE["email"],
+            "full_name": PROBE["fullName"],
+            "patient_name": PROBE["patient"],
+            "zip_code": PROBE["zip"],
+        }
+        context = {
+            "page": {"path": PROBE["path"], "search": PROBE["search"], "referrer": PROBE["referrer"]},
+            "device": {"id": PROBE["device"], "advertisingId": PROBE["ad"], "model": "Pixel 8"},
+            "location": {"latitude": float(PROBE["lat"]), "longitude": 4.89},
+            "library": {"name": "analytics-python", "version": "2.3.0"},
+        }
+        event = {
+            "type": "form_submit",
+            "userId": f"u-{TAG}",
+            "messageId": PROBE["message"],
+            "properties": {**row1, "plan": CLEAR_MARKER, "note": PROBE["screened"]},
+            "traits": row1,
+            "context": context,
+        }
+        assert client.post("/v1/events", headers=keys["ingest"], json=event).status_code == 202
+        segment = client.post(
+            "/v1/batch",
+            headers=keys["ingest"],
+            json={
+                "batch": [
+                    {"type": "identify", "userId": f"u-{TAG}", "traits": row1, "context": {"traits": row1}},
+                    {"type": "track", "userId": f"u-{TAG}", "event": PROBE["trackPhone"], "context": context},
+                    {"type": "group", "userId": f"u-{TAG}", "groupId": PROBE["group"], "traits": row1},
+                    {
+                        "type": "page",
+                        "userId": f"u-{TAG}",
+                        "name": PROBE["title"],
+                        "category": PROBE["category"],
+                        "properties": {"title": PROBE["title"], "url": PROBE["referrer"], "path": PROBE["path"]},
+                        "messageId": PROBE["message"] + "-2",
+                    },
+                ]
+            },
+        )
+        assert segment.status_code == 200 and probe_leaks(segment.data) == []
+        wait_until(lambda: stored_events(data) == 5, 20, message="events stored")
+
+        # Row 2: the track name made no type and no key name.
+        types = client.get("/v1/event-types", headers=keys["read"]).json["eventTypes"]
+        assert PROBE["trackPhone"] not in {t["name"] for t in types}
+        # Filters: a sealed field is refused, naming the field and not the value.
+        refused = client.get(f"/v1/events?type=form_submit&properties.firstName={PROBE['first']}", headers=keys["read"])
+        assert refused.status_code == 400 and "properties.firstName" in refused.text
+        assert PROBE["first"] not in refused.text
+        # A clear field filters; the value asked for is hashed in the audit log.
+        found = client.get(f"/v1/events?type=form_submit&properties.plan={CLEAR_MARKER}", headers=keys["read"]).json[
+            "events"
+        ]
+        assert len(found) == 1 and found[0]["properties"]["firstName"] == PROBE["first"]
+        assert found[0]["messageId"] == PROBE["message"]  # a PHI reader gets it back
+        assert found[0]["properties"]["note"] == PROBE["screened"]  # screened: sealed, opened for the reader
+        assert client.get(f"/v1/events?properties.plan={PROBE['email']}", headers=keys["read"]).status_code == 200
+        [custom] = client.get("/v1/events?type=custom", headers=keys["read"]).json["events"]
+        assert custom["metadata"]["event"] == PROBE["trackPhone"]
+        # Without PHI access: structure, clear fields, no messageId of the client.
+        no_phi = {"Authorization": f"Bearer {service.access.create('read', phi=False)[0]}"}
+        hidden = client.get("/v1/events?type=form_submit", headers=no_phi)
+        assert hidden.status_code == 200 and probe_leaks(hidden.data) == []
+        [shown] = hidden.json["events"]
+        assert shown["properties"]["plan"] == CLEAR_MARKER and shown["messageId"] == shown["id"]
+        assert shown["context"]["library"] == {"name": "analytics-python", "version": "2.3.0"}
+        stats = client.get("/v1/stats", headers=keys["admin"]).json
+        assert stats["phi_screened"] >= 1
+
+        blob, count = dump_everything(raw)
+        assert count > 10 and CLEAR_MARKER.encode() in blob  # the scan does see clear text
+        assert probe_leaks(blob) == []
+        raw.execute_command("SELECT", 0)
+        assert probe_leaks(aof_bytes(Path(redis_server.dir))) == []
+    finally:
+        raw.config_set("rdbcompression", "yes")
+        raw.close()

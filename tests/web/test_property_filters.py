@@ -12,6 +12,8 @@ from testkit import wait_until
 
 @pytest.fixture
 def stored_events(service, data, worker) -> None:
+    # Values are sealed unless declared clear; only clear fields filter.
+    service.registry.register("click", clear=("properties.plan", "properties.amount", "properties.trial"))
     events = [
         {
             "type": "click",
