@@ -67,9 +67,17 @@ def cli(env: dict[str, str], *args: str) -> str:
 def audited_delay(service: Any, key_id: str, action: str) -> float:
     """Seconds from the audit entry of the revocation (or erasure) to the
     audit entry of the stream's end, both written with the server's clocks."""
+
+    def ends() -> list[dict[str, Any]]:
+        return [
+            e for e in service.audit.entries(count=100_000) if e["action"] == "stream.close" and e["actor"] == key_id
+        ]
+
+    # Written by the stream's thread once the close frame is out.
+    wait_until(ends, 10, message="the stream's end in the audit log")
+    [end] = ends()
     entries = service.audit.entries(count=100_000)
-    [cause] = [e for e in entries if e["action"] == action and (action != "key.revoke" or e["keyId"] == key_id)]
-    [end] = [e for e in entries if e["action"] == "stream.close" and e["actor"] == key_id]
+    cause = [e for e in entries if e["action"] == action and (action != "key.revoke" or e["keyId"] == key_id)][-1]
     assert "revoked" in end["reason"]
     return float(end["ts"]) - float(cause["ts"])
 
