@@ -83,9 +83,10 @@ class Settings:
     #: ``ANALYTICS_DEV``: development mode (well-known key allowed, loudly).
     dev_mode: bool = False
     #: ``ANALYTICS_AUDIT_CHECKPOINTS``: the file signed audit checkpoints are
-    #: appended to, outside Redis (:mod:`analytics.privacy.checkpoints`);
-    #: empty: none are written (truncating the audit log would not show).
-    audit_checkpoints: str = ""
+    #: appended to, outside Redis (:mod:`analytics.privacy.checkpoints`); by
+    #: default under ``.run/`` of the working directory (where the Procfile
+    #: runs); set empty to write none (truncating the log would not show).
+    audit_checkpoints: str = ".run/audit-checkpoints.jsonl"
     #: ``ANALYTICS_AUDIT_SYSLOG``: syslog address (``/dev/log``, ``host:port``
     #: over UDP) every checkpoint is also sent to: a copy off the host.
     audit_syslog: str = ""
@@ -191,7 +192,7 @@ class Settings:
             values["encryption_keys"] = _list(get("ANALYTICS_ENCRYPTION_KEYS", ""))
         if get("ANALYTICS_HASH_KEY"):
             values["hash_key"] = get("ANALYTICS_HASH_KEY")
-        if get("ANALYTICS_AUDIT_CHECKPOINTS"):
+        if get("ANALYTICS_AUDIT_CHECKPOINTS") is not None:  # set empty: none written
             values["audit_checkpoints"] = get("ANALYTICS_AUDIT_CHECKPOINTS", "").strip()
         if get("ANALYTICS_AUDIT_SYSLOG"):
             values["audit_syslog"] = get("ANALYTICS_AUDIT_SYSLOG", "").strip()

@@ -38,7 +38,7 @@ DEV_WARNING = (
 
 
 CHECKPOINTS_OFF = (
-    "ANALYTICS_AUDIT_CHECKPOINTS is not set: no audit checkpoints are written outside Redis, "
+    "ANALYTICS_AUDIT_CHECKPOINTS is empty: no audit checkpoints are written outside Redis, "
     "so removing the newest audit entries or the whole log would not show (docs/security.rst)"
 )
 

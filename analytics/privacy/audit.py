@@ -152,7 +152,7 @@ class AuditLog:
         if self._head() != prev:
             return VerifyResult(False, checked, None, "entries at the end are missing")
         if self.checkpoints is None:
-            return VerifyResult(True, checked, anchor="not anchored: ANALYTICS_AUDIT_CHECKPOINTS is not set")
+            return VerifyResult(True, checked, anchor="not anchored: ANALYTICS_AUDIT_CHECKPOINTS is empty")
         if last is None:
             anchor = f"no checkpoint yet in {self.checkpoints.path}"
         else:
@@ -205,7 +205,7 @@ class AuditLog:
         truncation; it is logged, and ``audit verify`` reports it."""
         checkpoints = self.checkpoints
         if checkpoints is None:
-            return CheckpointReport(False, reason="ANALYTICS_AUDIT_CHECKPOINTS is not set")
+            return CheckpointReport(False, reason="ANALYTICS_AUDIT_CHECKPOINTS is empty")
         report = CheckpointReport(False, reason="nothing new since the last checkpoint")
 
         def build(last: Checkpoint | None) -> Checkpoint | None:

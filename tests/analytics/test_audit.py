@@ -187,10 +187,11 @@ def test_forged_checkpoints_are_detected(service, environ, db, tmp_path) -> None
 
 def test_without_checkpoints_verify_says_the_log_is_not_anchored(service, environ, db) -> None:
     record(service, 2)
-    plain = {k: v for k, v in environ.items() if k != "ANALYTICS_AUDIT_CHECKPOINTS"}
+    assert Settings.from_env({}).audit_checkpoints == ".run/audit-checkpoints.jsonl"  # on unless emptied
+    plain = {**environ, "ANALYTICS_AUDIT_CHECKPOINTS": ""}
     code, out = verify(plain)
     assert code == 0 and out == [
-        "audit log intact: 2 entries verified; not anchored: ANALYTICS_AUDIT_CHECKPOINTS is not set"
+        "audit log intact: 2 entries verified; not anchored: ANALYTICS_AUDIT_CHECKPOINTS is empty"
     ]
 
 
