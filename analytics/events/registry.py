@@ -50,10 +50,16 @@ def _parse_default(spec: str) -> EventType:
 
 
 def check_type_name(name: str) -> None:
-    if not TYPE_NAME.match(name):
+    # Type names become Redis key names and clear labels: never identifiers.
+    if not TYPE_NAME.match(name) or looks_identifying(name):
         raise ValidationError(
             "invalid event type name",
-            {"name": ["1-64 characters: letters, digits, space and _ . : / - (starting with a letter or digit)"]},
+            {
+                "name": [
+                    "1-64 characters: letters, digits, space and _ . : / - (starting with a letter or digit), "
+                    "not looking like an identifier (phone, date, record number...)"
+                ]
+            },
         )
 
 

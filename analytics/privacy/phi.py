@@ -199,11 +199,14 @@ class PhiPolicy:
         return node == BUILTIN or (node == CLEAR and not named)
 
 
-def _clear_node(node: Any, tree: Any, path: tuple[str | int, ...], policy: PhiPolicy, found: Pairs) -> Any:
+def _clear_node(
+    node: Any, tree: Any, path: tuple[str | int, ...], policy: PhiPolicy, found: Pairs, screened: list[int]
+) -> Any:
     """``node`` (a dict or list below a declared path; ``tree``: its part of
     the clear tree, or a leaf) with what is not clear taken out to
     ``found``. A sealed list item leaves ``None`` in its place, so that the
-    indices of the others hold."""
+    indices of the others hold. Values sealed by the screen are counted in
+    ``screened[0]``."""
     if isinstance(node, dict):
         clean: dict[str, Any] = {}
         for key, value in node.items():
@@ -212,12 +215,13 @@ def _clear_node(node: Any, tree: Any, path: tuple[str | int, ...], policy: PhiPo
                 found.append([[*path, key], value])
             elif isinstance(value, (dict, list)):
                 # Only a built-in path's own last step may be a PHI name.
-                clean[key] = _clear_node(value, CLEAR if below == BUILTIN else below, (*path, key), policy, found)
+                below = CLEAR if below == BUILTIN else below
+                clean[key] = _clear_node(value, below, (*path, key), policy, found, screened)
             elif type(below) is not str:  # only fields below a scalar were declared
                 found.append([[*path, key], value])
             elif screens(value):
                 found.append([[*path, key], value])
-                policy.on_screened(1)
+                screened[0] += 1
             else:
                 clean[key] = value
         return clean
@@ -227,10 +231,10 @@ def _clear_node(node: Any, tree: Any, path: tuple[str | int, ...], policy: PhiPo
     items: list[Any] = []
     for i, item in enumerate(node):
         if isinstance(item, (dict, list)):
-            items.append(_clear_node(item, tree, (*path, i), policy, found))
+            items.append(_clear_node(item, tree, (*path, i), policy, found, screened))
         elif screens(item):
             found.append([[*path, i], item])
-            policy.on_screened(1)
+            screened[0] += 1
             items.append(None)
         else:
             items.append(item)
@@ -245,7 +249,10 @@ def split_object(field: str, value: dict[str, Any], tree: ClearTree, policy: Phi
     if below is None:
         found.append([[field], value])
         return {}
-    cleaned: dict[str, Any] = _clear_node(value, below, (field,), policy, found)
+    screened = [0]
+    cleaned: dict[str, Any] = _clear_node(value, below, (field,), policy, found, screened)
+    if screened[0]:
+        policy.on_screened(screened[0])
     return cleaned
 
 
