@@ -4,7 +4,8 @@ Error messages name the field and the rule, never the offending value: a
 tag value could be PHI sent by mistake. Metric names and tag values become
 key names and clear labels, so they pass the identifier screen
 (:mod:`analytics.privacy.screening`); tag keys that are PHI field names
-(compared normalized, :func:`analytics.privacy.phi.normalize`) are refused.
+(compared normalized, word by word: :func:`analytics.privacy.phi.phi_name`)
+are refused.
 
 The rules of a sample (:func:`check_name`, :func:`metric_value`,
 :func:`check_tags`) are functions that the schema and the fast path
@@ -20,7 +21,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from analytics.events.schemas import RawList, Timestamp
-from analytics.privacy.phi import normalize
+from analytics.privacy.phi import phi_name
 from analytics.privacy.screening import looks_identifying
 
 #: Metric names: no ``:`` (it separates key parts) and a bounded length.
@@ -127,7 +128,7 @@ def check_tags(tags: dict[Any, Any], phi_fields: frozenset[str]) -> dict[str, An
                 "Tag keys must start with a letter or '_' and hold only letters, digits, "
                 "'_', '.' or '-' (at most 64 characters)."
             ]
-        if normalize(key) in phi_fields:
+        if phi_name(key, phi_fields):
             errors[key] = ["This tag key is a PHI field name: metric tags must not carry PHI."]
         elif not isinstance(value, str) or not TAG_VALUE.match(value):
             errors[key] = [

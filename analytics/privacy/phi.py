@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from itertools import pairwise
 from typing import Any
 
 from analytics.privacy.screening import looks_identifying, screens
@@ -109,6 +110,19 @@ KNOWN_NAMES = 4096
 _NOT_ALNUM = re.compile(r"[^0-9a-z]")
 
 
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+
+
+def phi_name(name: str, names: frozenset[str]) -> bool:
+    """Whether field ``name`` is a PHI name of ``names`` (normalized): the
+    whole name, or one of its words or two adjacent words (``ssn_last4``,
+    ``patientEmail``, ``home-phone``, ``contact_zip_code``)."""
+    if normalize(name) in names:
+        return True
+    words = [w.lower() for w in _WORDS.findall(name)]
+    return any(w in names for w in words) or any(a + b in names for a, b in pairwise(words))
+
+
 def normalize(name: str) -> str:
     """A field name as PHI names are compared: lower case, letters and
     digits only (``firstName``, ``first-name``, ``FIRST_NAME`` -> ``firstname``)."""
@@ -179,7 +193,7 @@ class PhiPolicy:
     def is_phi(self, field: str) -> bool:
         verdict = self.known.get(field)
         if verdict is None:
-            verdict = normalize(field) in self.names
+            verdict = phi_name(field, self.names)
             if len(self.known) < KNOWN_NAMES and type(field) is str:
                 self.known[field] = verdict
         return verdict

@@ -380,3 +380,27 @@ def test_default_deny_probes_leave_no_identifier_in_clear(client, keys, service,
     finally:
         raw.config_set("rdbcompression", "yes")
         raw.close()
+
+
+@pytest.mark.parametrize(
+    "sample, field",
+    [
+        ({"name": "visits", "value": 1, "tags": {"who": PHI["email"]}}, "who"),
+        ({"name": "visits", "value": 1, "tags": {"ssn_last4": "1120"}}, "ssn_last4"),
+        ({"name": "visits", "value": 1, "tags": {"patientEmail": "x"}}, "patientEmail"),
+        ({"name": "visits", "value": 1, "tags": {"called": "555-201-0064"}}, "called"),
+        ({"name": "visits", "value": 1, "tags": {"host": "203.0.113.77"}}, "host"),
+        ({"name": "calls.5552010064", "value": 1}, "name"),
+    ],
+)
+def test_metric_names_and_tag_values_are_screened(client, keys, data, sample, field) -> None:
+    """Metric names and tag values become key names and clear labels: one
+    that looks like an identifier is refused, naming the field only."""
+    response = client.post("/v1/metrics", headers=keys["ingest"], json=sample)
+    assert response.status_code == 400
+    details = response.json["error"]["details"]
+    assert field in (details.get("tags") or {}) or field in details
+    for value in (*sample.get("tags", {}).values(), sample["name"]):
+        if value not in ("x", "visits"):
+            assert value not in response.text
+    assert not any(b"5552010064" in key or b"example.org" in key for key in data.keys("analytics:metrics:*"))
