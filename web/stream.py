@@ -271,10 +271,10 @@ class Connection:
                     )
                     break
                 if self.max_session and time.monotonic() - opened >= self.max_session:
-                    reason = "session limit"
+                    reason = "time limit"
                     self.ws.close(
                         CLOSE_IDLE,
-                        f"session limit: open for {self.max_session:g} s (automatic logoff); give the key again",
+                        f"time limit: open for {self.max_session:g} s (automatic logoff); give the key again",
                     )
                     break
         except ConnectionClosed:

@@ -482,7 +482,7 @@ def test_active_messages_cannot_hold_a_stream_open_past_the_session_limit(tight_
     assert code == 4408 and "idle" in reason and after < 3
     assert messages and all(m["kind"] == "error" for m in messages)
     code, reason, messages, after = results["active"]
-    assert code == 4408 and "session limit" in reason and after >= 2.5
+    assert code == 4408 and "time limit" in reason and after >= 2.5
     assert messages == []
 
 

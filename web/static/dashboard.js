@@ -98,7 +98,9 @@
         return;
       }
       if (e.code === CLOSE_IDLE) {
-        forgetKey("Logged off after a period of inactivity. Enter the key again to continue.");
+        forgetKey(/^time limit/.test(e.reason || "")
+          ? "Logged off: a stream lasts a limited time. Enter the key again to continue."
+          : "Logged off after a period of inactivity. Enter the key again to continue.");
         setStatus("Logged off (inactive)", "off");
         return;
       }
