@@ -35,6 +35,10 @@ class RecordCodec:
         self.policy = policy
         self.max_skew_ms = max_skew_ms
 
+    def event_id(self, message_id: str) -> str:
+        """The stored id of the event with ``message_id`` (its keyed hash)."""
+        return self.vault.event_id(message_id)
+
     def user_hash(self, user_id: str) -> str:
         return self.vault.pseudonym(user_id)
 

@@ -124,7 +124,9 @@ class EventService:
                 checked.event, checked.priority, received, sent_at, checked.pairs
             )
             by_priority.setdefault(checked.priority, []).append(item)
-            result.ids.append(message_id)
+            # A client's own messageId is not echoed (it may carry anything):
+            # the answer names that event by its id, as reads do.
+            result.ids.append(self._codec.event_id(message_id) if checked.event.get("messageId") else message_id)
         return PreparedEvents(result, {keyspace.event_queue(p): items for p, items in by_priority.items()})
 
     def entries(self, lanes: dict[str, list[QueueItem]]) -> list[StreamEntry]:
