@@ -96,7 +96,14 @@ class Analytics:
         self.admitter = Admitter(client, rate_limiter, KICK_TTL_MS, settings.redis_max_connections)
         self.intake = Intake(client, self.admitter, self.access, kick)
         self.events = EventService(
-            settings, self.codec, self.registry, self.queue, self.store, self.intake, self.stats.record_unreadable
+            settings,
+            self.codec,
+            self.registry,
+            self.queue,
+            self.store,
+            self.intake,
+            self.auditor,
+            self.stats.record_unreadable,
         )
         self.metrics = MetricService(
             settings, self.metric_store, self.metrics_queue, self.intake, self.events, self.policy.names

@@ -18,7 +18,6 @@ import redis
 from dotenv import load_dotenv
 
 from analytics.errors import AnalyticsError, ValidationError
-from analytics.events.registry import check_clear_paths
 from analytics.events.schemas import event_type_schema
 from analytics.events.transfer import describe_errors
 from analytics.logs import configure_logging
@@ -245,7 +244,7 @@ def event_types() -> None:
 @event_types.command("list")
 def event_types_list() -> None:
     """Every type: name, priority, the paths declared clear."""
-    for event_type in analytics().registry.all():
+    for event_type in analytics().events.event_types():
         click.echo(f"{event_type.name:<32}{event_type.priority:<10}{','.join(event_type.clear) or '-'}")
 
 
@@ -262,13 +261,10 @@ def event_types_register(name: str, priority: str, description: str, clear: tupl
         data = event_type_schema.load({"name": name, "priority": priority, "description": description})
     except marshmallow.ValidationError as exc:
         raise ValidationError("invalid event type", exc.normalized_messages()) from None
-    service = analytics()
-    paths = check_clear_paths(list(clear), service.policy)
-    event_type = service.registry.register(data["name"], data["priority"], data["description"], paths)
-    service.privacy.record(
-        "event_type.register", "cli", name=event_type.name, priority=event_type.priority, clear=list(paths)
+    event_type = analytics().events.register_event_type(
+        data["name"], data["priority"], data["description"], clear, actor="cli"
     )
-    click.echo(f"registered {event_type.name} ({event_type.priority}), clear: {', '.join(paths) or 'none'}")
+    click.echo(f"registered {event_type.name} ({event_type.priority}), clear: {', '.join(event_type.clear) or 'none'}")
 
 
 @main.group()

@@ -13,12 +13,10 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from analytics.errors import PayloadTooLarge, ValidationError
-from analytics.events.registry import check_clear_paths
 from analytics.events.schemas import event_batch_schema, event_type_schema
 from analytics.events.service import TrackResult
 from analytics.privacy.apikeys import ApiKey
 from analytics.privacy.phi import BUILTIN_CLEAR
-from analytics.redis_client import unavailable_as_error
 from web.auth import bearer_token, prepare_after_key, require
 from web.body import json_body
 from web.extensions import get_analytics
@@ -133,16 +131,12 @@ def register_event_type() -> ResponseReturnValue:
     """Register (or update) a type with the fields that stay clear in its
     events; audited as ``event_type.register`` (names and paths only)."""
     data = load(event_type_schema, json_body())
-    service = get_analytics()
-    clear = check_clear_paths(data["clear"], service.policy)
-    with unavailable_as_error():
-        event_type = service.registry.register(data["name"], data["priority"], data["description"], clear)
-    service.privacy.record(
-        "event_type.register",
-        g.api_key.id,
-        request.remote_addr,
-        name=event_type.name,
-        priority=event_type.priority,
-        clear=list(event_type.clear),
+    event_type = get_analytics().events.register_event_type(
+        data["name"],
+        data["priority"],
+        data["description"],
+        data["clear"],
+        actor=g.api_key.id,
+        remote=request.remote_addr,
     )
     return jsonify(asdict(event_type)), 201

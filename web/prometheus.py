@@ -75,6 +75,11 @@ class RedisCollector(Collector):
         )
         yield from self._queue(figures["queue"])
         yield _gauge("analytics_unreadable_records", "Records read that no key opens", figures["unreadable_records"])
+        yield _gauge(
+            "analytics_phi_screened",
+            "Declared-clear values sealed because they look like identifiers",
+            figures["phi_screened"],
+        )
         yield from self._workers(figures["workers"])
         ws = figures["websocket"]
         yield _gauge("analytics_websocket_clients", "Connected WebSocket clients", ws["clients"])

@@ -430,7 +430,7 @@ class SegmentIngest:
             if not register:
                 return None
             if self._claim_type(name):
-                self._events.register_event_type(name, "normal", REGISTERED_DESCRIPTION)
+                self._events.register_event_type(name, "normal", REGISTERED_DESCRIPTION, actor="segment")
                 result.registered.append(name)
                 return name, None
         return FALLBACK_TYPE, name

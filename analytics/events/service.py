@@ -18,13 +18,14 @@ from analytics.events.codec import RecordCodec
 from analytics.events.fastpath import load_split
 from analytics.events.filters import matcher, parse_filters
 from analytics.events.records import QueueItem
-from analytics.events.registry import EventType, EventTypeRegistry
+from analytics.events.registry import EventType, EventTypeRegistry, check_clear_paths
 from analytics.events.schemas import event_query_schema, event_schema
 from analytics.events.store import EventStore
 from analytics.pipeline.admission import StreamEntry
 from analytics.pipeline.intake import Intake
 from analytics.pipeline.queue import EventQueue
 from analytics.privacy.apikeys import ApiKey
+from analytics.privacy.auditor import Auditor
 from analytics.privacy.crypto import DecryptionError
 from analytics.privacy.phi import Pairs
 from analytics.redis_client import unavailable_as_error
@@ -73,9 +74,11 @@ class EventService:
         queue: EventQueue,
         store: EventStore,
         intake: Intake,
+        auditor: Auditor,
         on_unreadable: Callable[[int], None] = lambda n: None,
     ) -> None:
         self._settings = settings
+        self._auditor = auditor
         #: Told how many records of a page no configured key opened.
         self._on_unreadable = on_unreadable
         self._codec = codec
@@ -274,9 +277,31 @@ class EventService:
         """The queue entry that puts ``records`` (of one priority) back in its lane."""
         return keyspace.event_queue(records[0]["p"]), self._queue.fields(records)
 
-    def register_event_type(self, name: str, priority: str = "normal", description: str = "") -> EventType:
+    def register_event_type(
+        self,
+        name: str,
+        priority: str = "normal",
+        description: str = "",
+        clear: Iterable[str] = (),
+        *,
+        actor: str = "system",
+        remote: str | None = None,
+    ) -> EventType:
+        """Register a type (or replace its settings) with the field paths
+        that stay clear in its events; audited as ``event_type.register``
+        (names and paths only)."""
+        paths = check_clear_paths(list(clear), self._codec.policy)
         with unavailable_as_error():
-            return self._registry.register(name, priority, description)
+            event_type = self._registry.register(name, priority, description, paths)
+            self._auditor.record(
+                "event_type.register",
+                actor,
+                remote,
+                name=event_type.name,
+                priority=event_type.priority,
+                clear=list(event_type.clear),
+            )
+        return event_type
 
 
 def _accepted(prepared: PreparedEvents) -> TrackResult:

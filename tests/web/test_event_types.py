@@ -80,4 +80,6 @@ def test_declared_fields_stay_clear_the_rest_is_sealed(client, keys, service, da
     assert got["properties"]["note"] == f"private-{TAG}" and got["context"]["campaign"]["medium"] == "call 555-201-0064"
     refused = client.get("/v1/events?type=signup&properties.note=x", headers=keys["read"])
     assert refused.status_code == 400 and "properties.note" in refused.json["error"]["details"]
-    assert client.get("/v1/stats", headers=keys["admin"]).json["phi_screened"] >= 1
+    screened = client.get("/v1/stats", headers=keys["admin"]).json["phi_screened"]
+    assert screened >= 1
+    assert f"analytics_phi_screened {float(screened)}" in client.get("/metrics").get_data(as_text=True)
