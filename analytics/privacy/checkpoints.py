@@ -103,10 +103,13 @@ def _warn_once(message: str) -> None:
 class CheckpointFile:
     """The signed checkpoints, appended to a JSON-lines file."""
 
-    def __init__(self, path: str, key: bytes, syslog: str = "") -> None:
+    def __init__(self, path: str, key: bytes, syslog: str = "", weak_key: str = "") -> None:
         self.path = path
         self._key = key
         self._syslog = syslog
+        #: Said once, when a checkpoint is first signed or checked (not by
+        #: every command that merely builds the services).
+        self._weak_key = weak_key
 
     def copy_at(self, path: str) -> CheckpointFile:
         """The same checkpoints' copy at ``path`` (a syslog export), to read."""
@@ -120,20 +123,19 @@ class CheckpointFile:
         if not settings.audit_checkpoints:
             return None
         if settings.audit_key:
-            key = decode_audit_key(settings.audit_key)
-        else:
-            key = vault.derived_checkpoint_key
-            if settings.encryption_keys:
-                _warn_once(
-                    "ANALYTICS_AUDIT_KEY is not set: audit checkpoints are signed with a key derived "
-                    "from the hash key, so whoever holds that key could forge them; set ANALYTICS_AUDIT_KEY"
-                )
-            else:
-                _warn_once("DEVELOPMENT MODE: audit checkpoints are signed with a well-known key and prove nothing")
-        return cls(settings.audit_checkpoints, key, settings.audit_syslog)
+            return cls(settings.audit_checkpoints, decode_audit_key(settings.audit_key), settings.audit_syslog)
+        weak = (
+            "ANALYTICS_AUDIT_KEY is not set: audit checkpoints are signed with a key derived "
+            "from the hash key, so whoever holds that key could forge them; set ANALYTICS_AUDIT_KEY"
+            if settings.encryption_keys
+            else "DEVELOPMENT MODE: audit checkpoints are signed with a well-known key and prove nothing"
+        )
+        return cls(settings.audit_checkpoints, vault.derived_checkpoint_key, settings.audit_syslog, weak)
 
     # -- signing -------------------------------------------------------------
     def _sign(self, body: bytes) -> str:
+        if self._weak_key:
+            _warn_once(self._weak_key)
         return hmac.new(self._key, body, hashlib.sha256).hexdigest()
 
     def make(self, count: int, head: str, last: str, ts: float, previous: Checkpoint | None) -> Checkpoint:
