@@ -8,6 +8,8 @@ import re
 import shlex
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -78,3 +80,22 @@ def test_analytics_run_serves_and_processes(env, data, tmp_path) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_port_in_use_is_one_clear_line(env) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", "run", "--no-flower", "--port", str(port)],
+            env=python_env(env),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stdout.strip().splitlines() == [
+        f"analytics run: port {port} (PORT) is in use: stop what holds it, or set PORT"
+    ]
