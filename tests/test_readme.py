@@ -348,11 +348,11 @@ def test_examples_run(example_env, web_server, worker, tmp_path, client, keys) -
     def count(query: str) -> int:
         return len(client.get(f"/v1/events?{query}", headers=keys["read"]).json["events"])
 
-    # curl's Segment track (42), the Segment SDK's (42) and RudderStack's (7).
-    wait_until(lambda: count("type=Order+Completed") == 3, 30, message="the examples' Segment calls to be stored")
-    assert count("type=Order+Completed&properties.amount=gte:10") == 2
-    assert count("type=page_view&userId=u-17") >= 1 and count("type=click&properties.button=buy") == 1
-    assert count("type=identify") == 1 and count("type=page") == 1
+    # curl's Segment track (42), the Segment SDK's (42), RudderStack's (7) and PostHog's (42).
+    wait_until(lambda: count("type=Order+Completed") == 4, 30, message="the examples' Segment calls to be stored")
+    assert count("type=Order+Completed&properties.amount=gte:10") == 3
+    assert count("type=page_view&userId=u-17") >= 2 and count("type=click&properties.button=buy") == 1
+    assert count("type=identify") == 2 and count("type=page") == 1  # Segment's identify and PostHog's $identify
     assert (tmp_path / "views.ndjson").exists() and (tmp_path / "pro.csv").exists()
 
 
