@@ -221,8 +221,9 @@ def test_keep_alive_connections_are_spread_evenly_across_workers(env, tmp_path) 
     web = start_gunicorn(_long_keep_alive(env), tmp_path, port, workers=2)
     socks: list[socket.socket] = []
     try:
+        # Both forked (on a busy machine the second may still be starting).
+        wait_until(lambda: len(gunicorn_workers(web.pid)) == 2, 30, message="two gunicorn workers")
         workers = gunicorn_workers(web.pid)
-        assert len(workers) == 2
         wait_for_workers(workers, port)
         for _ in range(8):
             socks.append(keep_alive_connection(port))
