@@ -7,10 +7,12 @@ BIN := $(VENV)/bin
 
 .PHONY: run test bench lint
 
+# compat: setuptools' editable mode that puts the checkout on sys.path (the
+# default finder prints a warning at every install for this layout).
 $(BIN)/analytics: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
 run: $(BIN)/analytics
