@@ -44,7 +44,8 @@ def too_deep(data: bytes, value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     return True
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
+def gunzip(data: bytes, limit: int) -> bytes:
+    """``data`` gunzipped, refused past ``limit`` bytes (a zip bomb) or when not gzip."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         out = inflater.decompress(data, limit + 1)
@@ -102,7 +103,7 @@ def json_body() -> Any:
         # The exception's text is not passed on: it may quote the client's bytes.
         raise BadRequest("the body could not be read: malformed chunked framing") from None
     if req.headers.get("Content-Encoding", "").lower() == "gzip":
-        data = _gunzip(data, current_app.config["ANALYTICS_SETTINGS"].max_body_bytes)
+        data = gunzip(data, current_app.config["ANALYTICS_SETTINGS"].max_body_bytes)
     if not data:
         raise ValidationError("empty body: send a JSON object")
     try:

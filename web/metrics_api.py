@@ -3,6 +3,8 @@ authorize and shape; the work is in :class:`analytics.Analytics`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from flask import Blueprint, Response, g, request
 from flask.typing import ResponseReturnValue
@@ -27,26 +29,11 @@ def post_metrics() -> ResponseReturnValue:
 @metrics_api.get("/metrics/<path:name>")
 @require("read")
 def get_metric(name: str) -> ResponseReturnValue:
-    key = g.api_key
     query = request.args.to_dict()
-    service = get_analytics()
     # A user-scoped key gets the metric's aggregate only (no groupBy, no
     # tag filters: a 403), see MetricService.get_metric.
-    body = service.metrics.get_metric(name, query, scoped=key.scoped)
-    # Audited before it leaves, as an event read: no entry, no data.
-    service.privacy.audit_read(
-        key.id,
-        {},
-        len(body["series"]),
-        request.remote_addr,
-        action="metrics.read",
-        metric=name,
-        scoped=key.scoped,
-        **service.auditor.metric_query(query),
-    )
-    # orjson: a day of 1-minute points is thousands of numbers, and the
-    # stdlib encoder behind jsonify costs more than the query itself.
-    return Response(orjson.dumps(body), mimetype="application/json")
+    body = get_analytics().metrics.get_metric(name, query, scoped=g.api_key.scoped)
+    return _audited(name, query, body)
 
 
 @metrics_api.get("/metrics/<path:name>/forecast")
@@ -55,14 +42,17 @@ def get_forecast(name: str) -> ResponseReturnValue:
     """Point forecasts with 80% and 95% intervals of the metric's next
     buckets (:meth:`MetricService.forecast`), read and audited as a metric
     query is."""
-    key = g.api_key
     query = request.args.to_dict()
-    service = get_analytics()
-    body = service.metrics.forecast(name, query, scoped=key.scoped)
-    # The history read is a metric read: audited as one, before it leaves,
-    # with what was forecast (the query is valid by now).
-    fields = service.auditor.metric_query(query)
-    fields.update(bucket=str(body["bucket"]), forecastHorizon=int(query["horizon"]))
+    body = get_analytics().metrics.forecast(name, query, scoped=g.api_key.scoped)
+    # The history read is a metric read, with what was forecast (the query is valid by now).
+    return _audited(name, query, body, bucket=str(body["bucket"]), forecastHorizon=int(query["horizon"]))
+
+
+def _audited(name: str, query: dict[str, Any], body: dict[str, Any], **extra: Any) -> Response:
+    """``body`` as the answer, once its read is audited (``metrics.read``):
+    no entry, no data."""
+    key, service = g.api_key, get_analytics()
+    fields = {**service.auditor.metric_query(query), **extra}
     service.privacy.audit_read(
         key.id,
         {},
@@ -73,4 +63,6 @@ def get_forecast(name: str) -> ResponseReturnValue:
         scoped=key.scoped,
         **fields,
     )
+    # orjson: a day of 1-minute points is thousands of numbers, and the
+    # stdlib encoder behind jsonify costs more than the query itself.
     return Response(orjson.dumps(body), mimetype="application/json")

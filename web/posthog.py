@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import zlib
 from typing import Any
 
 import orjson
@@ -30,6 +29,7 @@ from analytics.errors import PayloadTooLarge, ValidationError
 from analytics.events.posthog import to_segment_batch
 from analytics.events.segment import PreparedSegment
 from web.auth import prepare_after_key, read_credentials
+from web.body import gunzip
 from web.extensions import get_analytics
 
 posthog = Blueprint("posthog", __name__)
@@ -41,17 +41,6 @@ MAX_BODY_DEPTH = 64
 GZIP_MAGIC = b"\x1f\x8b"
 #: PostHog's error ``type`` by our status.
 _ERROR_TYPES = {401: "authentication_error", 403: "authentication_error", 429: "rate_limited"}
-
-
-def _gunzip(data: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error:
-        raise ValidationError("body is not valid gzip") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed body larger than {limit} bytes")
-    return out
 
 
 def _form_data() -> bytes:
@@ -100,7 +89,7 @@ def capture_body() -> Any:
             # the gzip magic number tells, as PostHog's own capture reads it.
             or data[:2] == GZIP_MAGIC
         ):
-            data = _gunzip(data, limit)
+            data = gunzip(data, limit)
         elif compression and compression != "none":
             raise ValidationError(f"compression {compression!r} is not supported: use gzip-js, base64 or none")
     if not data:
