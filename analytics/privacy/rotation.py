@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -218,12 +218,25 @@ class Rotator:
             if cursor == 0:
                 return
 
-    def _rotate_stream(self, key: str, after: str, report: RotationReport, progress: Callable[[int], None]) -> None:
-        # Re-appended entries land at the end and are met again, already
-        # current: the walk ends because they are skipped.
+    def _walk(self, key: str, after: str, progress: Callable[[int], None]) -> Iterator[StreamChunk]:
+        """The entries of stream ``key`` after ``after``, a slice at a time;
+        the position is saved after each slice (resumable), and ``DONE`` at
+        the end. Re-appended entries land at the end and are met again,
+        already current: the walk ends because they are skipped."""
         start = f"({after}" if after else "-"
         while True:
             chunk = cast(StreamChunk, self._redis.xrange(key, start, "+", count=self.slice_size))
+            yield chunk
+            progress(len(chunk))
+            if chunk:
+                start = "(" + chunk[-1][0].decode()
+                self._save(key, chunk[-1][0].decode())
+            if len(chunk) < self.slice_size:
+                self._save(key, DONE)
+                return
+
+    def _rotate_stream(self, key: str, after: str, report: RotationReport, progress: Callable[[int], None]) -> None:
+        for chunk in self._walk(key, after, progress):
             for entry_id, fields in chunk:
                 decoded = {k.decode(): v for k, v in fields.items()}
                 if "sealed" in decoded:
@@ -247,19 +260,10 @@ class Rotator:
                 else:
                     report.raced += 1
             report.examined += len(chunk)
-            progress(len(chunk))
-            if chunk:
-                start = "(" + chunk[-1][0].decode()
-                self._save(key, chunk[-1][0].decode())
-            if len(chunk) < self.slice_size:
-                self._save(key, DONE)
-                return
 
     def _rotate_queue(self, key: str, after: str, report: RotationReport, progress: Callable[[int], None]) -> None:
         # As _rotate_stream; the script re-appends only undelivered entries.
-        start = f"({after}" if after else "-"
-        while True:
-            chunk = cast(StreamChunk, self._redis.xrange(key, start, "+", count=self.slice_size))
+        for chunk in self._walk(key, after, progress):
             for entry_id, raw in chunk:
                 fields = {k.decode(): v for k, v in raw.items()}
                 attempt = RotationReport()
@@ -284,13 +288,6 @@ class Rotator:
                     report.pending += 1
                 else:
                     report.raced += 1
-            progress(len(chunk))
-            if chunk:
-                start = "(" + chunk[-1][0].decode()
-                self._save(key, chunk[-1][0].decode())
-            if len(chunk) < self.slice_size:
-                self._save(key, DONE)
-                return
 
     def run(self, progress: Callable[[int], None] = lambda n: None, stop_after: int | None = None) -> RotationReport:
         """Re-encrypt everything not yet under the newest key.
