@@ -265,8 +265,8 @@ class Stack:
             proc.wait_for_log(r"ready\.", timeout=60)
         return proc
 
-    def beat(self) -> Process:
-        proc = celery_beat("beat", python_env(self.env), self.root).start()
+    def beat(self, name: str = "beat") -> Process:
+        proc = celery_beat(name, python_env(self.env), self.root).start()
         self.processes.append(proc)
         return proc
 

@@ -95,6 +95,10 @@ key                                          type     holds
 ``analytics:rollups:expiry``                 zset     rollup chunk keys scored by the epoch
                                                       second they expire (cleanup's index)
 ``analytics:lock:cleanup``                   string   token of the running cleanup (lock)
+``analytics:lock:beat``                      string   the beat that sends the periodic tasks
+                                                      (lease, renewed every tick; other
+                                                      beats stand by: :mod:`tasks.beat`)
+``analytics:stats:beat``                     hash     beat holder -> periodic tasks it sent
 ``analytics:stats:cleanup``                  hash     last cleanup: time, duration, removed
 ===========================================  =======  =====================================
 
@@ -150,6 +154,8 @@ METRIC_TAGS = "analytics:metrics:tags:"
 ROLLUP_EXPIRY = "analytics:rollups:expiry"
 CLEANUP_LOCK = "analytics:lock:cleanup"
 CLEANUP_STATS = "analytics:stats:cleanup"
+BEAT_LOCK = "analytics:lock:beat"
+BEAT_STATS = "analytics:stats:beat"
 
 
 def event_queue(priority: str) -> str:

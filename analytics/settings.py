@@ -115,6 +115,10 @@ class Settings:
     drain_linger_seconds: float = 0.5
     #: ``ANALYTICS_RECOVERY_INTERVAL``: seconds between beat recovery sweeps.
     recovery_interval: float = 5.0
+    #: ``ANALYTICS_BEAT_LOCK_SECONDS``: life of beat's lock (renewed every
+    #: tick, a third of it at most apart): a second beat stands by and takes
+    #: over this long after the first stopped (:mod:`tasks.beat`).
+    beat_lock_seconds: float = 30.0
     #: ``ANALYTICS_MAX_CLOCK_SKEW_SECONDS``: cap of the ``sentAt`` correction.
     max_clock_skew_seconds: int = 86_400
     #: ``ANALYTICS_MAX_BATCH_EVENTS``: events per request (Segment: 2,500).
@@ -244,6 +248,7 @@ class Settings:
             ("ANALYTICS_DRAIN_SECONDS", "drain_seconds"),
             ("ANALYTICS_DRAIN_LINGER_SECONDS", "drain_linger_seconds"),
             ("ANALYTICS_RECOVERY_INTERVAL", "recovery_interval"),
+            ("ANALYTICS_BEAT_LOCK_SECONDS", "beat_lock_seconds"),
             ("ANALYTICS_REGISTRY_TTL", "registry_ttl"),
             ("ANALYTICS_RATE_LIMIT", "rate_limit"),
             ("ANALYTICS_WS_IDLE_SECONDS", "ws_idle_seconds"),

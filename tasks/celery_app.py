@@ -30,6 +30,8 @@ def create_celery_app(settings: Settings) -> Celery:
         # kombu would otherwise connect over TLS *without* checking the
         # server's certificate; redis-py (the data store) checks by default.
         app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    # Beat sends only while it holds the beat lock: a second beat is harmless.
+    app.conf.beat_scheduler = "tasks.beat:LockedScheduler"
     app.conf.beat_schedule = {
         "recover-abandoned-work": {"task": RECOVER, "schedule": settings.recovery_interval},
         "cleanup-expired-data": {"task": CLEANUP, "schedule": settings.cleanup_interval},

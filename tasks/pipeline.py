@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 def process_events() -> dict[str, Any]:
     """Drain the event queue for a few seconds (queued on ingest)."""
     report = analytics().processor.drain()
+    if report.claimed:
+        log.warning("took over %d queue entries left by stopped workers", report.claimed)
     return {"entries": report.entries, "stored": report.committed.stored, "metric_samples": report.metrics.samples}
 
 
@@ -23,6 +25,6 @@ def process_events() -> dict[str, Any]:
 def recover() -> dict[str, Any]:
     """Beat: take over work of dead workers; wake processing if needed."""
     report = analytics().processor.recover()
-    if report.entries:
-        log.warning("recovered %d queue entries left by stopped workers", report.entries)
+    if report.claimed:
+        log.warning("recovered %d queue entries left by stopped workers", report.claimed)
     return {"entries": report.entries, "stored": report.committed.stored}

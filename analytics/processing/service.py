@@ -44,6 +44,8 @@ class DrainReport(Tally):
     #: Metric queue entries and what became of them.
     metric_entries: int = 0
     metrics: MetricCommitResult = field(default_factory=MetricCommitResult)
+    #: Queue entries (events and samples) taken over from stopped workers.
+    claimed: int = 0
 
 
 class Processor:
@@ -67,6 +69,9 @@ class Processor:
         self._stats = stats
         self._intake = intake
         self._full = OutageLog("processing")
+        #: When this process next looks for stopped workers' entries while
+        #: draining (monotonic clock): a few commands every half idle time.
+        self._next_claim = 0.0
 
     def process(self, entries: list[Entry]) -> CommitResult:
         """Store the records of ``entries`` and acknowledge them (one step),
@@ -106,6 +111,11 @@ class Processor:
         ``drain_linger_seconds`` for new work: under a steady load one task
         keeps draining instead of a new Celery task per burst (each costs
         the worker about as much as processing a few hundred events).
+
+        Every ``claim_idle_seconds / 2`` at most (per process, busy or not)
+        it also takes over what stopped workers left pending
+        (:meth:`_take_over`), so recovery needs no beat: any worker that
+        runs does it, and the claim costs one ``XAUTOCLAIM`` per lane.
         """
         consumer = consumer or consumer_name()
         budget = self._settings.drain_seconds if budget is None else budget
@@ -116,6 +126,8 @@ class Processor:
             size = self._settings.batch_size
             lingered = False
             while True:
+                if time.monotonic() >= self._next_claim:
+                    report += self._take_over(consumer)
                 entries = self._queue.read(consumer, size)
                 samples = self._metrics_queue.read(consumer, size)
                 if not entries and not samples:
@@ -158,25 +170,31 @@ class Processor:
         consumer = consumer or consumer_name()
         report = DrainReport()
         started = time.monotonic()
-        idle_ms = int(self._settings.claim_idle_seconds * 1000)
         with self._unless_full():
-            while True:
-                entries = self._queue.claim_stale(consumer, idle_ms, self._settings.batch_size)
-                if not entries:
-                    break
-                report += self._process(entries)
-            while True:
-                samples = self._metrics_queue.claim_stale(consumer, idle_ms, self._settings.batch_size)
-                if not samples:
-                    break
-                report.metric_entries += len(samples)
-                report.metrics += self._metric_committer.commit(samples)
+            report += self._take_over(consumer)
             if (
                 self._queue.length() > self._queue.pending()
                 or self._metrics_queue.length() > self._metrics_queue.pending()
             ):
                 self._intake.kick()
         report.seconds = time.monotonic() - started
+        return report
+
+    def _take_over(self, consumer: str) -> DrainReport:
+        """Claim (``XAUTOCLAIM``) and commit every entry of both queues that
+        a worker has held for ``claim_idle_seconds``: its worker stopped.
+        The commit applies an entry only if this claim still holds it, so a
+        worker wrongly presumed dead and this one never both count it."""
+        report = DrainReport()
+        idle_ms = int(self._settings.claim_idle_seconds * 1000)
+        self._next_claim = time.monotonic() + max(0.5, self._settings.claim_idle_seconds / 2)
+        while entries := self._queue.claim_stale(consumer, idle_ms, self._settings.batch_size):
+            report.claimed += len(entries)
+            report += self._process(entries)
+        while samples := self._metrics_queue.claim_stale(consumer, idle_ms, self._settings.batch_size):
+            report.claimed += len(samples)
+            report.metric_entries += len(samples)
+            report.metrics += self._metric_committer.commit(samples)
         return report
 
     def heartbeat(self, name: str | None = None) -> None:
