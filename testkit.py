@@ -128,7 +128,9 @@ class RedisServer:
     """A private redis-server on a free port, AOF on (fsync always, unless
     ``appendfsync`` says otherwise)."""
 
-    def __init__(self, data_dir: Path, maxmemory: str | None = None, appendfsync: str = "always") -> None:
+    def __init__(
+        self, data_dir: Path, maxmemory: str | None = None, appendfsync: str = "always", replica_of: int | None = None
+    ) -> None:
         self.port = free_port()
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +153,8 @@ class RedisServer:
         ]
         if maxmemory:
             argv += ["--maxmemory", maxmemory]
+        if replica_of is not None:  # a replica of the server on that local port
+            argv += ["--replicaof", "127.0.0.1", str(replica_of)]
         self.process = Process(f"redis-{self.port}", argv, dict(os.environ), self.dir)
 
     def url(self, db: int = 0) -> str:

@@ -93,7 +93,14 @@ class Analytics:
         rate_limiter = RateLimiter(client, settings.rate_limit, settings.rate_burst)
 
         self.access = AccessService(self.api_keys, rate_limiter, self.auditor, self.vault, notices=client)
-        self.admitter = Admitter(client, rate_limiter, KICK_TTL_MS, settings.redis_max_connections)
+        self.admitter = Admitter(
+            client,
+            rate_limiter,
+            KICK_TTL_MS,
+            settings.redis_max_connections,
+            min_replicas=settings.min_replicas,
+            replica_timeout_ms=settings.replica_timeout_ms,
+        )
         self.intake = Intake(client, self.admitter, self.access, kick)
         self.events = EventService(
             settings,

@@ -66,3 +66,22 @@ class StoreUnavailable(AnalyticsError):
 
     code = "unavailable"
     status = 503
+
+
+class NotReplicated(AnalyticsError):
+    """The queue entries were written to the Redis master, but fewer
+    replicas than ``ANALYTICS_MIN_REPLICAS`` acknowledged them within
+    ``ANALYTICS_REPLICA_TIMEOUT_MS``: not answered as accepted, since losing
+    that master now would lose them. They may still be processed; a client
+    retrying with the same messageIds has each event stored once."""
+
+    code = "unavailable"
+    status = 503
+
+    def __init__(self, acknowledged: int, required: int, retry_after: int = 1) -> None:
+        super().__init__(
+            f"the data was not confirmed by enough Redis replicas in time ({acknowledged} of {required}); "
+            "it may still be processed: retry the same request (events are stored once by messageId)",
+            {"replicas": acknowledged, "required": required, "retry_after": retry_after},
+        )
+        self.retry_after = retry_after

@@ -123,13 +123,21 @@ class DedicatedConnections:
         self._idle: list[redis.connection.AbstractConnection] = []
         self._packer = CommandPacker()
 
+    def pack(self, *args: Any) -> bytes:
+        """The command ``args`` in RESP (for :meth:`execute_packed`)."""
+        return b"".join(self._packer.pack(*args))
+
     def execute(self, *args: Any) -> Any:
         """Send the command ``args``; its reply, raw."""
-        return self.execute_packed(b"".join(self._packer.pack(*args)))
+        return self.execute_packed(self.pack(*args))
 
-    def execute_packed(self, packed: bytes) -> Any:
+    def execute_packed(self, packed: bytes, replies: int = 1) -> Any:
         """Send ``packed``, a command already in RESP (:func:`resp_bulk`);
-        its reply, raw."""
+        its reply, raw. With ``replies`` > 1, ``packed`` holds that many
+        commands, sent at once and run one after another on one connection
+        (what ``WAIT`` needs: it counts this connection's writes); the
+        answer is the list of their replies. Every reply is read before the
+        first error reply is raised, so the connection stays in step."""
         try:
             self._permits.get(timeout=_COMMAND_TIMEOUT)
         except queue.Empty:
@@ -144,7 +152,18 @@ class DedicatedConnections:
 
             def call() -> Any:
                 conn.send_packed_command([packed])  # a list: bytes would be sent one int at a time
-                return conn.read_response()
+                if replies == 1:
+                    return conn.read_response()
+                answers: list[Any] = []
+                for _ in range(replies):
+                    try:
+                        answers.append(conn.read_response())
+                    except redis.ResponseError as exc:
+                        answers.append(exc)
+                for answer in answers:
+                    if isinstance(answer, redis.ResponseError):
+                        raise answer
+                return answers
 
             return conn.retry.call_with_retry(call, lambda _: conn.disconnect())
         finally:

@@ -119,6 +119,14 @@ class Settings:
     #: tick, a third of it at most apart): a second beat stands by and takes
     #: over this long after the first stopped (:mod:`tasks.beat`).
     beat_lock_seconds: float = 30.0
+    #: ``ANALYTICS_MIN_REPLICAS``: replicas that must have a request's queue
+    #: entries (``WAIT``) before it is answered ``202``; fewer within
+    #: ``replica_timeout_ms``: ``503``. 0: no wait (one Redis, no replicas).
+    min_replicas: int = 0
+    #: ``ANALYTICS_REPLICA_TIMEOUT_MS``: how long an ingest request waits for
+    #: ``min_replicas`` acknowledgements (``WAIT``'s timeout, ms; at least 1:
+    #: 0 would mean forever).
+    replica_timeout_ms: int = 100
     #: ``ANALYTICS_MAX_CLOCK_SKEW_SECONDS``: cap of the ``sentAt`` correction.
     max_clock_skew_seconds: int = 86_400
     #: ``ANALYTICS_MAX_BATCH_EVENTS``: events per request (Segment: 2,500).
@@ -240,6 +248,8 @@ class Settings:
             ("ANALYTICS_WS_BUFFER", "ws_buffer", 1),
             ("ANALYTICS_MAX_SERIES_PER_METRIC", "max_series_per_metric", 1),
             ("ANALYTICS_CORS_MAX_AGE", "cors_max_age", 0),
+            ("ANALYTICS_MIN_REPLICAS", "min_replicas", 0),
+            ("ANALYTICS_REPLICA_TIMEOUT_MS", "replica_timeout_ms", 1),
         ):
             if get(name):
                 values[field] = _int(name, get(name, ""), minimum)

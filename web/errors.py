@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from analytics.errors import AnalyticsError, PermissionDenied, RateLimited, StoreUnavailable
+from analytics.errors import AnalyticsError, NotReplicated, PermissionDenied, RateLimited, StoreUnavailable
 from analytics.logs import scrubbing_filter
 from analytics.outage import OutageLog
 from analytics.privacy.apikeys import KeyForbidden
@@ -45,7 +45,7 @@ def _scrub_names(details: Any) -> Any:
 
 def _analytics_error(exc: AnalyticsError) -> Response:
     response = error_response(exc.status, exc.code, exc.message, _scrub_names(exc.details))
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | NotReplicated):
         response.headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, StoreUnavailable):
         outage(current_app).went_down(exc.message)

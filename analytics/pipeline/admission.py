@@ -14,6 +14,14 @@ token, as before.
 The script carries a ``#!lua`` shebang: Redis then refuses it as a whole,
 before it runs, when ``maxmemory`` is reached, so a full Redis never leaves
 part of a request queued (and the 503 means nothing was accepted).
+
+With ``ANALYTICS_MIN_REPLICAS`` above 0, ``WAIT min_replicas timeout``
+follows the script on the same connection, sent in the same write (still
+one round trip): its answer, how many replicas have this connection's
+writes, goes back with the verdict (:attr:`Admission.replicas`), and the
+intake refuses to call the request accepted when it is short. The general
+path's write (:meth:`Admitter.queue`) is a ``MULTI``/``EXEC`` followed by
+the same ``WAIT``.
 """
 
 from __future__ import annotations
@@ -60,6 +68,8 @@ class Admission(NamedTuple):
     kicked: bool
     #: The stream ids of the entries added, in order (empty unless queued).
     ids: tuple[str, ...] = ()
+    #: Replicas that acknowledged the write (``WAIT``); -1 when not asked.
+    replicas: int = -1
 
 
 def granting_roles(action: str) -> str:
@@ -68,10 +78,28 @@ def granting_roles(action: str) -> str:
 
 
 class Admitter:
-    def __init__(self, client: redis.Redis, limiter: RateLimiter, kick_ttl_ms: int, connections: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        limiter: RateLimiter,
+        kick_ttl_ms: int,
+        connections: int,
+        *,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 100,
+    ) -> None:
         # The script's one call per request goes out on connections of its
         # own, past redis-py's per-command path (DedicatedConnections).
         self._connections = DedicatedConnections(client, connections)
+        self._redis = client
+        #: Replicas each write waits for (``ANALYTICS_MIN_REPLICAS``).
+        self.min_replicas = min_replicas
+        #: ``WAIT`` packed (empty: no replica is waited for).
+        self._wait = (
+            b"*3\r\n" + resp_bulk("WAIT") + resp_bulk(min_replicas) + resp_bulk(replica_timeout_ms)
+            if min_replicas > 0
+            else b""
+        )
         self._script = client.register_script("#!lua\n" + lua_source("token_bucket.lua", "admit_events.lua"))
         # The command is packed here, not by hiredis: its constant arguments
         # once (hiredis formats every argument with sprintf; 17 of them came
@@ -100,11 +128,16 @@ class Admitter:
         is False (nothing for a worker). Redis errors propagate: a write
         refused for memory means nothing was written."""
         entries = list(entries)
+        packed = self.command(digest, action, entries, kick) + self._wait
+        replies = 2 if self._wait else 1
         try:
-            reply = self._connections.execute_packed(self.command(digest, action, entries, kick))
-        except redis.exceptions.NoScriptError:  # a restarted Redis: the wrapper loads it again
-            keys, args = self.keys_and_args(digest, action, entries, kick)
-            reply = self._script(keys=keys, args=args)
+            reply = self._connections.execute_packed(packed, replies)
+        except redis.exceptions.NoScriptError:  # a restarted Redis: load it, then the same call
+            self._redis.script_load(self._script.script)
+            reply = self._connections.execute_packed(packed, replies)
+        replicas = -1
+        if self._wait:
+            reply, replicas = reply
         verdict, record, wait, kicked, ids = reply
         return Admission(
             _VERDICTS[verdict],
@@ -112,7 +145,30 @@ class Admitter:
             retry_after_seconds(int(wait)),
             bool(kicked),
             tuple(map(bytes.decode, ids)),
+            int(replicas),
         )
+
+    def queue(self, entries: list[StreamEntry], *, kick: bool) -> tuple[tuple[str, ...], bool, int]:
+        """Add ``entries`` for a caller already admitted, all or none
+        (``MULTI``/``EXEC``; a full Redis refuses the whole transaction),
+        then ``WAIT`` on the same connection when replicas are asked for.
+        Returns the stream ids, whether this call set the "processing task
+        queued" flag, and the replicas that acknowledged (-1: not asked)."""
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        for stream, fields in entries:
+            commands.append(("XADD", stream, "*", *(part for pair in fields.items() for part in pair)))
+        if kick:
+            commands.append(("SET", keyspace.KICK_EVENTS, 1, "NX", "PX", self._kick_ttl))
+        commands.append(("EXEC",))
+        packed = b"".join(self._connections.pack(*command) for command in commands) + self._wait
+        replies = self._connections.execute_packed(packed, len(commands) + bool(self._wait))
+        executed = replies[len(commands) - 1]
+        for reply in executed:
+            if isinstance(reply, redis.RedisError):
+                raise reply
+        ids = tuple(i.decode() for i in executed[: len(entries)])
+        kicked = bool(kick and executed[-1])
+        return ids, kicked, int(replies[-1]) if self._wait else -1
 
     def keys_and_args(
         self, digest: str, action: str, entries: list[StreamEntry], kick: bool

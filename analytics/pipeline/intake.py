@@ -5,12 +5,13 @@ entries here, and a processing task is asked for through the injected
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import redis
 
 from analytics import keyspace
-from analytics.errors import AuthenticationError, PermissionDenied, RateLimited
+from analytics.errors import AuthenticationError, NotReplicated, PermissionDenied, RateLimited
 from analytics.pipeline.admission import Admitter, StreamEntry, Verdict
 from analytics.privacy.access import AccessService
 from analytics.privacy.apikeys import ApiKey, parse_record
@@ -23,6 +24,8 @@ KICK_TTL_MS = 5000
 #: Asks for a processing task (a Celery ``send_task`` in the web and the workers).
 Kick = Callable[[], None]
 
+log = logging.getLogger(__name__)
+
 
 class Intake:
     def __init__(
@@ -32,6 +35,8 @@ class Intake:
         self._admitter = admitter
         self._access = access
         self._kick = kick
+        #: Writes are known to lack replica acknowledgements (logged once).
+        self._short_of_replicas = False
 
     def admit(
         self,
@@ -78,7 +83,28 @@ class Intake:
         assert admission.verdict == Verdict.QUEUED
         if admission.kicked and self._kick is not None:
             self._kick()
+        self._check_replicas(admission.replicas)
         return key, admission.ids
+
+    def _check_replicas(self, acknowledged: int) -> None:
+        """Refuse to call a write accepted when fewer replicas than
+        ``ANALYTICS_MIN_REPLICAS`` have it (``acknowledged`` -1: not asked).
+        The entries are in the stream and a worker was woken: they may be
+        processed; the client's retry is deduplicated by messageId."""
+        required = self._admitter.min_replicas
+        if acknowledged < 0 or acknowledged >= required:
+            if self._short_of_replicas:
+                self._short_of_replicas = False
+                log.warning("Redis replicas acknowledge ingest writes again")
+            return
+        if not self._short_of_replicas:
+            self._short_of_replicas = True
+            log.error(
+                "only %d of %d Redis replicas acknowledged an ingest write in time: answering 503",
+                acknowledged,
+                required,
+            )
+        raise NotReplicated(acknowledged, required)
 
     def authorize(
         self, secret: str | None, action: str = "ingest", *, where: str = "", remote: str | None = None
@@ -94,6 +120,13 @@ class Intake:
         the second trip of the general path. Returns their stream ids."""
         if not entries:
             return ()
+        if self._admitter.min_replicas:
+            with unavailable_as_error():
+                ids, kicked, replicas = self._admitter.queue(entries, kick=kick)
+            if kicked and self._kick is not None:
+                self._kick()
+            self._check_replicas(replicas)
+            return ids
         with unavailable_as_error():
             # MULTI: all entries or none. When Redis is full (maxmemory), it
             # refuses the whole transaction at queue time, so a 503 really
