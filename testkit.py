@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,6 +178,81 @@ class RedisServer:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+def rabbitmq_command(name: str) -> str:
+    """``rabbitmq-server`` or ``rabbitmqctl``: Debian's ``/usr/sbin`` wrappers
+    switch to the ``rabbitmq`` user when run as root (and refuse other
+    users), so the scripts they call are preferred."""
+    direct = Path("/usr/lib/rabbitmq/bin") / name
+    found = str(direct) if direct.exists() else shutil.which(name)
+    if found is None:
+        raise AssertionError(f"{name} is not installed (scripts/system-deps.sh installs rabbitmq-server)")
+    return found
+
+
+class RabbitServer:
+    """A private rabbitmq-server: its own node name, AMQP and distribution
+    ports (free ones, loopback only), data, logs, configuration, Erlang
+    cookie and plugins (none), all under ``data_dir``; never the machine's
+    own RabbitMQ. It registers with the machine's epmd (started if none
+    runs, as every Erlang node does). Stopped by pid."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.dir = data_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.node = f"analytics_test_{self.port}@localhost"
+        home = self.dir / "home"
+        home.mkdir(exist_ok=True)
+        cookie = home / ".erlang.cookie"
+        cookie.write_text(os.urandom(16).hex())
+        cookie.chmod(0o400)
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "rabbitmq-env.conf").write_text("")  # not the machine's
+        (self.dir / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
+        self.env = {
+            **os.environ,
+            "HOME": str(home),  # the cookie rabbitmqctl and the node share
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.dir / "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(self.dir / "rabbitmq.pid"),
+        }
+        self.process = Process(f"rabbitmq-{self.port}", [rabbitmq_command("rabbitmq-server")], self.env, self.dir)
+
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def ctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [rabbitmq_command("rabbitmqctl"), "-n", self.node, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self) -> RabbitServer:
+        self.process.start()
+        # Waits for the pid file, then for the broker application to run.
+        done = self.ctl("wait", self.env["RABBITMQ_PID_FILE"], "--timeout", "60")
+        if done.returncode != 0:
+            self.stop()
+            raise AssertionError(f"rabbitmq-server did not start:\n{done.stdout}{done.stderr}\n{self.process.log()}")
+        return self
+
+    def stop(self) -> None:
+        self.process.stop(timeout=30)
 
 
 def service_env(server: RedisServer, keys: str, **extra: str) -> dict[str, str]:

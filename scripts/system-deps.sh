@@ -1,10 +1,12 @@
 #!/bin/sh
-# Debian packages the tests need: redis-server, chromium with its driver
-# for the dashboard's browser test, and valgrind for the instruction counts
-# (bench/instructions.py). Installed only when missing.
+# Debian packages the tests need: redis-server, rabbitmq-server (the tests
+# of the RabbitMQ broker start a private node of their own), chromium with
+# its driver for the dashboard's browser test, and valgrind for the
+# instruction counts (bench/instructions.py). Installed only when missing.
 set -e
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$missing rabbitmq-server"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
 command -v valgrind >/dev/null 2>&1 || missing="$missing valgrind"
