@@ -132,8 +132,10 @@ class Admitter:
         replies = 2 if self._wait else 1
         try:
             reply = self._connections.execute_packed(packed, replies)
-        except redis.exceptions.NoScriptError:  # a restarted Redis: load it, then the same call
-            self._redis.script_load(self._script.script)
+        except redis.exceptions.NoScriptError:
+            # A restarted Redis: load the script (the same one as above), then
+            # the same call, so that WAIT still follows it on its connection.
+            self._redis.script_load("#!lua\n" + lua_source("token_bucket.lua", "admit_events.lua"))
             reply = self._connections.execute_packed(packed, replies)
         replicas = -1
         if self._wait:
