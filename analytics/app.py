@@ -18,6 +18,7 @@ from __future__ import annotations
 import redis
 
 from analytics import keyspace
+from analytics.anomaly.live import LiveDetection
 from analytics.events.codec import RecordCodec
 from analytics.events.commit import Committer
 from analytics.events.registry import EventTypeRegistry
@@ -105,8 +106,9 @@ class Analytics:
             self.auditor,
             self.stats.record_unreadable,
         )
+        self.detection = LiveDetection(client, self.metric_store, settings, (self.queue, self.metrics_queue))
         self.metrics = MetricService(
-            settings, self.metric_store, self.metrics_queue, self.intake, self.events, self.policy.names
+            settings, self.metric_store, self.metrics_queue, self.intake, self.events, self.policy.names, self.detection
         )
         self.segment = SegmentIngest(settings, client, self.events, self.intake, self.dead_letters)
         self.eraser = Eraser(client, self.api_keys, self.store)
@@ -122,6 +124,7 @@ class Analytics:
             self.metric_committer,
             self.stats,
             self.intake,
+            self.detection,
         )
         self.retention = Cleanup(client, settings)
         self.ops = OpsService(

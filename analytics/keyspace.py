@@ -96,6 +96,18 @@ key                                          type     holds
                                                       second they expire (cleanup's index)
 ``analytics:lock:cleanup``                   string   token of the running cleanup (lock)
 ``analytics:stats:cleanup``                  hash     last cleanup: time, duration, removed
+``analytics:anomaly:{name}:r{res}:{sid}``    hash     one series' live detector: ``last``
+                                                      (last scored bucket, epoch s), ``det``
+                                                      (detector state, about 1 KB),
+                                                      ``alerts`` (alert rule states)
+``analytics:anomaly:series``                 zset     JSON ``[name, series id]`` of every
+                                                      live detector, scored by when it last
+                                                      advanced (epoch s; the idle sweep)
+``analytics:anomalies:{name}``               zset     anomalies of metric ``name`` (JSON,
+                                                      with score and expected band) scored
+                                                      by bucket start (epoch s)
+``analytics:alerts:outbox``                  stream   alert notifications waiting for their
+                                                      webhook deliveries
 ===========================================  =======  =====================================
 
 Metric names never contain ``:``, and ``queue`` and ``tags`` are reserved, so
@@ -149,6 +161,11 @@ METRICS = "analytics:metrics:"
 METRIC_TAGS = "analytics:metrics:tags:"
 ROLLUP_EXPIRY = "analytics:rollups:expiry"
 CLEANUP_LOCK = "analytics:lock:cleanup"
+#: Live anomaly detection: series with detector state, scored by when their
+#: detector last advanced (epoch s), so the idle ones can be found.
+DETECTORS = "analytics:anomaly:series"
+#: Alert notifications waiting for delivery (a stream, JSON entries).
+ALERT_OUTBOX = "analytics:alerts:outbox"
 CLEANUP_STATS = "analytics:stats:cleanup"
 
 
@@ -208,3 +225,14 @@ def metric_seen(name: str) -> str:
 def rollup_chunk(name: str, resolution: int, series_id: str, chunk_start: int) -> str:
     """One series' rollup buckets at one tier, for one chunk of time."""
     return f"{METRICS}{name}:r{resolution}:{series_id}:{chunk_start}"
+
+
+def detector_state(name: str, resolution: int, series_id: str) -> str:
+    """One series' live detector (a hash: last scored bucket, detector
+    state, alert state)."""
+    return f"{PREFIX}anomaly:{name}:r{resolution}:{series_id}"
+
+
+def anomalies(name: str) -> str:
+    """Anomalies found on metric ``name``, scored by bucket start (epoch s)."""
+    return f"{PREFIX}anomalies:{name}"

@@ -174,6 +174,16 @@ class Settings:
     cors_credentials: bool = False
     #: ``ANALYTICS_CORS_MAX_AGE``: seconds a browser may cache a preflight answer.
     cors_max_age: int = 7200
+    #: ``ANALYTICS_ANOMALY_DETECTION``: score every metric series and event
+    #: count live on the workers (:mod:`analytics.anomaly.live`); on by default.
+    anomaly_detection: bool = True
+    #: ``ANALYTICS_ANOMALY_RESOLUTION``: the bucket (seconds) the live detector
+    #: scores, 10 or 60: one point per series per bucket as the bucket closes.
+    anomaly_resolution: int = 60
+    #: ``ANALYTICS_ANOMALY_IDLE_SECONDS``: a series that has had no new data
+    #: for this long has its open bucket closed (and, for an event count, the
+    #: empty buckets since scored as zeros) by the recovery sweep.
+    anomaly_idle_seconds: float = 120.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -213,6 +223,13 @@ class Settings:
             values["segment_unknown_events"] = policy
         if get("ANALYTICS_CORS_ORIGINS"):
             values["cors_origins"] = tuple(o.rstrip("/") for o in _list(get("ANALYTICS_CORS_ORIGINS", "")))
+        if get("ANALYTICS_ANOMALY_DETECTION") is not None:
+            values["anomaly_detection"] = _bool("ANALYTICS_ANOMALY_DETECTION", get("ANALYTICS_ANOMALY_DETECTION", ""))
+        if get("ANALYTICS_ANOMALY_RESOLUTION"):
+            resolution = get("ANALYTICS_ANOMALY_RESOLUTION", "").strip()
+            if resolution not in ("10", "60"):
+                raise ConfigurationError(f"ANALYTICS_ANOMALY_RESOLUTION must be 10 or 60, got {resolution!r}")
+            values["anomaly_resolution"] = int(resolution)
         if get("ANALYTICS_CORS_CREDENTIALS") is not None:
             values["cors_credentials"] = _bool("ANALYTICS_CORS_CREDENTIALS", get("ANALYTICS_CORS_CREDENTIALS", ""))
         if "*" in values.get("cors_origins", ()) and values.get("cors_credentials"):
@@ -252,6 +269,7 @@ class Settings:
             ("ANALYTICS_WS_METRIC_INTERVAL", "ws_metric_interval"),
             ("ANALYTICS_CLEANUP_INTERVAL", "cleanup_interval"),
             ("ANALYTICS_CHECKPOINT_SECONDS", "audit_checkpoint_interval"),
+            ("ANALYTICS_ANOMALY_IDLE_SECONDS", "anomaly_idle_seconds"),
         ):
             if get(name):
                 values[field] = _float(name, get(name, ""))
