@@ -227,10 +227,15 @@ def rollup_chunk(name: str, resolution: int, series_id: str, chunk_start: int) -
     return f"{METRICS}{name}:r{resolution}:{series_id}:{chunk_start}"
 
 
+def detector_prefix(name: str) -> str:
+    """What the live detector keys of metric ``name`` start with."""
+    return f"{PREFIX}anomaly:{name}:r"
+
+
 def detector_state(name: str, resolution: int, series_id: str) -> str:
     """One series' live detector (a hash: last scored bucket, detector
     state, alert state)."""
-    return f"{PREFIX}anomaly:{name}:r{resolution}:{series_id}"
+    return f"{detector_prefix(name)}{resolution}:{series_id}"
 
 
 def anomalies(name: str) -> str:

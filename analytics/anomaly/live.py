@@ -42,7 +42,7 @@ from analytics import keyspace
 from analytics.anomaly.detector import Detector, DetectorConfig, Score
 from analytics.lua_scripts import lua_source
 from analytics.metrics.schemas import EVENT_METRIC_PREFIX
-from analytics.metrics.store import EMPTY_SERIES, MetricStore
+from analytics.metrics.store import EMPTY_SERIES, TIERS, MetricStore
 from analytics.pipeline.queue import Entry, EventQueue
 from analytics.settings import Settings
 from analytics.tally import Tally
@@ -123,8 +123,7 @@ class LiveDetection:
         self.idle_seconds = settings.anomaly_idle_seconds
         self.live_channel = live_channel
         self.config = config or DetectorConfig()
-        tier = next(i for i, res in enumerate((10, 60, 3600, 86400)) if res == self.resolution)
-        self._keep = int(settings.rollup_retention_days[tier] * 86400)
+        self._keep = anomaly_retention(settings)
         self._advance = client.register_script(lua_source("advance_detector.lua"))
         #: Series with data not yet scored, and the newest queue entry id
         #: that carried such data: they wait until nothing older is pending.
@@ -352,6 +351,11 @@ class LiveDetection:
             if all(item["tags"].get(k) == v for k, v in tags.items()):
                 found.append(item)
         return found
+
+
+def anomaly_retention(settings: Settings) -> int:
+    """Seconds anomalies are kept: as long as the rollup tier they are found in."""
+    return int(settings.rollup_retention_days[TIERS.index(settings.anomaly_resolution)] * 86400)
 
 
 def _anomaly(name: str, tags: Mapping[str, str], resolution: int, point: Point) -> dict[str, Any]:
