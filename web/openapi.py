@@ -96,6 +96,24 @@ class MetricQueryResultSchema(Schema):
     series = fields.List(fields.Nested(MetricSeriesSchema), required=True)
 
 
+class AnomalySchema(Schema):
+    name = fields.String(required=True)
+    tags = fields.Dict(required=True)
+    bucket = fields.Integer(required=True, metadata={"description": "Bucket start, epoch seconds"})
+    resolution = fields.Integer(required=True)
+    value = fields.Float(required=True)
+    score = fields.Float(required=True, metadata={"description": "0 to 1"})
+    expected = fields.Float(required=True)
+    lower = fields.Float(required=True)
+    upper = fields.Float(required=True)
+
+
+class AnomaliesSchema(Schema):
+    name = fields.String(required=True)
+    resolution = fields.Integer(required=True)
+    anomalies = fields.List(fields.Nested(AnomalySchema), required=True)
+
+
 class StatusSchema(Schema):
     status = fields.String(required=True)
 
@@ -159,6 +177,7 @@ def build_spec() -> dict[str, Any]:
         ("MetricSample", metric_schemas.MetricSampleSchema),
         ("MetricBatch", metric_schemas.MetricBatchSchema),
         ("MetricSeries", MetricQueryResultSchema),
+        ("Anomalies", AnomaliesSchema),
     ):
         spec.components.schema(name, schema=schema)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -232,6 +251,24 @@ def build_spec() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json("MetricSeries", "Points aligned to bucket boundaries; null when empty"),
+                    **_errors(400, 401, 403, 429, 503),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/v1/metrics/{name}/anomalies",
+        operations={
+            "get": {
+                "summary": "Anomalies live detection found on a metric's series, oldest first (role read; "
+                "not for a user-scoped key)",
+                "security": secured,
+                "parameters": [
+                    {"in": "path", "name": "name", "required": True, "schema": {"type": "string"}},
+                    {"in": "query", "schema": metric_schemas.MetricAnomalySchema},
+                ],
+                "responses": {
+                    "200": _json("Anomalies", "Each with its score and expected band; the last 24 hours by default"),
                     **_errors(400, 401, 403, 429, 503),
                 },
             }
