@@ -108,6 +108,17 @@ key                                          type     holds
                                                       by bucket start (epoch s)
 ``analytics:alerts:outbox``                  stream   alert notifications waiting for their
                                                       webhook deliveries
+``analytics:alerts:rules``                   hash     alert rule id -> JSON rule (metric,
+                                                      tag filter, condition, duration,
+                                                      cool-down, webhook URL)
+                                                      (:mod:`analytics.alerts.rules`)
+``analytics:alerts:dead``                    stream   alert notifications whose webhook kept
+                                                      failing: rule, attempts, last status,
+                                                      the notification (no sealed values,
+                                                      so not under ``analytics:dlq:``)
+``analytics:alerts:audited:{entry id}``      string   set once an outbox entry's alert is
+                                                      audited: a redelivered entry is not
+                                                      audited again (expires after a day)
 ===========================================  =======  =====================================
 
 Metric names never contain ``:``, and ``queue`` and ``tags`` are reserved, so
@@ -166,6 +177,12 @@ CLEANUP_LOCK = "analytics:lock:cleanup"
 DETECTORS = "analytics:anomaly:series"
 #: Alert notifications waiting for delivery (a stream, JSON entries).
 ALERT_OUTBOX = "analytics:alerts:outbox"
+#: Alert rules, their undeliverable notifications, and the consumer group
+#: that delivers the outbox (:mod:`analytics.alerts.delivery`).
+ALERT_RULES = "analytics:alerts:rules"
+ALERT_DEAD = "analytics:alerts:dead"
+ALERT_AUDITED = "analytics:alerts:audited:"
+ALERT_GROUP = "analytics-alerts"
 CLEANUP_STATS = "analytics:stats:cleanup"
 
 

@@ -184,6 +184,20 @@ class Settings:
     #: for this long has its open bucket closed (and, for an event count, the
     #: empty buckets since scored as zeros) by the recovery sweep.
     anomaly_idle_seconds: float = 120.0
+    #: ``ANALYTICS_ALERT_SIGNING_KEY``: the secret alert webhooks are signed
+    #: with (HMAC-SHA256, see docs/alerts.rst); default derived from the
+    #: encryption keys (:attr:`analytics.privacy.crypto.Vault.derived_alert_secret`).
+    alert_signing_key: str = ""
+    #: ``ANALYTICS_ALERT_MAX_ATTEMPTS``: webhook attempts before a
+    #: notification is set aside in ``analytics:alerts:dead``.
+    alert_max_attempts: int = 8
+    #: ``ANALYTICS_ALERT_RETRY_SECONDS``: wait after the first failed attempt;
+    #: doubled after each further one (at most an hour).
+    alert_retry_seconds: float = 10.0
+    #: ``ANALYTICS_ALERT_TIMEOUT_SECONDS``: how long one webhook call may take.
+    alert_timeout_seconds: float = 5.0
+    #: ``ANALYTICS_ALERT_RULES_TTL``: seconds a worker caches the alert rules.
+    alert_rules_ttl: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -208,6 +222,8 @@ class Settings:
             values["audit_syslog"] = get("ANALYTICS_AUDIT_SYSLOG", "").strip()
         if get("ANALYTICS_AUDIT_KEY"):
             values["audit_key"] = get("ANALYTICS_AUDIT_KEY")
+        if get("ANALYTICS_ALERT_SIGNING_KEY"):
+            values["alert_signing_key"] = get("ANALYTICS_ALERT_SIGNING_KEY")
         if get("ANALYTICS_DEV") is not None:
             values["dev_mode"] = _bool("ANALYTICS_DEV", get("ANALYTICS_DEV", ""))
         if get("ANALYTICS_PHI_FIELDS"):
@@ -253,6 +269,7 @@ class Settings:
             ("ANALYTICS_WS_BUFFER", "ws_buffer", 1),
             ("ANALYTICS_MAX_SERIES_PER_METRIC", "max_series_per_metric", 1),
             ("ANALYTICS_CORS_MAX_AGE", "cors_max_age", 0),
+            ("ANALYTICS_ALERT_MAX_ATTEMPTS", "alert_max_attempts", 1),
         ):
             if get(name):
                 values[field] = _int(name, get(name, ""), minimum)
@@ -270,6 +287,9 @@ class Settings:
             ("ANALYTICS_CLEANUP_INTERVAL", "cleanup_interval"),
             ("ANALYTICS_CHECKPOINT_SECONDS", "audit_checkpoint_interval"),
             ("ANALYTICS_ANOMALY_IDLE_SECONDS", "anomaly_idle_seconds"),
+            ("ANALYTICS_ALERT_RETRY_SECONDS", "alert_retry_seconds"),
+            ("ANALYTICS_ALERT_TIMEOUT_SECONDS", "alert_timeout_seconds"),
+            ("ANALYTICS_ALERT_RULES_TTL", "alert_rules_ttl"),
         ):
             if get(name):
                 values[field] = _float(name, get(name, ""))

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -111,6 +111,7 @@ class LiveDetection:
         queues: Sequence[EventQueue],
         *,
         alerts: AlertHook | None = None,
+        notify: Callable[[], None] | None = None,
         live_channel: str = keyspace.LIVE_METRICS,
         config: DetectorConfig | None = None,
     ) -> None:
@@ -118,6 +119,9 @@ class LiveDetection:
         self._store = store
         self._queues = queues
         self._alerts = alerts
+        #: Asks for the outbox to be delivered (a Celery task in a worker),
+        #: after a write that queued notifications; beat's run is the safety net.
+        self._notify = notify
         self.enabled = settings.anomaly_detection
         self.resolution = settings.anomaly_resolution
         self.idle_seconds = settings.anomaly_idle_seconds
@@ -304,6 +308,8 @@ class LiveDetection:
                 report.raced += 1
         if len(self._last) > 100_000:
             self._last.clear()
+        if report.notices and self._notify is not None:
+            self._notify()
         return report
 
     def _points(
