@@ -16,6 +16,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, fields
 
+from analytics.alerts import schemas as alert_schemas
 from analytics.events import schemas
 from analytics.metrics import schemas as metric_schemas
 
@@ -118,6 +119,23 @@ class StatusSchema(Schema):
     status = fields.String(required=True)
 
 
+class AlertRuleSchema(Schema):
+    """A rule as the API shows it: the webhook masked to scheme and host."""
+
+    id = fields.String(required=True)
+    metric = fields.String(required=True)
+    tags = fields.Dict(required=True)
+    condition = fields.Dict(required=True)
+    forDuration = fields.Integer(required=True)
+    cooldown = fields.Integer(required=True)
+    webhook = fields.String(required=True)
+    created = fields.Float(required=True)
+
+
+class AlertRulesSchema(Schema):
+    rules = fields.List(fields.Nested(AlertRuleSchema), required=True)
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     names = {
         400: "Invalid input (fields named, values never echoed)",
@@ -177,6 +195,9 @@ def build_spec() -> dict[str, Any]:
         ("MetricSample", metric_schemas.MetricSampleSchema),
         ("MetricBatch", metric_schemas.MetricBatchSchema),
         ("MetricSeries", MetricQueryResultSchema),
+        ("AlertRuleIn", alert_schemas.RuleSchema),
+        ("AlertRule", AlertRuleSchema),
+        ("AlertRules", AlertRulesSchema),
         ("Anomalies", AnomaliesSchema),
     ):
         spec.components.schema(name, schema=schema)
@@ -310,6 +331,48 @@ def build_spec() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": "Erase"}}},
                 "responses": {"200": _json("Erasure", "What was removed"), **_errors(400, 401, 403, 429, 503)},
             }
+        },
+    )
+    spec.path(
+        path="/v1/alerts",
+        operations={
+            "post": {
+                "summary": "Create an alert rule (role admin; audited; see docs/alerts.rst)",
+                "security": secured,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": "AlertRuleIn"}}},
+                "responses": {"201": _json("AlertRule", "The rule (webhook masked)"), **_errors(400, 401, 403, 429)},
+            },
+            "get": {
+                "summary": "Alert rules, webhooks masked (role read)",
+                "security": secured,
+                "responses": {"200": _json("AlertRules", "Every rule"), **_errors(401, 403, 429, 503)},
+            },
+        },
+    )
+    rule_id = {"in": "path", "name": "rule_id", "required": True, "schema": {"type": "string"}}
+    spec.path(
+        path="/v1/alerts/{rule_id}",
+        operations={
+            "get": {
+                "summary": "One alert rule, webhook masked (role read)",
+                "security": secured,
+                "parameters": [rule_id],
+                "responses": {
+                    "200": _json("AlertRule", "The rule"),
+                    "404": _json("Error", "No such rule"),
+                    **_errors(401, 403, 429, 503),
+                },
+            },
+            "delete": {
+                "summary": "Delete an alert rule (role admin; audited)",
+                "security": secured,
+                "parameters": [rule_id],
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    "404": _json("Error", "No such rule"),
+                    **_errors(401, 403, 429, 503),
+                },
+            },
         },
     )
     spec.path(

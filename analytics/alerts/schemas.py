@@ -16,7 +16,7 @@ import math
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates, validates_schema
 
 from analytics.alerts.rules import CONDITIONS, THRESHOLDS, Rule
 from analytics.events.registry import TYPE_NAME
@@ -46,7 +46,12 @@ def mask_url(url: str) -> str:
     never its path, query or credentials (where receivers keep tokens)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
     return f"{parts.scheme}://{host}{port}/..."
 
 
@@ -91,6 +96,16 @@ class RuleSchema(Schema):
     def __init__(self, phi_fields: frozenset[str] = frozenset(), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.phi_fields = phi_fields
+
+    @validates("webhook")
+    def _webhook(self, value: str, **kwargs: Any) -> None:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError:
+            raise ValidationError("Not a valid URL.") from None
+        if not parts.hostname:
+            raise ValidationError("Not a valid URL.")
 
     @validates_schema(skip_on_field_errors=False)
     def _check(self, data: dict[str, Any], **kwargs: Any) -> None:
