@@ -34,7 +34,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -54,8 +54,8 @@ __all__ = ["AlertDelivery", "DeliveryReport", "Post", "post_json"]
 
 log = logging.getLogger(__name__)
 
-#: Entries one run reads at a time.
-BATCH = 50
+#: Pending entries one run looks at.
+BATCH = 100
 #: The longest wait between two attempts (seconds).
 MAX_BACKOFF = 3600.0
 #: How long an audited marker is kept (an entry is long delivered by then).
@@ -128,6 +128,15 @@ class AlertDelivery:
         """Deliver what is due: retries (and entries of dead workers) whose
         wait is over, then new notifications; at most ``limit`` attempts."""
         consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        try:
+            return self._run(consumer, limit)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False  # the outbox was deleted since: make it again
+            return self._run(consumer, limit)
+
+    def _run(self, consumer: str, limit: int) -> DeliveryReport:
         self._ensure_group()
         report = DeliveryReport()
         done = 0
@@ -137,7 +146,9 @@ class AlertDelivery:
         while done < limit:
             reply = cast(
                 list[Any],
-                self._redis.xreadgroup(keyspace.ALERT_GROUP, consumer, {keyspace.ALERT_OUTBOX: ">"}, count=BATCH),
+                # One at a time: an entry read waits (idle) until its turn,
+                # and one idle longer than its wait may be taken over.
+                self._redis.xreadgroup(keyspace.ALERT_GROUP, consumer, {keyspace.ALERT_OUTBOX: ">"}, count=1),
             )
             entries = reply[0][1] if reply else []
             if not entries:
@@ -149,6 +160,7 @@ class AlertDelivery:
 
     def pending(self) -> int:
         """Notifications not yet delivered nor set aside."""
+        self._group_ready = False  # it may have been deleted: asking is cheap here
         self._ensure_group()
         info = cast(dict[str, Any], self._redis.xpending(keyspace.ALERT_OUTBOX, keyspace.ALERT_GROUP))
         unread = cast(int, self._redis.xlen(keyspace.ALERT_OUTBOX)) - int(info["pending"])
@@ -165,11 +177,11 @@ class AlertDelivery:
                 raise
         self._group_ready = True
 
-    def _due(self, consumer: str) -> list[tuple[str, dict[bytes, bytes], int]]:
-        """Pending entries whose wait is over, claimed for ``consumer``
-        (one claimer wins: the claim resets the entry's idle time)."""
+    def _due(self, consumer: str) -> Iterator[tuple[str, dict[bytes, bytes], int]]:
+        """Pending entries whose wait is over, each claimed for ``consumer``
+        just before its attempt (one claimer wins: the claim resets the
+        entry's idle time)."""
         waiting = self._redis.xpending_range(keyspace.ALERT_OUTBOX, keyspace.ALERT_GROUP, min="-", max="+", count=BATCH)
-        due: list[tuple[str, dict[bytes, bytes], int]] = []
         for item in waiting:
             attempts = int(item["times_delivered"])
             wait_ms = int((self.timeout + self.backoff(attempts)) * 1000)
@@ -184,8 +196,7 @@ class AlertDelivery:
                 if fields is None:  # deleted meanwhile: nothing to send
                     self._finish(raw_id.decode())
                     continue
-                due.append((raw_id.decode(), fields, attempts + 1))
-        return due
+                yield raw_id.decode(), fields, attempts + 1
 
     def _deliver(self, entry_id: str, fields: dict[bytes, bytes], attempt: int) -> DeliveryReport:
         report = DeliveryReport()
@@ -228,7 +239,7 @@ class AlertDelivery:
         }
         try:
             status = self._post(rule.webhook, body, headers, self.timeout)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a URL it cannot use
             log.warning("alert %s of rule %s: attempt %d failed (%s)", entry_id, rule.id, attempt, type(exc).__name__)
             return 0
         if not 200 <= status < 300:

@@ -89,6 +89,9 @@ class RuleStore:
         raw = cast(bytes | None, self._redis.hget(keyspace.ALERT_RULES, rule_id))
         return Rule.from_json(raw) if raw else None
 
+    def count(self) -> int:
+        return cast(int, self._redis.hlen(keyspace.ALERT_RULES))
+
     def all(self) -> list[Rule]:
         """Every rule as stored now, oldest first."""
         raw = cast(dict[bytes, bytes], self._redis.hgetall(keyspace.ALERT_RULES))

@@ -58,7 +58,7 @@ class AlertService:
             loaded: Rule = self._schema.load(data)
         except marshmallow.ValidationError as exc:
             raise ValidationError("invalid alert rule", exc.normalized_messages()) from None
-        if len(self.rules.all()) >= MAX_RULES:
+        if self.rules.count() >= MAX_RULES:
             raise ValidationError("too many alert rules", {"_schema": [f"At most {MAX_RULES} rules."]})
         rule = replace(loaded, id=new_rule_id(), created=round(time.time(), 3))
         self.rules.add(rule)

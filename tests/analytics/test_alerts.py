@@ -230,3 +230,41 @@ def test_the_signature_is_an_hmac_of_timestamp_dot_body() -> None:
     body = b'{"kind":"alert"}'
     expected = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
     assert webhook_signature("s3cret", 1700000000, body) == expected
+
+
+# -- the HTTP API -------------------------------------------------------------
+RULE = {"metric": "api.latency", "condition": {"type": "above", "value": 800}, "webhook": "https://h.example.org/T0k"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"metric": "api.latency"}',
+        orjson.dumps({**RULE, "tags": {"route": ["/a"]}}),
+        orjson.dumps({**RULE, "webhook": "javascript:alert(1)"}),
+        orjson.dumps({**RULE, "tags": {"patient": "jane.doe@example.org"}}),
+    ],
+)
+def test_bad_rules_get_a_400_naming_fields_only(client: Any, keys: dict[str, Any], body: bytes) -> None:
+    response = client.post("/v1/alerts", data=body, headers={**keys["admin"], "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] in ("validation_error", "bad_request")
+    assert b"jane.doe" not in response.data and b"javascript" not in response.data
+
+
+def test_roles_rule_the_alerts_api(client: Any, keys: dict[str, Any], service: Any) -> None:
+    assert client.post("/v1/alerts", json=RULE, headers=keys["read"]).status_code == 403
+    assert client.post("/v1/alerts", json=RULE).status_code == 401
+    created = client.post("/v1/alerts", json=RULE, headers=keys["admin"])
+    assert created.status_code == 201
+    rule = created.get_json()
+    assert rule["webhook"] == "https://h.example.org/..." and rule["condition"] == {"type": "above", "value": 800.0}
+    assert client.get(f"/v1/alerts/{rule['id']}", headers=keys["read"]).get_json() == rule
+    assert client.delete(f"/v1/alerts/{rule['id']}", headers=keys["read"]).status_code == 403
+    assert client.delete(f"/v1/alerts/{rule['id']}", headers=keys["admin"]).status_code == 204
+    assert client.delete(f"/v1/alerts/{rule['id']}", headers=keys["admin"]).status_code == 404
+    assert client.get("/v1/alerts", headers=keys["read"]).get_json() == {"rules": []}
+    actions = [(e["action"], e.get("rule")) for e in service.audit.entries() if e["action"].startswith("alert.")]
+    assert actions == [("alert.rule.create", rule["id"]), ("alert.rule.delete", rule["id"])]

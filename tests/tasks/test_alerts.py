@@ -134,9 +134,11 @@ def test_a_spike_is_posted_once_signed_and_audited(make_stack: Any, receiver: Re
     stamps = [start + RES * i for i in range(points)]
     values = (20.0 + rng.normal(0.0, 1.0, points)).round(3).tolist()
     values[spike] += 25.0
+    data = stack.redis.client()
+    live = data.pubsub()
+    live.subscribe(keyspace.LIVE_METRICS)  # what the WebSocket hub forwards
     send(service, "api.latency", stamps[:260], values[:260], tags)
     state = keyspace.detector_state("api.latency", RES, series_id(tags))
-    data = stack.redis.client()
     wait_until(lambda: receiver.posts, timeout=60, message="no webhook call")
     send(service, "api.latency", stamps[260:], values[260:], tags)
     # Every bucket but the open last one scored, and nothing left to deliver.
@@ -154,6 +156,12 @@ def test_a_spike_is_posted_once_signed_and_audited(make_stack: Any, receiver: Re
     assert notice["bucket"] == stamps[spike] and notice["value"] == values[spike]
     assert notice["lower"] < 20.0 < notice["upper"] < values[spike]
     assert notice["link"].startswith("/v1/metrics/api.latency?")
+    pushed = []
+    while (message := live.get_message(timeout=0.2)) is not None:
+        if message["type"] == "message":
+            pushed += [item for item in orjson.loads(message["data"]) if item.get("kind") == "alert"]
+    live.close()
+    assert pushed == [notice]  # the same notification, once, on the live stream
 
     audit = service.audit.entries()
     fired = [e for e in audit if e["action"] == "alert.firing"]
