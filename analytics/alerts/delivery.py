@@ -8,9 +8,10 @@ read with a consumer group, each entry POSTed to its rule's webhook, signed.
 * A failed attempt (connection error, timeout, any answer but 2xx) is tried
   again after ``alert_retry_seconds``, doubled after each further failure
   (at most an hour). The wait counts from the attempt's start plus the
-  timeout, and the entry is taken with ``XCLAIM`` at that idle time, so two
-  workers never send one attempt twice. Redis counts the attempts (the
-  entry's delivery count).
+  timeout, and the entry is taken with ``XCLAIM`` at that idle time, so
+  another worker takes over only an attempt that has timed out (receivers
+  drop a repeat by its delivery id). Redis counts the attempts (the entry's
+  delivery count).
 * After ``alert_max_attempts`` the notification goes to
   ``analytics:alerts:dead`` (rule, attempts, last status) and leaves the
   outbox, in one transaction.
