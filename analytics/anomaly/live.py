@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 #: Buckets one advance scores at most per series: a longer gap is skipped
 #: (the detector sees a jump in time; an event count gets no zeros for it).
 MAX_BUCKETS = 1440
+#: Times a series is read and scored again when another worker advanced it
+#: between the read and the write.
+RACE_RETRIES = 3
 #: Stale series one sweep looks at.
 SWEEP_BATCH = 200
 
@@ -244,8 +247,27 @@ class LiveDetection:
         self, series: Mapping[tuple[str, str], tuple[Mapping[str, str], int]], *, swept: float | None = None
     ) -> DetectionReport:
         """Score each series' buckets after its last scored one, up to (not
-        including) the bucket given with it, and write the results."""
+        including) the bucket given with it, and write the results. A series
+        another worker advanced meanwhile is read and scored again: the
+        other may have stopped short of the buckets this one closes."""
         report = DetectionReport()
+        for _ in range(RACE_RETRIES):
+            raced = self._score_once(series, report, swept)
+            if not raced:
+                break
+            series = {key: series[key] for key in raced}
+        if report.notices and self._notify is not None:
+            self._notify()
+        return report
+
+    def _score_once(
+        self,
+        series: Mapping[tuple[str, str], tuple[Mapping[str, str], int]],
+        report: DetectionReport,
+        swept: float | None,
+    ) -> list[tuple[str, str]]:
+        """One try of :meth:`_score`, counted into ``report``; returns the
+        series whose write was refused (their state moved since it was read)."""
         res = self.resolution
         keys = list(series)
         pipe = self._redis.pipeline(transaction=False)
@@ -254,7 +276,7 @@ class LiveDetection:
         states = pipe.execute()
         now = time.time() if swept is None else swept
         writes = self._redis.pipeline(transaction=False)
-        written: list[tuple[tuple[str, str], int]] = []
+        written: list[tuple[tuple[str, str], int, DetectionReport]] = []
         for (name, sid), (raw_last, raw_det, raw_alerts) in zip(keys, states, strict=True):
             tags, end = series[(name, sid)]
             last = int(raw_last) if raw_last else None
@@ -296,21 +318,19 @@ class LiveDetection:
                 args=args,
                 client=writes,
             )
-            written.append(((name, sid), end - res))
-            report.points += len(points)
-            report.anomalies += len(found)
-            report.notices += len(outcome.notices)
-        for (key, last), applied in zip(written, writes.execute(), strict=True):
+            written.append(((name, sid), end - res, DetectionReport(len(points), len(found), len(outcome.notices))))
+        raced: list[tuple[str, str]] = []
+        for (key, last, done), applied in zip(written, writes.execute(), strict=True):
             if int(applied):
                 self._last[key] = last
+                report += done
             else:
                 self._last.pop(key, None)
                 report.raced += 1
+                raced.append(key)
         if len(self._last) > 100_000:
             self._last.clear()
-        if report.notices and self._notify is not None:
-            self._notify()
-        return report
+        return raced
 
     def _points(
         self,

@@ -182,3 +182,35 @@ def test_the_sweep_closes_the_buckets_of_idle_series(quiet: Any) -> None:
     assert quiet.data.zcard(keyspace.DETECTORS) == 1
     assert quiet.detection.sweep(later + 1000).points == 0
     assert quiet.data.zcard(keyspace.DETECTORS) == 0
+
+
+def test_a_worker_that_loses_a_race_scores_again_what_the_winner_left(quiet: Any) -> None:
+    """Worker B reads the state, then worker A (which saw less data) writes
+    first: B's write is refused, and B reads again and scores the buckets A
+    stopped short of, so none waits for the next sample."""
+    stamps, values = series()
+    send(quiet, stamps, values, {})
+    entries = quiet.metrics_queue.read("w1", 10)
+    committed = quiet.metric_committer.commit(entries)
+    parts = (quiet.redis, quiet.metric_store, quiet.settings, (quiet.queue, quiet.metrics_queue))
+    short = [(n, s, t, stamps[100]) for n, s, t, _ in committed.series]  # A saw only the first 100 buckets
+
+    class InterruptedOnce(LiveDetection):
+        interrupted = False
+
+        def _points(self, *args: Any, **kwargs: Any) -> Any:
+            if not self.interrupted:
+                self.interrupted = True
+                first = LiveDetection(*parts)
+                first.note_metrics(entries, short)
+                assert first.advance().points == 100
+            return super()._points(*args, **kwargs)
+
+    second = InterruptedOnce(*parts)
+    second.note_metrics(entries, committed.series)
+    report = second.advance()
+    assert report.raced == 1 and report.points == POINTS - 1 - 100
+    offline = Detector()
+    for t, v in zip(stamps[:-1], values[:-1], strict=True):
+        offline.update(float(t), v)
+    assert state(quiet, "api.latency", EMPTY_SERIES)[b"det"] == offline.to_bytes()
