@@ -70,6 +70,7 @@ class Analytics:
     * :attr:`processor` (:class:`Processor`): draining and recovery;
     * :attr:`ops` (:class:`OpsService`): figures, cleanup, dead letters;
     * :attr:`intake` (:class:`Intake`): the queue's front door;
+    * :attr:`detection` (:class:`LiveDetection`): live anomaly detection;
     * :attr:`alerts` (:class:`AlertService`): alert rules and their delivery.
 
     The stores and codecs they share are attributes too, for tools and
