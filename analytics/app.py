@@ -15,9 +15,16 @@ Build one per process and share it: it owns no threads and no global state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
 
 from analytics import keyspace
+from analytics.alerts.delivery import AlertDelivery
+from analytics.alerts.evaluate import AlertEvaluator
+from analytics.alerts.rules import RuleStore
+from analytics.alerts.service import AlertService
+from analytics.anomaly.live import LiveDetection
 from analytics.events.codec import RecordCodec
 from analytics.events.commit import Committer
 from analytics.events.registry import EventTypeRegistry
@@ -62,14 +69,22 @@ class Analytics:
     * :attr:`privacy` (:class:`PrivacyService`): audit, erasure, rotation;
     * :attr:`processor` (:class:`Processor`): draining and recovery;
     * :attr:`ops` (:class:`OpsService`): figures, cleanup, dead letters;
-    * :attr:`intake` (:class:`Intake`): the queue's front door.
+    * :attr:`intake` (:class:`Intake`): the queue's front door;
+    * :attr:`detection` (:class:`LiveDetection`): live anomaly detection;
+    * :attr:`alerts` (:class:`AlertService`): alert rules and their delivery.
 
     The stores and codecs they share are attributes too, for tools and
     tests that work below the services.
     """
 
     def __init__(
-        self, settings: Settings, client: redis.Redis, *, kick: Kick | None = None, vault: Vault | None = None
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        *,
+        kick: Kick | None = None,
+        vault: Vault | None = None,
+        notify: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.redis = client
@@ -112,8 +127,20 @@ class Analytics:
             self.auditor,
             self.stats.record_unreadable,
         )
+        self.alert_rules = RuleStore(client, settings.alert_rules_ttl)
+        signing = settings.alert_signing_key or self.vault.derived_alert_secret
+        self.alert_delivery = AlertDelivery(client, self.alert_rules, self.auditor, settings, signing)
+        self.alerts = AlertService(self.alert_rules, self.auditor, self.alert_delivery, self.policy.names)
+        self.detection = LiveDetection(
+            client,
+            self.metric_store,
+            settings,
+            (self.queue, self.metrics_queue),
+            alerts=AlertEvaluator(self.alert_rules, settings.anomaly_resolution),
+            notify=notify,
+        )
         self.metrics = MetricService(
-            settings, self.metric_store, self.metrics_queue, self.intake, self.events, self.policy.names
+            settings, self.metric_store, self.metrics_queue, self.intake, self.events, self.policy.names, self.detection
         )
         self.segment = SegmentIngest(settings, client, self.events, self.intake, self.dead_letters)
         self.eraser = Eraser(client, self.api_keys, self.store)
@@ -129,6 +156,7 @@ class Analytics:
             self.metric_committer,
             self.stats,
             self.intake,
+            self.detection,
         )
         self.retention = Cleanup(client, settings)
         self.ops = OpsService(
@@ -143,7 +171,10 @@ class Analytics:
         )
 
     @classmethod
-    def create(cls, settings: Settings | None = None, *, kick: Kick | None = None) -> Analytics:
-        """Build from settings (default: the environment), connecting to Redis."""
+    def create(
+        cls, settings: Settings | None = None, *, kick: Kick | None = None, notify: Callable[[], None] | None = None
+    ) -> Analytics:
+        """Build from settings (default: the environment), connecting to Redis.
+        ``notify`` asks for alert delivery (:class:`LiveDetection`)."""
         settings = settings or Settings.from_env()
-        return cls(settings, connect(settings), kick=kick)
+        return cls(settings, connect(settings), kick=kick, notify=notify)

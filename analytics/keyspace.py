@@ -100,6 +100,29 @@ key                                          type     holds
                                                       beats stand by: :mod:`tasks.beat`)
 ``analytics:stats:beat``                     hash     beat holder -> periodic tasks it sent
 ``analytics:stats:cleanup``                  hash     last cleanup: time, duration, removed
+``analytics:anomaly:{name}:r{res}:{sid}``    hash     one series' live detector: ``last``
+                                                      (last scored bucket, epoch s), ``det``
+                                                      (detector state, about 1 KB),
+                                                      ``alerts`` (alert rule states)
+``analytics:anomaly:series``                 zset     JSON ``[name, series id]`` of every
+                                                      live detector, scored by when it last
+                                                      advanced (epoch s; the idle sweep)
+``analytics:anomalies:{name}``               zset     anomalies of metric ``name`` (JSON,
+                                                      with score and expected band) scored
+                                                      by bucket start (epoch s)
+``analytics:alerts:outbox``                  stream   alert notifications waiting for their
+                                                      webhook deliveries
+``analytics:alerts:rules``                   hash     alert rule id -> JSON rule (metric,
+                                                      tag filter, condition, duration,
+                                                      cool-down, webhook URL)
+                                                      (:mod:`analytics.alerts.rules`)
+``analytics:alerts:dead``                    stream   alert notifications whose webhook kept
+                                                      failing: rule, attempts, last status,
+                                                      the notification (no sealed values,
+                                                      so not under ``analytics:dlq:``)
+``analytics:alerts:audited:{entry id}``      string   set once an outbox entry's alert is
+                                                      audited: a redelivered entry is not
+                                                      audited again (expires after a day)
 ===========================================  =======  =====================================
 
 Metric names never contain ``:``, and ``queue`` and ``tags`` are reserved, so
@@ -153,6 +176,17 @@ METRICS = "analytics:metrics:"
 METRIC_TAGS = "analytics:metrics:tags:"
 ROLLUP_EXPIRY = "analytics:rollups:expiry"
 CLEANUP_LOCK = "analytics:lock:cleanup"
+#: Live anomaly detection: series with detector state, scored by when their
+#: detector last advanced (epoch s), so the idle ones can be found.
+DETECTORS = "analytics:anomaly:series"
+#: Alert notifications waiting for delivery (a stream, JSON entries).
+ALERT_OUTBOX = "analytics:alerts:outbox"
+#: Alert rules, their undeliverable notifications, and the consumer group
+#: that delivers the outbox (:mod:`analytics.alerts.delivery`).
+ALERT_RULES = "analytics:alerts:rules"
+ALERT_DEAD = "analytics:alerts:dead"
+ALERT_AUDITED = "analytics:alerts:audited:"
+ALERT_GROUP = "analytics-alerts"
 CLEANUP_STATS = "analytics:stats:cleanup"
 BEAT_LOCK = "analytics:lock:beat"
 BEAT_STATS = "analytics:stats:beat"
@@ -214,3 +248,19 @@ def metric_seen(name: str) -> str:
 def rollup_chunk(name: str, resolution: int, series_id: str, chunk_start: int) -> str:
     """One series' rollup buckets at one tier, for one chunk of time."""
     return f"{METRICS}{name}:r{resolution}:{series_id}:{chunk_start}"
+
+
+def detector_prefix(name: str) -> str:
+    """What the live detector keys of metric ``name`` start with."""
+    return f"{PREFIX}anomaly:{name}:r"
+
+
+def detector_state(name: str, resolution: int, series_id: str) -> str:
+    """One series' live detector (a hash: last scored bucket, detector
+    state, alert state)."""
+    return f"{detector_prefix(name)}{resolution}:{series_id}"
+
+
+def anomalies(name: str) -> str:
+    """Anomalies found on metric ``name``, scored by bucket start (epoch s)."""
+    return f"{PREFIX}anomalies:{name}"

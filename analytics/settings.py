@@ -186,6 +186,30 @@ class Settings:
     cors_credentials: bool = False
     #: ``ANALYTICS_CORS_MAX_AGE``: seconds a browser may cache a preflight answer.
     cors_max_age: int = 7200
+    #: ``ANALYTICS_ANOMALY_DETECTION``: score every metric series and event
+    #: count live on the workers (:mod:`analytics.anomaly.live`); on by default.
+    anomaly_detection: bool = True
+    #: ``ANALYTICS_ANOMALY_RESOLUTION``: the bucket (seconds) the live detector
+    #: scores, 10 or 60: one point per series per bucket as the bucket closes.
+    anomaly_resolution: int = 60
+    #: ``ANALYTICS_ANOMALY_IDLE_SECONDS``: a series that has had no new data
+    #: for this long has its open bucket closed (and, for an event count, the
+    #: empty buckets since scored as zeros) by the recovery sweep.
+    anomaly_idle_seconds: float = 120.0
+    #: ``ANALYTICS_ALERT_SIGNING_KEY``: the secret alert webhooks are signed
+    #: with (HMAC-SHA256, see docs/alerts.rst); default derived from the
+    #: encryption keys (:attr:`analytics.privacy.crypto.Vault.derived_alert_secret`).
+    alert_signing_key: str = ""
+    #: ``ANALYTICS_ALERT_MAX_ATTEMPTS``: webhook attempts before a
+    #: notification is set aside in ``analytics:alerts:dead``.
+    alert_max_attempts: int = 8
+    #: ``ANALYTICS_ALERT_RETRY_SECONDS``: wait after the first failed attempt;
+    #: doubled after each further one (at most an hour).
+    alert_retry_seconds: float = 10.0
+    #: ``ANALYTICS_ALERT_TIMEOUT_SECONDS``: how long one webhook call may take.
+    alert_timeout_seconds: float = 5.0
+    #: ``ANALYTICS_ALERT_RULES_TTL``: seconds a worker caches the alert rules.
+    alert_rules_ttl: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -210,6 +234,8 @@ class Settings:
             values["audit_syslog"] = get("ANALYTICS_AUDIT_SYSLOG", "").strip()
         if get("ANALYTICS_AUDIT_KEY"):
             values["audit_key"] = get("ANALYTICS_AUDIT_KEY")
+        if get("ANALYTICS_ALERT_SIGNING_KEY"):
+            values["alert_signing_key"] = get("ANALYTICS_ALERT_SIGNING_KEY")
         if get("ANALYTICS_DEV") is not None:
             values["dev_mode"] = _bool("ANALYTICS_DEV", get("ANALYTICS_DEV", ""))
         if get("ANALYTICS_PHI_FIELDS"):
@@ -225,6 +251,13 @@ class Settings:
             values["segment_unknown_events"] = policy
         if get("ANALYTICS_CORS_ORIGINS"):
             values["cors_origins"] = tuple(o.rstrip("/") for o in _list(get("ANALYTICS_CORS_ORIGINS", "")))
+        if get("ANALYTICS_ANOMALY_DETECTION") is not None:
+            values["anomaly_detection"] = _bool("ANALYTICS_ANOMALY_DETECTION", get("ANALYTICS_ANOMALY_DETECTION", ""))
+        if get("ANALYTICS_ANOMALY_RESOLUTION"):
+            resolution = get("ANALYTICS_ANOMALY_RESOLUTION", "").strip()
+            if resolution not in ("10", "60"):
+                raise ConfigurationError(f"ANALYTICS_ANOMALY_RESOLUTION must be 10 or 60, got {resolution!r}")
+            values["anomaly_resolution"] = int(resolution)
         if get("ANALYTICS_CORS_CREDENTIALS") is not None:
             values["cors_credentials"] = _bool("ANALYTICS_CORS_CREDENTIALS", get("ANALYTICS_CORS_CREDENTIALS", ""))
         if "*" in values.get("cors_origins", ()) and values.get("cors_credentials"):
@@ -250,6 +283,7 @@ class Settings:
             ("ANALYTICS_CORS_MAX_AGE", "cors_max_age", 0),
             ("ANALYTICS_MIN_REPLICAS", "min_replicas", 0),
             ("ANALYTICS_REPLICA_TIMEOUT_MS", "replica_timeout_ms", 1),
+            ("ANALYTICS_ALERT_MAX_ATTEMPTS", "alert_max_attempts", 1),
         ):
             if get(name):
                 values[field] = _int(name, get(name, ""), minimum)
@@ -267,6 +301,10 @@ class Settings:
             ("ANALYTICS_WS_METRIC_INTERVAL", "ws_metric_interval"),
             ("ANALYTICS_CLEANUP_INTERVAL", "cleanup_interval"),
             ("ANALYTICS_CHECKPOINT_SECONDS", "audit_checkpoint_interval"),
+            ("ANALYTICS_ANOMALY_IDLE_SECONDS", "anomaly_idle_seconds"),
+            ("ANALYTICS_ALERT_RETRY_SECONDS", "alert_retry_seconds"),
+            ("ANALYTICS_ALERT_TIMEOUT_SECONDS", "alert_timeout_seconds"),
+            ("ANALYTICS_ALERT_RULES_TTL", "alert_rules_ttl"),
         ):
             if get(name):
                 values[field] = _float(name, get(name, ""))

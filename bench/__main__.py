@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import calibration, e2e, ingest, instructions, memory, metrics_bench, ws_latency
+from bench import anomaly, calibration, e2e, ingest, instructions, memory, metrics_bench, ws_latency
 from bench.harness import APPS, cpu_count, median_range
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -121,6 +121,14 @@ def bench_metrics(quick: bool) -> dict[str, Any]:
     return metrics_bench.run(quick)
 
 
+def bench_anomaly(quick: bool) -> dict[str, Any]:
+    return anomaly.run(quick)
+
+
+def bench_detection(quick: bool) -> dict[str, Any]:
+    return metrics_bench.detection_pairs(quick)
+
+
 def bench_ws(quick: bool) -> dict[str, Any]:
 
     return ws_latency.run(quick)
@@ -133,6 +141,8 @@ SUITE = {
     "e2e": bench_e2e,
     "memory": bench_memory,
     "metrics": bench_metrics,
+    "detection": bench_detection,
+    "anomaly": bench_anomaly,
     "ws": bench_ws,
 }
 

@@ -1,4 +1,5 @@
-"""``python -m bench.anomaly [--no-nab] [--jobs N]``: what the anomaly detector costs and scores.
+"""``python -m bench.anomaly [--no-nab] [--jobs N]``: what the anomaly detector costs and scores
+(also the ``anomaly`` entry of ``python -m bench``, through :func:`run`).
 
 Prints the detector's CPU cost per point (µs, best of a few runs over a synthetic series), the
 size of one series' state in bytes and, where the NAB kit is on the machine (``NAB_KIT`` or
@@ -18,10 +19,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from analytics.anomaly import DEFAULT_THRESHOLD, Detector
 
 ROOT = Path(__file__).resolve().parents[1]
+#: One short series of the dev split, for the smoke run (``--quick``).
+SMOKE_FILE = "artificialWithAnomaly/art_daily_jumpsup.csv"
 KITS = [os.environ.get("NAB_KIT", ""), "/work/shared/nab", str(ROOT.parent / "shared" / "nab")]
 
 
@@ -64,6 +68,53 @@ def last_lines(args: list[str], prefixes: tuple[str, ...]) -> list[str]:
     return lines
 
 
+def find_kit() -> Path | None:
+    return next((Path(k) for k in KITS if k and (Path(k) / "run_detector.py").is_file()), None)
+
+
+def nab_lines(kit: Path, jobs: int = 1, files: str | None = None) -> list[str]:
+    """NAB's ``SCORE`` and ``CAUSALITY`` lines for ``analytics anomaly score`` at the shipped
+    threshold, over the kit's files (the dev split) or ``files`` (a comma list: a smoke run)."""
+    py = shlex.quote(sys.executable)
+    score = f"cd {shlex.quote(str(ROOT))} && {py} -m cli.main anomaly score --input {{in}} --output {{out}}"
+    with tempfile.TemporaryDirectory(prefix="nab-anomaly-") as results:
+        runner = [sys.executable, str(kit / "run_detector.py"), "--cmd", score, "--out", results]
+        runner += ["--threshold", str(DEFAULT_THRESHOLD), "--jobs", str(jobs)]
+        if files is not None:
+            runner += ["--files", files, "--causality-files", "1"]
+        return [
+            line.split(", results in")[0] + ")" if line.startswith("SCORE") else line
+            for line in last_lines(runner, ("SCORE", "CAUSALITY", "(exit"))
+        ]
+
+
+def forecast_lines(kit: Path, jobs: int = 1) -> list[str]:
+    """The forecast evaluation's summary lines for ``analytics forecast`` (MASE, coverage)."""
+    py = shlex.quote(sys.executable)
+    fc = f"cd {shlex.quote(str(ROOT))} && {py} -m cli.main forecast --input {{in}} --horizon {{h}} --output {{out}}"
+    evaluator = [sys.executable, str(kit / "forecast_eval.py"), "--cmd", fc, "--jobs", str(jobs)]
+    return last_lines(evaluator, ("  command", "  seasonal naive", "  naive", "  95%", "FORECAST", "(exit"))
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """The figures for ``python -m bench``: cost per point and state size; the NAB score and
+    forecast yardsticks over the dev split unless ``quick``, where a smoke run scores one file."""
+    out: dict[str, Any] = {
+        "detector_us_per_point": cost_per_point(2_000 if quick else 20_000, 1 if quick else 3),
+        "state_bytes_per_series": state_size(2_000 if quick else 20_000),
+    }
+    kit = find_kit()
+    if kit is None:
+        out["nab"] = "skipped (no NAB kit on this machine)"
+    elif quick:
+        out["nab_smoke"] = " | ".join(nab_lines(kit, files=SMOKE_FILE))
+    else:
+        jobs = max(1, min(4, os.cpu_count() or 1))
+        out["nab"] = " | ".join(nab_lines(kit, jobs))
+        out["forecast"] = " | ".join(forecast_lines(kit, jobs))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.anomaly", description=__doc__.split("\n\n")[0])
     ap.add_argument("--no-nab", action="store_true", help="skip the NAB runs")
@@ -71,21 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     print(f"detector cost per point: {cost_per_point():.1f} us (CPU, best of 3 over 20000 points)")
     print(f"detector state size: {state_size()} bytes per series")
-    kit = next((Path(k) for k in KITS if k and (Path(k) / "run_detector.py").is_file()), None)
+    kit = find_kit()
     if a.no_nab or kit is None:
         print("NAB: skipped" + ("" if a.no_nab else " (no NAB kit on this machine)"))
         return 0
-    py = shlex.quote(sys.executable)
-    cd = f"cd {shlex.quote(str(ROOT))} && "
-    score = cd + f"{py} -m cli.main anomaly score --input {{in}} --output {{out}}"
-    fc = cd + f"{py} -m cli.main forecast --input {{in}} --horizon {{h}} --output {{out}}"
-    with tempfile.TemporaryDirectory(prefix="nab-anomaly-") as results:
-        runner = [sys.executable, str(kit / "run_detector.py"), "--cmd", score, "--out", results]
-        runner += ["--threshold", str(DEFAULT_THRESHOLD), "--jobs", str(a.jobs)]
-        for line in last_lines(runner, ("SCORE", "CAUSALITY", "(exit")):
-            print(line.split(", results in")[0] + ")" if line.startswith("SCORE") else line)
-    evaluator = [sys.executable, str(kit / "forecast_eval.py"), "--cmd", fc, "--jobs", str(a.jobs)]
-    for line in last_lines(evaluator, ("  command", "  seasonal naive", "  naive", "  95%", "FORECAST", "(exit")):
+    for line in nab_lines(kit, a.jobs) + forecast_lines(kit, a.jobs):
         print(line)
     return 0
 

@@ -13,7 +13,10 @@ gunicorn with 2 workers, a Celery worker with 2 processes) and measures:
     envs), with a tag filter (``route:/r3``, 5 series), for ``avg`` and
     ``p99``; also one series, and all 50 series grouped or merged;
 (c) Redis memory per rollup bucket (``MEMORY USAGE`` of the chunk hashes
-    divided by the buckets they hold), per tier.
+    divided by the buckets they hold), per tier;
+(d) separately (the ``detection`` entry of ``python -m bench``,
+    :func:`detection_pairs`): (a) with live anomaly detection on against
+    off, in alternating pairs of fresh stacks.
 
 ``run(quick)`` returns the figures as a dict.
 """
@@ -25,14 +28,17 @@ import http.client
 import json
 import random
 import statistics
+import struct
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from analytics import Analytics, Settings
+from analytics import Analytics, Settings, keyspace
 from bench import harness
-from testkit import wait_until
+from testkit import RedisServer, wait_until
 
 
 def _drained(service: Any) -> bool:
@@ -161,6 +167,144 @@ def run(quick: bool = False) -> dict[str, Any]:
         }
         results["memory"] = _memory(s.redis.client(0))
         return results
+
+
+def _ordered_samples(n: int, now: int) -> list[dict[str, Any]]:
+    """``n`` samples of 50 series in time order over the last ``n // 50``
+    minutes (one per series and minute): each batch of 1,000 closes 20
+    one-minute buckets of every series, so live detection scores all the way."""
+    rng = random.Random(3)
+    minutes = n // 50
+    start = (now // 60 - minutes - 1) * 60
+    return [
+        {
+            "name": "bench.ordered",
+            "value": rng.lognormvariate(3, 0.5),
+            "tags": {"route": f"/r{i % 10}", "env": f"e{i // 10 % 5}"},
+            "timestamp": start + (i // 50) * 60 + i % 50,
+        }
+        for i in range(minutes * 50)
+    ]
+
+
+def _points_scored(data: Any) -> int:
+    """Buckets the live detectors (at the shipped 60 s) have scored, all series together: each
+    state's point count (the ``I`` after the version byte of the layout in
+    :mod:`analytics.anomaly.detector`)."""
+    total = 0
+    for member in data.zrange(keyspace.DETECTORS, 0, -1):
+        name, sid = orjson.loads(member)
+        raw = data.hget(keyspace.detector_state(name, 60, sid), "det")
+        if raw:
+            total += struct.unpack_from("<I", raw, 1)[0]
+    return total
+
+
+def detection_once(detection: bool, workload: str, n: int) -> dict[str, Any]:
+    """End-to-end metric samples per second on a fresh stack, live anomaly
+    detection on or off (``ANALYTICS_ANOMALY_DETECTION``, at the shipped
+    one-minute resolution), with the CPU of each process per sample."""
+    env = {"ANALYTICS_ANOMALY_DETECTION": "1" if detection else "0"}
+    with harness.stack(web_workers=2, worker_concurrency=2, env=env) as s:
+        s.start_web()
+        s.start_worker()
+        headers = harness.bearer(harness.create_key(s.env))
+        service = Analytics.create(Settings.from_env(s.env))
+        now = int(time.time())
+        samples = _throughput_samples(n, now) if workload == "recent" else _ordered_samples(n, now)
+        cpu = s.cpu_seconds()
+        figures = _post_all(s, headers, samples, service)
+        figures["cpu_us_per_sample"] = harness.cpu_us_per(cpu, s.cpu_seconds(), len(samples))
+        # How much detection did: series it keeps a detector for (the last
+        # batch's are written just after its rollups: wait for them).
+        data = s.redis.client(0)
+        if detection:
+            wait_until(lambda: data.zcard(keyspace.DETECTORS) > 0, 30, 0.05, "the detectors to be written")
+        figures["detectors"] = data.zcard(keyspace.DETECTORS)
+        figures["points_scored"] = _points_scored(data)
+        return figures
+
+
+def detection_cpu(n: int, batch_size: int) -> dict[str, Any]:
+    """Worker CPU of live detection per scored point, against the commit's
+    per sample, measured in this process (no Celery, no neighbour in the
+    figure): ``n`` time-ordered samples queued, then drained by one consumer
+    reading ``batch_size`` entries (of 1,000 samples) at a time, timing the
+    commit and the detection steps apart. One entry per read is a worker
+    keeping up with a stream (about 20 buckets per series per step); 64 is a
+    worker catching up."""
+    with tempfile.TemporaryDirectory(prefix="analytics-bench-") as tmp:
+        redis_server = RedisServer(Path(tmp) / "redis", appendfsync="everysec").start()
+        try:
+            env = {**harness.service_settings(redis_server), "ANALYTICS_BATCH_SIZE": str(batch_size)}
+            service = Analytics.create(Settings.from_env(env))
+            samples = _ordered_samples(n, int(time.time()))
+            for at in range(0, len(samples), 1000):
+                assert service.metrics.track_metrics(samples[at : at + 1000]).accepted == len(samples[at : at + 1000])
+            processor = service.processor
+            spent = {"commit": 0.0, "detect": 0.0, "points": 0}
+            commit, detect = processor._process_samples, processor._detect
+
+            def timed_commit(entries: Any) -> Any:
+                started = time.process_time()
+                report = commit(entries)
+                spent["commit"] += time.process_time() - started
+                return report
+
+            def timed_detect(entries: Any) -> Any:
+                started = time.process_time()
+                report = detect(entries)
+                spent["detect"] += time.process_time() - started
+                spent["points"] += report.points
+                return report
+
+            processor._process_samples, processor._detect = timed_commit, timed_detect  # type: ignore[method-assign]
+            while processor.drain("bench", budget=0).metric_entries:
+                pass
+        finally:
+            redis_server.stop()
+    return {
+        "points": spent["points"],
+        "detect_us_per_point": round(spent["detect"] * 1e6 / max(1, spent["points"]), 1),
+        "commit_us_per_sample": round(spent["commit"] * 1e6 / len(samples), 1),
+    }
+
+
+def detection_pairs(quick: bool = False) -> dict[str, Any]:
+    """Live detection on against off, in alternating pairs of fresh stacks,
+    for two workloads: ``recent`` (the throughput samples above: 30 series,
+    timestamps over the last 10 minutes in every batch, so few buckets
+    close) and ``ordered`` (50 series in time order: every batch closes
+    buckets of every series, the detector's worst case). ``quick``: one
+    pair of the second."""
+    reps = 1 if quick else 3
+    # The smoke run: one pair, the workload where detection does the most.
+    workloads = [("ordered", 10_000)] if quick else [("recent", 200_000), ("ordered", 100_000)]
+    out: dict[str, Any] = {"runs": {}}
+    for workload, n in workloads:
+        on: list[dict[str, Any]] = []
+        off: list[dict[str, Any]] = []
+        for _ in range(reps):
+            on.append(detection_once(True, workload, n))
+            off.append(detection_once(False, workload, n))
+        assert all(r["detectors"] > 0 for r in on) and all(r["detectors"] == 0 for r in off), "detection not as set"
+        rate = "end_to_end_per_s"
+        out[f"{workload}_on_samples_per_s"] = harness.median_range([r[rate] for r in on])
+        out[f"{workload}_off_samples_per_s"] = harness.median_range([r[rate] for r in off])
+        out[f"{workload}_ratio_pairs"] = harness.median_range([a[rate] / b[rate] for a, b in zip(on, off, strict=True)])
+        for side, runs in (("on", on), ("off", off)):
+            for role in runs[0]["cpu_us_per_sample"]:
+                out[f"{workload}_{side}_cpu_us_per_sample_{role}"] = harness.median_range(
+                    [r["cpu_us_per_sample"][role] for r in runs]
+                )
+        out["runs"][workload] = {"on": on, "off": off}
+        out[f"{workload}_on_points_scored"] = harness.median_range([r["points_scored"] for r in on])
+    for batch in (1, 64):
+        cpu = detection_cpu(10_000 if quick else 100_000, batch)
+        out[f"inprocess_batch{batch}_detect_us_per_point"] = cpu["detect_us_per_point"]
+        out[f"inprocess_batch{batch}_commit_us_per_sample"] = cpu["commit_us_per_sample"]
+        out[f"inprocess_batch{batch}_points"] = cpu["points"]
+    return out
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from celery import current_app, shared_task
 
 from analytics import Analytics
 from analytics.redis_client import TRANSIENT_ERRORS, wait_until_reachable
-from tasks.celery_app import wakeup
+from tasks.celery_app import alert_wakeup, wakeup
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,6 +36,6 @@ def task(name: str) -> Callable[[F], Any]:
 @functools.cache
 def analytics() -> Analytics:
     """The services of this worker process (built on first use)."""
-    app = Analytics.create(kick=wakeup(current_app))
+    app = Analytics.create(kick=wakeup(current_app), notify=alert_wakeup(current_app))
     wait_until_reachable(app.redis, "worker")
     return app

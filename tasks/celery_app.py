@@ -19,11 +19,13 @@ PROCESS_EVENTS = "analytics.process_events"
 RECOVER = "analytics.recover"
 CLEANUP = "analytics.cleanup"
 AUDIT_CHECKPOINT = "analytics.audit_checkpoint"
+DELIVER_ALERTS = "analytics.deliver_alerts"
 
 
 def create_celery_app(settings: Settings) -> Celery:
     """The Celery app for ``settings``: the broker, ``celeryconfig`` and beat's schedule."""
-    app = Celery("analytics", broker=settings.broker_url, include=["tasks.pipeline", "tasks.maintenance"])
+    tasks = ["tasks.pipeline", "tasks.maintenance", "tasks.alerts"]
+    app = Celery("analytics", broker=settings.broker_url, include=tasks)
     app.config_from_object("celeryconfig")
     app.conf.broker_url = settings.broker_url
     if settings.broker_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.broker_url:
@@ -36,6 +38,8 @@ def create_celery_app(settings: Settings) -> Celery:
         "recover-abandoned-work": {"task": RECOVER, "schedule": settings.recovery_interval},
         "cleanup-expired-data": {"task": CLEANUP, "schedule": settings.cleanup_interval},
         "audit-checkpoint": {"task": AUDIT_CHECKPOINT, "schedule": settings.audit_checkpoint_interval},
+        # Retries come due, and a notification a dead worker held is taken over.
+        "deliver-alerts": {"task": DELIVER_ALERTS, "schedule": settings.recovery_interval},
     }
     return app
 
@@ -55,3 +59,17 @@ def wakeup(celery: Celery) -> Callable[[], None]:
             log.warning("could not queue a processing task (%s); the recovery sweep will", type(exc).__name__)
 
     return kick
+
+
+def alert_wakeup(celery: Celery) -> Callable[[], None]:
+    """The ``notify`` callable live detection calls once notifications are
+    in the outbox. They are durable there; beat's run delivers them if the
+    broker cannot take this."""
+
+    def notify() -> None:
+        try:
+            celery.send_task(DELIVER_ALERTS, retry=False)
+        except Exception as exc:  # noqa: BLE001 - any broker failure is non-fatal here
+            log.warning("could not queue an alert delivery (%s); beat's run will", type(exc).__name__)
+
+    return notify

@@ -13,6 +13,7 @@ from flask import Flask, Response, request
 
 from analytics.startup import start_process
 from web import cors, dashboard, errors, extensions, prometheus, stream
+from web.alerts_api import alerts_api
 from web.api import api
 from web.health import health
 from web.metrics_api import metrics_api
@@ -87,6 +88,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(dashboard.dashboard)
     app.register_blueprint(metrics_api)
     app.register_blueprint(ops)
+    app.register_blueprint(alerts_api)
     prometheus.init_app(app)
     cors.init_app(app)
     return app

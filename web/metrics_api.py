@@ -48,15 +48,28 @@ def get_forecast(name: str) -> ResponseReturnValue:
     return _audited(name, query, body, bucket=str(body["bucket"]), forecastHorizon=int(query["horizon"]))
 
 
-def _audited(name: str, query: dict[str, Any], body: dict[str, Any], **extra: Any) -> Response:
-    """``body`` as the answer, once its read is audited (``metrics.read``):
-    no entry, no data."""
+@metrics_api.get("/metrics/<path:name>/anomalies")
+@require("read")
+def get_anomalies(name: str) -> ResponseReturnValue:
+    """The anomalies live detection found on the metric's series, with score
+    and expected band (:meth:`MetricService.anomalies`), audited as a metric
+    read."""
+    query = request.args.to_dict()
+    body = get_analytics().metrics.anomalies(name, query, scoped=g.api_key.scoped)
+    return _audited(name, query, body, count=len(body["anomalies"]), anomalies=True)
+
+
+def _audited(
+    name: str, query: dict[str, Any], body: dict[str, Any], count: int | None = None, **extra: Any
+) -> Response:
+    """``body`` as the answer, once its read is audited (``metrics.read``;
+    ``count``: the series, unless given): no entry, no data."""
     key, service = g.api_key, get_analytics()
     fields = {**service.auditor.metric_query(query), **extra}
     service.privacy.audit_read(
         key.id,
         {},
-        len(body["series"]),
+        len(body["series"]) if count is None else count,
         request.remote_addr,
         action="metrics.read",
         metric=name,

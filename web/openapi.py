@@ -16,6 +16,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, current_app, jsonify
 from marshmallow import Schema, fields
 
+from analytics.alerts import schemas as alert_schemas
 from analytics.events import schemas
 from analytics.metrics import schemas as metric_schemas
 
@@ -96,8 +97,43 @@ class MetricQueryResultSchema(Schema):
     series = fields.List(fields.Nested(MetricSeriesSchema), required=True)
 
 
+class AnomalySchema(Schema):
+    name = fields.String(required=True)
+    tags = fields.Dict(required=True)
+    bucket = fields.Integer(required=True, metadata={"description": "Bucket start, epoch seconds"})
+    resolution = fields.Integer(required=True)
+    value = fields.Float(required=True)
+    score = fields.Float(required=True, metadata={"description": "0 to 1"})
+    expected = fields.Float(required=True)
+    lower = fields.Float(required=True)
+    upper = fields.Float(required=True)
+
+
+class AnomaliesSchema(Schema):
+    name = fields.String(required=True)
+    resolution = fields.Integer(required=True)
+    anomalies = fields.List(fields.Nested(AnomalySchema), required=True)
+
+
 class StatusSchema(Schema):
     status = fields.String(required=True)
+
+
+class AlertRuleSchema(Schema):
+    """A rule as the API shows it: the webhook masked to scheme and host."""
+
+    id = fields.String(required=True)
+    metric = fields.String(required=True)
+    tags = fields.Dict(required=True)
+    condition = fields.Dict(required=True)
+    forDuration = fields.Integer(required=True)
+    cooldown = fields.Integer(required=True)
+    webhook = fields.String(required=True)
+    created = fields.Float(required=True)
+
+
+class AlertRulesSchema(Schema):
+    rules = fields.List(fields.Nested(AlertRuleSchema), required=True)
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
@@ -159,6 +195,10 @@ def build_spec() -> dict[str, Any]:
         ("MetricSample", metric_schemas.MetricSampleSchema),
         ("MetricBatch", metric_schemas.MetricBatchSchema),
         ("MetricSeries", MetricQueryResultSchema),
+        ("AlertRuleIn", alert_schemas.RuleSchema),
+        ("AlertRule", AlertRuleSchema),
+        ("AlertRules", AlertRulesSchema),
+        ("Anomalies", AnomaliesSchema),
     ):
         spec.components.schema(name, schema=schema)
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -238,6 +278,24 @@ def build_spec() -> dict[str, Any]:
         },
     )
     spec.path(
+        path="/v1/metrics/{name}/anomalies",
+        operations={
+            "get": {
+                "summary": "Anomalies live detection found on a metric's series, oldest first (role read; "
+                "not for a user-scoped key)",
+                "security": secured,
+                "parameters": [
+                    {"in": "path", "name": "name", "required": True, "schema": {"type": "string"}},
+                    {"in": "query", "schema": metric_schemas.MetricAnomalySchema},
+                ],
+                "responses": {
+                    "200": _json("Anomalies", "Each with its score and expected band; the last 24 hours by default"),
+                    **_errors(400, 401, 403, 429, 503),
+                },
+            }
+        },
+    )
+    spec.path(
         path="/v1/event-types",
         operations={
             "get": {
@@ -273,6 +331,48 @@ def build_spec() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": "Erase"}}},
                 "responses": {"200": _json("Erasure", "What was removed"), **_errors(400, 401, 403, 429, 503)},
             }
+        },
+    )
+    spec.path(
+        path="/v1/alerts",
+        operations={
+            "post": {
+                "summary": "Create an alert rule (role admin; audited; see docs/alerts.rst)",
+                "security": secured,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": "AlertRuleIn"}}},
+                "responses": {"201": _json("AlertRule", "The rule (webhook masked)"), **_errors(400, 401, 403, 429)},
+            },
+            "get": {
+                "summary": "Alert rules, webhooks masked (role read)",
+                "security": secured,
+                "responses": {"200": _json("AlertRules", "Every rule"), **_errors(401, 403, 429, 503)},
+            },
+        },
+    )
+    rule_id = {"in": "path", "name": "rule_id", "required": True, "schema": {"type": "string"}}
+    spec.path(
+        path="/v1/alerts/{rule_id}",
+        operations={
+            "get": {
+                "summary": "One alert rule, webhook masked (role read)",
+                "security": secured,
+                "parameters": [rule_id],
+                "responses": {
+                    "200": _json("AlertRule", "The rule"),
+                    "404": _json("Error", "No such rule"),
+                    **_errors(401, 403, 429, 503),
+                },
+            },
+            "delete": {
+                "summary": "Delete an alert rule (role admin; audited)",
+                "security": secured,
+                "parameters": [rule_id],
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    "404": _json("Error", "No such rule"),
+                    **_errors(401, 403, 429, 503),
+                },
+            },
         },
     )
     spec.path(

@@ -6,7 +6,9 @@ type, blobs, type, blobs..., each blobs the records one page got, one after
 another, :func:`analytics.events.codec.live_records`; a JSON array of record
 dicts is read too), the metric rollups publish updated buckets on
 ``analytics:live:metrics`` (a JSON array of ``{"name", "tags", "bucket",
-"resolution", "count", "sum", "min", "max"}``). Every web process runs one
+"resolution", "count", "sum", "min", "max"}``; live anomaly detection
+adds ``{"kind": "anomaly", ...}`` and ``{"kind": "alert", ...}`` items,
+sent to the clients of that metric unthrottled). Every web process runs one
 :class:`LiveHub`: a single background thread subscribed to both channels,
 which decodes each record once, frames each message once, and hands the
 frames to the clients that may and want to see them. So a client on any web
@@ -516,6 +518,15 @@ class LiveHub:
                 continue
             targets = [c for c in clients if c.wants_metric(name)]
             if not targets:
+                continue
+            kind = item.get("kind")
+            if kind in ("anomaly", "alert"):
+                # Found once per bucket by live detection: sent as they come, never coalesced.
+                frame = self.encode(
+                    orjson.dumps({"kind": kind, "data": {k: v for k, v in item.items() if k != "kind"}})
+                )
+                for client in targets:
+                    batches.setdefault(client, []).append(frame)
                 continue
             data = {k: item.get(k) for k in ("name", "tags", "bucket", "resolution", "count", "sum", "min", "max")}
             frame = self.encode(orjson.dumps({"kind": "metric", "data": data}))

@@ -5,14 +5,20 @@
 -- KEYS[1]  the metric's series registry   (analytics:metrics:{name})
 -- KEYS[2]  the metric's tag index         (analytics:metrics:tags:{name})
 -- KEYS[3]  the metric's last-seen index   (analytics:metrics:{name}:seen)
--- ARGV[1]  cutoff (epoch s), then the candidate series ids
+-- ARGV[1]  cutoff (epoch s)
+-- ARGV[2]  the metric's live detector key prefix (analytics:anomaly:{name}:r)
+-- ARGV[3]  the live detector index (analytics:anomaly:series), ARGV[4] the
+--          metric's name, then the candidate series ids
+--
+-- A forgotten series' live detectors go with it (every resolution).
 --
 -- The score is read again here: a sample committed since the candidates
 -- were listed keeps its series. Returns the number of series forgotten.
 local registry, tagidx, seen = KEYS[1], KEYS[2], KEYS[3]
 local cutoff = tonumber(ARGV[1])
+local detectors, index, name = ARGV[2], ARGV[3], ARGV[4]
 local dropped = 0
-for i = 2, #ARGV do
+for i = 5, #ARGV do
   local sid = ARGV[i]
   local score = redis.call('ZSCORE', seen, sid)
   if score and tonumber(score) <= cutoff then
@@ -37,6 +43,8 @@ for i = 2, #ARGV do
       redis.call('HDEL', registry, sid)
     end
     redis.call('ZREM', seen, sid)
+    redis.call('DEL', detectors .. '10:' .. sid, detectors .. '60:' .. sid)
+    redis.call('ZREM', index, cjson.encode({name, sid}))
     dropped = dropped + 1
   end
 end

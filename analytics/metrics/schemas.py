@@ -208,6 +208,19 @@ class MetricForecastSchema(MetricQuerySchema):
     bucket = fields.Integer(load_default=3600, validate=validate.Range(min=10, max=86_400))
 
 
+class MetricAnomalySchema(Schema):
+    """Query string of ``GET /v1/metrics/{name}/anomalies``: a range (the
+    last 24 hours by default) and a tag filter."""
+
+    class Meta:
+        unknown = RAISE
+
+    start = Timestamp(load_default=None)
+    end = Timestamp(load_default=None)
+    tags = TagFilter(load_default=dict)
+
+
 metric_batch_schema = MetricBatchSchema()
 metric_query_schema = MetricQuerySchema()
 metric_forecast_schema = MetricForecastSchema()
+metric_anomaly_schema = MetricAnomalySchema()

@@ -11,11 +11,18 @@ from typing import Any
 import marshmallow
 
 from analytics import keyspace
+from analytics.anomaly.live import LiveDetection
 from analytics.errors import ValidationError
 from analytics.events.service import EventService, TrackResult
 from analytics.metrics.fastpath import load_sample
 from analytics.metrics.forecasting import forecast_metric
-from analytics.metrics.schemas import EVENT_METRIC_PREFIX, MetricSampleSchema, check_name, metric_query_schema
+from analytics.metrics.schemas import (
+    EVENT_METRIC_PREFIX,
+    MetricSampleSchema,
+    check_name,
+    metric_anomaly_schema,
+    metric_query_schema,
+)
 from analytics.metrics.store import EMPTY_SERIES, MetricStore, auto_bucket, bucket_range, series_id
 from analytics.pipeline.admission import StreamEntry
 from analytics.pipeline.intake import Intake
@@ -46,12 +53,14 @@ class MetricService:
         intake: Intake,
         events: EventService,
         phi_fields: Iterable[str],
+        detection: LiveDetection,
     ) -> None:
         self._settings = settings
         self._store = store
         self._queue = queue
         self._intake = intake
         self._events = events
+        self._detection = detection
         self._phi_fields = frozenset(phi_fields)
         self._schema = MetricSampleSchema(phi_fields=self._phi_fields)
 
@@ -226,6 +235,33 @@ class MetricService:
         return forecast_metric(
             name, query, lambda history: self.get_metric(name, history, now_ms=now, scoped=scoped), now_ms=now
         )
+
+    def anomalies(
+        self, name: str, query: dict[str, Any], *, now_ms: int | None = None, scoped: bool = False
+    ) -> dict[str, Any]:
+        """The ``GET /v1/metrics/{name}/anomalies`` answer for ``query`` (raw
+        strings): the anomalies live detection found on the metric's series
+        (:mod:`analytics.anomaly.live`), each with its score and expected
+        band. Per series by nature, so a user-scoped key may not read them
+        (tag values may be per user, as for ``groupBy``)."""
+        if scoped:
+            raise KeyForbidden("a user-scoped key may not read per-series anomalies", "unscoped read")
+        try:
+            params = metric_anomaly_schema.load(query)
+        except marshmallow.ValidationError as exc:
+            raise ValidationError("invalid query", exc.normalized_messages()) from None
+        if not name.startswith(EVENT_METRIC_PREFIX):
+            problems = check_name(name, ingest=False)
+            if problems:
+                raise ValidationError("invalid metric name", {"name": problems})
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        end = params["end"] if params["end"] is not None else now
+        start = params["start"] if params["start"] is not None else end - 86_400_000
+        if start >= end:
+            raise ValidationError("invalid query", {"start": ["Must be before end."]})
+        with unavailable_as_error():
+            found = self._detection.anomalies(name, start // 1000, -(-end // 1000), params["tags"])
+        return {"name": name, "resolution": self._detection.resolution, "anomalies": found}
 
 
 def _accepted(result: TrackResult, records: list[dict[str, Any]], entry_ids: tuple[str, ...]) -> TrackResult:

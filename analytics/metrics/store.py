@@ -29,7 +29,7 @@ import hashlib
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -105,6 +105,8 @@ class MetricCommitResult(Tally):
     invalid: int = 0
     #: Entries set aside whole (unreadable, or failing every delivery).
     dead_entries: int = 0
+    #: The series committed: (name, series id, tags, newest sample, epoch s).
+    series: list[tuple[str, str, dict[str, str], int]] = field(default_factory=list)
 
 
 def _tags_json(tags: Mapping[str, str]) -> bytes:
@@ -202,7 +204,8 @@ class MetricStore:
         pending = list(entries)
         while pending:
             bad: list[tuple[Entry, Any]] = []
-            args = self._commit_args(pending, group, bad)
+            seen: list[tuple[str, str, dict[str, str], int]] = []
+            args = self._commit_args(pending, group, bad, seen)
             whole = [letter for e in pending for letter in dead.get(e.id, ())]
             letters = [DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries) for entry, record in bad] + whole
             args += (round(time.time(), 3), len(letters))
@@ -214,13 +217,22 @@ class MetricStore:
                 result.samples += sum(len(e.records) for e in pending) - len(bad)
                 result.invalid += len(bad)
                 result.dead_entries += sum(e.id in dead for e in pending)
+                result.series = seen
                 break
             gone = {m.decode() for m in reply[1]}
             result.skipped_entries += len(gone)
             pending = [e for e in pending if e.id not in gone]
         return result
 
-    def _commit_args(self, entries: list[Entry], group: str, bad: list[tuple[Entry, Any]]) -> list[Any]:
+    def _commit_args(
+        self,
+        entries: list[Entry],
+        group: str,
+        bad: list[tuple[Entry, Any]],
+        seen: list[tuple[str, str, dict[str, str], int]],
+    ) -> list[Any]:
+        """The script's arguments; records it cannot read go to ``bad``, the
+        series written (with their newest sample) to ``seen``."""
         cells: dict[tuple[str, str, int, int], list[Any]] = {}
         series: dict[tuple[str, str], dict[str, str]] = {}
         latest: dict[tuple[str, str], int] = {}
@@ -263,6 +275,7 @@ class MetricStore:
         args: list[Any] = [group, keyspace.ROLLUP_EXPIRY, self.live_channel, len(entries)]
         args += [e.id for e in entries]
         args.append(len(series))
+        seen += ((name, sid, tags, latest[(name, sid)]) for (name, sid), tags in series.items())
         for (name, sid), tags in series.items():
             args += (
                 keyspace.metric_series(name),

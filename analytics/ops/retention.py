@@ -40,6 +40,7 @@ import orjson
 import redis
 
 from analytics import keyspace
+from analytics.anomaly.live import anomaly_retention
 from analytics.events.records import record_owner, record_problem
 from analytics.events.store import BUCKET_MS, EventStore
 from analytics.lua_scripts import lua_source
@@ -68,6 +69,8 @@ class CleanupReport:
     rollup_chunks: int = 0
     rollup_buckets: int = 0
     series: int = 0
+    #: anomalies older than the rollups they were found in
+    anomalies: int = 0
     #: records of the old layout (one JSON record per hash field) queued again
     legacy_requeued: int = 0
     started: float = 0.0
@@ -136,6 +139,10 @@ class Cleanup:
                         break
                 else:
                     report.complete = False
+            # Anomalies last as long as the rollups they were found in.
+            oldest = now - anomaly_retention(self.settings)
+            for key in self._redis.scan_iter(match=keyspace.anomalies("*"), count=1000):
+                report.anomalies += int(self._redis.zremrangebyscore(key, "-inf", f"({oldest}"))
         finally:
             self._release(keys=[keyspace.CLEANUP_LOCK], args=[token])
         report.duration = round(time.monotonic() - started, 3)
@@ -254,7 +261,8 @@ class Cleanup:
             return 0, 0
         name = seen_key.decode()[len(keyspace.METRICS) : -len(":seen")]
         dropped = self._drop_series(
-            keys=[keyspace.metric_series(name), keyspace.metric_tags(name), seen_key], args=[cutoff, *sids]
+            keys=[keyspace.metric_series(name), keyspace.metric_tags(name), seen_key],
+            args=[cutoff, keyspace.detector_prefix(name), keyspace.DETECTORS, name, *sids],
         )
         return int(dropped), len(sids)
 

@@ -150,6 +150,9 @@ class Vault:
         # Signs audit checkpoints when ANALYTICS_AUDIT_KEY is not set: kept
         # apart from the chain's key by its own HKDF label.
         self.derived_checkpoint_key = _derive(hash_source, b"analytics/audit-checkpoint/hmac/v1")
+        #: Signs alert webhooks when ANALYTICS_ALERT_SIGNING_KEY is not set
+        #: (hex: receivers configure it as a string); its own HKDF label.
+        self.derived_alert_secret = _derive(hash_source, b"analytics/alert-webhook/hmac/v1").hex()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Vault:
@@ -218,6 +221,12 @@ class Vault:
     def audit_mac(self, data: bytes) -> str:
         """HMAC for chaining audit entries."""
         return hmac.new(self._audit_key, data, hashlib.sha256).hexdigest()
+
+
+def webhook_signature(secret: str, timestamp: int, body: bytes) -> str:
+    """HMAC-SHA256 (hex) of ``timestamp.body`` under ``secret``: what an
+    alert webhook's ``X-Analytics-Signature: v1=...`` holds."""
+    return hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 def new_api_key() -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from analytics.anomaly.live import DetectionReport, LiveDetection
 from analytics.events.commit import Committer
 from analytics.events.store import CommitResult
 from analytics.metrics.commit import MetricCommitter
@@ -46,6 +47,8 @@ class DrainReport(Tally):
     metrics: MetricCommitResult = field(default_factory=MetricCommitResult)
     #: Queue entries (events and samples) taken over from stopped workers.
     claimed: int = 0
+    #: What live anomaly detection scored.
+    detection: DetectionReport = field(default_factory=DetectionReport)
 
 
 class Processor:
@@ -59,6 +62,7 @@ class Processor:
         metric_committer: MetricCommitter,
         stats: Stats,
         intake: Intake,
+        detection: LiveDetection,
     ) -> None:
         self._settings = settings
         self._redis = client
@@ -68,6 +72,7 @@ class Processor:
         self._metric_committer = metric_committer
         self._stats = stats
         self._intake = intake
+        self._detection = detection
         self._full = OutageLog("processing")
         #: When this process next looks for stopped workers' entries while
         #: draining (monotonic clock): a few commands every half idle time.
@@ -77,6 +82,20 @@ class Processor:
         """Store the records of ``entries`` and acknowledge them (one step),
         setting poison records aside (:mod:`analytics.events.commit`)."""
         return self._process(entries).committed
+
+    def _process_samples(self, samples: list[Entry]) -> DrainReport:
+        """Fold metric queue entries into rollups and acknowledge them (one
+        step, :mod:`analytics.metrics.commit`)."""
+        committed = self._metric_committer.commit(samples)
+        self._detection.note_metrics(samples, committed.series)
+        return DrainReport(metric_entries=len(samples), metrics=committed)
+
+    def _detect(self, entries: list[Entry]) -> DetectionReport:
+        """Score the buckets the data just committed has closed (after
+        :meth:`_process` and :meth:`_process_samples`: the metric series are
+        noted there, the event types of ``entries`` here)."""
+        self._detection.note_events(entries)
+        return self._detection.advance()
 
     def _process(self, entries: list[Entry]) -> DrainReport:
         started = time.perf_counter()
@@ -142,8 +161,8 @@ class Processor:
                 if entries:
                     report += self._process(entries)
                 if samples:
-                    report.metric_entries += len(samples)
-                    report.metrics += self._metric_committer.commit(samples)
+                    report += self._process_samples(samples)
+                report.detection += self._detect(entries)
                 if len(entries) == size or len(samples) == size:
                     self._intake.kick()
                 if time.monotonic() - started > budget:
@@ -172,6 +191,7 @@ class Processor:
         started = time.monotonic()
         with self._unless_full():
             report += self._take_over(consumer)
+            report.detection += self._detection.sweep()
             if (
                 self._queue.length() > self._queue.pending()
                 or self._metrics_queue.length() > self._metrics_queue.pending()
@@ -191,10 +211,11 @@ class Processor:
         while entries := self._queue.claim_stale(consumer, idle_ms, self._settings.batch_size):
             report.claimed += len(entries)
             report += self._process(entries)
+            report.detection += self._detect(entries)
         while samples := self._metrics_queue.claim_stale(consumer, idle_ms, self._settings.batch_size):
             report.claimed += len(samples)
-            report.metric_entries += len(samples)
-            report.metrics += self._metric_committer.commit(samples)
+            report += self._process_samples(samples)
+            report.detection += self._detect([])
         return report
 
     def heartbeat(self, name: str | None = None) -> None:

@@ -100,8 +100,16 @@ def test_series_whose_rollups_all_expired_are_forgotten(quiet) -> None:
     )
     quiet.processor.drain("tester")
     assert data.hlen(keyspace.metric_series("api")) == 2
+    # Each series has a live detector; an anomaly as old as the first sample.
+    detectors = list(data.scan_iter(match=keyspace.detector_prefix("api") + "*"))
+    assert len(detectors) == data.zcard(keyspace.DETECTORS) == 2
+    data.zadd(keyspace.anomalies("api"), {b'{"old":1}': now - 900 * DAY, b'{"new":1}': now - 60})
     report = quiet.ops.cleanup(now=now)
-    assert report.series == 1
+    assert report.series == 1 and report.anomalies == 1
+    assert data.zrange(keyspace.anomalies("api"), 0, -1) == [b'{"new":1}']
+    # The forgotten series' detector went with it.
+    assert len(list(data.scan_iter(match=keyspace.detector_prefix("api") + "*"))) == 1
+    assert data.zcard(keyspace.DETECTORS) == 1
     [(sid, tags)] = data.hgetall(keyspace.metric_series("api")).items()
     assert orjson.loads(tags) == {"env": "prod", "route": "/b"}
     index = data.hgetall(keyspace.metric_tags("api"))

@@ -12,6 +12,12 @@
  * activity for the server's idle time) does not reconnect: the key is
  * forgotten and asked for again. While someone uses the page (mouse, keys,
  * scroll) it tells the server, at most every 30 s, so they are not logged off.
+ *
+ * Anomalies: the metric chart marks the anomalies live detection found on
+ * the chosen metric (GET /v1/metrics/{name}/anomalies for the chart's range,
+ * then {"kind": "anomaly"} frames as they come) at their bucket, with the
+ * expected band (lower..upper) shaded there, and lists them in a table under
+ * the chart: the markers' text alternative.
  */
 (function () {
   "use strict";
@@ -22,6 +28,9 @@
   var COLORS = ["#1a73e8", "#e8710a", "#188038", "#d93025", "#9334e6", "#12b5cb",
                 "#f9ab00", "#5f6368", "#c5221f", "#0b8043"];
   var CLOSE_AUTH = 1008, CLOSE_IDLE = 4408;
+  var ANOMALY_COLOR = "#c5221f";
+  var BAND_FILL = "rgba(147, 52, 230, 0.22)";
+  var ANOMALIES_MAX = 500;
 
   var $ = function (id) { return document.getElementById(id); };
 
@@ -32,7 +41,12 @@
     live: new Map(),        // type -> Map(minute epoch s -> count), from the stream
     backfill: new Map(),    // type -> Map(minute -> count), from /v1/metrics
     lastActive: 0, statsTimer: null, metricTimer: null, rateTimer: null,
-    chosenMetric: "", lastMetricRefresh: 0, rateNote: "", lastStats: null, prevStats: null
+    chosenMetric: "", lastMetricRefresh: 0, rateNote: "", lastStats: null, prevStats: null,
+    metricLists: null,      // the chosen metric's [p50, p95, p99] points, as last loaded
+    anomalies: [],          // the chosen metric's anomalies in the window, oldest first
+    liveAnomalies: 0,       // of which arrived on the stream
+    anomalyProblem: "",     // why they could not be loaded, if so
+    anomaliesRefused: false // 403 (a user-scoped key): not asked again
   };
   var charts = { rate: null, rateTypes: "", metric: null };
   window.analyticsDashboard = { state: state, charts: charts };
@@ -88,6 +102,7 @@
       state.received += 1;
       if (message.kind === "event") { onEvent(message.data); }
       else if (message.kind === "metric") { onMetric(message.data); }
+      else if (message.kind === "anomaly") { onAnomaly(message.data); }
     };
     ws.onclose = function (e) {
       if (state.ws !== ws) { return; }  // replaced or stopped on purpose
@@ -325,34 +340,178 @@
     var name = state.chosenMetric;
     if (!name) { return; }
     state.lastMetricRefresh = Date.now();
-    var start = Math.floor(Date.now() / 1000) - WINDOW_MINUTES * 60;
+    var now = Math.floor(Date.now() / 1000);
+    var start = now - WINDOW_MINUTES * 60;
     var aggs = ["p50", "p95", "p99"];
-    Promise.all(aggs.map(function (agg) {
+    var percentiles = Promise.all(aggs.map(function (agg) {
       return api("/v1/metrics/" + encodeURIComponent(name) + "?agg=" + agg + "&bucket=60&start=" + start)
         .then(function (r) { return r.ok ? r.json().then(pointsOf) : Promise.reject(r.status); });
-    })).then(function (lists) {
-      var xs = Array.from(new Set([].concat.apply([], lists.map(function (l) {
-        return l.map(function (p) { return p[0]; });
-      })))).sort(function (a, b) { return a - b; });
-      var data = [xs].concat(lists.map(function (l) {
-        var m = new Map(l);
-        return xs.map(function (x) { return m.has(x) ? m.get(x) : null; });
-      }));
-      var el = $("metric-chart");
-      if (charts.metric) { charts.metric.destroy(); }
-      charts.metric = new uPlot({
-        width: chartWidth(el), height: 240,
-        series: [{}].concat(aggs.map(function (agg, i) {
-          return { label: agg, stroke: COLORS[i], width: 2, spanGaps: true };
-        })),
-        scales: { x: { time: true } }, axes: [{}, { label: name }]
-      }, data, el);
+    }));
+    Promise.all([percentiles, loadAnomalies(name, start, now + 60)]).then(function (results) {
+      if (name !== state.chosenMetric) { return; }  // another metric was chosen meanwhile
+      state.metricLists = results[0];
+      if (results[1]) { state.anomalies = mergeAnomalies(results[1], state.anomalies, start); }
+      drawMetric();
+      var xs = charts.metric ? charts.metric.data[0] : [];
       $("metric-note").textContent = xs.length ? "Per minute, last " + WINDOW_MINUTES + " minutes; refreshed every 15 s."
         : "No samples of " + name + " in the last " + WINDOW_MINUTES + " minutes.";
+      renderAnomalies();
     }).catch(function (status) {
       $("metric-note").textContent = "n/a: " + (status === 404 ? "no such metric, or the metrics API is not available"
         : "could not load (" + status + ")");
     });
+  }
+
+  // The anomalies of `name` in [start, end) (epoch s), or null when they
+  // cannot be had (the note says why; the chart is drawn without them).
+  function loadAnomalies(name, start, end) {
+    if (state.anomaliesRefused) { return Promise.resolve(null); }
+    return api("/v1/metrics/" + encodeURIComponent(name) + "/anomalies?start=" + start + "&end=" + end)
+      .then(function (r) {
+        if (r.ok) {
+          return r.json().then(function (body) { state.anomalyProblem = ""; return body.anomalies || []; });
+        }
+        // 403: a user-scoped key (anomalies are per series). It will not
+        // change: stop asking (each refusal is an audit entry).
+        if (r.status === 403) { state.anomaliesRefused = true; }
+        state.anomalyProblem = r.status === 403 ? "not available to a user-scoped key"
+          : r.status === 404 ? "not available on this server" : "could not be loaded (" + r.status + ")";
+        return null;
+      }, function () { state.anomalyProblem = "could not be loaded"; return null; });
+  }
+
+  function anomalyKey(a) { return a.bucket + "|" + JSON.stringify(a.tags || {}); }
+
+  // `loaded` (the server's answer) plus the live ones it does not hold yet,
+  // those in the window only, oldest first.
+  function mergeAnomalies(loaded, known, since) {
+    var byKey = new Map();
+    known.concat(loaded).forEach(function (a) {
+      if (a.bucket >= since) { byKey.set(anomalyKey(a), a); }
+    });
+    var list = Array.from(byKey.values()).sort(function (a, b) { return a.bucket - b.bucket; });
+    return list.slice(-ANOMALIES_MAX);
+  }
+
+  function onAnomaly(data) {
+    if (!data || data.name !== state.chosenMetric || typeof data.bucket !== "number") { return; }
+    var since = Math.floor(Date.now() / 1000) - WINDOW_MINUTES * 60;
+    var before = state.anomalies.length;
+    state.anomalies = mergeAnomalies([data], state.anomalies, since);
+    if (state.anomalies.length === before) { return; }  // already shown, or out of the window
+    state.liveAnomalies += 1;
+    drawMetric();
+    renderAnomalies();
+  }
+
+  // The chart: p50/p95/p99 lines, the anomalies as markers (their bucket
+  // mean) and the expected band at each anomaly's bucket. The two "expected"
+  // series draw nothing themselves: they give the band's ends a place in the
+  // y range and in the legend.
+  function drawMetric() {
+    var lists = state.metricLists;
+    if (!lists) { return; }
+    var el = $("metric-chart");
+    var since = Math.floor(Date.now() / 1000) - WINDOW_MINUTES * 60;
+    var shown = state.anomalies.filter(function (a) { return a.bucket >= since; });
+    var xs = Array.from(new Set([].concat.apply([], lists.map(function (l) {
+      return l.map(function (p) { return p[0]; });
+    })).concat(shown.map(function (a) { return a.bucket; })))).sort(function (a, b) { return a - b; });
+    var data = [xs].concat(lists.map(function (l) {
+      var m = new Map(l);
+      return xs.map(function (x) { return m.has(x) ? m.get(x) : null; });
+    }));
+    var at = new Map();
+    shown.forEach(function (a) {
+      var prev = at.get(a.bucket);  // several series: the highest score's marker
+      if (!prev || a.score > prev.score) { at.set(a.bucket, a); }
+    });
+    ["value", "lower", "upper"].forEach(function (field) {
+      data.push(xs.map(function (x) { return at.has(x) ? at.get(x)[field] : null; }));
+    });
+    var none = function () { return null; };
+    if (charts.metric) { charts.metric.destroy(); }
+    charts.metric = new uPlot({
+      width: chartWidth(el), height: 240,
+      series: [{}].concat(["p50", "p95", "p99"].map(function (agg, i) {
+        return { label: agg, stroke: COLORS[i], width: 2, spanGaps: true };
+      })).concat([
+        { label: "anomaly", stroke: ANOMALY_COLOR, paths: none,
+          points: { show: true, size: 13, width: 2, stroke: "#fff", fill: ANOMALY_COLOR } },
+        { label: "expected low", stroke: BAND_FILL, paths: none, points: { show: false } },
+        { label: "expected high", stroke: BAND_FILL, paths: none, points: { show: false } }
+      ]),
+      scales: { x: { time: true } }, axes: [{}, { label: state.chosenMetric }],
+      hooks: { drawAxes: [function (u) { drawBands(u, shown); }] }
+    }, data, el);
+    el.dataset.anomalies = String(shown.length);
+  }
+
+  // Behind the lines (drawn with the axes): each anomaly's expected range,
+  // a bucket wide (at least 12 px), centred on its bucket.
+  function drawBands(u, shown) {
+    var ctx = u.ctx;
+    var ratio = window.devicePixelRatio || 1;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
+    ctx.clip();
+    ctx.fillStyle = BAND_FILL;
+    var drawn = 0;
+    shown.forEach(function (a) {
+      if (typeof a.lower !== "number" || typeof a.upper !== "number") { return; }
+      var x0 = u.valToPos(a.bucket, "x", true);
+      var x1 = u.valToPos(a.bucket + (a.resolution || 60), "x", true);
+      var half = Math.max(6 * ratio, (x1 - x0) / 2);
+      var top = u.valToPos(a.upper, "y", true);
+      var bottom = u.valToPos(a.lower, "y", true);
+      ctx.fillRect(x0 - half, top, 2 * half, Math.max(1, bottom - top));
+      drawn += 1;
+    });
+    ctx.restore();
+    u.root.parentNode.dataset.bands = String(drawn);
+  }
+
+  function tagsText(tags) {
+    var names = Object.keys(tags || {}).sort();
+    return names.length ? names.map(function (k) { return k + "=" + tags[k]; }).join(", ") : "all";
+  }
+
+  function number(v) {
+    if (typeof v !== "number" || !isFinite(v)) { return "n/a"; }
+    var a = Math.abs(v);
+    return a !== 0 && (a >= 1e6 || a < 0.01) ? v.toPrecision(3) : (Math.round(v * 100) / 100).toLocaleString();
+  }
+
+  // The markers' text alternative: one row per anomaly, newest first.
+  function renderAnomalies() {
+    var since = Math.floor(Date.now() / 1000) - WINDOW_MINUTES * 60;
+    var shown = state.anomalies.filter(function (a) { return a.bucket >= since; }).slice().reverse();
+    var rows = document.createDocumentFragment();
+    shown.forEach(function (a) {
+      var tr = document.createElement("tr");
+      tr.className = "anomaly";
+      tr.dataset.bucket = String(a.bucket);
+      [new Date(a.bucket * 1000).toLocaleTimeString(), tagsText(a.tags), number(a.value),
+       number(a.lower) + " to " + number(a.upper), number(a.score)].forEach(function (text) {
+        var td = document.createElement("td");
+        td.textContent = text;  // text only: tags are never HTML
+        tr.appendChild(td);
+      });
+      rows.appendChild(tr);
+    });
+    $("anomaly-rows").replaceChildren(rows);
+    $("anomalies").hidden = !shown.length;
+    var note = $("anomaly-note");
+    if (!state.chosenMetric) { note.textContent = ""; return; }
+    if (state.anomalyProblem && !shown.length) {
+      note.textContent = "Anomalies n/a: " + state.anomalyProblem + ".";
+    } else {
+      note.textContent = shown.length
+        ? shown.length + (shown.length === 1 ? " anomaly" : " anomalies") + " of " + state.chosenMetric +
+          " in the last " + WINDOW_MINUTES + " minutes (marked on the chart, expected range shaded)."
+        : "No anomalies of " + state.chosenMetric + " in the last " + WINDOW_MINUTES + " minutes.";
+    }
   }
 
   // -- system figures -----------------------------------------------------
@@ -532,7 +691,12 @@
   });
   $("metric-form").addEventListener("submit", function (e) {
     e.preventDefault();
-    state.chosenMetric = $("metric-name").value.trim();
+    var chosen = $("metric-name").value.trim();
+    if (chosen !== state.chosenMetric) {
+      state.anomalies = [];
+      state.metricLists = null;
+    }
+    state.chosenMetric = chosen;
     loadMetric();
   });
 
