@@ -89,6 +89,8 @@ class AlertHook(Protocol):
 
 @dataclass
 class DetectionReport(Tally):
+    """What an advance or a sweep scored; true when it scored anything."""
+
     #: Buckets scored, anomalies found, notifications queued.
     points: int = 0
     anomalies: int = 0
@@ -96,13 +98,30 @@ class DetectionReport(Tally):
     #: Series whose buckets another worker had scored first.
     raced: int = 0
 
+    def __bool__(self) -> bool:
+        return self.points > 0
+
 
 @dataclass
 class _Seen:
-    """A series with new data: its tags and newest data (epoch s)."""
+    """A series with new data: its tags, oldest and newest data (epoch s)."""
 
     tags: Mapping[str, str]
+    earliest: int
     latest: int
+
+
+@dataclass(frozen=True)
+class _Span:
+    """What to score of one series: up to (not including) bucket ``end``,
+    from its last scored bucket or, for a series never scored, from
+    ``first``. ``skip_gaps``: a gap longer than :data:`MAX_BUCKETS` is
+    skipped (an idle stretch) rather than scored in steps (a backlog)."""
+
+    tags: Mapping[str, str]
+    end: int
+    first: int
+    skip_gaps: bool = False
 
 
 class LiveDetection:
@@ -150,27 +169,32 @@ class LiveDetection:
                 continue
             self._note_id(entry.id)
             for item in entry.items:  # queue items: type, timestamp (ms), ...
-                self._note(EVENT_METRIC_PREFIX + item[0], EMPTY_SERIES, {}, int(item[1]) // 1000)
+                seconds = int(item[1]) // 1000
+                self._note(EVENT_METRIC_PREFIX + item[0], EMPTY_SERIES, {}, seconds, seconds)
 
-    def note_metrics(self, entries: Iterable[Entry], series: Iterable[tuple[str, str, Mapping[str, str], int]]) -> None:
-        """Remember the series a metric commit touched: (name, series id, tags, newest sample, epoch s)."""
+    def note_metrics(
+        self, entries: Iterable[Entry], series: Iterable[tuple[str, str, Mapping[str, str], int, int]]
+    ) -> None:
+        """Remember the series a metric commit touched: (name, series id,
+        tags, oldest and newest sample, epoch s)."""
         if not self.enabled:
             return
         for entry in entries:
             self._note_id(entry.id)
-        for name, sid, tags, latest in series:
-            self._note(name, sid, tags, latest)
+        for name, sid, tags, earliest, latest in series:
+            self._note(name, sid, tags, earliest, latest)
 
     def _note_id(self, entry_id: str) -> None:
         if _id_key(entry_id) > _id_key(self._through):
             self._through = entry_id
 
-    def _note(self, name: str, sid: str, tags: Mapping[str, str], latest: int) -> None:
+    def _note(self, name: str, sid: str, tags: Mapping[str, str], earliest: int, latest: int) -> None:
         seen = self._waiting.get((name, sid))
         if seen is None:
-            self._waiting[(name, sid)] = _Seen(tags, latest)
-        elif latest > seen.latest:
-            seen.latest = latest
+            self._waiting[(name, sid)] = _Seen(tags, earliest, latest)
+        else:
+            seen.earliest = min(seen.earliest, earliest)
+            seen.latest = max(seen.latest, latest)
 
     # -- scoring -------------------------------------------------------------
     def advance(self) -> DetectionReport:
@@ -194,7 +218,17 @@ class LiveDetection:
             return report  # an older entry may still add to these buckets
         self._waiting.clear()
         self._through = ""
-        return self._score({key: (seen.tags, seen.latest - seen.latest % res) for key, seen in due.items()})
+        spans = {}
+        for key, seen in due.items():
+            end = seen.latest - seen.latest % res
+            # A series never scored starts a day back, or at its oldest data
+            # noted if that is older (a backlog: scored in steps).
+            first = min(seen.earliest - seen.earliest % res, end - MAX_BUCKETS * res)
+            spans[key] = _Span(seen.tags, end, first)
+        report, unfinished = self._score(spans)
+        for key in unfinished:  # a backlog longer than one step: the next call goes on
+            self._waiting[key] = due[key]
+        return report
 
     def sweep(self, now: float | None = None) -> DetectionReport:
         """Close the open bucket of series that have been idle for
@@ -215,18 +249,19 @@ class LiveDetection:
             return report
         res = self.resolution
         closed_to = int(cutoff) - int(cutoff) % res  # buckets before this one have ended
-        series: dict[tuple[str, str], tuple[Mapping[str, str], int]] = {}
+        series: dict[tuple[str, str], _Span] = {}
+        first = closed_to - MAX_BUCKETS * res
         for member in stale:
             name, sid = orjson.loads(member)
-            series[(name, sid)] = ({}, closed_to)
+            series[(name, sid)] = _Span({}, closed_to, first, skip_gaps=True)
         # Tags of metric series (event counts have none).
         pipe = self._redis.pipeline(transaction=False)
         keys = [key for key in series if not key[0].startswith(EVENT_METRIC_PREFIX)]
         for name, sid in keys:
             pipe.hget(keyspace.metric_series(name), sid)
         for key, raw in zip(keys, pipe.execute(), strict=True):
-            series[key] = (orjson.loads(raw) if raw else {}, closed_to)
-        return self._score(series, swept=now)
+            series[key] = _Span(orjson.loads(raw) if raw else {}, closed_to, first, skip_gaps=True)
+        return self._score(series, swept=now)[0]
 
     def _oldest_pending(self) -> str | None:
         """Id of the oldest entry pending in any queue lane, or None."""
@@ -244,30 +279,34 @@ class LiveDetection:
         return oldest
 
     def _score(
-        self, series: Mapping[tuple[str, str], tuple[Mapping[str, str], int]], *, swept: float | None = None
-    ) -> DetectionReport:
-        """Score each series' buckets after its last scored one, up to (not
-        including) the bucket given with it, and write the results. A series
-        another worker advanced meanwhile is read and scored again: the
-        other may have stopped short of the buckets this one closes."""
+        self, series: Mapping[tuple[str, str], _Span], *, swept: float | None = None
+    ) -> tuple[DetectionReport, list[tuple[str, str]]]:
+        """Score each series' buckets after its last scored one (at most
+        :data:`MAX_BUCKETS` of them) up to its span's end, and write the
+        results. A series another worker advanced meanwhile is read and
+        scored again: the other may have stopped short of the buckets this
+        one closes. Returns the report and the series with buckets left."""
         report = DetectionReport()
+        unfinished: list[tuple[str, str]] = []
         for _ in range(RACE_RETRIES):
-            raced = self._score_once(series, report, swept)
+            raced = self._score_once(series, report, unfinished, swept)
             if not raced:
                 break
             series = {key: series[key] for key in raced}
         if report.notices and self._notify is not None:
             self._notify()
-        return report
+        return report, unfinished
 
     def _score_once(
         self,
-        series: Mapping[tuple[str, str], tuple[Mapping[str, str], int]],
+        series: Mapping[tuple[str, str], _Span],
         report: DetectionReport,
+        unfinished: list[tuple[str, str]],
         swept: float | None,
     ) -> list[tuple[str, str]]:
-        """One try of :meth:`_score`, counted into ``report``; returns the
-        series whose write was refused (their state moved since it was read)."""
+        """One try of :meth:`_score`, counted into ``report`` (the series with
+        buckets left into ``unfinished``); returns the series whose write was
+        refused (their state moved since it was read)."""
         res = self.resolution
         keys = list(series)
         pipe = self._redis.pipeline(transaction=False)
@@ -278,11 +317,15 @@ class LiveDetection:
         writes = self._redis.pipeline(transaction=False)
         written: list[tuple[tuple[str, str], int, DetectionReport]] = []
         for (name, sid), (raw_last, raw_det, raw_alerts) in zip(keys, states, strict=True):
-            tags, end = series[(name, sid)]
+            span = series[(name, sid)]
+            tags = span.tags
             last = int(raw_last) if raw_last else None
             if last is not None:
                 self._last[(name, sid)] = last
-            start = end - MAX_BUCKETS * res if last is None else max(last + res, end - MAX_BUCKETS * res)
+            start = span.first if last is None else last + res
+            if span.skip_gaps:
+                start = max(start, span.end - MAX_BUCKETS * res)
+            end = min(span.end, start + MAX_BUCKETS * res)
             if start >= end:
                 continue
             detector = Detector.from_bytes(raw_det, self.config) if raw_det else Detector(self.config)
@@ -319,6 +362,8 @@ class LiveDetection:
                 client=writes,
             )
             written.append(((name, sid), end - res, DetectionReport(len(points), len(found), len(outcome.notices))))
+            if end < span.end:
+                unfinished.append((name, sid))
         raced: list[tuple[str, str]] = []
         for (key, last, done), applied in zip(written, writes.execute(), strict=True):
             if int(applied):

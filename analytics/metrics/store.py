@@ -105,8 +105,8 @@ class MetricCommitResult(Tally):
     invalid: int = 0
     #: Entries set aside whole (unreadable, or failing every delivery).
     dead_entries: int = 0
-    #: The series committed: (name, series id, tags, newest sample, epoch s).
-    series: list[tuple[str, str, dict[str, str], int]] = field(default_factory=list)
+    #: The series committed: (name, series id, tags, oldest and newest sample, epoch s).
+    series: list[tuple[str, str, dict[str, str], int, int]] = field(default_factory=list)
 
 
 def _tags_json(tags: Mapping[str, str]) -> bytes:
@@ -204,7 +204,7 @@ class MetricStore:
         pending = list(entries)
         while pending:
             bad: list[tuple[Entry, Any]] = []
-            seen: list[tuple[str, str, dict[str, str], int]] = []
+            seen: list[tuple[str, str, dict[str, str], int, int]] = []
             args = self._commit_args(pending, group, bad, seen)
             whole = [letter for e in pending for letter in dead.get(e.id, ())]
             letters = [DeadLetter.of_record(record, INVALID_RECORD, entry.deliveries) for entry, record in bad] + whole
@@ -229,13 +229,14 @@ class MetricStore:
         entries: list[Entry],
         group: str,
         bad: list[tuple[Entry, Any]],
-        seen: list[tuple[str, str, dict[str, str], int]],
+        seen: list[tuple[str, str, dict[str, str], int, int]],
     ) -> list[Any]:
         """The script's arguments; records it cannot read go to ``bad``, the
         series written (with their newest sample) to ``seen``."""
         cells: dict[tuple[str, str, int, int], list[Any]] = {}
         series: dict[tuple[str, str], dict[str, str]] = {}
         latest: dict[tuple[str, str], int] = {}
+        earliest: dict[tuple[str, str], int] = {}
         ids_of: dict[tuple[tuple[str, str], ...], str] = {}
         for entry in entries:
             for record in entry.records:
@@ -255,6 +256,8 @@ class MetricStore:
                 series[(name, sid)] = tags
                 if seconds > latest.get((name, sid), -1):
                     latest[(name, sid)] = seconds
+                if seconds < earliest.get((name, sid), seconds + 1):
+                    earliest[(name, sid)] = seconds
                 key = bin_code(value)
                 square = value * value
                 for res in TIERS:
@@ -275,7 +278,7 @@ class MetricStore:
         args: list[Any] = [group, keyspace.ROLLUP_EXPIRY, self.live_channel, len(entries)]
         args += [e.id for e in entries]
         args.append(len(series))
-        seen += ((name, sid, tags, latest[(name, sid)]) for (name, sid), tags in series.items())
+        seen += ((name, sid, tags, earliest[(name, sid)], latest[(name, sid)]) for (name, sid), tags in series.items())
         for (name, sid), tags in series.items():
             args += (
                 keyspace.metric_series(name),

@@ -150,6 +150,13 @@ class Processor:
                 entries = self._queue.read(consumer, size)
                 samples = self._metrics_queue.read(consumer, size)
                 if not entries and not samples:
+                    # Buckets held back while another worker committed older
+                    # entries (that worker may be done by now), and a
+                    # backlog's next steps: no more data may come to trigger them.
+                    while step := self._detection.advance():
+                        report.detection += step
+                        if time.monotonic() - started > budget:
+                            break
                     left = budget - (time.monotonic() - started)
                     if lingered or left <= 0:
                         break  # a whole linger without new work: idle

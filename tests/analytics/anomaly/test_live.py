@@ -48,8 +48,9 @@ def send(service: Any, stamps: list[int], values: list[float], tags: dict[str, s
 
 
 def drain(service: Any) -> None:
-    """Process what is queued, as a worker would (entries held elsewhere stay)."""
-    while service.processor.drain(budget=0).metric_entries:
+    """Process what is queued, and score what it closed, as a worker would
+    (entries held elsewhere stay)."""
+    while (report := service.processor.drain(budget=0)).metric_entries or report.detection:
         pass
 
 
@@ -193,7 +194,9 @@ def test_a_worker_that_loses_a_race_scores_again_what_the_winner_left(quiet: Any
     entries = quiet.metrics_queue.read("w1", 10)
     committed = quiet.metric_committer.commit(entries)
     parts = (quiet.redis, quiet.metric_store, quiet.settings, (quiet.queue, quiet.metrics_queue))
-    short = [(n, s, t, stamps[100]) for n, s, t, _ in committed.series]  # A saw only the first 100 buckets
+    short = [
+        (n, s, t, first, stamps[100]) for n, s, t, first, _ in committed.series
+    ]  # A saw only the first 100 buckets
 
     class InterruptedOnce(LiveDetection):
         interrupted = False
@@ -210,6 +213,19 @@ def test_a_worker_that_loses_a_race_scores_again_what_the_winner_left(quiet: Any
     second.note_metrics(entries, committed.series)
     report = second.advance()
     assert report.raced == 1 and report.points == POINTS - 1 - 100
+    offline = Detector()
+    for t, v in zip(stamps[:-1], values[:-1], strict=True):
+        offline.update(float(t), v)
+    assert state(quiet, "api.latency", EMPTY_SERIES)[b"det"] == offline.to_bytes()
+
+
+def test_a_backlog_longer_than_one_step_is_scored_in_steps(quiet: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new series whose data goes back further than one step's reach
+    (a backlog) is scored from its first bucket, a step per call."""
+    monkeypatch.setattr("analytics.anomaly.live.MAX_BUCKETS", 40)
+    stamps, values = series()
+    send(quiet, stamps, values, {})
+    drain(quiet)  # idle calls go on with the backlog until it is done
     offline = Detector()
     for t, v in zip(stamps[:-1], values[:-1], strict=True):
         offline.update(float(t), v)
