@@ -7,7 +7,12 @@ detector and the ``analytics anomaly score`` command.
 The series carry synthetic timestamps a few minutes in the past, one sample
 per 10 s bucket, so a few hundred buckets are sent in seconds. The idle
 sweep is left at its default (120 s): it never closes a bucket during a
-test, so every bucket here is closed by later data, as the live path does."""
+test, so every bucket here is closed by later data, as the live path does.
+
+Each series is sent by one client, its requests in time order. Requests
+sent concurrently can be queued out of time order, and a bucket closed by
+a later bucket's samples is scored without the samples queued after them
+(one sample per bucket, as here: passed over with no point)."""
 
 from __future__ import annotations
 
