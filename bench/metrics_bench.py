@@ -202,24 +202,26 @@ def _points_scored(data: Any) -> int:
 
 
 def _closer(samples: list[dict[str, Any]], res: int = 60) -> list[dict[str, Any]]:
-    """One sample per series of ``samples``, in the bucket after its newest."""
+    """One sample per series of ``samples``, two buckets after its newest
+    (which that closes: :data:`analytics.anomaly.live.CLOSE_LAG`)."""
     newest: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
     for sample in samples:
         key = (sample["name"], tuple(sorted(sample["tags"].items())))
         if key not in newest or sample["timestamp"] > newest[key]["timestamp"]:
             newest[key] = sample
-    return [{**sample, "timestamp": sample["timestamp"] // res * res + res} for sample in newest.values()]
+    return [{**sample, "timestamp": sample["timestamp"] // res * res + 2 * res} for sample in newest.values()]
 
 
 def _scored_through(data: Any, closer: list[dict[str, Any]], res: int = 60) -> bool:
-    """Whether every series' detector has gone up to its closing sample's bucket."""
+    """Whether every series' detector has gone up to the bucket its closing sample closes."""
     pipe = data.pipeline(transaction=False)
     for sample in closer:
         sid = series_id(sample["tags"])
         pipe.hget(keyspace.detector_state(sample["name"], res, sid), "last")
     lasts = pipe.execute()
     return all(
-        last is not None and int(last) >= sample["timestamp"] - res for last, sample in zip(lasts, closer, strict=True)
+        last is not None and int(last) >= sample["timestamp"] - 2 * res
+        for last, sample in zip(lasts, closer, strict=True)
     )
 
 

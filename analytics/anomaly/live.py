@@ -7,12 +7,13 @@ How a bucket is scored exactly once:
 
 * The point scored for a bucket is read from the rollups (the stored truth:
   a metric's mean, an event type's count), never from the batch in hand.
-* A bucket is *closed* once a later bucket of its series has data and no
-  queue entry older than that data is still pending (one could hold samples
-  of the bucket: a worker SIGKILLed with it, say). Until then the worker
-  keeps the series in mind and tries again after its next commit; the
-  recovery sweep closes the open bucket of a series idle for
-  ``anomaly_idle_seconds``.
+* A bucket is *closed* once its series has data two buckets later
+  (:data:`CLOSE_LAG`: concurrent requests reach the queue in any order) and
+  no queue entry older than that data is still pending (one could hold
+  samples of the bucket: a worker SIGKILLed with it, say). Until then the
+  worker keeps the series in mind and tries again after its next commit or
+  when it goes idle; the recovery sweep closes the open buckets of a series
+  idle for ``anomaly_idle_seconds``.
 * A series' detector is a hash next to its rollups (``last`` scored
   bucket, ``det`` state, ``alerts`` state). The worker reads it, scores the
   closed buckets after ``last`` and writes the new state, the anomalies and
@@ -54,6 +55,11 @@ log = logging.getLogger(__name__)
 #: Buckets one advance scores at most per series: a longer gap is skipped
 #: (the detector sees a jump in time; an event count gets no zeros for it).
 MAX_BUCKETS = 1440
+#: Buckets a series' newest data must be past a bucket before it closes.
+#: Concurrent requests reach the queue in any order: a sample of the next
+#: bucket may be committed just before the last ones of this bucket. One
+#: bucket of lag still flags a spike within two buckets.
+CLOSE_LAG = 1
 #: Times a series is read and scored again when another worker advanced it
 #: between the read and the write.
 RACE_RETRIES = 3
@@ -207,7 +213,7 @@ class LiveDetection:
         due = {
             key: seen
             for key, seen in self._waiting.items()
-            if seen.latest - seen.latest % res - res > self._last.get(key, -math.inf)
+            if self._closing(seen.latest) - res > self._last.get(key, -math.inf)
         }
         if not due:
             self._waiting.clear()
@@ -220,7 +226,7 @@ class LiveDetection:
         self._through = ""
         spans = {}
         for key, seen in due.items():
-            end = seen.latest - seen.latest % res
+            end = self._closing(seen.latest)
             # A series never scored starts a day back, or at its oldest data
             # noted if that is older (a backlog: scored in steps).
             first = min(seen.earliest - seen.earliest % res, end - MAX_BUCKETS * res)
@@ -229,6 +235,13 @@ class LiveDetection:
         for key in unfinished:  # a backlog longer than one step: the next call goes on
             self._waiting[key] = due[key]
         return report
+
+    def _closing(self, latest: int) -> int:
+        """The first bucket still open for a series whose newest data is at
+        ``latest`` (epoch s): the bucket holding it and the
+        :data:`CLOSE_LAG` before it stay open."""
+        res = self.resolution
+        return latest - latest % res - CLOSE_LAG * res
 
     def sweep(self, now: float | None = None) -> DetectionReport:
         """Close the open bucket of series that have been idle for

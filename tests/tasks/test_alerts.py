@@ -141,8 +141,8 @@ def test_a_spike_is_posted_once_signed_and_audited(make_stack: Any, receiver: Re
     state = keyspace.detector_state("api.latency", RES, series_id(tags))
     wait_until(lambda: receiver.posts, timeout=60, message="no webhook call")
     send(service, "api.latency", stamps[260:], values[260:], tags)
-    # Every bucket but the open last one scored, and nothing left to deliver.
-    wait_until(lambda: int(data.hget(state, "last") or 0) == stamps[-2], timeout=60, message="buckets not scored")
+    # Every bucket but the two open last ones scored, and nothing left to deliver.
+    wait_until(lambda: int(data.hget(state, "last") or 0) == stamps[-3], timeout=60, message="buckets not scored")
     wait_until(lambda: service.alert_delivery.pending() == 0, timeout=30, message="outbox not drained")
 
     assert len(receiver.posts) == 1  # one alert for the spike, not one per bucket
@@ -195,8 +195,9 @@ def test_a_webhook_that_keeps_failing_gets_the_alert_dead_lettered(make_stack: A
         assert created.status_code == 201
         rule = created.get_json()["id"]
         start = (int(time.time()) // RES - 10) * RES
-        # Bucket 1 crosses the threshold; bucket 2's sample closes it.
-        send(service, "queue.depth", [start, start + RES, start + 2 * RES], [10.0, 500.0, 500.0], {})
+        # Bucket 1 crosses the threshold; bucket 3's sample closes it (two buckets later).
+        stamps = [start + k * RES for k in range(4)]
+        send(service, "queue.depth", stamps, [10.0, 500.0, 500.0, 500.0], {})
         data = stack.redis.client()
         wait_until(lambda: data.xlen(keyspace.ALERT_DEAD) == 1, timeout=60, message="not dead-lettered")
         assert len(failing.posts) == 3

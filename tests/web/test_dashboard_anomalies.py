@@ -26,7 +26,7 @@ from tests.webservers import WebServer, chromium_args
 
 AXE = ROOT / "tests" / "web" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 NAME = "dash.latency"
-RES = 60  # the session's ANALYTICS_ANOMALY_RESOLUTION (the default)
+RES = 60  # ANALYTICS_ANOMALY_RESOLUTION of the shared test stack (the default)
 POINTS = 240  # past the detector's 192 points of warm-up
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -103,9 +103,10 @@ def test_the_metric_chart_marks_anomalies_live_and_loaded(web, page, service) ->
     assert expected.alert
 
     post(web, ingest_key, stamps, values)
-    # Scored up to the spike's bucket, which stays open: no later bucket yet.
+    # Scored up to the bucket before the spike's: a bucket stays open until
+    # its series has data two buckets later.
     state_key = keyspace.detector_state(NAME, RES, EMPTY_SERIES)
-    wait_until(lambda: service.redis.hget(state_key, "last") == str(stamps[-2]).encode(), 30, 0.2, "the detector")
+    wait_until(lambda: service.redis.hget(state_key, "last") == str(stamps[-3]).encode(), 30, 0.2, "the detector")
 
     page.goto(web.url + "/")
     page.fill("#key", read_key)
@@ -118,9 +119,9 @@ def test_the_metric_chart_marks_anomalies_live_and_loaded(web, page, service) ->
     assert page.get_attribute("#metric-chart", "data-anomalies") == "0"
     assert not page.is_visible("#anomalies")
 
-    # A sample in the next bucket closes the spike's: the worker scores it
+    # A sample two buckets later closes the spike's: the worker scores it
     # and the anomaly comes on the stream.
-    post(web, ingest_key, [stamps[-1] + RES], [20.0])
+    post(web, ingest_key, [stamps[-1] + 2 * RES], [20.0])
     page.wait_for_function("() => document.querySelectorAll('#anomaly-rows tr').length === 1", timeout=30_000)
     assert page.evaluate("window.analyticsDashboard.state.liveAnomalies") == 1
 

@@ -68,10 +68,10 @@ def test_live_scores_equal_the_offline_detector(quiet: Any) -> None:
         drain(quiet)
     sid = series_id(tags)
     stored = state(quiet, "api.latency", sid)
-    # The last bucket is still open: everything before it was scored, once.
-    assert int(stored[b"last"]) == stamps[-2]
+    # The last two buckets are still open: everything before them was scored, once.
+    assert int(stored[b"last"]) == stamps[-3]
     offline = Detector()
-    scores = [offline.update(float(t), v) for t, v in zip(stamps[:-1], values[:-1], strict=True)]
+    scores = [offline.update(float(t), v) for t, v in zip(stamps[:-2], values[:-2], strict=True)]
     assert stored[b"det"] == offline.to_bytes()
     expected = [(t, s) for t, s in zip(stamps, scores, strict=False) if s.alert]
     assert stamps[SPIKE] in [t for t, _ in expected]
@@ -98,12 +98,12 @@ def test_a_redelivered_batch_or_a_second_worker_scores_nothing_twice(quiet: Any)
     second = LiveDetection(quiet.redis, quiet.metric_store, quiet.settings, (quiet.queue, quiet.metrics_queue))
     for detection in (first, second):
         detection.note_metrics(entries, committed.series)
-    assert first.advance().points == POINTS - 1
+    assert first.advance().points == POINTS - 2
     again = second.advance()
     assert again.points == 0  # it read the state after the first wrote it
     det = state(quiet, "api.latency", EMPTY_SERIES)[b"det"]
     offline = Detector()
-    for t, v in zip(stamps[:-1], values[:-1], strict=True):
+    for t, v in zip(stamps[:-2], values[:-2], strict=True):
         offline.update(float(t), v)
     assert det == offline.to_bytes()
 
@@ -144,14 +144,14 @@ def test_older_pending_entries_hold_the_buckets_open(quiet: Any) -> None:
     quiet.processor._detect([])
     stored = state(quiet, "api.latency", EMPTY_SERIES)
     offline = Detector()
-    for t, v in zip(stamps[:-1], values[:-1], strict=True):
+    for t, v in zip(stamps[:-2], values[:-2], strict=True):
         offline.update(float(t), v)
     assert stored[b"det"] == offline.to_bytes()
 
 
 def test_event_counts_are_scored_with_zeros_for_empty_buckets(quiet: Any) -> None:
     start = (int(time.time()) // RES - 100) * RES
-    # Events in buckets 0, 1, 3 (2 is empty), then one in bucket 6 closes 0..5.
+    # Events in buckets 0, 1, 3 (2 is empty), then one in bucket 6 closes 0..4.
     for bucket, n in ((0, 3), (1, 2), (3, 4), (6, 1)):
         for i in range(n):
             result = quiet.events.track(
@@ -160,9 +160,9 @@ def test_event_counts_are_scored_with_zeros_for_empty_buckets(quiet: Any) -> Non
             assert result.accepted == 1
     drain(quiet)
     stored = state(quiet, "events.login", EMPTY_SERIES)
-    assert int(stored[b"last"]) == start + 5 * RES
+    assert int(stored[b"last"]) == start + 4 * RES
     offline = Detector()
-    for bucket, n in enumerate((3, 2, 0, 4, 0, 0)):
+    for bucket, n in enumerate((3, 2, 0, 4, 0)):
         offline.update(float(start + bucket * RES), float(n))
     assert stored[b"det"] == offline.to_bytes()
 
@@ -171,12 +171,12 @@ def test_the_sweep_closes_the_buckets_of_idle_series(quiet: Any) -> None:
     stamps, values = series()
     send(quiet, stamps[:20], values[:20], {})
     drain(quiet)
-    assert int(state(quiet, "api.latency", EMPTY_SERIES)[b"last"]) == stamps[18]
+    assert int(state(quiet, "api.latency", EMPTY_SERIES)[b"last"]) == stamps[17]
     # Not idle yet: nothing to do.
     assert quiet.detection.sweep().points == 0
     later = time.time() + quiet.settings.anomaly_idle_seconds + 1
     report = quiet.detection.sweep(later)
-    assert report.points == 1  # the last bucket, open until now
+    assert report.points == 2  # the last two buckets, open until now
     assert int(state(quiet, "api.latency", EMPTY_SERIES)[b"last"]) >= stamps[19]
     # Idle on: the next sweep finds nothing new, and the series leaves the
     # sweep's index until its next sample (which advances it again).
@@ -206,15 +206,15 @@ def test_a_worker_that_loses_a_race_scores_again_what_the_winner_left(quiet: Any
                 self.interrupted = True
                 first = LiveDetection(*parts)
                 first.note_metrics(entries, short)
-                assert first.advance().points == 100
+                assert first.advance().points == 99
             return super()._points(*args, **kwargs)
 
     second = InterruptedOnce(*parts)
     second.note_metrics(entries, committed.series)
     report = second.advance()
-    assert report.raced == 1 and report.points == POINTS - 1 - 100
+    assert report.raced == 1 and report.points == POINTS - 2 - 99
     offline = Detector()
-    for t, v in zip(stamps[:-1], values[:-1], strict=True):
+    for t, v in zip(stamps[:-2], values[:-2], strict=True):
         offline.update(float(t), v)
     assert state(quiet, "api.latency", EMPTY_SERIES)[b"det"] == offline.to_bytes()
 
@@ -227,6 +227,6 @@ def test_a_backlog_longer_than_one_step_is_scored_in_steps(quiet: Any, monkeypat
     send(quiet, stamps, values, {})
     drain(quiet)  # idle calls go on with the backlog until it is done
     offline = Detector()
-    for t, v in zip(stamps[:-1], values[:-1], strict=True):
+    for t, v in zip(stamps[:-2], values[:-2], strict=True):
         offline.update(float(t), v)
     assert state(quiet, "api.latency", EMPTY_SERIES)[b"det"] == offline.to_bytes()
