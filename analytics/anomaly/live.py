@@ -327,22 +327,33 @@ class LiveDetection:
             pipe.hmget(keyspace.detector_state(name, res, sid), ["last", "det", "alerts"])
         states = pipe.execute()
         now = time.time() if swept is None else swept
-        writes = self._redis.pipeline(transaction=False)
-        written: list[tuple[tuple[str, str], int, DetectionReport]] = []
-        for (name, sid), (raw_last, raw_det, raw_alerts) in zip(keys, states, strict=True):
-            span = series[(name, sid)]
-            tags = span.tags
+        # What each series has to score, then every range read at once.
+        todo: list[tuple[tuple[str, str], int, int, list[Any]]] = []
+        for key, (raw_last, raw_det, raw_alerts) in zip(keys, states, strict=True):
+            span = series[key]
             last = int(raw_last) if raw_last else None
             if last is not None:
-                self._last[(name, sid)] = last
+                self._last[key] = last
             start = span.first if last is None else last + res
             if span.skip_gaps:
                 start = max(start, span.end - MAX_BUCKETS * res)
             end = min(span.end, start + MAX_BUCKETS * res)
-            if start >= end:
-                continue
+            if start < end:
+                todo.append((key, start, end, [raw_last, raw_det, raw_alerts]))
+        values = self._store.series_points(
+            [
+                (name, sid, start, (end - start) // res, "count" if name.startswith(EVENT_METRIC_PREFIX) else "avg")
+                for (name, sid), start, end, _ in todo
+            ],
+            res,
+        )
+        writes = self._redis.pipeline(transaction=False)
+        written: list[tuple[tuple[str, str], int, DetectionReport]] = []
+        for ((name, sid), _start, end, (raw_last, raw_det, raw_alerts)), found_values in zip(todo, values, strict=True):
+            span = series[(name, sid)]
+            tags = span.tags
             detector = Detector.from_bytes(raw_det, self.config) if raw_det else Detector(self.config)
-            points = self._points(name, sid, tags, start, end, begun=last is not None, detector=detector)
+            points = self._points(name, found_values, begun=raw_last is not None, detector=detector)
             outcome = AlertOutcome()
             if self._alerts is not None and points:
                 outcome = self._alerts.evaluate(name, sid, tags, points, raw_alerts)
@@ -390,32 +401,11 @@ class LiveDetection:
             self._last.clear()
         return raced
 
-    def _points(
-        self,
-        name: str,
-        sid: str,
-        tags: Mapping[str, str],
-        start: int,
-        end: int,
-        *,
-        begun: bool,
-        detector: Detector,
-    ) -> list[Point]:
-        """Score the buckets ``start`` to ``end`` (exclusive) with ``detector``."""
-        res = self.resolution
+    def _points(self, name: str, values: list[list[Any]], *, begun: bool, detector: Detector) -> list[Point]:
+        """Score ``values`` (``[bucket start, value or None]``, in order) with ``detector``."""
         counts = name.startswith(EVENT_METRIC_PREFIX)
-        found = self._store.query(
-            name,
-            {sid: dict(tags)},
-            start_ms=start * 1000,
-            end_ms=end * 1000,
-            bucket=res,
-            agg="count" if counts else "avg",
-            filter_tags={},
-            group_by=None,
-        )
         points: list[Point] = []
-        for bucket, value in found[0]["points"] if found else ():
+        for bucket, value in values:
             if value is None:
                 if not (counts and begun):
                     continue  # no data: no point (a count's zeros start with its first event)
