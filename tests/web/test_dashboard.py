@@ -6,7 +6,6 @@ chart show them, a web restart is survived. Screenshots go to
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,7 @@ import pytest
 import requests
 
 from testkit import ARTIFACTS
-from tests.webservers import WebServer, chromium_args
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from tests.webservers import WebServer
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -29,22 +26,6 @@ def web(env: dict[str, str], tmp_root: Path, worker: Any) -> Iterator[WebServer]
     server = WebServer("web-dashboard", env, logs).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def page(web: WebServer) -> Iterator[Any]:
-    with playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args())
-        context = browser.new_context(viewport={"width": 1280, "height": 1100})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        # The page must work under its own Content-Security-Policy.
-        page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
-        page.errors = errors
-        yield page
-        context.close()
-        browser.close()
 
 
 def ingest(web: WebServer, key: str, events: list[dict[str, Any]]) -> None:

@@ -21,8 +21,7 @@ from analytics import keyspace
 from analytics.anomaly.detector import Detector
 from analytics.metrics.store import EMPTY_SERIES
 from testkit import ARTIFACTS, ROOT, wait_until
-from tests.web.test_dashboard import CHROMIUM
-from tests.webservers import WebServer, chromium_args
+from tests.webservers import WebServer
 
 AXE = ROOT / "tests" / "web" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 NAME = "dash.latency"
@@ -39,23 +38,6 @@ def web(env: dict[str, str], tmp_root: Path, worker: Any) -> Iterator[WebServer]
     server = WebServer("web-dashboard-anomalies", env, logs).start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def page(web: WebServer) -> Iterator[Any]:
-    with playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args())
-        context = browser.new_context(viewport={"width": 1280, "height": 1100})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        # The page must work under its own Content-Security-Policy. (A refused
-        # request is a console error of its own: the 403 test expects one.)
-        page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
-        page.errors = errors
-        yield page
-        context.close()
-        browser.close()
 
 
 def post(web: WebServer, key: str, stamps: list[int], values: list[float]) -> None:
