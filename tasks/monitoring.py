@@ -23,7 +23,7 @@ from kombu.exceptions import OperationalError
 
 from analytics.redis_client import TRANSIENT_ERRORS
 from tasks.base import analytics
-from tasks.celery_app import RECOVER
+from tasks.celery_app import DELIVER_ALERTS, RECOVER
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,13 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 
 class RoutineSweepsAtDebug(logging.Filter):
-    """Beat sends the recovery sweep every few seconds, and Celery logs each
-    send, receipt and success at INFO: most of an idle stack's log. Those
-    lines go to DEBUG; a sweep that recovers something says so itself, at
-    WARNING (:func:`tasks.pipeline.recover`)."""
+    """Beat sends the recovery sweep and the alert delivery every few
+    seconds, and Celery logs each send, receipt and success at INFO: most of
+    an idle stack's log. Those lines go to DEBUG; a sweep that recovers
+    something says so itself, at WARNING (:func:`tasks.pipeline.recover`),
+    and so does a delivery that fails (:mod:`analytics.alerts.delivery`)."""
 
-    ROUTINE = (RECOVER, "recover-abandoned-work")
+    ROUTINE = (RECOVER, "recover-abandoned-work", DELIVER_ALERTS, "deliver-alerts")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.INFO and any(name in record.getMessage() for name in self.ROUTINE):

@@ -1,5 +1,5 @@
 """What an idle stack logs at INFO: what an operator needs, not beat's
-recovery sweep every few seconds."""
+recovery sweep and alert delivery every few seconds."""
 
 from __future__ import annotations
 
@@ -18,3 +18,5 @@ def test_idle_recovery_sweeps_are_not_logged_at_info(worker, tmp_root) -> None:
     beat_lines = beat_log.read_text(errors="replace")[start_beat:]
     assert "analytics.recover" not in worker_lines, worker_lines[-2000:]
     assert "recover-abandoned-work" not in beat_lines, beat_lines[-2000:]
+    assert "analytics.deliver_alerts" not in worker_lines, worker_lines[-2000:]
+    assert "deliver-alerts" not in beat_lines, beat_lines[-2000:]
