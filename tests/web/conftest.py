@@ -1,9 +1,11 @@
-"""Fixtures of the browser tests of the dashboard."""
+"""Fixtures of the browser tests of the dashboard: a web server (gunicorn,
+as the Procfile runs it) per test module, and a Chromium page."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,17 @@ import pytest
 from tests.webservers import WebServer, chromium_args
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def web(request: pytest.FixtureRequest, env: dict[str, str], tmp_root: Path, worker: Any) -> Iterator[WebServer]:
+    """The module's own web server, served by the test run's Redis and worker."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    logs = tmp_root / f"{name}-logs"
+    logs.mkdir(exist_ok=True)
+    server = WebServer(f"web-{name}", env, logs).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ chart show them, a web restart is survived. Screenshots go to
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,15 +15,6 @@ from testkit import ARTIFACTS
 from tests.webservers import WebServer
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def web(env: dict[str, str], tmp_root: Path, worker: Any) -> Iterator[WebServer]:
-    logs = tmp_root / "dashboard-logs"
-    logs.mkdir(exist_ok=True)
-    server = WebServer("web-dashboard", env, logs).start()
-    yield server
-    server.stop()
 
 
 def ingest(web: WebServer, key: str, events: list[dict[str, Any]]) -> None:

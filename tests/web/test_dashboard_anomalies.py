@@ -9,8 +9,6 @@ as a ``{"kind": "anomaly"}`` stream frame and once loaded from
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,15 +27,6 @@ RES = 60  # ANALYTICS_ANOMALY_RESOLUTION of the shared test stack (the default)
 POINTS = 240  # past the detector's 192 points of warm-up
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def web(env: dict[str, str], tmp_root: Path, worker: Any) -> Iterator[WebServer]:
-    logs = tmp_root / "dashboard-anomalies-logs"
-    logs.mkdir(exist_ok=True)
-    server = WebServer("web-dashboard-anomalies", env, logs).start()
-    yield server
-    server.stop()
 
 
 def post(web: WebServer, key: str, stamps: list[int], values: list[float]) -> None:

@@ -6,30 +6,19 @@ npm). Screenshots go to ``test-artifacts/``."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from testkit import ARTIFACTS, ROOT
-from tests.webservers import WebServer, chromium_args
+from tests.web.conftest import CHROMIUM
+from tests.webservers import chromium_args
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 AXE = ROOT / "tests" / "web" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def web(env: dict[str, str], tmp_root: Path, worker: Any) -> Iterator[WebServer]:
-    logs = tmp_root / "dashboard-layout-logs"
-    logs.mkdir(exist_ok=True)
-    server = WebServer("web-dashboard-layout", env, logs).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
