@@ -18,6 +18,25 @@ from analytics.anomaly.detector import Score
 from analytics.anomaly.live import Point
 from analytics.privacy.crypto import webhook_signature
 
+#: Every field a notification may have: names, tags, numbers and a link.
+NOTICE_FIELDS = {
+    "kind",
+    "rule",
+    "state",
+    "name",
+    "tags",
+    "condition",
+    "since",
+    "bucket",
+    "resolution",
+    "value",
+    "score",
+    "expected",
+    "lower",
+    "upper",
+    "link",
+}
+
 RES = 10
 T0 = 1_700_000_000 - 1_700_000_000 % RES
 
@@ -150,22 +169,7 @@ def test_a_deleted_rule_leaves_the_state_and_an_unchanged_state_is_not_rewritten
 def test_notices_hold_names_tags_numbers_and_a_link_only() -> None:
     run = Run(rule(tags={"route": "/login"}), tags={"route": "/login"})
     (notice,) = run.feed(points([60]))
-    assert set(notice) == {
-        "rule",
-        "state",
-        "name",
-        "tags",
-        "condition",
-        "since",
-        "bucket",
-        "resolution",
-        "value",
-        "score",
-        "expected",
-        "lower",
-        "upper",
-        "link",
-    }
+    assert set(notice) == NOTICE_FIELDS - {"kind"}  # "kind" is added when it is written
     assert "hooks.example.org" not in orjson.dumps(notice).decode()  # the webhook is never in a notice
     assert notice["link"] == f"/v1/metrics/api.latency?start={T0}&end={T0 + RES}&bucket=10&tags=route:/login"
 

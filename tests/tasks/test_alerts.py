@@ -19,27 +19,10 @@ import pytest
 from analytics import keyspace
 from analytics.metrics.store import series_id
 from testkit import wait_until
+from tests.analytics.test_alerts import NOTICE_FIELDS
 
 RES = 10
 SECRET = "alert-test-signing-secret"
-#: Every field a notification may have: names, tags, numbers and a link.
-NOTICE_FIELDS = {
-    "kind",
-    "rule",
-    "state",
-    "name",
-    "tags",
-    "condition",
-    "since",
-    "bucket",
-    "resolution",
-    "value",
-    "score",
-    "expected",
-    "lower",
-    "upper",
-    "link",
-}
 
 
 class Receiver:
