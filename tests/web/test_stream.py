@@ -361,7 +361,9 @@ def test_streams_survive_a_redis_restart(make_stack, tmp_path) -> None:
             )
             return stack.redis.client().publish("analytics:live:events", orjson.dumps([record]))
 
-        assert publish(1) == 1  # the process's hub is the one subscriber
+        # The process's hub is the one subscriber, once its thread has
+        # subscribed (it starts with the first client): until then nobody gets it.
+        wait_until(lambda: publish(1) == 1, 20, 0.1, "the hub to subscribe")
         assert receive(ws, 1)[0]["data"]["properties"] == {"n": 1}
         stack.redis.stop()
         web.process.wait_for_log("live fan-out cannot reach Redis", timeout=20)
