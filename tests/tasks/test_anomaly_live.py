@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+import redis
 import requests
 import websocket
 
@@ -252,8 +253,12 @@ def worker_children(worker: Process) -> set[int]:
 
 
 def held_by(service: Any, pids: set[int]) -> int:
-    """Sample entries pending with consumers among ``pids``."""
-    counts = service.redis.xpending_range(keyspace.METRICS_QUEUE, keyspace.GROUP, "-", "+", 1000)
+    """Sample entries pending with consumers among ``pids`` (none before a
+    worker has made the consumer group)."""
+    try:
+        counts = service.redis.xpending_range(keyspace.METRICS_QUEUE, keyspace.GROUP, "-", "+", 1000)
+    except redis.ResponseError:
+        return 0
     return sum(1 for item in counts if int(item["consumer"].decode().rsplit("-", 1)[1]) in pids)
 
 
